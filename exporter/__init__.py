@@ -1,0 +1,1 @@
+"""The exporter daemon: collect (NVML, host, Triton) -> attribute -> record peaks -> expose."""

@@ -1,0 +1,3 @@
+"""gpupack: what every model on a Triton fleet costs on its GPU, and where it should run."""
+
+__version__ = "0.1.0"

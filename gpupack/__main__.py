@@ -1,0 +1,3 @@
+from gpupack.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The ``gpupack`` command. The only place that turns errors into exit codes and one-line messages."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import NoReturn, Sequence
+
+from gpupack import __version__
+from gpupack.config import ConfigFile, load_config_file
+from gpupack.errors import ExitStatus, GpupackError
+
+# Subcommand -> module defining ``configure(parser)`` and ``run(args, config) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "exporter": ("gpupack.exporter.cli", "run the exporter daemon: per-model GPU memory/utilisation, peaks, /metrics"),
+    "rules": ("gpupack.rules.cli", "check, evaluate and export capacity policies"),
+    "plan": ("gpupack.scheduler.plan_cli", "compute the best placement of models on devices"),
+    "rebalance": ("gpupack.scheduler.rebalance_cli", "move models to the planned placement, safely"),
+    "profile": ("gpupack.profiler.cli", "measure models' requirements across batch sizes and concurrency"),
+    "demo": ("gpupack.demo", "run a demo fleet of real Triton servers on this machine (no GPU needed)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="gpupack",
+        description="What each model on a Triton fleet costs on its GPU, and where it should run.",
+    )
+    parser.add_argument("--version", action="version", version=f"gpupack {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=os.environ.get("GPUPACK_CONFIG"),
+        help="YAML configuration file (env: GPUPACK_CONFIG); flags and GPUPACK_* variables override it",
+    )
+    parser.add_argument("--log-level", default=os.environ.get("GPUPACK_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.configure(sub)
+        sub.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return ExitStatus.USAGE
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config: ConfigFile | None = load_config_file(args.config) if args.config else None
+        return int(args._module.run(args, config))
+    except GpupackError as e:
+        print(f"gpupack {args.command}: error: {e}", file=sys.stderr)
+        return int(e.exit_status)
+    except KeyboardInterrupt:
+        print(f"gpupack {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,99 @@
+"""Settings from a YAML file, ``GPUPACK_*`` environment variables and flags, in rising precedence.
+
+Each subcommand declares its settings once; :func:`resolve_settings` validates every layer into
+plain typed values before anything starts, and names the exact place a bad value came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from gpupack.errors import InputError
+from gpupack.units import UnitError
+from gpupack.yamlfile import LineDict, load_yaml_file
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any = None
+    help: str = ""
+
+    def env_name(self, section: str) -> str:
+        return f"GPUPACK_{section}_{self.key}".upper().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    path: str
+    data: LineDict
+
+    def section(self, name: str) -> LineDict | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InputError("must be a mapping", path=self.path, line=self.data.line_of(name), field=name)
+        return value  # type: ignore[return-value]
+
+
+def load_config_file(path: str | Path) -> ConfigFile:
+    data = load_yaml_file(path)
+    if data is None:
+        data = LineDict()
+        data.line, data.key_lines = 1, {}
+    if not isinstance(data, dict):
+        raise InputError("top level must be a mapping of sections (exporter:, rules:, ...)", path=str(path), line=1)
+    return ConfigFile(str(path), data)  # type: ignore[arg-type]
+
+
+def resolve_settings(
+    section: str,
+    settings: Sequence[Setting],
+    config: ConfigFile | None,
+    environ: Mapping[str, str],
+    flags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Defaults < file section < environment < flags (a flag left at None does not count)."""
+    file_section = config.section(section) if config else None
+    known = {s.key for s in settings}
+    if file_section:
+        for key in file_section:
+            if key not in known:
+                raise InputError(
+                    f"unknown setting (known: {', '.join(sorted(known))})",
+                    path=config.path,  # type: ignore[union-attr]
+                    line=file_section.line_of(key),
+                    field=f"{section}.{key}",
+                )
+    values: dict[str, Any] = {}
+    for setting in settings:
+        value, origin = setting.default, None
+        if file_section and setting.key in file_section:
+            value = file_section[setting.key]
+            origin = ("file", config.path, file_section.line_of(setting.key))  # type: ignore[union-attr]
+        env_name = setting.env_name(section)
+        if env_name in environ:
+            value, origin = environ[env_name], ("env", env_name, None)
+        flag_value = flags.get(setting.key.replace("-", "_"), _MISSING)
+        if flag_value is not _MISSING and flag_value is not None:
+            value, origin = flag_value, ("flag", "--" + setting.key.replace("_", "-"), None)
+        if origin is not None and value is not None:
+            value = _parse(setting, value, section, origin)
+        values[setting.key] = value
+    return values
+
+
+def _parse(setting: Setting, value: Any, section: str, origin: tuple) -> Any:
+    try:
+        return setting.parse(value)
+    except (UnitError, ValueError, TypeError) as e:
+        kind, where, line = origin
+        if kind == "file":
+            raise InputError(str(e), path=where, line=line, field=f"{section}.{setting.key}") from e
+        raise InputError(f"{where}: {e}") from e

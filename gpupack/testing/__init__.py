@@ -1,0 +1,21 @@
+"""Real Triton servers and sample models with known footprints, for tests, benchmarks and the demo."""
+
+from gpupack.testing.models import SampleModel, seed_models, write_model_repository
+from gpupack.testing.tritonserver import (
+    TritonInstallation,
+    TritonServer,
+    TritonStartError,
+    find_tritonserver,
+    triton_fleet,
+)
+
+__all__ = [
+    "SampleModel",
+    "TritonInstallation",
+    "TritonServer",
+    "TritonStartError",
+    "find_tritonserver",
+    "seed_models",
+    "triton_fleet",
+    "write_model_repository",
+]

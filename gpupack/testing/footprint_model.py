@@ -1,0 +1,98 @@
+"""A Triton Python-backend model whose cost is known in advance.
+
+Copied into a model repository as ``<model>/1/model.py`` by ``gpupack.testing.models``; it runs in
+Triton's stub, never imported by gpupack. Parameters in ``config.pbtxt`` set the truth that
+attribution and peak recording are checked against:
+
+- ``footprint_bytes``: memory held while loaded (GPU memory on a KIND_GPU instance when CuPy or
+  PyTorch is importable, host memory otherwise);
+- ``spike_factor`` / ``spike_seconds``: during each inference, hold footprint x (factor - 1) more
+  for that long;
+- ``compute_seconds``: CPU (or GPU) time burnt per request, for utilisation.
+"""
+
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+def _parameter(config, key, default):
+    entry = config.get("parameters", {}).get(key)
+    return type(default)(entry["string_value"]) if entry else default
+
+
+class _HostMemory:
+    def allocate(self, size_bytes):
+        # np.ones writes every page, so the memory is resident, not merely reserved.
+        return np.ones(int(size_bytes), dtype=np.uint8) if size_bytes > 0 else None
+
+
+class _GpuMemory:
+    def __init__(self, device_id):
+        self.device_id = device_id
+        try:
+            import cupy
+
+            self.allocate = self._cupy(cupy)
+        except ImportError:
+            import torch
+
+            self.allocate = self._torch(torch)
+
+    def _cupy(self, cupy):
+        def allocate(size_bytes):
+            if size_bytes <= 0:
+                return None
+            with cupy.cuda.Device(self.device_id):
+                buffer = cupy.ones(int(size_bytes), dtype=cupy.uint8)
+                cupy.cuda.runtime.deviceSynchronize()
+                return buffer
+
+        return allocate
+
+    def _torch(self, torch):
+        def allocate(size_bytes):
+            if size_bytes <= 0:
+                return None
+            buffer = torch.ones(int(size_bytes), dtype=torch.uint8, device=f"cuda:{self.device_id}")
+            torch.cuda.synchronize(self.device_id)
+            return buffer
+
+        return allocate
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        self.footprint_bytes = _parameter(config, "footprint_bytes", 0)
+        self.spike_factor = _parameter(config, "spike_factor", 1.0)
+        self.spike_seconds = _parameter(config, "spike_seconds", 0.0)
+        self.compute_seconds = _parameter(config, "compute_seconds", 0.0)
+        if _parameter(config, "fail_to_load", 0):
+            raise pb_utils.TritonModelException("configured with fail_to_load")
+        if args.get("model_instance_kind") == "GPU":
+            self.memory = _GpuMemory(int(args["model_instance_device_id"]))
+        else:
+            self.memory = _HostMemory()
+        self.resident = self.memory.allocate(self.footprint_bytes)
+
+    def execute(self, requests):
+        spike = None
+        if self.spike_factor > 1.0 and self.spike_seconds > 0:
+            spike = self.memory.allocate(self.footprint_bytes * (self.spike_factor - 1.0))
+        started = time.monotonic()
+        while time.monotonic() - started < self.compute_seconds:
+            pass
+        if spike is not None:
+            time.sleep(max(0.0, self.spike_seconds - (time.monotonic() - started)))
+            del spike
+        responses = []
+        for request in requests:
+            values = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", values * 2)]))
+        return responses
+
+    def finalize(self):
+        self.resident = None

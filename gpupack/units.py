@@ -1,0 +1,116 @@
+"""Parsing and formatting of the quantities users type: sizes, ratios, durations.
+
+Everything inside gpupack is in base units (bytes, seconds, ratios 0-1); these helpers are the
+only place where ``16GiB``, ``80%`` or ``10s`` become numbers and back again.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BYTE_SUFFIXES = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "m": 10**6,
+    "mb": 10**6,
+    "g": 10**9,
+    "gb": 10**9,
+    "t": 10**12,
+    "tb": 10**12,
+    "ki": 2**10,
+    "kib": 2**10,
+    "mi": 2**20,
+    "mib": 2**20,
+    "gi": 2**30,
+    "gib": 2**30,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+_DURATION_SUFFIXES = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_QUANTITY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z%]*)\s*$")
+
+
+class UnitError(ValueError):
+    """A quantity that cannot be read; the message says what was expected."""
+
+
+def _split(text: str) -> tuple[float, str]:
+    match = _QUANTITY.match(text)
+    if not match:
+        raise UnitError(f"{text!r} is not a number with an optional unit")
+    mantissa, exponent, suffix = match.groups()
+    value = float(mantissa) * (10 ** int(exponent) if exponent else 1)
+    return value, suffix
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """``16GiB`` -> 17179869184. Bare numbers are bytes; SI and IEC suffixes are both accepted."""
+    if isinstance(value, bool):
+        raise UnitError(f"{value!r} is not a size")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise UnitError(f"size {value!r} is negative")
+        return int(value)
+    number, suffix = _split(value)
+    factor = _BYTE_SUFFIXES.get(suffix.lower())
+    if factor is None:
+        raise UnitError(f"{value!r} has unknown size unit {suffix!r} (use B, KB, MB, GB, KiB, MiB, GiB, ...)")
+    return int(round(number * factor))
+
+
+def parse_ratio(value: str | int | float) -> float:
+    """``80%`` or ``0.8`` -> 0.8. Plain numbers above 1 are rejected: ``80`` is ambiguous."""
+    if isinstance(value, bool):
+        raise UnitError(f"{value!r} is not a ratio")
+    if isinstance(value, (int, float)):
+        ratio = float(value)
+    else:
+        number, suffix = _split(value)
+        if suffix == "%":
+            ratio = number / 100.0
+        elif suffix == "":
+            ratio = number
+        else:
+            raise UnitError(f"{value!r} is not a ratio (write 80% or 0.8)")
+    if ratio < 0:
+        raise UnitError(f"ratio {value!r} is negative")
+    if ratio > 1 and not (isinstance(value, str) and value.strip().endswith("%")):
+        raise UnitError(f"ratio {value!r} is above 1 (write 80% or 0.8)")
+    return ratio
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``10s``, ``500ms``, ``7d`` -> seconds. Bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise UnitError(f"{value!r} is not a duration")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        number, suffix = _split(value)
+        if suffix == "":
+            seconds = number
+        elif suffix.lower() in _DURATION_SUFFIXES:
+            seconds = number * _DURATION_SUFFIXES[suffix.lower()]
+        else:
+            raise UnitError(f"{value!r} has unknown duration unit {suffix!r} (use ms, s, m, h, d, w)")
+    if seconds < 0:
+        raise UnitError(f"duration {value!r} is negative")
+    return seconds
+
+
+def format_bytes(value: float) -> str:
+    """Human-readable IEC size for tables and logs (the edge, never storage)."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= factor:
+            return f"{value / factor:.1f} {unit}"
+    return f"{int(value)} B"
+
+
+def format_mib(value: float) -> str:
+    return f"{value / 2**20:.0f}"
+
+
+def format_percent(ratio: float) -> str:
+    return f"{ratio * 100:.0f}%"

@@ -1,0 +1,1 @@
+"""The profiler: measure each model's requirements across batch sizes and concurrency."""

@@ -1,0 +1,1 @@
+"""The rules engine: observe recorded peaks -> judge them against YAML policies."""

@@ -1,0 +1,1 @@
+"""The scheduler: place models on devices under every policy, plan safe moves, act through Triton."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: real tritonserver processes over sample models with known footprints.
+
+One installation and one model repository per session; servers are per test (cheap: ~1 s) or
+per module when a suite only reads from them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from gpupack.testing import (
+    SampleModel,
+    TritonInstallation,
+    TritonServer,
+    find_tritonserver,
+    write_model_repository,
+)
+from gpupack.errors import TritonNotFoundError
+
+MIB = 2**20
+
+# Footprints the suites check attribution against.
+SAMPLE_MODELS = [
+    SampleModel("small", 48 * MIB),
+    SampleModel("medium", 96 * MIB),
+    SampleModel("large", 160 * MIB),
+    SampleModel("spiky", 64 * MIB, spike_factor=3.0, spike_seconds=0.3),
+    SampleModel("busy", 16 * MIB, compute_seconds=0.01),
+    SampleModel("broken", 0),  # made unloadable per test by a config override
+]
+
+
+@pytest.fixture(scope="session")
+def triton_installation() -> TritonInstallation:
+    try:
+        return find_tritonserver()
+    except TritonNotFoundError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_model_repository(tmp_path_factory.mktemp("models"), SAMPLE_MODELS)
+
+
+@pytest.fixture
+def start_triton(
+    triton_installation: TritonInstallation, model_repository: Path, tmp_path: Path
+) -> Iterator[Callable[..., TritonServer]]:
+    """Factory: ``start_triton(name="a", models=["small"])`` -> a ready server, stopped after the test."""
+    servers: list[TritonServer] = []
+
+    def start(name: str = "triton", models: tuple[str, ...] | list[str] = (), repository: Path | None = None) -> TritonServer:
+        server = TritonServer(
+            repository or model_repository,
+            name=name,
+            installation=triton_installation,
+            log_path=tmp_path / f"{name}.log",
+        )
+        servers.append(server)
+        server.start()
+        for model in models:
+            server.load_model(model)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def triton_server(start_triton: Callable[..., TritonServer]) -> TritonServer:
+    return start_triton()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia/version").exists():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
