@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from gpupack.config import Setting, load_config_file, resolve_settings
+from gpupack.errors import InputError
+from gpupack.units import parse_bytes, parse_duration
+
+SETTINGS = [
+    Setting("listen", str, "0.0.0.0:9478"),
+    Setting("sample_hz", float, 5.0),
+    Setting("peak_window", parse_duration, 7 * 86400.0),
+    Setting("memory_budget", parse_bytes, None),
+]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gpupack.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_flags_beat_environment_beats_file_beats_defaults(tmp_path):
+    config = load_config_file(write(tmp_path, "exporter:\n  sample_hz: 2\n  listen: 127.0.0.1:1\n  peak_window: 1h\n"))
+    values = resolve_settings(
+        "exporter", SETTINGS, config, {"GPUPACK_EXPORTER_SAMPLE_HZ": "3", "GPUPACK_EXPORTER_LISTEN": "x:2"},
+        {"listen": "y:3", "sample_hz": None},
+    )
+    assert values == {"listen": "y:3", "sample_hz": 3.0, "peak_window": 3600.0, "memory_budget": None}
+
+
+def test_bad_value_in_file_names_file_line_and_field(tmp_path):
+    path = write(tmp_path, "exporter:\n  listen: a:1\n  memory_budget: 3 parsecs\n")
+    with pytest.raises(InputError) as error:
+        resolve_settings("exporter", SETTINGS, load_config_file(path), {}, {})
+    assert str(error.value).startswith(f"{path}:3: exporter.memory_budget: ")
+
+
+def test_unknown_setting_is_an_error_not_ignored(tmp_path):
+    path = write(tmp_path, "exporter:\n  sample_hertz: 5\n")
+    with pytest.raises(InputError, match=r":2: exporter.sample_hertz: unknown setting"):
+        resolve_settings("exporter", SETTINGS, load_config_file(path), {}, {})
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(InputError, match="GPUPACK_EXPORTER_PEAK_WINDOW"):
+        resolve_settings("exporter", SETTINGS, None, {"GPUPACK_EXPORTER_PEAK_WINDOW": "soon"}, {})
+
+
+def test_broken_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "exporter:\n  listen: [oops\n")
+    with pytest.raises(InputError, match=rf"^{path}:\d+: invalid YAML"):
+        load_config_file(path)

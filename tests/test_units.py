@@ -1,0 +1,42 @@
+import pytest
+
+from gpupack.units import UnitError, format_bytes, parse_bytes, parse_duration, parse_ratio
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("16GiB", 16 * 2**30), ("309MB", 309_000_000), ("512 MiB", 512 * 2**20), ("1.5GB", 1_500_000_000), (1024, 1024), ("0", 0)],
+)
+def test_sizes_accept_si_and_iec_units(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [("80%", 0.8), ("0.8", 0.8), (0.5, 0.5), ("100%", 1.0), ("0%", 0.0)])
+def test_ratios_accept_percent_or_fraction(text, expected):
+    assert parse_ratio(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["80", 80, "12 parsecs", "-5%", "eighty%"])
+def test_ambiguous_or_bad_ratios_are_rejected(text):
+    with pytest.raises(UnitError):
+        parse_ratio(text)
+
+
+def test_percent_above_hundred_parses_so_policy_checks_can_name_it():
+    assert parse_ratio("120%") == pytest.approx(1.2)
+
+
+@pytest.mark.parametrize("text, expected", [("10s", 10), ("500ms", 0.5), ("7d", 604800), ("2m", 120), (3, 3)])
+def test_durations(text, expected):
+    assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("text", ["16 furlongs", "GiB", "", "-1GiB", True])
+def test_bad_sizes_say_what_was_expected(text):
+    with pytest.raises(UnitError):
+        parse_bytes(text)
+
+
+def test_human_sizes_only_at_the_edge():
+    assert format_bytes(16 * 2**30) == "16.0 GiB"
+    assert format_bytes(512) == "512 B"
