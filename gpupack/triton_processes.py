@@ -38,12 +38,16 @@ def parse_stub_cmdline(cmdline: Sequence[str], pid: int = 0) -> BackendProcess |
     return BackendProcess(pid=pid, model=model, version=version, instance=instance)
 
 
-def backend_processes(server_pid: int) -> list[BackendProcess]:
-    """All model backend processes under one tritonserver, skipping ones that vanish meanwhile."""
-    try:
-        children: Iterable[psutil.Process] = psutil.Process(server_pid).children(recursive=True)
-    except psutil.Error:
-        return []
+def backend_processes(server_pid: int, children: Iterable[psutil.Process] | None = None) -> list[BackendProcess]:
+    """All model backend processes under one tritonserver, skipping ones that vanish meanwhile.
+
+    Pass ``children`` when the caller already listed the tree: listing it scans all of /proc.
+    """
+    if children is None:
+        try:
+            children = psutil.Process(server_pid).children(recursive=True)
+        except psutil.Error:
+            return []
     found = []
     for child in children:
         try:

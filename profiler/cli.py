@@ -1,16 +1,160 @@
-"""`gpupack profile`: the profiler (not built yet)."""
+"""Measure each model alone on a Triton server across batch sizes and concurrency, as Triton Model
+Analyzer does: the server alone first (the baseline), then per model throughput, latency
+percentiles and the device's peaks above the baseline. Writes a profile that `gpupack plan` reads."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
-from gpupack.config import ConfigFile
-from gpupack.errors import GpupackError
+from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.errors import ExitStatus, InputError
+from gpupack.exporter.settings import ServerConfig
+from gpupack.exporter.sources.host import HostSource, find_listening_pid
+from gpupack.exporter.sources.nvml import NvmlSource
+from gpupack.profiler.choose import Limits, choose_point
+from gpupack.profiler.control import ServerControl
+from gpupack.profiler.loadgen import LoadGenerator
+from gpupack.profiler.output import to_profile
+from gpupack.profiler.plots import write_report
+from gpupack.profiler.report import ProgressLine, format_summary
+from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
+from gpupack.profiler.sweep import Sweep, SweepPlan
+from gpupack.profiles import write_profile
+from gpupack.units import parse_bytes, parse_duration
+
+SECTION = "profile"
+BACKENDS = ("host", "nvml")
+_SERVER_NAME = "profile"
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in str(value).split(",") if n.strip()))
+    if not names:
+        raise ValueError(f"{value!r} names no model")
+    return names
+
+
+def _positive_ints(value: Any) -> tuple[int, ...]:
+    numbers = []
+    for item in str(value).split(","):
+        if not item.strip().isdigit() or int(item) < 1:
+            raise ValueError(f"{item.strip()!r} in {value!r} is not a positive whole number")
+        numbers.append(int(item))
+    return tuple(dict.fromkeys(numbers))
+
+
+def _backend(value: Any) -> str:
+    if value not in BACKENDS:
+        raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS)})")
+    return str(value)
+
+
+def _default_backend() -> str:
+    return "nvml" if Path("/proc/driver/nvidia/version").exists() else "host"
+
+
+SETTINGS = (
+    Setting("model_repository", str, None),
+    Setting("models", _names, None),
+    Setting("batch", _positive_ints, (1,)),
+    Setting("concurrency", _positive_ints, (1,)),
+    Setting("server", str, None),
+    Setting("duration", parse_duration, 10.0),
+    Setting("warmup", parse_duration, 2.0),
+    Setting("latency_bound", parse_duration, None),
+    Setting("memory_limit", parse_bytes, None),
+    Setting("out", str, "profile.yaml"),
+    Setting("report", str, None),
+    Setting("backend", _backend, None),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--model-repository", metavar="DIR", help="repository to start a server over (when no --server)")
+    parser.add_argument("--models", metavar="A,B,C", help="models to profile, one at a time")
+    parser.add_argument("--batch", metavar="1,2,4", help="batch sizes (default: 1)")
+    parser.add_argument("--concurrency", metavar="1,2,4", help="requests in flight (default: 1)")
+    parser.add_argument("--server", metavar="URL", help="an idle Triton server in explicit model-control mode "
+                        "(default: start one over --model-repository)")
+    parser.add_argument("--duration", metavar="10s", help="measurement window per point (default: 10s)")
+    parser.add_argument("--warmup", metavar="2s", help="load before each window, not measured (default: 2s)")
+    parser.add_argument("--latency-bound", metavar="50ms",
+                        help="stop raising concurrency once p99 passes this; such points are not chosen")
+    parser.add_argument("--memory-limit", metavar="4GiB", help="choose no point whose peak memory is above this")
+    parser.add_argument("--out", metavar="FILE", help="profile to write, .yaml/.json/.csv (default: profile.yaml)")
+    parser.add_argument("--report", metavar="DIR", help="also write points.csv and plots here")
+    parser.add_argument("--backend", help="host (psutil, CPU-only servers) or nvml (GPUs); "
+                        "default: nvml with an NVIDIA driver, else host")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
-    raise GpupackError("'gpupack profile' is not available in this release yet")
+    values = resolve_settings(SECTION, SETTINGS, config, os.environ, vars(args))
+    if not values["models"]:
+        raise InputError("no model to profile (give --models a,b,c)")
+    if not values["server"] and not values["model_repository"]:
+        raise InputError("give --server URL, or --model-repository DIR to start a server over")
+    plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
+                     values["warmup"], values["latency_bound"])
+    limits = Limits(values["latency_bound"], values["memory_limit"])
+    backend = values["backend"] or _default_backend()
+    with _server(values["server"], values["model_repository"]) as (address, pid), \
+            contextlib.closing(ServerControl(address)) as control:
+        progress = ProgressLine()
+        sweep = Sweep(plan, control, _probe_factory(backend, address, pid),
+                      lambda signature: LoadGenerator(address, signature), on_progress=progress)
+        try:
+            result = sweep.run()
+        finally:
+            progress.close()
+    chosen = {o.model: point for o in result.models if (point := choose_point(o.points, limits)) is not None}
+    print(format_summary(result, chosen))
+    if result.baseline is not None:
+        write_profile(to_profile(result, chosen), values["out"])
+        print(f"wrote {values['out']}", file=sys.stderr)
+    if values["report"]:
+        write_report(values["report"], result, chosen)
+        print(f"wrote the report to {values['report']}", file=sys.stderr)
+    if result.interrupted:
+        print("gpupack profile: interrupted: the profile holds the points measured so far", file=sys.stderr)
+        return 130
+    if result.server_error:
+        print(f"gpupack profile: error: {result.server_error}; the profile holds the points measured before",
+              file=sys.stderr)
+        return ExitStatus.FAILURE
+    return ExitStatus.FAILURE if any(o.failure for o in result.models) else ExitStatus.OK
+
+
+@contextlib.contextmanager
+def _server(url: str | None, model_repository: str | None) -> Iterator[tuple[str, int | None]]:
+    """(host:port, pid or None) of the server to profile; one started here is stopped on the way out."""
+    if url:
+        address = urlsplit(url if "//" in url else f"//{url}").netloc
+        port = urlsplit(f"//{address}").port
+        yield address, find_listening_pid(port) if port else None
+        return
+    from gpupack.testing import TritonServer  # noqa: PLC0415 - only when we start one
+
+    repository = Path(str(model_repository))
+    if not repository.is_dir():
+        raise InputError("is not a directory", field=f"--model-repository {repository}")
+    log_path = Path(tempfile.mkstemp(prefix="gpupack-profile-tritonserver-", suffix=".log")[1])
+    with TritonServer(repository, name=_SERVER_NAME, log_path=log_path).start() as server:
+        print(f"started tritonserver (pid {server.pid}, log {log_path})", file=sys.stderr)
+        yield server.http_address, server.pid
+
+
+def _probe_factory(backend: str, address: str, pid: int | None) -> Callable[[], Probe]:
+    server = ServerConfig(name=_SERVER_NAME, url=f"http://{address}", pid=pid)
+    if backend == "host":
+        if pid is None:
+            raise InputError(f"--backend host needs the server on this machine; nothing here listens on {address}")
+        return lambda: HostProbe(HostSource(server))
+    nvml = NvmlSource()
+    return lambda: NvmlProbe(nvml, HostSource(server) if pid is not None else None)

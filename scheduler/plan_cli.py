@@ -1,16 +1,111 @@
-"""`gpupack plan`: the placement planner (not built yet)."""
+"""`gpupack plan`: the fewest (or cheapest, or most balanced) devices for a profile, under policies.
+
+When the policies include capacity limits below 100%, the plan is also solved at 100% of capacity
+and the output says what the limits cost in devices (the article's "80% rule" question).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import sys
 
-from gpupack.config import ConfigFile
-from gpupack.errors import GpupackError
+from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.domain import Device
+from gpupack.errors import InputError
+from gpupack.profiles import Profile, load_profile
+from gpupack.rules.policy import CapacityPolicy, PolicySet
+from gpupack.scheduler.constraints import build_problem
+from gpupack.scheduler.devices_file import identical_devices, load_devices
+from gpupack.scheduler.plan_report import CapacityPolicyCost, render_json, render_table
+from gpupack.scheduler.solver import Objective, solve
+from gpupack.units import parse_bytes, parse_duration
+
+SETTINGS = (
+    Setting("policies", str, help="policy YAML file or directory"),
+    Setting("device_memory", parse_bytes, help="memory of each identical device, e.g. 16GiB"),
+    Setting("devices", int, help="number of identical devices (default: as many as needed)"),
+    Setting("devices_file", str, help="YAML list of devices (name, memory, count, cost, labels)"),
+    Setting("objective", lambda v: _objectives(str(v)), (Objective.MIN_DEVICES,)),
+    Setting("time_limit", parse_duration, 10.0),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--profile", required=True, metavar="FILE", help="profile (YAML, JSON or CSV) of the models to place")
+    parser.add_argument("--policies", metavar="FILE", help="policies: capacity limits, pins, anti-affinity, replicas, fleet size")
+    parser.add_argument("--device-memory", metavar="SIZE", help="memory of each identical device, e.g. 16GiB")
+    parser.add_argument("--devices", metavar="N", help="number of identical devices (default: as many as needed)")
+    parser.add_argument("--devices-file", metavar="FILE", help="YAML list of devices of different sizes and costs")
+    parser.add_argument("--objective", metavar="LIST",
+                        help=f"comma-separated, applied in order: {', '.join(o.value for o in Objective)} (default: min-devices)")
+    parser.add_argument("--time-limit", metavar="DURATION", help="solver time limit, e.g. 10s (default: 10s)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the placement: one stacked bar per device per resource")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
-    raise GpupackError("'gpupack plan' is not available in this release yet")
+    settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
+    profile = load_profile(args.profile)
+    policies = _load_policies(settings["policies"])
+    devices = _devices(settings, profile, policies)
+    problem = build_problem(profile.models, devices, profile.server_baseline, policies)
+    result = solve(problem, settings["objective"], settings["time_limit"])
+    cost = None
+    relaxed = _at_full_capacity(policies)
+    if relaxed is not None:
+        full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
+        cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], settings["time_limit"]))
+    render = render_json if args.format == "json" else render_table
+    sys.stdout.write(render(result, cost))
+    if args.plot:
+        from gpupack.scheduler.plot import plot_placement  # matplotlib only when asked
+
+        plot_placement(problem, result, args.plot)
+    return 0
+
+
+def _objectives(text: str) -> tuple[Objective, ...]:
+    try:
+        return tuple(Objective(part.strip()) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise ValueError(f"{e} (known: {', '.join(o.value for o in Objective)})") from None
+
+
+def _load_policies(path: str | None) -> PolicySet | None:
+    if path is None:
+        return None
+    from gpupack.rules.loader import load_policies
+
+    return load_policies(path)
+
+
+def _devices(settings: dict, profile: Profile, policies: PolicySet | None) -> tuple[Device, ...]:
+    if settings["devices_file"]:
+        if settings["device_memory"] is not None or settings["devices"] is not None:
+            raise InputError("--devices-file describes the devices itself: drop --device-memory and --devices")
+        return load_devices(settings["devices_file"])
+    if settings["device_memory"] is None:
+        raise InputError("say what the devices are: --device-memory SIZE [--devices N], or --devices-file FILE")
+    count = settings["devices"]
+    if count is None:
+        replicas = max([1] + [getattr(p, "count", 1) for p in (policies.policies if policies else ())])
+        count = max(1, len(profile.models) * replicas)
+    elif count < 1:
+        raise InputError("--devices: must be at least 1")
+    return identical_devices(count, settings["device_memory"])
+
+
+def _at_full_capacity(policies: PolicySet | None) -> tuple[tuple[str, ...], PolicySet] | None:
+    """The policies with every capacity limit below 100% raised to 100%, or None if there is none."""
+    if policies is None:
+        return None
+    tight = [p for p in policies.of_type(CapacityPolicy) if p.max_bytes is not None or p.max_ratio - p.headroom_ratio < 1]
+    if not tight:
+        return None
+    full = [
+        dataclasses.replace(p, max_ratio=1.0, max_bytes=None, headroom_ratio=0.0) if p in tight else p
+        for p in policies.policies
+    ]
+    return tuple(p.name for p in tight), PolicySet(tuple(full))

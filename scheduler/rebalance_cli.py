@@ -1,16 +1,116 @@
-"""`gpupack rebalance`: live rebalancing (not built yet)."""
+"""`gpupack rebalance`: move models off devices that break policies, with the fewest safe moves.
+
+Reads where every model is from the Triton servers, judges it against the policies with peaks
+from the exporter (or a profile file), and prints the plan. Nothing changes without --apply;
+then each step loads the model at its target and waits until it answers before unloading it at
+its source, one step at a time, under a lock, a moves-per-run limit and a per-model cooldown.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
-from gpupack.config import ConfigFile
-from gpupack.errors import GpupackError
+from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.errors import ExitStatus, InputError
+from gpupack.rules.policy import PolicySet
+from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
+from gpupack.scheduler.rebalance_report import render_json, render_outcome, render_table
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.units import parse_bytes, parse_duration
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "gpupack")
+
+
+def _count(value: object) -> int:
+    number = int(str(value))
+    if number < 1:
+        raise ValueError(f"{value!r} is not a positive number of moves")
+    return number
+
+
+SETTINGS = (
+    Setting("policies", str, help="policy YAML file or directory"),
+    Setting("exporter", str, help="exporter URL serving /api/v1/peaks"),
+    Setting("device_memory", parse_bytes, help="memory of each device, with --profile"),
+    Setting("max_moves", _count, help="most move steps per run (default: no limit)"),
+    Setting("cooldown", parse_duration, 600.0, help="time a moved model stays put"),
+    Setting("step_timeout", parse_duration, 60.0, help="longest a step may take before it is rolled back"),
+    Setting("drain", parse_duration, 5.0, help="both copies serve this long before the source is unloaded"),
+    Setting("state_dir", str, _default_state_dir(), help="lock, cooldowns and audit log"),
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--server", action="append", required=True, metavar="NAME=URL",
+                        help="a Triton server to manage (repeat), e.g. triton-0=http://10.0.0.5:8000")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--exporter", metavar="URL", help="take peaks, devices and baselines from this exporter")
+    source.add_argument("--profile", metavar="FILE", help="take peaks from a profile file (needs --device-memory)")
+    parser.add_argument("--device-memory", metavar="SIZE",
+                        help="with --profile: memory of each server's device, e.g. 16GiB")
+    parser.add_argument("--policies", metavar="FILE", help="policies to enforce (default: device capacity only)")
+    parser.add_argument("--apply", action="store_true", help="carry out the plan (default: only print it)")
+    parser.add_argument("--max-moves", metavar="N", help="most move steps per run (default: no limit)")
+    parser.add_argument("--cooldown", metavar="DURATION", help="a moved model stays put this long (default: 10m)")
+    parser.add_argument("--step-timeout", metavar="DURATION", help="per-step limit before rollback (default: 60s)")
+    parser.add_argument("--drain", metavar="DURATION",
+                        help="keep both copies this long before unloading the source (default: 5s)")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="lock, cooldowns and audit log (default: ~/.local/state/gpupack)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
-    raise GpupackError("'gpupack rebalance' is not available in this release yet")
+    settings = resolve_settings("rebalance", SETTINGS, config, os.environ, vars(args))
+    servers = [ServerEndpoint.parse(text) for text in args.server]
+    names = [s.name for s in servers]
+    if len(set(names)) != len(names):
+        raise InputError(f"--server: a server name is given twice ({', '.join(names)})")
+    if args.profile:
+        if settings["device_memory"] is None:
+            raise InputError("--profile needs --device-memory (the memory of each server's device)")
+        inputs = ProfileInputs(args.profile, servers, settings["device_memory"])
+    elif settings["exporter"]:
+        inputs = ExporterInputs(settings["exporter"])
+    else:
+        raise InputError("give --exporter URL (peaks as recorded) or --profile FILE (peaks as profiled)")
+    rebalancer = Rebalancer(
+        servers,
+        inputs,
+        _load_policies(settings["policies"]),
+        RebalanceSettings(
+            state_dir=Path(settings["state_dir"]),
+            max_moves=settings["max_moves"],
+            cooldown_seconds=settings["cooldown"],
+            step_timeout_seconds=settings["step_timeout"],
+            drain_seconds=settings["drain"],
+        ),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    plan = rebalancer.plan()
+    if args.format == "table":
+        sys.stdout.write(render_table(plan, rebalancer.policies, applying=args.apply))
+        sys.stdout.flush()
+    outcome = rebalancer.apply(plan) if args.apply and plan.admission.admitted else None
+    if args.format == "json":
+        sys.stdout.write(render_json(plan, outcome))
+    elif outcome is not None:
+        sys.stdout.write(render_outcome(outcome))
+    if outcome is not None:
+        return ExitStatus.OK if outcome.succeeded else ExitStatus.FAILURE
+    return ExitStatus.OK if plan.moves.safe else ExitStatus.FAILURE
+
+
+def _load_policies(path: str | None) -> PolicySet:
+    if path is None:
+        return PolicySet()
+    from gpupack.rules.loader import load_policies  # noqa: PLC0415 - jsonschema only when policies are given
+
+    return load_policies(path)

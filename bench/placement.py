@@ -1,0 +1,122 @@
+"""Placement benchmark: `python bench/placement.py [--quick]`.
+
+Prints, for the article's case studies, random fleets of 100, 1,000 and 5,000 models with three
+resources, and the 1-D bin-packing instances in ../shared/bench-data/bpp1d (known optima): devices
+used, lower bound, gap, time for gpupack's solver and for plain first-fit-decreasing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gpupack.domain import Device, ModelFootprint, Resource
+from gpupack.profiles import load_profile
+from gpupack.rules.policy import CapacityPolicy, PolicySet
+from gpupack.scheduler.bounds import device_lower_bound
+from gpupack.scheduler.constraints import build_problem
+from gpupack.scheduler.heuristic import first_fit_decreasing
+from gpupack.scheduler.instance import compile_problem
+from gpupack.scheduler.problem import PlacementProblem
+from gpupack.scheduler.solver import solve
+
+ROOT = Path(__file__).resolve().parent.parent
+BPP_DIR = ROOT.parent / "shared" / "bench-data" / "bpp1d"
+GiB = 2**30
+
+
+def seed_cases() -> list[tuple[str, PlacementProblem, str]]:
+    profile = load_profile(ROOT / "examples" / "seed-profile.yaml")
+    devices = [Device(f"gpu-{k}", {Resource.GPU_MEMORY: 16 * GiB}) for k in range(1, 10)]
+    full = PolicySet(tuple(CapacityPolicy(name=f"{r.value}-100", resource=r, max_ratio=1.0) for r in Resource))
+    return [
+        ("seed case 1 (memory)", build_problem(profile.models, devices, profile.server_baseline), "4, proven, <100 ms"),
+        ("seed case 2 (3 x 100%)", build_problem(profile.models, devices, profile.server_baseline, full), "6, proven, <100 ms"),
+    ]
+
+
+def random_fleet(n: int, seed: int = 1) -> PlacementProblem:
+    """Models from 0.3 to 6 GB (log-uniform), 5-50% utilisation, bandwidth 20-110% of utilisation,
+    on 16 GiB devices with 100% limits on all three resources."""
+    rng = np.random.default_rng(seed)
+    memory = np.exp(rng.uniform(np.log(0.3e9), np.log(6e9), n))
+    utilization = rng.uniform(0.05, 0.5, n)
+    bandwidth = np.clip(utilization * rng.uniform(0.2, 1.1, n), 0, 1)
+    models = [
+        ModelFootprint(f"model-{i}", {
+            Resource.GPU_MEMORY: float(memory[i]),
+            Resource.GPU_UTILIZATION: float(utilization[i]),
+            Resource.MEMORY_BANDWIDTH_UTILIZATION: float(bandwidth[i]),
+        })
+        for i in range(n)
+    ]
+    devices = [Device(f"gpu-{k}", {Resource.GPU_MEMORY: 16 * GiB}) for k in range(1, n + 1)]
+    full = PolicySet(tuple(CapacityPolicy(name=f"{r.value}-100", resource=r, max_ratio=1.0) for r in Resource))
+    return build_problem(models, devices, {Resource.GPU_MEMORY: 309e6}, full)
+
+
+def bpp_case(path: Path) -> PlacementProblem:
+    """A 1-D instance (n, capacity, then one weight a line) as memory-only placement."""
+    numbers = [int(float(x)) for x in path.read_text().split()]
+    n, capacity, weights = numbers[0], numbers[1], numbers[2 : 2 + numbers[0]]
+    models = [ModelFootprint(f"item-{i}", {Resource.GPU_MEMORY: float(w)}) for i, w in enumerate(weights)]
+    devices = [Device(f"bin-{k}", {Resource.GPU_MEMORY: capacity}) for k in range(n)]
+    return PlacementProblem(devices=tuple(devices), models=tuple(models))
+
+
+def run_case(name: str, problem: PlacementProblem, time_limit: float, target: str, optimum: int | None = None) -> dict:
+    started = time.perf_counter()
+    instance = compile_problem(problem)
+    ffd = first_fit_decreasing(instance, improved=False)
+    ffd_seconds = time.perf_counter() - started
+    ffd_count = len({d for ds in (ffd or {}).values() for d in ds})
+    result = solve(problem, time_limit_seconds=time_limit)
+    reference = optimum if optimum is not None else result.lower_bound
+    return {
+        "case": name, "models": len(problem.models), "devices": result.device_count, "bound": reference,
+        "gap": (result.device_count - reference) / reference, "optimal": result.optimal, "seconds": result.solve_seconds,
+        "method": result.method, "ffd": ffd_count, "ffd_seconds": ffd_seconds, "target": target,
+    }
+
+
+def print_rows(title: str, rows: list[dict], bound_name: str) -> None:
+    print(f"\n{title}")
+    print(f"{'case':34} {'models':>6} {'devices':>7} {bound_name:>7} {'gap':>6} {'proven':>6} {'time':>8} "
+          f"{'method':>20} {'FFD':>5} {'FFD time':>8}  target")
+    for r in rows:
+        print(f"{r['case']:34} {r['models']:6} {r['devices']:7} {r['bound']:7} {r['gap']:6.1%} {str(r['optimal']):>6} "
+              f"{r['seconds'] * 1000:6.0f}ms {r['method']:>20} {r['ffd']:5} {r['ffd_seconds'] * 1000:6.0f}ms  {r['target']}")
+    worse = [r["case"] for r in rows if r["devices"] > r["ffd"]]
+    print(f"worse than first-fit-decreasing: {', '.join(worse) or 'never'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--time-limit", type=float, default=1.5, help="solver time limit per case, seconds")
+    parser.add_argument("--quick", action="store_true", help="skip the 1-D instances")
+    args = parser.parse_args()
+    rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
+    targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}
+    rows += [run_case(f"random fleet, 3 resources", random_fleet(n), args.time_limit, targets[n]) for n in targets]
+    print_rows("Placement (bound: gpupack's lower bound)", rows, "bound")
+    if args.quick or not BPP_DIR.is_dir():
+        return
+    with (BPP_DIR / "OPTIMA.tsv").open() as f:
+        optima = {row["instance"]: int(row["optimum"]) for row in csv.DictReader(f, delimiter="\t") if row["optimum"]}
+    bpp_rows = []
+    for path in sorted(BPP_DIR.glob("*.txt")):
+        bound = device_lower_bound(compile_problem(bpp_case(path)))
+        row = run_case(path.stem, bpp_case(path), args.time_limit, f"bound {bound}", optima.get(path.stem))
+        bpp_rows.append(row)
+    print_rows("1-D bin packing (bound: known optimum)", bpp_rows, "optimum")
+    gaps = np.array([r["gap"] for r in bpp_rows])
+    print(f"{len(bpp_rows)} instances: {int((gaps == 0).sum())} at the optimum, mean gap {gaps.mean():.2%}, "
+          f"max gap {gaps.max():.2%}, proven optimal {sum(r['optimal'] for r in bpp_rows)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Who uses what: device readings turned into per-model values, each labelled with its source.
+
+Sources, best first (a model gets the best one available for each resource):
+
+- ``process``: the model's own backend processes (Python-backend stubs found by PID), measured
+  directly: RSS/CPU time on the host, NVML's per-process memory and SM share on a GPU;
+- ``triton``: Triton's per-model ``memory_usage`` statistic, for backends that report it;
+- ``load_delta``: the device's memory change seen around the model's load;
+- ``apportioned``: the device utilisation not measured per process, split by each model's share of
+  Triton compute time in the interval.
+
+Whatever is not attributed stays with the server as its unattributed remainder, so per-model
+values plus remainders add up to the device.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping
+
+from gpupack.exporter.sources.host import HostReading
+from gpupack.exporter.sources.nvml import GpuReading
+from gpupack.exporter.sources.triton import ModelReading, TritonReading
+
+ModelKey = tuple[str, str]  # (model, version)
+
+
+@dataclass(frozen=True)
+class ServerInputs:
+    """What one sample knows about one server; ``previous_*`` are the readings before, for rates."""
+
+    server: str
+    triton: TritonReading | None = None
+    previous_triton: TritonReading | None = None
+    host: HostReading | None = None
+    previous_host: HostReading | None = None
+    triton_is_new: bool = True  # Triton is polled less often than devices are sampled
+
+
+@dataclass(frozen=True)
+class DeviceUsage:
+    device: str
+    kind: str  # gpu, mig, cpu
+    name: str
+    index: int | None
+    servers: tuple[str, ...]
+    capacity_bytes: int | None
+    memory_used_bytes: int | None
+    utilization_ratio: float | None = None
+    memory_bandwidth_utilization_ratio: float | None = None
+    power_watts: float | None = None
+    temperature_celsius: float | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    server: str
+    model: str
+    version: str
+    device: str
+    memory_bytes: int | None = None
+    memory_source: str | None = None
+    utilization_ratio: float | None = None
+    utilization_source: str | None = None
+
+
+@dataclass(frozen=True)
+class Attribution:
+    devices: tuple[DeviceUsage, ...]
+    models: tuple[ModelUsage, ...]
+    unattributed_memory_bytes: Mapping[tuple[str, str], int]  # (server, device) -> bytes
+
+
+class LoadDeltaTracker:
+    """Device memory just before and after each model load, for models nothing better measures.
+
+    Only a load that is alone on its device between two Triton polls is attributed: two models
+    appearing together cannot be told apart.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], frozenset[ModelKey]] = {}
+        self._used_before: dict[tuple[str, str], int] = {}
+        self._deltas: dict[tuple[str, str, str, str], int] = {}
+
+    def observe(self, server: str, device: str, used_bytes: int, loaded: Iterable[ModelKey]) -> None:
+        key, now = (server, device), frozenset(loaded)
+        before = self._loaded.get(key)
+        if before is not None:
+            new = now - before
+            if len(new) == 1 and key in self._used_before:
+                (model, version), delta = next(iter(new)), used_bytes - self._used_before[key]
+                if delta > 0:
+                    self._deltas[(server, model, version, device)] = delta
+            for model, version in before - now:
+                self._deltas.pop((server, model, version, device), None)
+        self._loaded[key], self._used_before[key] = now, used_bytes
+
+    def delta_bytes(self, server: str, model: ModelKey, device: str) -> int | None:
+        return self._deltas.get((server, model[0], model[1], device))
+
+
+def _cpu_rates(host: HostReading, previous: HostReading | None) -> dict[int, float]:
+    """CPU share of the device's cores per PID since the previous reading (PIDs in both only)."""
+    if previous is None or previous.server_pid != host.server_pid:
+        return {}
+    elapsed = host.taken_at_seconds - previous.taken_at_seconds
+    if elapsed <= 0:
+        return {}
+    rates = {}
+    for pid, usage in host.processes.items():
+        before = previous.processes.get(pid)
+        if before is not None:
+            rates[pid] = max(0.0, usage.cpu_seconds - before.cpu_seconds) / (elapsed * host.cores)
+    return rates
+
+
+def _compute_shares(triton: TritonReading | None, previous: TritonReading | None) -> dict[ModelKey, float]:
+    """Each model's compute seconds in the last Triton interval (models present in both readings)."""
+    if triton is None or previous is None:
+        return {}
+    before = {(m.model, m.version): m.compute_seconds for m in previous.models}
+    return {
+        (m.model, m.version): max(0.0, m.compute_seconds - before[(m.model, m.version)])
+        for m in triton.models
+        if (m.model, m.version) in before
+    }
+
+
+def _apportion(models: list[ModelUsage], device_ratio: float | None, shares: Mapping[ModelKey, float]) -> list[ModelUsage]:
+    """Give models without a measured utilisation their compute-time share of what is left."""
+    if device_ratio is None:
+        return models
+    measured = sum(m.utilization_ratio or 0.0 for m in models if m.utilization_source == "process")
+    left = max(0.0, device_ratio - measured)
+    unmeasured = [m.utilization_source is None and (m.model, m.version) in shares for m in models]
+    total = sum(shares[(m.model, m.version)] for m, pick in zip(models, unmeasured) if pick)
+    result = []
+    for m, pick in zip(models, unmeasured):
+        if pick:
+            share = shares[(m.model, m.version)] / total if total > 0 else 0.0
+            m = ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
+                           left * share, "apportioned")
+        result.append(m)
+    return result
+
+
+class Attributor:
+    def __init__(self) -> None:
+        self.load_deltas = LoadDeltaTracker()
+
+    def attribute(self, servers: Iterable[ServerInputs], gpus: tuple[GpuReading, ...], host_devices: bool) -> Attribution:
+        """``host_devices``: export a ``cpu:<server>`` device per server with a host reading."""
+        devices: dict[str, DeviceUsage] = {}
+        models: list[ModelUsage] = []
+        unattributed: dict[tuple[str, str], int] = {}
+        gpu_servers: dict[str, list[str]] = defaultdict(list)
+        for inputs in servers:
+            if inputs.triton is None:
+                continue
+            if host_devices and inputs.host is not None:
+                device, found, remainder = self._host(inputs)
+                devices[device.device] = device
+                models += found
+                unattributed[(inputs.server, device.device)] = remainder
+            if gpus:
+                found, remainders = self._gpus(inputs, gpus)
+                models += found
+                unattributed.update(remainders)
+                for server, device in remainders:
+                    gpu_servers[device].append(server)
+        for gpu in gpus:
+            devices[gpu.device] = DeviceUsage(
+                device=gpu.device, kind=gpu.kind, name=gpu.name, index=gpu.index,
+                servers=tuple(sorted(gpu_servers.get(gpu.device, ()))),
+                capacity_bytes=gpu.memory_total_bytes, memory_used_bytes=gpu.memory_used_bytes,
+                utilization_ratio=gpu.utilization_ratio,
+                memory_bandwidth_utilization_ratio=gpu.memory_bandwidth_utilization_ratio,
+                power_watts=gpu.power_watts, temperature_celsius=gpu.temperature_celsius,
+                labels={"parent": gpu.parent} if gpu.parent else {},
+            )
+        return Attribution(tuple(devices.values()), tuple(models), unattributed)
+
+    def _host(self, inputs: ServerInputs) -> tuple[DeviceUsage, list[ModelUsage], int]:
+        host, triton = inputs.host, inputs.triton
+        assert host is not None and triton is not None
+        rates = _cpu_rates(host, inputs.previous_host)
+        device_ratio = sum(rates.values()) if rates else None
+        used = host.tree_rss_bytes
+        loaded = [(m.model, m.version) for m in triton.models]
+        if inputs.triton_is_new:
+            self.load_deltas.observe(inputs.server, host.device, used, loaded)
+        stubs: dict[ModelKey, list[int]] = defaultdict(list)
+        for backend in host.backends:
+            stubs[(backend.model, backend.version)].append(backend.pid)
+        found = []
+        for reading in triton.models:
+            key = (reading.model, reading.version)
+            memory, memory_source = self._memory(inputs.server, reading, host.device, "CPU", None,
+                                                 [host.processes[p].rss_bytes for p in stubs.get(key, ())])
+            ratio, ratio_source = None, None
+            if key in stubs and rates:
+                ratio, ratio_source = sum(rates.get(p, 0.0) for p in stubs[key]), "process"
+            found.append(ModelUsage(inputs.server, reading.model, reading.version, host.device,
+                                    memory, memory_source, ratio, ratio_source))
+        found = _apportion(found, device_ratio, _compute_shares(triton, inputs.previous_triton))
+        device = DeviceUsage(
+            device=host.device, kind="cpu", name="host", index=None, servers=(inputs.server,),
+            capacity_bytes=host.capacity_bytes, memory_used_bytes=used, utilization_ratio=device_ratio,
+        )
+        remainder = max(0, used - sum(m.memory_bytes or 0 for m in found))
+        return device, found, remainder
+
+    def _memory(self, server: str, reading: ModelReading, device: str, usage_kind: str, device_id: int | None,
+                process_bytes: list[int]) -> tuple[int | None, str | None]:
+        if process_bytes:
+            return sum(process_bytes), "process"
+        reported = [u.size_bytes for u in reading.memory_usage
+                    if u.kind == usage_kind and (device_id is None or u.device_id == device_id)]
+        if reported:
+            return sum(reported), "triton"
+        delta = self.load_deltas.delta_bytes(server, (reading.model, reading.version), device)
+        if delta is not None:
+            return delta, "load_delta"
+        return None, None
+
+    def _gpus(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...]) -> tuple[list[ModelUsage], dict[tuple[str, str], int]]:
+        triton, host = inputs.triton, inputs.host
+        assert triton is not None
+        by_uuid = {g.device: g for g in gpus}
+        by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
+        server_pids = set(host.processes) if host else set()
+        stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
+        placement: dict[ModelKey, set[str]] = defaultdict(set)
+        for gpu in gpus:
+            for pid in gpu.process_memory_bytes:
+                if pid in stub_of:
+                    placement[stub_of[pid]].add(gpu.device)
+        server_gpus = {g.device for g in gpus if server_pids & set(g.process_memory_bytes)}
+        for reading in triton.models:
+            key = (reading.model, reading.version)
+            if key not in placement:
+                placement[key] = set(reading.gpu_uuids) or {
+                    by_index[i] for group in reading.instance_groups for i in group.gpus if i in by_index
+                }
+            server_gpus |= placement[key]
+        if not server_gpus:
+            server_gpus = {u for u in triton.gpu_uuids if u in by_uuid}
+        for reading in triton.models:
+            key = (reading.model, reading.version)
+            if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
+                placement[key] = set(server_gpus)
+        shares = _compute_shares(triton, inputs.previous_triton)
+        models: list[ModelUsage] = []
+        remainders: dict[tuple[str, str], int] = {}
+        for uuid in sorted(server_gpus):
+            gpu = by_uuid[uuid]
+            on_gpu = [r for r in triton.models if uuid in placement[(r.model, r.version)]]
+            if gpu.memory_used_bytes is not None and inputs.triton_is_new:
+                self.load_deltas.observe(inputs.server, uuid, gpu.memory_used_bytes, [(r.model, r.version) for r in on_gpu])
+            found = []
+            for reading in on_gpu:
+                key = (reading.model, reading.version)
+                pids = [pid for pid, k in stub_of.items() if k == key and pid in gpu.process_memory_bytes]
+                memory, source = self._memory(inputs.server, reading, uuid, "GPU", gpu.index,
+                                              [gpu.process_memory_bytes[p] for p in pids])
+                sm = [gpu.process_sm_ratio[p] for p in pids if p in gpu.process_sm_ratio]
+                found.append(ModelUsage(inputs.server, reading.model, reading.version, uuid, memory, source,
+                                        sum(sm) if sm else None, "process" if sm else None))
+            found = _apportion(found, gpu.utilization_ratio, shares)
+            models += found
+            attributed = sum(m.memory_bytes or 0 for m in found)
+            if server_pids:
+                own = sum(b for pid, b in gpu.process_memory_bytes.items() if pid in server_pids)
+                remainders[(inputs.server, uuid)] = max(0, own - attributed)
+            elif gpu.memory_used_bytes is not None:
+                # Without PIDs (a remote server) the device's whole use is the best bound there is.
+                remainders[(inputs.server, uuid)] = max(0, gpu.memory_used_bytes - attributed)
+        return models, remainders

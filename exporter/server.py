@@ -1,0 +1,72 @@
+"""HTTP: ``/metrics`` (Prometheus text), ``/api/v1/peaks`` (JSON), ``/healthz``.
+
+Every handler reads the current snapshot once and renders it; none touches a source.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gpupack.exporter.collector import SnapshotCollector
+from gpupack.exporter.exposition import text_format
+from gpupack.exporter.peaks_api import peaks_document
+from gpupack.exporter.snapshot import Snapshot
+
+
+class ExporterHttpServer:
+    """Binds at construction (so a taken port fails before anything starts), serves on a thread."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], healthy: Callable[[], bool]) -> None:
+        handler = _handler_class(SnapshotCollector(snapshot), snapshot, healthy)
+        self._httpd = ThreadingHTTPServer((host, port), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="gpupack-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._httpd.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+def _handler_class(collector: SnapshotCollector, snapshot: Callable[[], Snapshot],
+                   healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms delayed-ACK stall
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, text_format(collector.collect()))
+            elif path == "/api/v1/peaks":
+                self._send(200, "application/json", json.dumps(peaks_document(snapshot())).encode())
+            elif path == "/healthz":
+                ok = healthy()
+                self._send(200 if ok else 503, "text/plain", b"ok\n" if ok else b"sampler is not running\n")
+            else:
+                self._send(404, "text/plain", b"not found: try /metrics, /api/v1/peaks or /healthz\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+            pass  # a scrape every few seconds is not news
+
+    return Handler

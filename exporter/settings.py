@@ -1,0 +1,249 @@
+"""The exporter's settings, validated once into frozen objects before anything starts.
+
+Scalars go through :func:`gpupack.config.resolve_settings` (file < ``GPUPACK_EXPORTER_*`` < flags);
+the server list is parsed here because its errors must name the item and line inside the list.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.errors import InputError
+from gpupack.units import UnitError, parse_bytes, parse_duration
+from gpupack.yamlfile import LineDict, LineList
+
+SECTION = "exporter"
+BACKENDS = ("nvml", "host")
+PROTOCOLS = ("http", "grpc")
+DEFAULT_PORT = 9478
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """One Triton server to watch. ``url`` is ``http(s)://host:port`` for HTTP, ``host:port`` for gRPC."""
+
+    name: str
+    url: str
+    protocol: str = "http"
+    metrics_url: str | None = None
+    pid: int | None = None
+    memory_budget_bytes: int | None = None
+    timeout_seconds: float = 2.0
+    tls: TlsConfig | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int | None:
+        return urlsplit(self.url if "//" in self.url else f"//{self.url}").port
+
+
+@dataclass(frozen=True)
+class ExporterSettings:
+    listen_host: str
+    listen_port: int
+    servers: tuple[ServerConfig, ...]
+    backends: tuple[str, ...]
+    sample_interval_seconds: float
+    peak_window_seconds: float
+    state_dir: Path
+
+
+def _listen(value: Any) -> tuple[str, int]:
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _backends(value: Any) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    if not names:
+        raise ValueError("at least one backend is needed")
+    return tuple(dict.fromkeys(names))
+
+
+def _sample_hz(value: Any) -> float:
+    hz = float(value)
+    if not 0 < hz <= 100:
+        raise ValueError(f"sample rate {value!r} must be above 0 and at most 100 per second")
+    return hz
+
+
+def _window(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < 60:
+        raise ValueError(f"peak window {value!r} is shorter than a minute")
+    return seconds
+
+
+def _default_backends() -> tuple[str, ...]:
+    return ("nvml",) if Path("/proc/driver/nvidia/version").exists() else ("host",)
+
+
+def _default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "gpupack" / "exporter")
+
+
+SETTINGS = (
+    Setting("listen", _listen, ("0.0.0.0", DEFAULT_PORT), "HOST:PORT to serve /metrics and /api/v1/peaks on"),
+    Setting("servers", lambda v: v, None, "Triton servers to watch"),
+    Setting("backend", _backends, None, "device backends: nvml, host (default: nvml with a driver, else host)"),
+    Setting("sample_hz", _sample_hz, 5.0, "samples per second, independent of scrapes"),
+    Setting("peak_window", _window, 7 * 86400.0, "how long peaks are kept"),
+    Setting("state_dir", str, None, "directory of the peak database"),
+)
+
+
+def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> ExporterSettings:
+    """Validate every layer; raises :class:`InputError` naming the field on the first bad value."""
+    values = resolve_settings(SECTION, SETTINGS, config, environ, flags)
+    host, port = values["listen"]
+    servers = _servers(config, environ, flags)
+    if not servers:
+        raise InputError("no Triton server configured (give --server NAME=URL or exporter.servers in the config file)")
+    return ExporterSettings(
+        listen_host=host,
+        listen_port=port,
+        servers=servers,
+        backends=values["backend"] or _default_backends(),
+        sample_interval_seconds=1.0 / values["sample_hz"],
+        peak_window_seconds=values["peak_window"],
+        state_dir=Path(values["state_dir"] or _default_state_dir()),
+    )
+
+
+def _servers(config: ConfigFile | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> tuple[ServerConfig, ...]:
+    env_name = SETTINGS[1].env_name(SECTION)
+    if flags.get("servers"):
+        return _unique(tuple(_server_from_pair(text, "--server") for text in flags["servers"]), "--server")
+    if env_name in environ:
+        pairs = [p for p in environ[env_name].split(",") if p.strip()]
+        return _unique(tuple(_server_from_pair(text, env_name) for text in pairs), env_name)
+    section = config.section(SECTION) if config else None
+    if not section or "servers" not in section:
+        return ()
+    items = section["servers"]
+    path = config.path  # type: ignore[union-attr]
+    if not isinstance(items, LineList):
+        raise InputError("must be a list of servers", path=path, line=section.line_of("servers"), field="exporter.servers")
+    servers = []
+    for index, (item, line) in enumerate(zip(items, items.item_lines)):
+        where = f"exporter.servers[{index}]"
+        if not isinstance(item, LineDict):
+            raise InputError("must be a mapping with name and url", path=path, line=line, field=where)
+        servers.append(_server_from_mapping(item, path, where))
+    return _unique(tuple(servers), f"{path}: exporter.servers")
+
+
+def _server_from_pair(text: str, origin: str) -> ServerConfig:
+    name, sep, url = str(text).partition("=")
+    if not sep or not name.strip() or not url.strip():
+        raise InputError(f"{origin}: {text!r} is not NAME=URL")
+    try:
+        return ServerConfig(name=name.strip(), url=_url(url.strip(), "http"))
+    except ValueError as e:
+        raise InputError(f"{origin}: {name.strip()}: {e}") from e
+
+
+_SERVER_KEYS = ("name", "url", "protocol", "metrics_url", "pid", "memory_budget", "timeout", "tls", "headers")
+
+
+def _server_from_mapping(item: LineDict, path: str, where: str) -> ServerConfig:
+    def fail(key: str, message: str) -> InputError:
+        return InputError(message, path=path, line=item.line_of(key), field=f"{where}.{key}")
+
+    for key in item:
+        if key not in _SERVER_KEYS:
+            raise fail(key, f"unknown key (known: {', '.join(_SERVER_KEYS)})")
+    for key in ("name", "url"):
+        if not item.get(key):
+            raise InputError("is required", path=path, line=item.line, field=f"{where}.{key}")
+    protocol = str(item.get("protocol", "http"))
+    if protocol not in PROTOCOLS:
+        raise fail("protocol", f"must be one of {', '.join(PROTOCOLS)}")
+    try:
+        url = _url(str(item["url"]), protocol)
+    except ValueError as e:
+        raise fail("url", str(e)) from e
+    parsed: dict[str, Any] = {}
+    for key, parse in (("pid", _pid), ("memory_budget", parse_bytes), ("timeout", parse_duration),
+                       ("metrics_url", lambda v: _url(str(v), "http")), ("tls", _tls), ("headers", _headers)):
+        if key in item:
+            try:
+                parsed[key] = parse(item[key])
+            except (UnitError, ValueError, TypeError) as e:
+                raise fail(key, str(e)) from e
+    return ServerConfig(
+        name=str(item["name"]),
+        url=url,
+        protocol=protocol,
+        metrics_url=parsed.get("metrics_url"),
+        pid=parsed.get("pid"),
+        memory_budget_bytes=parsed.get("memory_budget"),
+        timeout_seconds=parsed.get("timeout", 2.0),
+        tls=parsed.get("tls"),
+        headers=parsed.get("headers", {}),
+    )
+
+
+def _url(text: str, protocol: str) -> str:
+    if protocol == "grpc":
+        if "//" in text or ":" not in text:
+            raise ValueError(f"{text!r} is not HOST:PORT (gRPC)")
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http:// or https:// URL")
+    return text.rstrip("/")
+
+
+def _pid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{value!r} is not a process id")
+    return value
+
+
+def _tls(value: Any) -> TlsConfig:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with ca, cert, key, insecure")
+    unknown = set(value) - {"ca", "cert", "key", "insecure"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: ca, cert, key, insecure)")
+    for key in ("ca", "cert", "key"):
+        if key in value and not Path(str(value[key])).is_file():
+            raise ValueError(f"{key}: {value[key]} is not a file")
+    return TlsConfig(value.get("ca"), value.get("cert"), value.get("key"), bool(value.get("insecure", False)))
+
+
+def _headers(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of header name to value")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _unique(servers: tuple[ServerConfig, ...], origin: str) -> tuple[ServerConfig, ...]:
+    seen: set[str] = set()
+    for server in servers:
+        if server.name in seen:
+            raise InputError(f"{origin}: server name {server.name!r} is given twice")
+        seen.add(server.name)
+    return servers

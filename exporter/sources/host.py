@@ -1,0 +1,206 @@
+"""CPU-only Triton servers, measured with psutil: one device ``cpu:<server>`` per server.
+
+Memory is the resident set of the server's process tree (``tritonserver`` plus backend stubs),
+CPU time its utilisation. Discovering the tree scans all of ``/proc``, so it is refreshed on a
+slower beat than the samples; reading a known process's RSS and CPU time is cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import psutil
+
+from gpupack.exporter.settings import ServerConfig
+from gpupack.exporter.sources import SourceError
+from gpupack.triton_processes import BackendProcess, backend_processes
+
+TREE_REFRESH_SECONDS = 1.0
+_CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class ProcessUsage:
+    pid: int
+    rss_bytes: int
+    cpu_seconds: float
+
+
+@dataclass(frozen=True)
+class HostReading:
+    """One look at one server's process tree."""
+
+    server: str
+    device: str
+    server_pid: int
+    capacity_bytes: int
+    cores: float
+    taken_at_seconds: float
+    processes: Mapping[int, ProcessUsage]
+    backends: tuple[BackendProcess, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tree_rss_bytes(self) -> int:
+        return sum(p.rss_bytes for p in self.processes.values())
+
+    @property
+    def tree_cpu_seconds(self) -> float:
+        return sum(p.cpu_seconds for p in self.processes.values())
+
+
+def device_name(server: str) -> str:
+    return f"cpu:{server}"
+
+
+def find_listening_pid(port: int) -> int | None:
+    """The tritonserver process that listens on ``port``, or None."""
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                if "tritonserver" in psutil.Process(conn.pid).name():
+                    return conn.pid
+            except psutil.Error:
+                continue
+    return None
+
+
+def cgroup_memory_limit_bytes(pid: int) -> int | None:
+    """The tightest memory limit of the cgroups (v2, or v1 memory controller) holding ``pid``."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            candidates = [(_CGROUP_ROOT / path.lstrip("/"), "memory.max")]
+        elif "memory" in controllers.split(","):
+            candidates = [(_CGROUP_ROOT / "memory" / path.lstrip("/"), "memory.limit_in_bytes")]
+        else:
+            continue
+        for directory, name in candidates:
+            while True:
+                limit = _read_limit(directory / name)
+                if limit is not None:
+                    limits.append(limit)
+                if directory in (_CGROUP_ROOT, _CGROUP_ROOT / "memory") or directory == directory.parent:
+                    break
+                directory = directory.parent
+    # cgroup v1 reports "no limit" as a huge page-aligned number.
+    limits = [limit for limit in limits if limit < 2**62]
+    return min(limits) if limits else None
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _cores(pid: int) -> float:
+    try:
+        return float(len(os.sched_getaffinity(pid)))
+    except OSError:
+        return float(psutil.cpu_count() or 1)
+
+
+class HostSource:
+    """Reads one local server's process tree. Collaborators are passed in for tests."""
+
+    def __init__(
+        self,
+        server: ServerConfig,
+        *,
+        find_pid: Callable[[int], int | None] = find_listening_pid,
+        memory_limit: Callable[[int], int | None] = cgroup_memory_limit_bytes,
+        host_memory_bytes: Callable[[], int] = lambda: psutil.virtual_memory().total,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.server = server
+        self._find_pid = find_pid
+        self._memory_limit = memory_limit
+        self._host_memory_bytes = host_memory_bytes
+        self._clock = clock
+        self._root: psutil.Process | None = None
+        self._tree: dict[int, psutil.Process] = {}
+        self._backends: tuple[BackendProcess, ...] = ()
+        self._capacity_bytes = 0
+        self._cores = 1.0
+        self._tree_read_at = float("-inf")
+        self._pid_searched_at = float("-inf")
+
+    def read(self) -> HostReading:
+        now = self._clock()
+        root = self._root_process()
+        if now - self._tree_read_at >= TREE_REFRESH_SECONDS:
+            self._refresh_tree(root)
+            self._tree_read_at = now
+        processes = {}
+        for pid, process in list(self._tree.items()):
+            try:
+                with process.oneshot():
+                    rss = process.memory_info().rss
+                    cpu = process.cpu_times()
+            except psutil.Error:
+                if pid == root.pid:
+                    self._root = None
+                    raise SourceError(f"server {self.server.name}: tritonserver (pid {pid}) is gone") from None
+                del self._tree[pid]
+                continue
+            processes[pid] = ProcessUsage(pid, rss, cpu.user + cpu.system)
+        alive = tuple(b for b in self._backends if b.pid in processes)
+        return HostReading(
+            server=self.server.name,
+            device=device_name(self.server.name),
+            server_pid=root.pid,
+            capacity_bytes=self._capacity_bytes,
+            cores=self._cores,
+            taken_at_seconds=now,
+            processes=processes,
+            backends=alive,
+        )
+
+    def _root_process(self) -> psutil.Process:
+        if self._root is not None and self._root.is_running():
+            return self._root
+        pid = self.server.pid
+        if pid is None:
+            # Looking for the listener lists every socket on the machine: not on every sample.
+            now = self._clock()
+            if now - self._pid_searched_at < TREE_REFRESH_SECONDS:
+                raise SourceError(f"server {self.server.name}: no tritonserver found yet")
+            self._pid_searched_at = now
+            port = self.server.port
+            pid = self._find_pid(port) if port else None
+        if pid is None:
+            raise SourceError(f"server {self.server.name}: no tritonserver listening on port {self.server.port}")
+        try:
+            self._root = psutil.Process(pid)
+        except psutil.Error as e:
+            raise SourceError(f"server {self.server.name}: process {pid} is not running") from e
+        self._tree = {}
+        self._tree_read_at = float("-inf")
+        return self._root
+
+    def _refresh_tree(self, root: psutil.Process) -> None:
+        try:
+            children = root.children(recursive=True)
+        except psutil.Error as e:
+            self._root = None
+            raise SourceError(f"server {self.server.name}: tritonserver (pid {root.pid}) is gone") from e
+        known = self._tree
+        self._tree = {root.pid: known.get(root.pid, root)}
+        for child in children:
+            self._tree[child.pid] = known.get(child.pid, child)
+        self._backends = tuple(backend_processes(root.pid, children))
+        limit = self._memory_limit(root.pid)
+        self._capacity_bytes = limit or self.server.memory_budget_bytes or self._host_memory_bytes()
+        self._cores = _cores(root.pid)

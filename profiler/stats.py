@@ -1,0 +1,134 @@
+"""One measured point: client-side numbers, cross-checked against Triton's own counters.
+
+Throughput is inferences per second (requests x batch size), as in the article's Table 2. The
+server's ``inference_count`` over the same window gives a second throughput; their difference is
+kept in the point, not hidden. A point with failed requests is marked and keeps its raw numbers:
+nothing averages it with the good ones, and :mod:`profiler.choose` never picks it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from gpupack.profiler.loadgen import LoadWindow
+from gpupack.profiler.sampler import Peaks
+
+
+class PointStatus(str, enum.Enum):
+    OK = "ok"
+    ERRORS = "errors"  # some requests failed: numbers shown, never used
+    OVER_LATENCY_BOUND = "over_latency_bound"  # p99 above --latency-bound: the sweep stops here
+
+
+@dataclass(frozen=True)
+class TritonCounters:
+    """A model's cumulative counters from ``/v2/models/<m>/stats``."""
+
+    success_count: int  # requests
+    fail_count: int
+    inference_count: int  # batch elements
+
+    @classmethod
+    def from_statistics(cls, stats: Mapping[str, Any]) -> "TritonCounters":
+        inference = stats.get("inference_stats", {})
+        return cls(
+            success_count=int(inference.get("success", {}).get("count", 0)),
+            fail_count=int(inference.get("fail", {}).get("count", 0)),
+            inference_count=int(stats.get("inference_count", 0)),
+        )
+
+    def __sub__(self, other: "TritonCounters") -> "TritonCounters":
+        return TritonCounters(self.success_count - other.success_count, self.fail_count - other.fail_count,
+                              self.inference_count - other.inference_count)
+
+
+@dataclass(frozen=True)
+class Latencies:
+    p50_seconds: float
+    p95_seconds: float
+    p99_seconds: float
+
+    @classmethod
+    def of(cls, samples_seconds: Sequence[float]) -> "Latencies | None":
+        if not samples_seconds:
+            return None
+        p50, p95, p99 = np.percentile(np.asarray(samples_seconds), [50, 95, 99])
+        return cls(float(p50), float(p95), float(p99))
+
+
+@dataclass(frozen=True)
+class PointResult:
+    model: str
+    batch_size: int
+    concurrency: int
+    status: PointStatus
+    window_seconds: float
+    request_count: int  # successful requests, client side
+    error_count: int
+    throughput_per_second: float  # inferences/s, client side
+    triton_throughput_per_second: float  # the same window by Triton's inference_count
+    latencies: Latencies | None
+    peak_memory_bytes: int | None  # above the server baseline
+    peak_utilization_ratio: float | None
+    peak_memory_bandwidth_utilization_ratio: float | None
+    errors: tuple[str, ...] = ()
+
+    @property
+    def throughput_difference_ratio(self) -> float | None:
+        """(Triton - client) / client; None when the client saw nothing to compare."""
+        if self.throughput_per_second <= 0:
+            return None
+        return self.triton_throughput_per_second / self.throughput_per_second - 1.0
+
+    @property
+    def usable(self) -> bool:
+        return self.status is PointStatus.OK
+
+
+def measure_point(
+    model: str,
+    window: LoadWindow,
+    counters_before: TritonCounters,
+    counters_after: TritonCounters,
+    peaks: Peaks,
+    baseline: Peaks,
+    latency_bound_seconds: float | None = None,
+) -> PointResult:
+    """Turn one window, the server's counters around it and the device's peaks into a point."""
+    served = counters_after - counters_before
+    seconds = window.elapsed_seconds
+    latencies = Latencies.of(window.latencies_seconds)
+    # A request the client saw fail is usually in Triton's fail count too: count it once.
+    failed = max(window.error_count, served.fail_count)
+    if failed:
+        status = PointStatus.ERRORS
+    elif latencies and latency_bound_seconds is not None and latencies.p99_seconds > latency_bound_seconds:
+        status = PointStatus.OVER_LATENCY_BOUND
+    else:
+        status = PointStatus.OK
+    return PointResult(
+        model=model,
+        batch_size=window.batch_size,
+        concurrency=window.concurrency,
+        status=status,
+        window_seconds=seconds,
+        request_count=window.success_count,
+        error_count=failed,
+        throughput_per_second=window.success_count * window.batch_size / seconds if seconds > 0 else 0.0,
+        triton_throughput_per_second=served.inference_count / seconds if seconds > 0 else 0.0,
+        latencies=latencies,
+        peak_memory_bytes=_above(peaks.memory_bytes, baseline.memory_bytes),
+        peak_utilization_ratio=peaks.utilization_ratio,
+        peak_memory_bandwidth_utilization_ratio=peaks.memory_bandwidth_utilization_ratio,
+        errors=window.error_messages,
+    )
+
+
+def _above(value: int | None, baseline: int | None) -> int | None:
+    if value is None:
+        return None
+    return max(0, value - (baseline or 0))

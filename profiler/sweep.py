@@ -1,0 +1,240 @@
+"""The measurement plan: the server alone first, then each model alone, batch x concurrency.
+
+Per model: explicit load, then for each batch size a rising concurrency ramp (warm-up, then the
+measurement window while the sampler records peaks), then unload and wait until the model's
+backend processes are gone, so the next model starts from the baseline again.
+
+The run always ends in a :class:`SweepResult` holding what was measured, whatever stopped it:
+Ctrl-C (``interrupted``), a dead server (``server_error``) or the end of the plan. Whatever it
+loaded, it unloads (a dead server has nothing left to unload).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, Sequence
+
+from gpupack.errors import ExitStatus, GpupackError
+from gpupack.exporter.sources import SourceError
+from gpupack.profiler.control import ModelLoadError, ServerControl, ServerGoneError
+from gpupack.profiler.loadgen import LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
+from gpupack.profiler.sampler import PeakSampler, Peaks, Probe
+from gpupack.profiler.stats import PointResult, PointStatus, measure_point
+
+log = logging.getLogger(__name__)
+
+RELEASE_TIMEOUT_SECONDS = 30.0
+
+
+class ServerNotIdleError(GpupackError):
+    exit_status = ExitStatus.USAGE
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    models: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    concurrencies: tuple[int, ...]
+    duration_seconds: float
+    warmup_seconds: float
+    latency_bound_seconds: float | None = None
+
+    @property
+    def point_count(self) -> int:
+        return len(self.models) * len(self.batch_sizes) * len(self.concurrencies)
+
+
+@dataclass
+class ModelOutcome:
+    model: str
+    points: list[PointResult] = field(default_factory=list)
+    failure: str | None = None  # why the model was skipped (it did not load, ...)
+    stopped: str | None = None  # why its sweep ended before the plan did
+
+
+@dataclass
+class SweepResult:
+    baseline: Peaks | None = None
+    models: list[ModelOutcome] = field(default_factory=list)
+    interrupted: bool = False
+    server_error: str | None = None
+
+
+class LoadRunner(Protocol):
+    def run(self, batch_size: int, concurrency: int, duration_seconds: float) -> LoadWindow: ...
+
+
+@dataclass(frozen=True)
+class Progress:
+    points_done: int
+    points_total: int
+    model: str | None
+    elapsed_seconds: float
+    remaining_seconds: float | None
+
+
+class Sweep:
+    """Collaborators are passed in: the control plane, a probe factory (a fresh probe per model,
+    so it sees that model's new processes at once) and a load-generator factory."""
+
+    def __init__(
+        self,
+        plan: SweepPlan,
+        control: ServerControl,
+        probe_factory: Callable[[], Probe],
+        loadgen_factory: Callable[[ModelSignature], LoadRunner],
+        *,
+        on_progress: Callable[[Progress], None] = lambda progress: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.plan = plan
+        self._control = control
+        self._probe_factory = probe_factory
+        self._loadgen_factory = loadgen_factory
+        self._on_progress = on_progress
+        self._clock = clock
+        self._sleep = sleep
+        self._started = 0.0
+        self._done = 0
+        self._total = plan.point_count
+
+    def run(self) -> SweepResult:
+        result = SweepResult()
+        self._started = self._clock()
+        already = self._control.ready_models()
+        if already:
+            raise ServerNotIdleError(
+                f"server {self._control.address} already has models loaded ({', '.join(already)}): "
+                "profile on a server with none loaded, or they would count in every number")
+        try:
+            result.baseline = self._baseline()
+            for model in self.plan.models:
+                outcome = ModelOutcome(model)
+                result.models.append(outcome)
+                self._profile_model(outcome, result.baseline)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        except ServerGoneError as e:
+            result.server_error = str(e)
+        return result
+
+    def _baseline(self) -> Peaks:
+        """Table 1: the server alone, over one measurement window."""
+        self._report(None)
+        sampler = PeakSampler(self._probe_factory()).start()
+        try:
+            self._sleep(self.plan.duration_seconds)
+        finally:
+            peaks = sampler.stop()
+        self._raise_if_gone(sampler, "measuring the server alone")
+        return peaks
+
+    def _profile_model(self, outcome: ModelOutcome, baseline: Peaks) -> None:
+        model = outcome.model
+        self._report(model)
+        try:
+            self._control.load(model)
+        except ModelLoadError as e:
+            outcome.failure = str(e)
+            log.warning("%s; skipping it", e)
+            self._skip(len(self.plan.batch_sizes) * len(self.plan.concurrencies), model)
+            self._wait_released(model)
+            return
+        try:
+            signature = signature_from_config(self._control.config(model))
+            self._sweep(outcome, signature, baseline)
+        except UnsupportedModelError as e:
+            outcome.failure = str(e)
+            log.warning("%s; skipping it", e)
+        finally:
+            self._unload(model)
+
+    def _sweep(self, outcome: ModelOutcome, signature: ModelSignature, baseline: Peaks) -> None:
+        probe = self._probe_factory()
+        loadgen = self._loadgen_factory(signature)
+        per_batch = len(self.plan.concurrencies)
+        for b, batch_size in enumerate(self.plan.batch_sizes):
+            if not signature.supports_batch(batch_size):
+                outcome.stopped = f"batch size {batch_size} is above max_batch_size {signature.max_batch_size}"
+                self._skip(per_batch * (len(self.plan.batch_sizes) - b), outcome.model)
+                return
+            for c, concurrency in enumerate(self.plan.concurrencies):
+                point = self._point(outcome.model, loadgen, probe, batch_size, concurrency, baseline)
+                outcome.points.append(point)
+                self._done += 1
+                self._report(outcome.model)
+                if point.status is PointStatus.OK:
+                    continue
+                # More concurrency only queues more; more batch only costs more per request.
+                ends_model = point.status is PointStatus.ERRORS or c == 0
+                outcome.stopped = _why_stopped(point)
+                self._skip(per_batch - c - 1, outcome.model)
+                if ends_model:
+                    self._skip(per_batch * (len(self.plan.batch_sizes) - b - 1), outcome.model)
+                    return
+                break
+
+    def _point(self, model: str, loadgen: LoadRunner, probe: Probe, batch_size: int, concurrency: int,
+               baseline: Peaks) -> PointResult:
+        # The warm-up is sampled too: a peak it reaches is a peak the model reaches at this point.
+        sampler = PeakSampler(probe).start()
+        try:
+            if self.plan.warmup_seconds > 0:
+                loadgen.run(batch_size, concurrency, self.plan.warmup_seconds)
+            before = self._control.counters(model)
+            window = loadgen.run(batch_size, concurrency, self.plan.duration_seconds)
+        finally:
+            peaks = sampler.stop()
+        where = f"profiling {model} at batch {batch_size}, concurrency {concurrency}"
+        self._raise_if_gone(sampler, where)
+        if window.error_count and not self._control.live():
+            raise ServerGoneError(f"server {self._control.address} stopped answering while {where}: {window.error_messages[0]}")
+        after = self._control.counters(model)
+        return measure_point(model, window, before, after, peaks, baseline, self.plan.latency_bound_seconds)
+
+    def _unload(self, model: str) -> None:
+        try:
+            self._control.unload(model)
+        except ServerGoneError:
+            if self._control.live():
+                raise
+            return  # a dead server holds nothing; the caller reports the death
+        self._wait_released(model)
+
+    def _wait_released(self, model: str) -> None:
+        """Triton reports a model unloaded before its backend process has exited and freed memory."""
+        probe = self._probe_factory()
+        deadline = self._clock() + RELEASE_TIMEOUT_SECONDS
+        try:
+            while not probe.released():
+                if self._clock() > deadline:
+                    log.warning("%s: backend processes still running %.0fs after unload; the next model's "
+                                "peaks may include them", model, RELEASE_TIMEOUT_SECONDS)
+                    return
+                self._sleep(0.05)
+        except SourceError as e:
+            raise ServerGoneError(f"server {self._control.address} is gone after unloading {model}: {e}") from e
+
+    def _raise_if_gone(self, sampler: PeakSampler, where: str) -> None:
+        if sampler.error is not None and not self._control.live():
+            raise ServerGoneError(f"server {self._control.address} died while {where}: {sampler.error}")
+
+    def _skip(self, points: int, model: str) -> None:
+        self._total -= points
+        self._report(model)
+
+    def _report(self, model: str | None) -> None:
+        elapsed = self._clock() - self._started
+        remaining = elapsed / self._done * (self._total - self._done) if self._done else None
+        self._on_progress(Progress(self._done, self._total, model, elapsed, remaining))
+
+
+def _why_stopped(point: PointResult) -> str:
+    where = f"batch {point.batch_size}, concurrency {point.concurrency}"
+    if point.status is PointStatus.ERRORS:
+        return f"{point.error_count} failed requests at {where}" + (f": {point.errors[0]}" if point.errors else "")
+    p99 = point.latencies.p99_seconds if point.latencies else 0.0
+    return f"p99 latency {p99 * 1000:.1f} ms passed the bound at {where}"

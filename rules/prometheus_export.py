@@ -1,0 +1,253 @@
+"""Policies as Prometheus alerting rules over the exporter's series, with ``promtool test rules`` cases.
+
+The PromQL mirrors the evaluator: per device, the server's baseline peak plus the peaks of the
+models loaded there now (``and on(...) gpupack_model_memory_bytes`` keeps only loaded models).
+Alerts follow kube-prometheus: CamelCase names, ``for:``, ``severity``, ``summary``,
+``description``, ``runbook_url``. A policy the exporter's series cannot express (device labels,
+bandwidth per model) is skipped with a reason rather than exported wrong.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpupack.domain import Resource
+from gpupack.rules.policy import (
+    AntiAffinityPolicy,
+    CapacityPolicy,
+    FleetPolicy,
+    ModelLimitPolicy,
+    PinPolicy,
+    Policy,
+    PolicySet,
+    ReplicasPolicy,
+    Selector,
+)
+
+GROUP = "gpupack-policies"
+DEFAULT_RUNBOOK = "https://github.com/gpupack/gpupack/blob/main/rules/README.md#runbook"
+LOADED = "gpupack_model_memory_bytes"
+_MODEL_KEYS = "server, model, version, device"
+_PEAK_SERIES = {Resource.GPU_MEMORY: "gpupack_model_memory_peak_bytes",
+                Resource.GPU_UTILIZATION: "gpupack_model_utilization_peak_ratio"}
+_REGEX_SPECIAL = set(".^$+(){}|\\")
+_START_MINUTE = 10  # test series turn bad here; before it, nothing may fire
+
+
+class NotExpressible(Exception):
+    """This policy cannot be written over the exporter's series; the message says why."""
+
+
+@dataclass
+class Export:
+    rules: list[dict[str, Any]] = field(default_factory=list)
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (policy, why)
+
+
+def alert_name(policy: Policy) -> str:
+    return "Gpupack" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", policy.name))
+
+
+def glob_to_regex(patterns: tuple[str, ...]) -> str:
+    """Globs -> one RE2 alternation (PromQL regexes are anchored), escaped for a PromQL string
+    literal: a regex backslash is written twice there."""
+    def one(glob: str) -> str:
+        out, i = "", 0
+        while i < len(glob):
+            c = glob[i]
+            if c == "*":
+                out += ".*"
+            elif c == "?":
+                out += "."
+            elif c == "[" and "]" in glob[i + 1:]:
+                end = glob.index("]", i + 1)
+                body = glob[i + 1:end]
+                out += "[" + ("^" + body[1:] if body.startswith("!") else body) + "]"
+                i = end
+            elif c in _REGEX_SPECIAL:
+                out += "\\\\" + c
+            else:
+                out += c
+            i += 1
+        return out
+    return "|".join(one(p) for p in patterns)
+
+
+def _matchers(selector: Selector, with_models: bool = True) -> str:
+    if selector.device_labels:
+        raise NotExpressible("device labels are not in the exporter's series")
+    parts = []
+    for label, globs in (("device", selector.devices), ("server", selector.servers),
+                         ("model", selector.models if with_models else ())):
+        if globs:
+            parts.append(f'{label}=~"{glob_to_regex(globs)}"')
+    return "{" + ", ".join(parts) + "}" if parts else ""
+
+
+def _example(patterns: tuple[str, ...], fallback: str, avoid: tuple[str, ...] = ()) -> str:
+    """A concrete name the globs match (for test series); with ``avoid``, one they do not."""
+    if avoid:
+        for candidate in ("elsewhere-0", "other", "x"):
+            if not any(fnmatch.fnmatchcase(candidate, p) for p in avoid):
+                return candidate
+        raise NotExpressible("its devices match every name, so it cannot be violated")
+    if not patterns:
+        return fallback
+    return re.sub(r"\[!?([^\]])[^\]]*\]", r"\1", patterns[0]).replace("*", "x").replace("?", "x")
+
+
+def _loaded_peaks(resource: Resource, selector: Selector) -> str:
+    series = _PEAK_SERIES.get(resource)
+    if series is None:
+        raise NotExpressible(f"the exporter has no per-model {resource.value} series")
+    return f"({series}{_matchers(selector)} and on({_MODEL_KEYS}) {LOADED})"
+
+
+class _Series:
+    """Builds promtool input series that are fine before minute 10 and violating after it."""
+
+    def __init__(self, minutes: int) -> None:
+        self.minutes, self.items = minutes, []
+
+    def add(self, name: str, labels: dict[str, str], before: float | None, after: float) -> None:
+        head = "_" if before is None else f"{before:g}"
+        label_text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+        values = f"{head}x{_START_MINUTE - 1} {after:g}+0x{self.minutes - _START_MINUTE}"
+        self.items.append({"series": f"{name}{{{label_text}}}", "values": values})
+
+
+def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    device = _example(policy.selector.devices, "GPU-0")
+    server = _example(policy.selector.servers, "triton-0")
+    model_labels = {"server": server, "model": _example(policy.selector.models, "model-a"), "version": "1",
+                    "device": device}
+    peaks = _loaded_peaks(policy.resource, policy.selector)
+    device_filter = _matchers(Selector(devices=policy.selector.devices))
+    if policy.resource.is_bytes:
+        usage = f"sum by (device) ({peaks} or gpupack_server_unattributed_memory_peak_bytes{device_filter})"
+        if policy.max_bytes is not None:
+            limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
+        else:
+            ratio = policy.max_ratio - policy.headroom_ratio  # type: ignore[operator]
+            limit, capacity = f"on(device) ({ratio:g} * gpupack_device_memory_total_bytes)", 1e10
+            shown = f"{ratio * 100:g}% of its memory"
+        s.add("gpupack_device_memory_total_bytes", {"device": device}, capacity, capacity)
+        s.add("gpupack_server_unattributed_memory_peak_bytes", {"server": server, "device": device}, 100, 100)
+        s.add(_PEAK_SERIES[policy.resource], model_labels, 100, capacity)
+        what = "the server baseline plus the peaks of its loaded models exceed"
+    else:
+        ratio = policy.max_ratio - policy.headroom_ratio  # type: ignore[operator]
+        usage, limit, shown = f"sum by (device) ({peaks})", f"{ratio:g}", f"{ratio * 100:g}% {policy.resource.value}"
+        s.add(_PEAK_SERIES[policy.resource], model_labels, ratio / 2, 1.5)
+        what = "the peaks of its loaded models exceed"
+    s.add(LOADED, {**model_labels, "source": "process"}, 1, 1)
+    return f"{usage} > {limit}", {"device": device}, f"On device {{{{ $labels.device }}}} {what} {shown}."
+
+
+def _model_limit(policy: ModelLimitPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    series = _PEAK_SERIES.get(policy.resource)
+    if series is None:
+        raise NotExpressible(f"the exporter has no per-model {policy.resource.value} series")
+    labels = {"server": _example(policy.selector.servers, "triton-0"), "model": _example(policy.selector.models, "model-a"),
+              "version": "1", "device": _example(policy.selector.devices, "GPU-0")}
+    s.add(series, labels, policy.max_value / 2, policy.max_value * 2)
+    expr = f"max by (model, device) ({series}{_matchers(policy.selector)}) > {policy.max_value:g}"
+    return expr, {"model": labels["model"], "device": labels["device"]}, (
+        f"Model {{{{ $labels.model }}}} on {{{{ $labels.device }}}} peaks above its limit of {policy.max_value:g}.")
+
+
+def _fleet(policy: FleetPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    for d in range(policy.max_devices + 1):
+        device = _example(policy.selector.devices, "GPU-0") + f"-{d}"
+        labels = {"server": _example(policy.selector.servers, "triton-0"), "model": _example(policy.selector.models, "m"),
+                  "version": "1", "device": device, "source": "process"}
+        s.add(LOADED, labels, None if d == policy.max_devices else 1, 1)
+    expr = f"count(count by (device) ({LOADED}{_matchers(policy.selector)})) > {policy.max_devices}"
+    return expr, {}, f"Models are loaded on more than {policy.max_devices} devices."
+
+
+def _pin(policy: PinPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    if policy.to.device_labels:
+        raise NotExpressible("it pins to device labels, which are not in the exporter's series")
+    outside = []
+    for label, globs in (("device", policy.to.devices), ("server", policy.to.servers)):
+        if globs:
+            outside.append(f'{LOADED}{{model=~"{glob_to_regex(policy.selector.models)}", {label}!~"{glob_to_regex(globs)}"}}')
+    model = _example(policy.selector.models, "m")
+    device = _example((), "", avoid=policy.to.devices) if policy.to.devices else "GPU-0"
+    server = _example((), "", avoid=policy.to.servers) if policy.to.servers else "triton-0"
+    s.add(LOADED, {"server": server, "model": model, "version": "1", "device": device, "source": "process"}, None, 1)
+    expr = f"count by (model, device) ({' or '.join(outside)}) > 0"
+    return expr, {"model": model, "device": device}, (
+        f"Model {{{{ $labels.model }}}} is loaded on {{{{ $labels.device }}}}, outside the devices it is pinned to.")
+
+
+def _anti_affinity(policy: AntiAffinityPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    device = _example(policy.selector.devices, "GPU-0")
+    for position, glob in enumerate(policy.models[:2]):
+        labels = {"server": "triton-0", "model": _example((glob,), "m") + f"{position}" * ("*" in glob),
+                  "version": "1", "device": device, "source": "process"}
+        s.add(LOADED, labels, 1 if position == 0 else None, 1)
+    selector = Selector(devices=policy.selector.devices, servers=policy.selector.servers, models=policy.models)
+    expr = f"count by (device) (count by (device, model) ({LOADED}{_matchers(selector)})) > 1"
+    return expr, {"device": device}, f"Device {{{{ $labels.device }}}} runs more than one of: {', '.join(policy.models)}."
+
+
+def _replicas(policy: ReplicasPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+    model = _example(policy.selector.models, "m")
+    for d in range(policy.count - 1):
+        s.add(LOADED, {"server": "triton-0", "model": model, "version": "1", "device": f"GPU-{d}", "source": "process"},
+              None, 1)
+    if policy.count == 1:
+        raise NotExpressible("one replica is what any loaded model has")
+    expr = f"count by (model) (count by (model, device) ({LOADED}{_matchers(policy.selector)})) < {policy.count}"
+    return expr, {"model": model}, f"Model {{{{ $labels.model }}}} runs on fewer than {policy.count} devices."
+
+
+_BUILDERS = {CapacityPolicy: _capacity, ModelLimitPolicy: _model_limit, FleetPolicy: _fleet, PinPolicy: _pin,
+             AntiAffinityPolicy: _anti_affinity, ReplicasPolicy: _replicas}
+
+
+def build_export(policies: PolicySet) -> Export:
+    export = Export()
+    for policy in policies.policies:
+        for_minutes = math.ceil(policy.for_seconds / 60)
+        series = _Series(_START_MINUTE + for_minutes + 5)
+        try:
+            expr, labels, description = _BUILDERS[type(policy)](policy, series)  # type: ignore[operator]
+        except NotExpressible as e:
+            export.skipped.append((policy.name, str(e)))
+            continue
+        summary = f"Policy {policy.name} is violated."
+        annotations = {"summary": summary, "description": description,
+                       "runbook_url": policy.runbook_url or DEFAULT_RUNBOOK}
+        export.rules.append({"alert": alert_name(policy), "expr": expr, "for": f"{policy.for_seconds:g}s",
+                             "labels": {"severity": policy.severity.value, "policy": policy.name},
+                             "annotations": annotations})
+        expected = {"exp_labels": {"severity": policy.severity.value, "policy": policy.name, **labels},
+                    "exp_annotations": {**annotations, "description": _render(description, labels)}}
+        export.tests.append({"interval": "1m", "input_series": series.items, "alert_rule_test": [
+            {"eval_time": f"{_START_MINUTE - 1}m", "alertname": alert_name(policy), "exp_alerts": []},
+            {"eval_time": f"{series.minutes}m", "alertname": alert_name(policy), "exp_alerts": [expected]},
+        ]})
+    return export
+
+
+def _render(template: str, labels: dict[str, str]) -> str:
+    return re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels[m.group(1)], template)
+
+
+def write_export(export: Export, rules_path: Path, tests_path: Path) -> None:
+    rules_path.write_text(yaml.safe_dump({"groups": [{"name": GROUP, "rules": export.rules}]}, sort_keys=False))
+    rule_file = Path(rules_path).resolve().relative_to(Path(tests_path).resolve().parent) \
+        if Path(rules_path).resolve().parent == Path(tests_path).resolve().parent else Path(rules_path).resolve()
+    tests_path.write_text(yaml.safe_dump({"rule_files": [str(rule_file)], "evaluation_interval": "1m",
+                                          "tests": export.tests}, sort_keys=False, width=200))

@@ -1,0 +1,84 @@
+"""Devices files for ``gpupack plan``: the fleet to plan for, when it is not N identical GPUs.
+
+::
+
+    devices:
+      - {name: t4, memory: 16GiB, count: 4, cost: 0.35, labels: {class: T4}}
+      - {name: a100, memory: 80GiB, cost: 2.9}
+
+``count`` expands ``t4`` to ``t4-1`` ... ``t4-4``. Utilisation and bandwidth capacities are 100%.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from gpupack.domain import Device, Resource
+from gpupack.errors import InputError
+from gpupack.units import UnitError, parse_bytes
+from gpupack.yamlfile import LineDict, LineList, load_yaml_file
+
+_FIELDS = ("name", "memory", "count", "cost", "labels")
+
+
+def identical_devices(count: int, memory_bytes: int) -> tuple[Device, ...]:
+    return tuple(Device(f"gpu-{k}", {Resource.GPU_MEMORY: memory_bytes}) for k in range(1, count + 1))
+
+
+def load_devices(path: str | Path) -> tuple[Device, ...]:
+    document = load_yaml_file(path)
+    path = str(path)
+    rows = document.get("devices") if isinstance(document, LineDict) else None
+    if not isinstance(rows, LineList) or not rows:
+        raise InputError("expected 'devices:' with a list of devices", path=path, line=1, field="devices")
+    devices: list[Device] = []
+    for index, row in enumerate(rows):
+        where = f"devices[{index}]"
+        if not isinstance(row, LineDict):
+            raise InputError("must be a mapping", path=path, line=rows.item_lines[index], field=where)
+        for key in row:
+            if key not in _FIELDS:
+                raise InputError(f"unknown field (known: {', '.join(_FIELDS)})", path=path, line=row.line_of(key), field=f"{where}.{key}")
+        for key in ("name", "memory"):
+            if key not in row:
+                raise InputError("missing", path=path, line=row.line, field=f"{where}.{key}")
+
+        def value(key: str, parse: Callable[[Any], Any], default: Any = None) -> Any:
+            if key not in row:
+                return default
+            try:
+                return parse(row[key])
+            except (UnitError, ValueError, TypeError) as e:
+                raise InputError(str(e), path=path, line=row.line_of(key), field=f"{where}.{key}") from e
+
+        memory = value("memory", parse_bytes)
+        count = value("count", _positive_int, 1)
+        cost = value("cost", _non_negative_float, 1.0)
+        labels = value("labels", _labels, {})
+        names = [str(row["name"])] if "count" not in row else [f"{row['name']}-{k}" for k in range(1, count + 1)]
+        devices.extend(Device(name, {Resource.GPU_MEMORY: memory}, labels, cost) for name in names)
+    seen: set[str] = set()
+    for device in devices:
+        if device.name in seen:
+            raise InputError(f"device name {device.name!r} appears twice", path=path, line=rows.line, field="devices")
+        seen.add(device.name)
+    return tuple(devices)
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{value!r} is not a positive whole number")
+    return value
+
+
+def _non_negative_float(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"{value!r} is not a non-negative number")
+    return float(value)
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of label names to values")
+    return {str(k): str(v) for k, v in value.items()}

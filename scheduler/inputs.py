@@ -1,0 +1,122 @@
+"""What a rebalance plans from: devices, baselines and model peaks, from the exporter or a profile.
+
+Both sources end in the rules engine's :class:`PeaksSnapshot`, so the rebalancer judges today's
+placement with exactly the evaluator the rules engine uses, and hands the solver the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any, Mapping, Sequence
+
+import requests
+
+from gpupack.domain import Device, ModelFootprint, Resource
+from gpupack.errors import InputError
+from gpupack.profiles import load_profile
+from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, PeaksUnavailableError, snapshot_from_json
+from gpupack.rules.policy import PolicySet
+from gpupack.scheduler.constraints import build_problem
+from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
+from gpupack.scheduler.problem import PlacementProblem
+from gpupack.scheduler.triton_control import ServerEndpoint
+
+
+@dataclass(frozen=True)
+class FleetInputs:
+    devices: tuple[DevicePeaks, ...]
+    footprints: Mapping[str, Mapping[Resource, float]]  # model -> peak per resource, baseline excluded
+    gpus: GpuIndex = GpuIndex()
+    default_capacity: Mapping[Resource, float] | None = None  # for devices only the servers reveal
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "footprints", MappingProxyType(dict(self.footprints)))
+
+    def with_fleet(self, fleet: FleetView) -> "FleetInputs":
+        """Add the devices the servers use that the source did not list (profiles list none)."""
+        known = {d.device.name for d in self.devices}
+        baseline = self.devices[0].server_baseline if self.devices else {}
+        added = []
+        for device in sorted({m.device for m in fleet.models} - known):
+            if self.default_capacity is None:
+                raise InputError(f"{self.origin}: device {device} (used by the servers) is unknown to the exporter")
+            servers = tuple(sorted({m.server for m in fleet.models if m.device == device}))
+            added.append(DevicePeaks(Device(device, self.default_capacity), servers, baseline))
+        return replace(self, devices=self.devices + tuple(added)) if added else self
+
+    def snapshot(self, fleet: FleetView) -> PeaksSnapshot:
+        """Today's placement with each model's peaks, for the rules evaluator."""
+        models = tuple(
+            ModelPeaks(m.model, m.device, self._peaks(m.model, m.server), m.server, m.version) for m in fleet.models
+        )
+        return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds)
+
+    def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
+        """Every loaded model, on these devices, under these policies, starting from today."""
+        placement = fleet.placement
+        models = [ModelFootprint(model, self._peaks(model, "")) for model in sorted(placement.assignments)]
+        baseline: dict[Resource, float] = {}
+        for device in self.devices:  # one baseline for all devices: the largest, to stay on the safe side
+            for resource, value in device.server_baseline.items():
+                baseline[resource] = max(value, baseline.get(resource, 0.0))
+        return build_problem(models, [d.device for d in self.devices], baseline, policies, current=placement)
+
+    def servers_of(self, device: str) -> tuple[str, ...]:
+        for entry in self.devices:
+            if entry.device.name == device:
+                return entry.servers
+        return ()
+
+    def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
+        if model not in self.footprints:
+            where = f" on {server}" if server else ""
+            raise InputError(f"{self.origin}: model {model!r} is loaded{where} but has no recorded peaks")
+        return self.footprints[model]
+
+
+@dataclass(frozen=True)
+class ExporterInputs:
+    """The exporter's ``GET /api/v1/peaks``: capacities, baselines, peaks and GPU indices."""
+
+    url: str
+    timeout_seconds: float = 10.0
+
+    def __call__(self) -> FleetInputs:
+        endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
+        try:
+            response = requests.get(endpoint, timeout=self.timeout_seconds)
+            response.raise_for_status()
+            document = response.json()
+        except (requests.RequestException, ValueError) as e:
+            raise PeaksUnavailableError(f"cannot fetch {endpoint}: {e}") from e
+        snapshot = snapshot_from_json(document, endpoint)
+        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=endpoint)
+
+
+def _gpu_index(document: Mapping[str, Any]) -> GpuIndex:
+    names = {}
+    for device in document.get("devices", []):
+        if device.get("kind") == "gpu" and device.get("index") is not None:
+            for server in device.get("servers", []):
+                names[(server, int(device["index"]))] = device["device"]
+    return GpuIndex(names)
+
+
+@dataclass(frozen=True)
+class ProfileInputs:
+    """Peaks from a profile file; each server a ``cpu:<server>`` device of ``device_memory_bytes``."""
+
+    path: str
+    servers: Sequence[ServerEndpoint]
+    device_memory_bytes: int
+
+    def __call__(self) -> FleetInputs:
+        profile = load_profile(self.path)
+        capacity = {Resource.GPU_MEMORY: float(self.device_memory_bytes)}
+        devices = tuple(
+            DevicePeaks(Device(cpu_device(s.name), capacity), (s.name,), profile.server_baseline) for s in self.servers
+        )
+        footprints = {m.model: m.peaks for m in profile.models}
+        return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path)

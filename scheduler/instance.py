@@ -1,0 +1,133 @@
+"""The integer form of a placement problem that the heuristic, the bounds and CP-SAT all share.
+
+Bytes stay whole bytes and ratios become parts per million, each rounded once here, so that every
+algorithm agrees exactly on what fits. A device's ``capacity`` is its limit minus the server
+baseline: the baseline is paid once per used device, so it never enters the per-model sums.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from gpupack.domain import Placement, Resource
+from gpupack.scheduler.problem import PlacementProblem
+
+RATIO_SCALE = 1_000_000
+
+
+def to_units(resource: Resource, value: float) -> int:
+    return int(round(value if resource.is_bytes else value * RATIO_SCALE))
+
+
+def from_units(resource: Resource, value: float) -> float:
+    return float(value) if resource.is_bytes else value / RATIO_SCALE
+
+
+@dataclass(frozen=True)
+class Instance:
+    problem: PlacementProblem
+    resources: tuple[Resource, ...]  # the constrained ones
+    demand: np.ndarray  # [model, resource] int64
+    capacity: np.ndarray  # [device, resource] int64: limit - baseline (negative: unusable)
+    bounded: np.ndarray  # [device, resource] bool: False where the limit is infinite
+    baseline: np.ndarray  # [resource] int64
+    allowed: np.ndarray  # [model, device] bool: pins and "fits alone"
+    replicas: np.ndarray  # [model] int
+    cost: np.ndarray  # [device] float
+    groups: tuple[np.ndarray, ...]  # anti-affinity groups as model indices
+    current: frozenset[tuple[int, int]]  # (model, device) pairs of problem.current
+    max_devices: int | None = None
+
+    @property
+    def n_models(self) -> int:
+        return self.demand.shape[0]
+
+    @property
+    def n_devices(self) -> int:
+        return self.capacity.shape[0]
+
+    def device_classes(self) -> list[list[int]]:
+        """Devices that are interchangeable: same capacity, cost and allowed models, not in use today."""
+        classes: dict[tuple, list[int]] = {}
+        used_today = {d for _, d in self.current}
+        for d in range(self.n_devices):
+            key = ("current", d) if d in used_today else (
+                self.capacity[d].tobytes(), self.cost[d], self.allowed[:, d].tobytes()
+            )
+            classes.setdefault(key, []).append(d)
+        return list(classes.values())
+
+    def placement(self, assignment: Mapping[int, list[int]]) -> Placement:
+        models, devices = self.problem.models, self.problem.devices
+        return Placement({models[i].model: tuple(devices[d].name for d in ds) for i, ds in assignment.items()})
+
+
+def compile_problem(problem: PlacementProblem) -> Instance:
+    models, devices = problem.models, problem.devices
+    model_index = {m.model: i for i, m in enumerate(models)}
+    device_index = {d.name: j for j, d in enumerate(devices)}
+    present = {r for m in models for r in m.peaks} | set(problem.server_baseline)
+    resources = tuple(
+        r for r in Resource if r in present and any(math.isfinite(problem.limit(d, r)) for d in devices)
+    )
+    demand = np.array(
+        [[to_units(r, m.peak(r)) for r in resources] for m in models], dtype=np.int64
+    ).reshape(len(models), len(resources))
+    baseline = np.array([to_units(r, problem.server_baseline.get(r, 0.0)) for r in resources], dtype=np.int64)
+    bounded = np.array(
+        [[math.isfinite(problem.limit(d, r)) for r in resources] for d in devices], dtype=bool
+    ).reshape(len(devices), len(resources))
+    unbounded = int(demand.sum()) + 1 if demand.size else 1
+    capacity = np.array(
+        [
+            [to_units(r, problem.limit(d, r)) if bounded[j, k] else unbounded for k, r in enumerate(resources)]
+            for j, d in enumerate(devices)
+        ],
+        dtype=np.int64,
+    ).reshape(len(devices), len(resources))
+    capacity[bounded] -= np.broadcast_to(baseline, capacity.shape)[bounded]
+    allowed = np.all(demand[:, None, :] <= capacity[None, :, :], axis=2)
+    for model, names in problem.allowed_devices.items():
+        if model in model_index:
+            mask = np.zeros(len(devices), dtype=bool)
+            mask[[device_index[n] for n in names if n in device_index]] = True
+            allowed[model_index[model]] &= mask
+    groups = tuple(
+        np.array(sorted(model_index[m] for m in group if m in model_index))
+        for group in problem.anti_affinity
+    )
+    current = frozenset(
+        (model_index[m], device_index[d])
+        for m, d in (problem.current.pairs() if problem.current else ())
+        if m in model_index and d in device_index
+    )
+    return Instance(
+        problem=problem,
+        resources=resources,
+        demand=demand,
+        capacity=capacity,
+        bounded=bounded,
+        baseline=baseline,
+        allowed=allowed,
+        replicas=np.array([problem.replicas.get(m.model, 1) for m in models], dtype=np.int64),
+        cost=np.array([d.cost for d in devices], dtype=float),
+        groups=tuple(g for g in groups if len(g) > 1),
+        current=current,
+        max_devices=problem.max_devices,
+    )
+
+
+def device_totals(problem: PlacementProblem, placement: Placement) -> dict[str, dict[Resource, float]]:
+    """Per used device, in the problem's device order: baseline plus the peaks of its models."""
+    by_name = {m.model: m for m in problem.models}
+    used = set(placement.devices_used())
+    resources = [r for r in Resource if r in problem.server_baseline or any(r in m.peaks for m in problem.models)]
+    totals: dict[str, dict[Resource, float]] = {}
+    for device in (d.name for d in problem.devices if d.name in used):
+        hosted = [by_name[m] for m in placement.models_on(device)]
+        totals[device] = {r: problem.server_baseline.get(r, 0.0) + sum(m.peak(r) for m in hosted) for r in resources}
+    return totals

@@ -1,0 +1,328 @@
+"""From today's placement to the target one, in an order that never overloads a device.
+
+A move loads the model on its new device and only unloads it from the old one once the new copy
+is ready, so while a step runs *both* copies count. A step is safe when its target device stays
+within every limit with the newcomer on it (sources only ever shrink). Steps run one at a time.
+
+Arriving on a device that nobody still has to leave can never block anything (its contents stay a
+subset of its target contents, which fit), so those steps are taken greedily; only arrivals on
+devices that others must leave first need a search. When no safe order exists, the plan says
+which steps are stuck and proposes the smallest relaxation found: one temporary move through a
+device with room, or else the smallest raise of one device's limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Iterable, Mapping, Sequence
+
+from gpupack.domain import Placement, Resource
+from gpupack.scheduler.problem import PlacementProblem
+from gpupack.units import format_bytes, format_percent
+
+_TOLERANCE = 1e-9
+_SEARCH_NODES = 20_000
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model changing devices. ``source`` None adds a replica, ``target`` None drops one."""
+
+    model: str
+    source: str | None
+    target: str | None
+    temporary: bool = False  # part of a relaxation: the model goes on to its final device later
+
+    @property
+    def kind(self) -> str:
+        if self.source is None:
+            return "load"
+        return "unload" if self.target is None else "move"
+
+    def describe(self) -> str:
+        via = " (temporary)" if self.temporary else ""
+        if self.kind == "load":
+            return f"load {self.model} on {self.target}"
+        if self.kind == "unload":
+            return f"unload {self.model} from {self.source}"
+        return f"move {self.model} {self.source} -> {self.target}{via}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What each device may hold and what each model costs, in base units."""
+
+    limits: Mapping[str, Mapping[Resource, float]]  # device -> resource -> absolute limit
+    peaks: Mapping[str, Mapping[Resource, float]]  # model -> resource -> peak (baseline excluded)
+    server_baseline: Mapping[Resource, float] = field(default_factory=dict)  # once per busy device
+
+    @classmethod
+    def from_problem(cls, problem: PlacementProblem) -> "Budget":
+        """The limits the solver placed under, so a plan's steps and its target agree."""
+        resources = {r for m in problem.models for r in m.peaks} | set(problem.server_baseline)
+        limits: dict[str, dict[Resource, float]] = {}
+        for device in problem.devices:
+            known = set(device.capacity) | set(problem.limits.get(device.name, {}))
+            limits[device.name] = {
+                resource: problem.limit(device, resource)
+                for resource in resources | known
+                if resource in known or not resource.is_bytes  # unknown memory: the solver has none either
+            }
+        peaks = {m.model: dict(m.peaks) for m in problem.models}
+        return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(dict(problem.server_baseline)))
+
+    def usage(self, models: Iterable[str]) -> dict[Resource, float]:
+        models = list(models)
+        totals: dict[Resource, float] = {}
+        if models:
+            totals.update(self.server_baseline)
+        for model in models:
+            for resource, value in self.peaks.get(model, {}).items():
+                totals[resource] = totals.get(resource, 0.0) + value
+        return totals
+
+    def excess(self, device: str, usage: Mapping[Resource, float]) -> dict[Resource, float]:
+        """How far each resource of ``usage`` is over the device's limit (empty when within)."""
+        limits = self.limits.get(device, {})
+        return {
+            resource: used - limits[resource]
+            for resource, used in usage.items()
+            if resource in limits and used > limits[resource] * (1 + _TOLERANCE) + _TOLERANCE
+        }
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """The smallest change found that makes a safe order exist, and that order."""
+
+    description: str
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    steps: tuple[Step, ...]  # a safe order; empty when there is nothing to do or no safe order
+    safe: bool
+    blocked: tuple[Step, ...] = ()  # steps no safe order could reach
+    reason: str = ""
+    relaxation: Relaxation | None = None
+
+
+class _State:
+    """Which device holds which models and what that costs, updated step by step."""
+
+    def __init__(self, placement: Placement, budget: Budget) -> None:
+        self.budget = budget
+        self.contents: dict[str, set[str]] = {}
+        for model, device in placement.pairs():
+            self.contents.setdefault(device, set()).add(model)
+        self.used = {device: budget.usage(models) for device, models in self.contents.items()}
+
+    def models_on(self, device: str) -> set[str]:
+        return self.contents.get(device, set())
+
+    def usage_with(self, device: str, model: str) -> dict[Resource, float]:
+        """The device's usage once ``model`` has arrived (and before anything leaves)."""
+        used = dict(self.used.get(device, {}))
+        if not self.models_on(device):
+            used = dict(self.budget.server_baseline)
+        for resource, value in self.budget.peaks.get(model, {}).items():
+            used[resource] = used.get(resource, 0.0) + value
+        return used
+
+    def _add(self, device: str, model: str) -> None:
+        self.used[device] = self.usage_with(device, model)
+        self.contents.setdefault(device, set()).add(model)
+
+    def _remove(self, device: str, model: str) -> None:
+        self.contents[device].discard(model)
+        # Recomputed, not subtracted: no drift over a long search.
+        self.used[device] = self.budget.usage(self.contents[device])
+
+    def apply(self, step: Step) -> None:
+        if step.target is not None:
+            self._add(step.target, step.model)
+        if step.source is not None:
+            self._remove(step.source, step.model)
+
+    def undo(self, step: Step) -> None:
+        if step.source is not None:
+            self._add(step.source, step.model)
+        if step.target is not None:
+            self._remove(step.target, step.model)
+
+
+def _problem(state: _State, step: Step) -> str | None:
+    """Why ``step`` cannot run now, or None when it is safe."""
+    if step.source is not None and step.model not in state.models_on(step.source):
+        return f"{step.model} is not on {step.source}"
+    if step.target is None:
+        return None
+    if step.model in state.models_on(step.target):
+        return f"{step.model} is already on {step.target}"
+    over = state.budget.excess(step.target, state.usage_with(step.target, step.model))
+    if over:
+        return f"{step.target} would exceed its {', '.join(sorted(r.value for r in over))} limit"
+    return None
+
+
+def check_order(current: Placement, steps: Sequence[Step], budget: Budget) -> str | None:
+    """The first unsafe step of an order and why, or None when every step is safe."""
+    state = _State(current, budget)
+    for index, step in enumerate(steps):
+        problem = _problem(state, step)
+        if problem is not None:
+            return f"step {index + 1} ({step.describe()}): {problem}"
+        state.apply(step)
+    return None
+
+
+def diff_steps(current: Placement, target: Placement) -> list[Step]:
+    """Unordered steps turning ``current`` into ``target``; models absent from the target stay put."""
+    steps: list[Step] = []
+    for model in sorted(target.assignments):
+        now = set(current.assignments.get(model, ()))
+        wanted = set(target.assignments[model])
+        leaving, arriving = sorted(now - wanted), sorted(wanted - now)
+        for source, destination in zip(leaving, arriving):
+            steps.append(Step(model, source, destination))
+        steps.extend(Step(model, source, None) for source in leaving[len(arriving):])
+        steps.extend(Step(model, None, destination) for destination in arriving[len(leaving):])
+    return steps
+
+
+class _Search:
+    """Depth-first search for a safe order, remembering dead ends and the deepest state reached.
+
+    Iterative, because an order is as deep as the plan is long (thousands of steps).
+    """
+
+    def __init__(self, current: Placement, steps: Sequence[Step], budget: Budget) -> None:
+        self.state, self.steps = _State(current, budget), list(steps)
+        self.dead_ends: set[frozenset[int]] = set()
+        # The furthest the search got, and the devices' contents there: where a relaxation must help.
+        self.deepest: tuple[list[int], dict[str, set[str]]] = ([], self._contents())
+
+    def _contents(self) -> dict[str, set[str]]:
+        return {device: set(models) for device, models in self.state.contents.items()}
+
+    def run(self) -> list[Step] | None:
+        order: list[int] = []
+        stack = [(frozenset[int](), self._candidates(frozenset()))]
+        nodes = 0
+        while stack:
+            done, candidates = stack[-1]
+            if len(done) == len(self.steps):
+                return [self.steps[i] for i in order]
+            if not candidates or nodes >= _SEARCH_NODES:
+                self.dead_ends.add(done)
+                stack.pop()
+                if order:
+                    self.state.undo(self.steps[order.pop()])
+                continue
+            index = candidates.pop(0)
+            reached = done | {index}
+            if reached in self.dead_ends:
+                continue
+            nodes += 1
+            self.state.apply(self.steps[index])
+            order.append(index)
+            if len(order) > len(self.deepest[0]):
+                self.deepest = (list(order), self._contents())
+            stack.append((reached, self._candidates(reached)))
+        return None
+
+    def _candidates(self, done: frozenset[int]) -> list[int]:
+        pending = [i for i in range(len(self.steps)) if i not in done]
+        departures = {self.steps[i].source for i in pending}
+        # Leaving, or arriving where nobody has to leave, never blocks another step: no branching.
+        for index in pending:
+            step = self.steps[index]
+            if (step.target is None or step.target not in departures) and _problem(self.state, step) is None:
+                return [index]
+        ready = [i for i in pending if _problem(self.state, self.steps[i]) is None]
+        needed = {self.steps[i].target for i in pending if i not in ready}
+        peaks = self.state.budget.peaks
+
+        def preference(index: int) -> tuple:
+            step = self.steps[index]
+            return (step.source not in needed, -sum(peaks.get(step.model, {}).values()), index)
+
+        return sorted(ready, key=preference)
+
+
+def plan_moves(current: Placement, target: Placement, budget: Budget) -> MovePlan:
+    """An ordered, safe list of steps from ``current`` to ``target``, or why none exists."""
+    steps = diff_steps(current, target)
+    if not steps:
+        return MovePlan((), True, reason="the placement already matches the target")
+    search = _Search(current, steps, budget)
+    order = search.run()
+    if order is not None:
+        return MovePlan(tuple(order), True)
+    done = set(search.deepest[0])
+    blocked = tuple(step for index, step in enumerate(steps) if index not in done)
+    relaxation = _temporary_move(current, steps, budget, blocked) or _limit_raise(
+        current, steps, budget, blocked, search.deepest[1]
+    )
+    names = ", ".join(step.describe() for step in blocked)
+    return MovePlan((), False, blocked, f"no order keeps every device within its limits: {names}", relaxation)
+
+
+def _temporary_move(
+    current: Placement, steps: list[Step], budget: Budget, blocked: Sequence[Step]
+) -> Relaxation | None:
+    """Route one stuck move through a third device, preferring empty ones, then the roomiest."""
+    occupied = {device for _, device in current.pairs()} | {s.target for s in steps if s.target}
+
+    def roominess(device: str) -> tuple:
+        limit = budget.limits.get(device, {}).get(Resource.GPU_MEMORY, 0.0)
+        used = budget.usage(current.models_on(device)).get(Resource.GPU_MEMORY, 0.0)
+        return (device in occupied, -(limit - used), device)
+
+    spares = sorted(budget.limits, key=roominess)
+    for stuck in blocked:
+        if stuck.kind != "move":
+            continue
+        for spare in spares:
+            if spare in (stuck.source, stuck.target):
+                continue
+            rerouted = [s for s in steps if s != stuck] + [
+                Step(stuck.model, stuck.source, spare, temporary=True),
+                Step(stuck.model, spare, stuck.target),
+            ]
+            order = _Search(current, rerouted, budget).run()
+            if order is not None:
+                return Relaxation(
+                    f"move {stuck.model} to {spare} first, temporarily, then on to {stuck.target}", tuple(order)
+                )
+    return None
+
+
+def _limit_raise(
+    current: Placement,
+    steps: list[Step],
+    budget: Budget,
+    blocked: Sequence[Step],
+    stuck_contents: Mapping[str, set[str]],
+) -> Relaxation | None:
+    """The smallest single-device limit raise (relative to the limit) that unblocks the plan."""
+    candidates = []
+    for step in blocked:
+        if step.target is None:
+            continue
+        over = budget.excess(step.target, budget.usage([*stuck_contents.get(step.target, ()), step.model]))
+        for resource, amount in over.items():
+            limit = budget.limits[step.target][resource]
+            candidates.append((amount / limit if limit else float("inf"), step.target, resource, amount))
+    for _, device, resource, amount in sorted(candidates, key=lambda c: (c[0], c[1], c[2].value)):
+        raised = {d: dict(limits) for d, limits in budget.limits.items()}
+        raised[device][resource] += amount
+        order = _Search(current, steps, replace(budget, limits=raised)).run()
+        if order is not None:
+            shown = format_bytes(amount) if resource.is_bytes else format_percent(amount)
+            return Relaxation(
+                f"raise the {resource.value} limit of {device} by {shown} for the duration of the moves", tuple(order)
+            )
+    return None

@@ -1,0 +1,97 @@
+"""How ``gpupack plan`` shows a placement: a table like the article's, or JSON for tools.
+
+Memory is shown in MB (10^6 bytes, as Model Analyzer and the article print it) and ratios in
+percent; JSON keeps base units (bytes, ratios 0-1, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from gpupack.domain import Resource
+from gpupack.scheduler.problem import PlacementResult
+
+RESOURCE_TITLES = {
+    Resource.GPU_MEMORY: "gpu memory with server (MB)",
+    Resource.GPU_UTILIZATION: "gpu util (%)",
+    Resource.MEMORY_BANDWIDTH_UTILIZATION: "memory bandwidth util (%)",
+}
+
+
+@dataclass(frozen=True)
+class CapacityPolicyCost:
+    """The same plan with every capacity policy raised to 100%: what the policies cost in devices."""
+
+    policies: tuple[str, ...]
+    result: PlacementResult
+
+
+def total_field(resource: Resource) -> str:
+    return resource.profile_field.removeprefix("peak_")
+
+
+def _shown(resource: Resource, value: float) -> str:
+    return f"{value / 1e6:.0f}" if resource.is_bytes else f"{value * 100:.0f}"
+
+
+def render_table(result: PlacementResult, cost: CapacityPolicyCost | None) -> str:
+    resources = _resources(result)
+    header = ["device", "models", *(RESOURCE_TITLES[r] for r in resources)]
+    rows = [
+        [device, ", ".join(result.placement.models_on(device)), *(_shown(r, totals[r]) for r in resources)]
+        for device, totals in result.device_totals.items()
+    ]
+    widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines += ["", _summary(result)]
+    if cost is not None:
+        lines.append(_cost_line(result, cost))
+    return "\n".join(lines) + "\n"
+
+
+def _summary(result: PlacementResult) -> str:
+    plural = "s" if result.device_count != 1 else ""
+    proof = "proven optimal" if result.optimal else f"not proven optimal, lower bound {result.lower_bound}"
+    return f"{result.device_count} device{plural} ({proof}; {result.method}, {result.solve_seconds * 1000:.0f} ms)"
+
+
+def _cost_line(result: PlacementResult, cost: CapacityPolicyCost) -> str:
+    extra = result.device_count - cost.result.device_count
+    names = ", ".join(cost.policies)
+    full = f"{cost.result.device_count} at 100% of capacity" + ("" if cost.result.optimal else " (not proven optimal)")
+    if extra <= 0:
+        return f"Capacity policies {names} cost no extra device: {full}."
+    return f"Capacity policies {names} cost {extra} more device{'s' if extra != 1 else ''}: {result.device_count} under them, {full}."
+
+
+def render_json(result: PlacementResult, cost: CapacityPolicyCost | None) -> str:
+    document: dict[str, Any] = {
+        "devices": [
+            {
+                "name": device,
+                "models": list(result.placement.models_on(device)),
+                "totals": {total_field(r): int(v) if r.is_bytes else round(v, 6) for r, v in totals.items()},
+            }
+            for device, totals in result.device_totals.items()
+        ],
+        "device_count": result.device_count,
+        "lower_bound": result.lower_bound,
+        "optimal": result.optimal,
+        "solve_seconds": round(result.solve_seconds, 6),
+        "method": result.method,
+    }
+    if cost is not None:
+        document["at_full_capacity"] = {
+            "policies": list(cost.policies),
+            "device_count": cost.result.device_count,
+            "optimal": cost.result.optimal,
+            "extra_devices": result.device_count - cost.result.device_count,
+        }
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _resources(result: PlacementResult) -> list[Resource]:
+    present = {r for totals in result.device_totals.values() for r in totals}
+    return [r for r in Resource if r in present]

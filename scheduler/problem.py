@@ -1,0 +1,73 @@
+"""What the placement solver is asked and what it answers, in the types every scheduler part shares.
+
+A :class:`PlacementProblem` is fully validated input: policies have already been turned into
+absolute limits, pins, anti-affinity groups and replica counts (``gpupack.scheduler.constraints``),
+so the solver never reads YAML or policy objects.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from gpupack.domain import Device, ModelFootprint, Placement, Resource
+from gpupack.errors import GpupackError
+
+
+class InfeasibleError(GpupackError):
+    """No placement satisfies the constraints; the message names the models and policies involved."""
+
+
+class Objective(str, enum.Enum):
+    MIN_DEVICES = "min-devices"
+    MIN_COST = "min-cost"
+    BALANCE = "balance"  # most headroom: minimise the fullest device's highest load/limit ratio
+    MIN_MOVES = "min-moves"  # fewest (model, device) pairs that are new compared with problem.current
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    """Devices, models and the rules that bind them.
+
+    ``limits`` are absolute (bytes, ratios of capacity) and include the server baseline, which is
+    paid once on every device that hosts at least one model. A resource missing from a device's
+    limits is limited by its capacity; ``math.inf`` leaves it unconstrained.
+    """
+
+    devices: tuple[Device, ...]
+    models: tuple[ModelFootprint, ...]
+    server_baseline: Mapping[Resource, float] = field(default_factory=dict)
+    limits: Mapping[str, Mapping[Resource, float]] = field(default_factory=dict)
+    allowed_devices: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    anti_affinity: tuple[frozenset[str], ...] = ()
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    max_devices: int | None = None
+    current: Placement | None = None
+    constraint_sources: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("server_baseline", "allowed_devices", "replicas", "constraint_sources"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        object.__setattr__(
+            self, "limits", MappingProxyType({d: MappingProxyType(dict(v)) for d, v in self.limits.items()})
+        )
+
+    def limit(self, device: Device, resource: Resource) -> float:
+        device_limits = self.limits.get(device.name, {})
+        if resource in device_limits:
+            return device_limits[resource]
+        return device.capacity_of(resource)
+
+
+@dataclass(frozen=True)
+class PlacementResult:
+    placement: Placement
+    device_totals: Mapping[str, Mapping[Resource, float]]  # per used device, baseline included
+    device_count: int
+    lower_bound: int  # on the number of devices
+    optimal: bool  # every objective proven optimal
+    solve_seconds: float
+    method: str  # "cp-sat" or "first-fit-decreasing"
+    moves: int | None  # new (model, device) pairs compared with problem.current, when given

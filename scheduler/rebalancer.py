@@ -1,0 +1,219 @@
+"""The rebalancer: read the fleet, judge it, plan the fewest safe moves, carry them out safely.
+
+One object serves both ``gpupack rebalance`` (plan, print, maybe apply) and the rules engine's
+loop (``request(violations)`` for policies whose action is ``rebalance``). Everything that acts
+runs under the state directory's lock, re-reads the fleet first (a plan made before the lock may
+be stale), and leaves a trail in the audit log and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from gpupack.domain import Placement
+from gpupack.errors import GpupackError, InputError
+from gpupack.rules.evaluator import Result, evaluate
+from gpupack.rules.policy import PolicySet
+from gpupack.scheduler.audit import AuditLog
+from gpupack.scheduler.current import FleetView, read_fleet
+from gpupack.scheduler.executor import (
+    Executor,
+    GpuSlot,
+    MultiGpuExecutor,
+    ServerPerDeviceExecutor,
+    StepContext,
+    StepFailedError,
+)
+from gpupack.scheduler.inputs import FleetInputs
+from gpupack.scheduler.metrics import RebalanceState
+from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
+from gpupack.scheduler.problem import Objective
+from gpupack.scheduler.safety import Admission, Cooldowns, FileLock, admit
+from gpupack.scheduler.solver import solve
+from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
+
+# Fewest moves first; among those, the most headroom.
+OBJECTIVES = (Objective.MIN_MOVES, Objective.BALANCE)
+
+
+class StalePlanError(GpupackError):
+    """The fleet changed between planning and acting."""
+
+
+@dataclass(frozen=True)
+class RebalanceSettings:
+    state_dir: Path
+    max_moves: int | None = None
+    cooldown_seconds: float = 600.0
+    step_timeout_seconds: float = 60.0
+    drain_seconds: float = 5.0
+    solve_time_limit_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class RebalancePlan:
+    fleet: FleetView
+    inputs: FleetInputs
+    violations: tuple[Result, ...]
+    target: Placement
+    moves: MovePlan
+    admission: Admission
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: Step
+    succeeded: bool
+    seconds: float
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class RebalanceOutcome:
+    plan: RebalancePlan
+    steps: tuple[StepOutcome, ...] = field(default_factory=tuple)
+
+    @property
+    def succeeded(self) -> bool:
+        return all(s.succeeded for s in self.steps) and (self.plan.moves.safe or not self.plan.violations)
+
+
+class Rebalancer:
+    def __init__(
+        self,
+        servers: Sequence[ServerEndpoint],
+        inputs: Callable[[], FleetInputs],
+        policies: PolicySet,
+        settings: RebalanceSettings,
+        state: RebalanceState | None = None,
+        progress: Callable[[str], None] = lambda line: None,
+        control: Callable[[ServerEndpoint, float], TritonControl] = TritonControl,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.servers = tuple(servers)
+        self.inputs = inputs
+        self.policies = policies
+        self.settings = settings
+        self.state = state or RebalanceState()
+        self.progress = progress
+        self.control = control
+        self.clock = clock
+        self.audit = AuditLog(settings.state_dir / "audit.jsonl", clock)
+        self.cooldowns = Cooldowns(settings.state_dir / "cooldown.json", settings.cooldown_seconds, clock)
+
+    def _read_fleet(self, inputs: FleetInputs) -> FleetView:
+        timeout_seconds = self.settings.step_timeout_seconds
+        fleet = read_fleet(self.servers, inputs.gpus, lambda e: self.control(e, timeout_seconds), self.clock)
+        self.state.publish_placement(fleet)
+        return fleet
+
+    def plan(self) -> RebalancePlan:
+        """What would be done now; changes nothing on the fleet."""
+        inputs = self.inputs()
+        fleet = self._read_fleet(inputs)
+        inputs = inputs.with_fleet(fleet)
+        violations = evaluate(inputs.snapshot(fleet), self.policies, fleet.placement).violations
+        problem = inputs.problem(fleet, self.policies)
+        budget = Budget.from_problem(problem)
+        if violations:
+            target = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds).placement
+            moves = plan_moves(fleet.placement, target, budget)
+        else:
+            target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
+        admission = admit(
+            fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
+        )
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission)
+
+    def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
+        """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
+        with FileLock(self.settings.state_dir / "rebalance.lock"):
+            now = self._read_fleet(plan.inputs)
+            if now.placement != plan.fleet.placement:
+                raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
+            return self._execute(plan)
+
+    def request(self, violations: Sequence[object]) -> RebalanceOutcome | None:
+        """Entry point for the rules engine: plan and act under the lock, if anything is violated."""
+        if not violations:
+            return None
+        with FileLock(self.settings.state_dir / "rebalance.lock"):
+            self.audit.record("rebalance_requested", violations=[str(v) for v in violations])
+            return self._execute(self.plan())
+
+    def _execute(self, plan: RebalancePlan) -> RebalanceOutcome:
+        admitted = plan.admission.admitted
+        self.audit.record(
+            "run_started",
+            violations=[f"{v.policy} on {v.device or v.model}" for v in plan.violations],
+            steps=[s.describe() for s in admitted],
+            deferred=[f"{s.describe()}: {why}" for s, why in plan.admission.deferred],
+            safe=plan.moves.safe,
+        )
+        executor = self._executor(plan)
+        outcomes: list[StepOutcome] = []
+        for number, step in enumerate(admitted, start=1):
+            self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
+            started = time.monotonic()
+            try:
+                executor.execute(step)
+            except StepFailedError as e:
+                outcomes.append(StepOutcome(step, False, time.monotonic() - started, str(e)))
+                self.state.count_moves("failed")
+                self.progress(f"[{number}/{len(admitted)}] failed: {e}")
+                break  # later steps were planned assuming this one; stop here
+            self.cooldowns.record_move(step.model)
+            self.state.count_moves("succeeded")
+            outcomes.append(StepOutcome(step, True, time.monotonic() - started))
+            self.progress(f"[{number}/{len(admitted)}] done in {outcomes[-1].seconds:.1f}s")
+        not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
+        if not_run:
+            self.state.count_moves("deferred", not_run)
+        outcome = RebalanceOutcome(plan, tuple(outcomes))
+        if outcome.succeeded:
+            self.state.mark_success(self.clock())
+        self._read_fleet(plan.inputs)
+        self.audit.record("run_finished", succeeded=outcome.succeeded, steps_done=sum(o.succeeded for o in outcomes))
+        return outcome
+
+    def _executor(self, plan: RebalancePlan) -> Executor:
+        context = StepContext(
+            self.audit,
+            self.settings.step_timeout_seconds,
+            self.settings.drain_seconds,
+            progress=self.progress,
+            control=self.control,
+        )
+        return build_executor(plan.inputs, plan.fleet.placement, self.servers, context)
+
+
+def build_executor(
+    inputs: FleetInputs, current: Placement, servers: Sequence[ServerEndpoint], context: StepContext
+) -> Executor:
+    """One server per device (mode a), or one server over several GPUs (mode b); nothing in between."""
+    endpoints = {s.name: s for s in servers}
+    server_of: dict[str, str] = {}
+    for entry in inputs.devices:
+        managed = [s for s in entry.servers if s in endpoints]
+        if len(managed) > 1:
+            raise InputError(f"device {entry.device.name} is shared by servers {', '.join(managed)}: rebalancing "
+                             "needs one server per device or one server over several GPUs")
+        if managed:
+            server_of[entry.device.name] = managed[0]
+    devices_per_server: dict[str, list[str]] = {}
+    for device, server in server_of.items():
+        devices_per_server.setdefault(server, []).append(device)
+    if all(len(devices) == 1 for devices in devices_per_server.values()):
+        return ServerPerDeviceExecutor({d: endpoints[s] for d, s in server_of.items()}, context)
+    if len(devices_per_server) > 1:
+        raise InputError("several servers each drive several GPUs: rebalance one multi-GPU server per run")
+    (server, devices), = devices_per_server.items()
+    index_of = {name: index for (owner, index), name in inputs.gpus.names.items() if owner == server}
+    missing = sorted(d for d in devices if d not in index_of)
+    if missing:
+        raise InputError(f"device {missing[0]} of server {server} has no GPU index in the exporter's data")
+    slots = {d: GpuSlot(endpoints[server], {"kind": "KIND_GPU", "gpus": [index_of[d]]}) for d in devices}
+    return MultiGpuExecutor(slots, current, context)

@@ -1,0 +1,106 @@
+"""The NVML source and GPU attribution, tested at the pynvml boundary with fake devices."""
+
+from __future__ import annotations
+
+from gpupack.exporter.attribution import Attributor, ServerInputs
+from gpupack.exporter.sources.host import HostReading, ProcessUsage
+from gpupack.exporter.sources.nvml import NvmlDoor, NvmlSource
+from gpupack.exporter.sources.triton import InstanceGroup, MemoryUsage, ModelReading, TritonReading
+from gpupack.triton_processes import BackendProcess
+from tests.exporter.fakes import GIB, FakeGpu, fake_pynvml
+
+
+def test_gpus_are_read_with_identity_memory_and_ratios():
+    source = NvmlSource(NvmlDoor(fake_pynvml([FakeGpu("GPU-a", processes={10: GIB}, sm_percent={10: 35})])))
+    (gpu,) = source.read()
+    assert (gpu.device, gpu.kind, gpu.index) == ("GPU-a", "gpu", 0)
+    assert gpu.memory_used_bytes == 10 * GIB and gpu.memory_total_bytes == 80 * GIB
+    assert gpu.utilization_ratio == 0.40 and gpu.memory_bandwidth_utilization_ratio == 0.20
+    assert gpu.power_watts == 300.0 and gpu.temperature_celsius == 55.0
+    assert gpu.process_memory_bytes == {10: GIB} and gpu.process_sm_ratio == {10: 0.35}
+
+
+def test_a_field_that_is_not_supported_is_skipped_and_counted_the_rest_is_read():
+    door = NvmlDoor(fake_pynvml([FakeGpu("GPU-a", not_supported={"nvmlDeviceGetPowerUsage"})]))
+    (gpu,) = NvmlSource(door).read()
+    assert gpu.power_watts is None
+    assert gpu.memory_used_bytes == 10 * GIB
+    assert door.skipped["NVMLError_NotSupported"] == 1
+
+
+def test_a_lost_gpu_is_skipped_and_the_others_are_still_read():
+    door = NvmlDoor(fake_pynvml([FakeGpu("GPU-a", lost=True), FakeGpu("GPU-b")]))
+    assert [g.device for g in NvmlSource(door).read()] == ["GPU-b"]
+    assert door.skipped["NVMLError_GpuIsLost"] >= 1
+
+
+def test_a_missing_driver_means_no_gpus_not_a_crash():
+    door = NvmlDoor(fake_pynvml([FakeGpu("GPU-a")], driver_loaded=False))
+    assert NvmlSource(door).read() == ()
+    assert NvmlSource(door).read() == ()
+    assert door.skipped["NVMLError_DriverNotLoaded"] == 1  # init is tried once
+
+
+def _host(backends: dict[int, tuple[str, int]]) -> HostReading:
+    processes = {1: ProcessUsage(1, 0, 0.0)} | {pid: ProcessUsage(pid, 0, 0.0) for pid in backends}
+    return HostReading("t", "cpu:t", 1, 0, 1.0, 0.0, processes,
+                       tuple(BackendProcess(pid, model, "1", f"{model}_0") for pid, (model, _) in backends.items()))
+
+
+def test_gpu_memory_is_attributed_by_process_then_triton_and_the_rest_is_the_server_remainder():
+    gpu = FakeGpu("GPU-a", used_bytes=12 * GIB, processes={1: 5 * GIB, 20: 3 * GIB}, sm_percent={20: 30}, util_percent=50)
+    (reading,) = NvmlSource(NvmlDoor(fake_pynvml([gpu]))).read()
+    triton = TritonReading("t", 0.0, (
+        ModelReading("python_model", "1", (InstanceGroup("KIND_GPU", 1, (0,)),)),
+        ModelReading("trt_model", "1", (InstanceGroup("KIND_GPU", 1, (0,)),), compute_seconds=4.0,
+                     memory_usage=(MemoryUsage("GPU", 0, 2 * GIB),)),
+    ))
+    before = TritonReading("t", -1.0, tuple(ModelReading(m.model, "1", m.instance_groups) for m in triton.models))
+    attribution = Attributor().attribute(
+        [ServerInputs("t", triton, before, _host({20: ("python_model", 0)}))], (reading,), host_devices=False)
+    by_model = {m.model: m for m in attribution.models}
+    assert (by_model["python_model"].memory_bytes, by_model["python_model"].memory_source) == (3 * GIB, "process")
+    assert (by_model["python_model"].utilization_ratio, by_model["python_model"].utilization_source) == (0.30, "process")
+    assert (by_model["trt_model"].memory_bytes, by_model["trt_model"].memory_source) == (2 * GIB, "triton")
+    assert by_model["trt_model"].utilization_source == "apportioned"
+    assert abs(by_model["trt_model"].utilization_ratio - 0.20) < 1e-9  # 50% device minus 30% measured
+    # The server's processes hold 8 GiB on the GPU; 5 GiB of it is attributed to models.
+    assert attribution.unattributed_memory_bytes[("t", "GPU-a")] == 3 * GIB
+    (device,) = attribution.devices
+    assert device.servers == ("t",) and device.capacity_bytes == 80 * GIB
+
+
+def test_a_model_nothing_else_measures_gets_its_load_delta():
+    gpu = FakeGpu("GPU-a", used_bytes=4 * GIB)
+    door_module = fake_pynvml([gpu])
+    source, attributor = NvmlSource(NvmlDoor(door_module)), Attributor()
+    group = (InstanceGroup("KIND_GPU", 1, (0,)),)
+    empty = TritonReading("t", 0.0, (ModelReading("other", "1", group),))
+    attributor.attribute([ServerInputs("t", empty)], source.read(), host_devices=False)
+    gpu.used_bytes = 7 * GIB
+    loaded = TritonReading("t", 1.0, (ModelReading("other", "1", group), ModelReading("onnx_model", "1", group)))
+    attribution = attributor.attribute([ServerInputs("t", loaded, empty)], source.read(), host_devices=False)
+    model = next(m for m in attribution.models if m.model == "onnx_model")
+    assert (model.memory_bytes, model.memory_source) == (3 * GIB, "load_delta")
+
+
+def test_our_fast_exposition_is_byte_for_byte_prometheus_clients():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gpupack.exporter.collector import SnapshotCollector
+    from gpupack.exporter.exposition import text_format
+    from gpupack.exporter.snapshot import ServerState, Snapshot
+
+    gpu = FakeGpu("GPU-a", processes={1: 5 * GIB, 20: 3 * GIB}, sm_percent={20: 30})
+    (reading,) = NvmlSource(NvmlDoor(fake_pynvml([gpu]))).read()
+    triton = TritonReading("t", 0.0, (ModelReading('odd "name"\\x', "1", (InstanceGroup("KIND_GPU", 1, (0,)),)),))
+    attribution = Attributor().attribute([ServerInputs("t", triton, None, _host({20: ('odd "name"\\x', 0)}))],
+                                         (reading,), host_devices=False)
+    snap = Snapshot(1.0, 60.0, servers=(ServerState("t", "http://x", True, False),), devices=attribution.devices,
+                    models=attribution.models, unattributed_memory_bytes=attribution.unattributed_memory_bytes,
+                    peaks={("t", 'odd "name"\\x', "1", "GPU-a", "gpu_memory"): 3e9}, collect_duration_seconds=0.01,
+                    collect_errors_total={"nvml": 2}, last_collect_timestamp_seconds=1.7e9)
+    collector = SnapshotCollector(lambda: snap)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    assert text_format(collector.collect()) == generate_latest(registry)

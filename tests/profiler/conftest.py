@@ -1,0 +1,38 @@
+"""Model repositories for the profiler's suites: footprints large enough to measure within 10%.
+
+Each model's backend process (the Python-backend stub) costs about 45 MiB of its own on top of
+its configured footprint; at 600 MiB and more that is under 8%.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpupack.testing import SampleModel, write_model_repository
+
+MIB = 2**20
+
+PROFILED = [
+    SampleModel("model-600", 600 * MIB),
+    SampleModel("model-650", 650 * MIB, compute_seconds=0.001),
+    SampleModel("model-700", 700 * MIB),
+]
+SMALL = SampleModel("small", 32 * MIB)
+SPIKY = SampleModel("spiky", 64 * MIB, spike_factor=4.0, spike_seconds=0.2)
+BROKEN = SampleModel("broken", 0)
+
+
+@pytest.fixture(scope="session")
+def profile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = write_model_repository(tmp_path_factory.mktemp("profile-models"), [*PROFILED, SMALL, SPIKY, BROKEN])
+    config = root / BROKEN.name / "config.pbtxt"
+    config.write_text(config.read_text() + 'parameters: { key: "fail_to_load", value: { string_value: "1" } }\n')
+    return root
+
+
+def gpupack(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gpupack", *args], capture_output=True, text=True, timeout=timeout)

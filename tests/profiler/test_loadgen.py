@@ -1,0 +1,58 @@
+"""The built-in load generator: inputs shaped from the model's config, counts Triton agrees with."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pytest
+import requests
+
+from gpupack.profiler.control import ServerControl
+from gpupack.profiler.loadgen import LoadGenerator, UnsupportedModelError, random_inputs, signature_from_config
+from gpupack.testing import TritonServer
+
+CONFIG = {
+    "name": "m",
+    "max_batch_size": 8,
+    "input": [
+        {"name": "IMAGE", "data_type": "TYPE_FP16", "dims": [3, -1]},
+        {"name": "IDS", "data_type": "TYPE_INT64", "dims": [4]},
+    ],
+}
+
+
+def test_inputs_take_the_batch_dimension_and_types_from_the_config() -> None:
+    arrays = random_inputs(signature_from_config(CONFIG), 4, np.random.default_rng(0))
+
+    assert arrays["IMAGE"].shape == (4, 3, 1) and arrays["IMAGE"].dtype == np.float16
+    assert arrays["IDS"].shape == (4, 4) and arrays["IDS"].dtype == np.int64
+
+
+def test_a_model_that_does_not_batch_gets_no_batch_dimension_and_only_batch_one() -> None:
+    signature = signature_from_config(dict(CONFIG, max_batch_size=0))
+
+    assert random_inputs(signature, 1, np.random.default_rng(0))["IDS"].shape == (4,)
+    assert signature.supports_batch(1) and not signature.supports_batch(2)
+
+
+def test_string_inputs_are_refused_with_the_input_named() -> None:
+    config = dict(CONFIG, input=[{"name": "TEXT", "data_type": "TYPE_STRING", "dims": [1]}])
+
+    with pytest.raises(UnsupportedModelError, match="input TEXT has type TYPE_STRING"):
+        signature_from_config(config)
+
+
+@pytest.mark.triton
+def test_requests_counted_in_a_window_are_exactly_those_triton_served(start_triton: Callable[..., TritonServer]) -> None:
+    server = start_triton(models=["small"])
+    control = ServerControl(server.http_address)
+    loadgen = LoadGenerator(server.http_address, signature_from_config(control.config("small")))
+
+    window = loadgen.run(batch_size=2, concurrency=3, duration_seconds=0.5)
+
+    stats = requests.get(f"{server.http_url}/v2/models/small/stats", timeout=5).json()["model_stats"][0]
+    assert window.error_count == 0 and window.success_count > 50
+    assert int(stats["inference_stats"]["success"]["count"]) == window.success_count
+    assert int(stats["inference_count"]) == 2 * window.success_count
+    assert 0.5 <= window.elapsed_seconds < 1.0

@@ -1,0 +1,144 @@
+"""`gpupack profile` as a user runs it, against real Triton servers on the CPU (host backend)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from gpupack.profiles import load_profile
+from gpupack.domain import Resource
+from gpupack.testing import TritonServer
+
+from tests.profiler.conftest import BROKEN, PROFILED, SMALL, gpupack
+
+pytestmark = pytest.mark.triton
+
+
+def test_three_models_profile_matches_their_footprints_and_tritons_counts_and_feeds_plan(
+    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+) -> None:
+    server = start_triton(name="profiled", repository=profile_repository)
+    out, report = tmp_path / "profile.yaml", tmp_path / "report"
+    models = [m.name for m in PROFILED]
+
+    result = gpupack("profile", "--server", server.http_url, "--backend", "host", "--models", ",".join(models),
+                     "--batch", "1,2,4", "--concurrency", "1,2,4", "--duration", "0.3s", "--warmup", "0.1s",
+                     "--out", str(out), "--report", str(report))
+
+    assert result.returncode == 0, result.stderr
+    profile = load_profile(out)
+    assert [m.model for m in profile.models] == models
+    assert profile.server_baseline[Resource.GPU_MEMORY] > 0
+    for sample in PROFILED:
+        chosen = next(m for m in profile.models if m.model == sample.name)
+        assert chosen.peak(Resource.GPU_MEMORY) == pytest.approx(sample.footprint_bytes, rel=0.10)
+        assert len(profile.points[sample.name]) == 9
+        for point in profile.points[sample.name]:
+            assert point.peak(Resource.GPU_MEMORY) == pytest.approx(sample.footprint_bytes, rel=0.10)
+        # The objective: the chosen point is the fastest one measured.
+        assert chosen.throughput_per_second == max(p.throughput_per_second for p in profile.points[sample.name])
+
+    with (report / "points.csv").open() as f:
+        points = list(csv.DictReader(f))
+    assert len(points) == 27
+    for point in points:
+        assert point["status"] == "ok"
+        assert abs(float(point["throughput_difference_ratio"])) <= 0.02
+    assert {"throughput_vs_latency.png", "peak_memory.png", "heatmap.png"} <= {p.name for p in report.iterdir()}
+    assert "model-650 *" in result.stdout and "Server alone: max memory" in result.stdout
+    assert server.ready_models() == []
+
+    # Each model needs more than half of 1 GiB with the server: one device each.
+    plan = gpupack("plan", "--profile", str(out), "--device-memory", "1GiB", "--format", "json")
+    assert plan.returncode == 0, plan.stderr
+    answer = json.loads(plan.stdout)
+    assert answer["device_count"] == 3
+    assert sorted(m for d in answer["devices"] for m in d["models"]) == sorted(models)
+
+
+def test_model_that_fails_to_load_is_reported_and_skipped(profile_repository: Path, tmp_path: Path) -> None:
+    out = tmp_path / "profile.yaml"
+
+    # No --server: the profiler starts its own over the repository.
+    result = gpupack("profile", "--model-repository", str(profile_repository), "--backend", "host",
+                     "--models", f"{BROKEN.name},{SMALL.name}", "--duration", "0.3s", "--warmup", "0.1s",
+                     "--out", str(out))
+
+    assert result.returncode == 1
+    assert f"{BROKEN.name}: skipped: model {BROKEN.name} failed to load" in result.stdout
+    assert "fail_to_load" in result.stdout
+    assert [m.model for m in load_profile(out).models] == [SMALL.name]
+
+
+def _start_profile(server: TritonServer, out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpupack", "profile", "--server", server.http_url, "--backend", "host",
+         "--models", f"{SMALL.name},{PROFILED[0].name}", "--batch", "1,2", "--concurrency", "1,2",
+         "--duration", "1s", "--warmup", "0.2s", "--out", str(out), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for_first_point(process: subprocess.Popen[str]) -> list[str]:
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("[1/"):
+            return seen
+    raise AssertionError("the profiler ended before measuring a point:\n" + "".join(seen))
+
+
+def test_ctrl_c_writes_the_points_measured_and_leaves_no_model_loaded(
+    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+) -> None:
+    server = start_triton(name="interrupted", repository=profile_repository)
+    out = tmp_path / "partial.yaml"
+    process = _start_profile(server, out)
+    try:
+        _wait_for_first_point(process)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    profile = load_profile(out)
+    assert [m.model for m in profile.models] == [SMALL.name]
+    assert 1 <= len(profile.points[SMALL.name]) < 4
+    assert server.ready_models() == []
+
+
+def test_server_that_dies_stops_the_run_with_a_clear_message(
+    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+) -> None:
+    server = start_triton(name="dying", repository=profile_repository)
+    out = tmp_path / "partial.yaml"
+    process = _start_profile(server, out)
+    try:
+        _wait_for_first_point(process)
+        os.killpg(server.pid, signal.SIGKILL)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+
+    assert process.returncode == 1, stderr
+    assert f"server {server.http_address}" in stderr
+    assert "Traceback" not in stderr
+    assert [m.model for m in load_profile(out).models] == [SMALL.name]
+
+
+def test_bad_flag_value_is_a_usage_error_naming_the_flag(tmp_path: Path) -> None:
+    result = gpupack("profile", "--server", "127.0.0.1:1", "--models", "a", "--batch", "1,x")
+
+    assert result.returncode == 2
+    assert "--batch: 'x' in '1,x' is not a positive whole number" in result.stderr

@@ -1,0 +1,96 @@
+"""Exported alerting rules pass the real `promtool check rules` and `promtool test rules`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gpupack.cli import main
+
+pytestmark = [
+    pytest.mark.prometheus,
+    pytest.mark.skipif(shutil.which("promtool") is None, reason="needs promtool"),
+]
+EXAMPLES = Path(__file__).parents[2] / "rules" / "examples"
+
+
+def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.fixture
+def exported(tmp_path: Path, capsys) -> tuple[Path, Path, str]:
+    rules = tmp_path / "gpupack-rules.yaml"
+    assert main(["rules", "export-prometheus", str(rules), "--policies", str(EXAMPLES)]) == 0
+    return rules, tmp_path / "gpupack-rules.test.yaml", capsys.readouterr().err
+
+
+def test_exported_rules_pass_promtool_check_and_unit_tests(exported):
+    rules, tests, _ = exported
+    checked = promtool("check", "rules", str(rules), cwd=rules.parent)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", str(tests), cwd=rules.parent)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_rules_follow_kube_prometheus_conventions_and_every_rule_has_a_test(exported):
+    rules, tests, _ = exported
+    alerts = yaml.safe_load(rules.read_text())["groups"][0]["rules"]
+    memory = next(a for a in alerts if a["labels"]["policy"] == "gpu-memory-80")
+    assert memory["alert"] == "GpupackGpuMemory80"
+    assert memory["for"] == "300s" and memory["labels"]["severity"] == "critical"
+    assert set(memory["annotations"]) == {"summary", "description", "runbook_url"}
+    assert "gpupack_server_unattributed_memory_peak_bytes" in memory["expr"]
+    assert "0.8 * gpupack_device_memory_total_bytes" in memory["expr"]
+    tested = {t["alert_rule_test"][0]["alertname"] for t in yaml.safe_load(tests.read_text())["tests"]}
+    assert tested == {a["alert"] for a in alerts}
+
+
+def test_policies_the_series_cannot_express_are_skipped_with_a_reason(exported):
+    rules, _, err = exported
+    assert "skipped policy 'liver-on-big-gpus': it pins to device labels" in err
+    assert "skipped policy 'segmentation-bandwidth': the exporter has no per-model memory_bandwidth_utilization series" in err
+    names = {a["labels"]["policy"] for a in yaml.safe_load(rules.read_text())["groups"][0]["rules"]}
+    assert "liver-on-big-gpus" not in names
+
+
+def test_the_unit_tests_catch_a_wrong_threshold(exported):
+    rules, tests, _ = exported
+    rules.write_text(rules.read_text().replace("0.8 * gpupack_device_memory_total_bytes",
+                                               "1.5 * gpupack_device_memory_total_bytes"))
+    tested = promtool("test", "rules", str(tests), cwd=rules.parent)
+    assert tested.returncode != 0
+    assert "GpupackGpuMemory80" in tested.stdout + tested.stderr
+
+
+GLOBS = """policies:
+  - name: a100-memory-70gb
+    resource: gpu_memory
+    max: 70GB
+    selector: {devices: ["GPU-a100.*"], servers: ["triton-[0-9]"]}
+  - name: chest-on-gpu0
+    selector: {models: [classification_chest]}
+    pin: {devices: [GPU-0, GPU-1]}
+    for: 1m
+  - name: per-model-utilization
+    resource: gpu_utilization
+    per: model
+    max: 50%
+    severity: info
+"""
+
+
+def test_globs_sizes_and_device_pins_pass_promtool(tmp_path, capsys):
+    policies = tmp_path / "p.yaml"
+    policies.write_text(GLOBS)
+    rules = tmp_path / "out.yaml"
+    assert main(["rules", "export-prometheus", str(rules), "--policies", str(policies),
+                 "--tests", str(tmp_path / "t.yaml")]) == 0
+    assert "wrote 3 alerting rules" in capsys.readouterr().out
+    assert promtool("check", "rules", str(rules), cwd=tmp_path).returncode == 0
+    tested = promtool("test", "rules", str(tmp_path / "t.yaml"), cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr

@@ -1,0 +1,86 @@
+import math
+
+import pytest
+
+from gpupack.domain import Device, ModelFootprint, Resource
+from gpupack.rules.policy import (
+    AntiAffinityPolicy,
+    CapacityPolicy,
+    FleetPolicy,
+    PinPolicy,
+    PolicySet,
+    ReplicasPolicy,
+    Selector,
+)
+from gpupack.scheduler.constraints import build_problem
+from gpupack.scheduler.solver import InfeasibleError, solve
+
+GB = 10**9
+MEM, UTIL = Resource.GPU_MEMORY, Resource.GPU_UTILIZATION
+DEVICES = (
+    Device("t4-1", {MEM: 16 * GB}, {"class": "T4"}),
+    Device("t4-2", {MEM: 16 * GB}, {"class": "T4"}),
+    Device("a100-1", {MEM: 80 * GB}, {"class": "A100"}),
+)
+MODELS = (
+    ModelFootprint("llm", {MEM: 40 * GB, UTIL: 0.6}),
+    ModelFootprint("resnet", {MEM: 2 * GB, UTIL: 0.3}),
+    ModelFootprint("bert", {MEM: 3 * GB, UTIL: 0.5}),
+)
+
+
+def test_capacity_policy_sets_absolute_limits_and_utilisation_is_free_without_one():
+    problem = build_problem(MODELS, DEVICES, {MEM: GB}, PolicySet((CapacityPolicy(name="mem-80", max_ratio=0.8),)))
+    assert problem.limit(DEVICES[0], MEM) == pytest.approx(12.8 * GB)
+    assert math.isinf(problem.limit(DEVICES[0], UTIL))
+    assert problem.constraint_sources["limit:t4-1:gpu_memory"] == "mem-80"
+
+
+def test_utilisation_policy_splits_models_that_fit_in_memory():
+    policies = PolicySet((CapacityPolicy(name="util-70", resource=UTIL, max_ratio=0.7),))
+    result = solve(build_problem(MODELS[1:], DEVICES[:2], {}, policies))
+    assert result.device_count == 2
+    assert solve(build_problem(MODELS[1:], DEVICES[:2], {})).device_count == 1
+
+
+def test_pin_keeps_a_model_on_matching_devices():
+    pin = PinPolicy(name="bert-on-a100", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "A100"}))
+    result = solve(build_problem(MODELS, DEVICES, {}, PolicySet((pin,))))
+    assert result.placement.assignments["bert"] == ("a100-1",)
+
+
+def test_anti_affinity_replicas_and_fleet_size_come_from_policies():
+    policies = PolicySet((
+        AntiAffinityPolicy(name="apart", models=("resnet", "bert")),
+        ReplicasPolicy(name="ha", selector=Selector(models=("resnet",)), count=2),
+        FleetPolicy(name="fleet", max_devices=3),
+    ))
+    problem = build_problem(MODELS, DEVICES, {}, policies)
+    assert problem.anti_affinity == (frozenset({"resnet", "bert"}),)
+    assert problem.replicas == {"resnet": 2} and problem.max_devices == 3
+    result = solve(problem)
+    assert set(result.placement.assignments["bert"]).isdisjoint(result.placement.assignments["resnet"])
+
+
+def test_model_too_big_under_a_policy_names_model_and_policy():
+    policies = PolicySet((CapacityPolicy(name="mem-40", max_ratio=0.4),))
+    with pytest.raises(InfeasibleError, match=r"model llm needs .* \(mem-40\)"):
+        solve(build_problem(MODELS, DEVICES, {MEM: GB}, policies))
+
+
+def test_contradictory_pins_name_both_policies():
+    policies = PolicySet((
+        PinPolicy(name="on-t4", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "T4"})),
+        PinPolicy(name="on-a100", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "A100"})),
+    ))
+    with pytest.raises(InfeasibleError, match="model bert: pins policies on-t4, on-a100 leave no device"):
+        solve(build_problem(MODELS, DEVICES, {}, policies))
+
+
+def test_fleet_limit_below_the_bound_names_the_policy():
+    policies = PolicySet((
+        FleetPolicy(name="two-gpus", max_devices=2),
+        AntiAffinityPolicy(name="apart", models=("*",)),
+    ))
+    with pytest.raises(InfeasibleError, match="at least 3 devices, but only 2 are allowed by policy two-gpus"):
+        solve(build_problem(MODELS, DEVICES, {}, policies))

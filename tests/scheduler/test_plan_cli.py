@@ -1,0 +1,105 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from gpupack.cli import main
+
+SEED = str(Path(__file__).resolve().parents[2] / "examples" / "seed-profile.yaml")
+RESOURCES = ("gpu_memory", "gpu_utilization", "memory_bandwidth_utilization")
+
+
+def policies(tmp_path, percent, resources=RESOURCES):
+    path = tmp_path / f"policies-{percent}.yaml"
+    path.write_text("policies:\n" + "".join(
+        f"  - {{name: {r}-{percent}, resource: {r}, max: {percent}%}}\n" for r in resources
+    ))
+    return str(path)
+
+
+def plan(capsys, *args):
+    status = main(["plan", "--profile", SEED, "--device-memory", "16GiB", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_case_study_1_memory_only_needs_four_devices_proven(capsys):
+    status, out, _ = plan(capsys, "--format", "json")
+    document = json.loads(out)
+    assert status == 0
+    assert (document["device_count"], document["lower_bound"], document["optimal"]) == (4, 4, True)
+    assert document["solve_seconds"] < 0.1
+    placed = sorted(m for d in document["devices"] for m in d["models"])
+    assert len(placed) == 9
+    assert all(d["totals"]["gpu_memory_bytes"] <= 16 * 2**30 for d in document["devices"])
+
+
+def test_case_study_2_all_three_at_100_percent_needs_six_proven(capsys, tmp_path):
+    status, out, _ = plan(capsys, "--policies", policies(tmp_path, 100), "--format", "json")
+    document = json.loads(out)
+    assert (status, document["device_count"], document["optimal"]) == (0, 6, True)
+    assert all(d["totals"]["gpu_utilization_ratio"] <= 1 for d in document["devices"])
+    assert "at_full_capacity" not in document
+
+
+def test_plan_says_what_the_80_percent_rule_costs(capsys, tmp_path):
+    status, out, _ = plan(capsys, "--policies", policies(tmp_path, 80))
+    assert status == 0
+    assert "8 devices (proven optimal" in out
+    assert ("Capacity policies gpu_memory-80, gpu_utilization-80, memory_bandwidth_utilization-80 "
+            "cost 2 more devices: 8 under them, 6 at 100% of capacity.") in out
+
+
+def test_table_lists_devices_with_memory_in_mb_including_the_server(capsys):
+    status, out, _ = plan(capsys)
+    header, *rows = out.splitlines()
+    assert header.split()[:2] == ["device", "models"] and "gpu memory with server (MB)" in header
+    assert rows[0].startswith("gpu-1")
+    assert "4 devices (proven optimal" in out
+
+
+def test_plot_is_written(capsys, tmp_path):
+    status, _, _ = plan(capsys, "--plot", str(tmp_path / "plan.png"))
+    assert status == 0 and (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_model_bigger_than_any_device_exits_1_naming_it(capsys, tmp_path):
+    status, out, err = plan(capsys, "--device-memory", "10GB", "--policies", policies(tmp_path, 80, ["gpu_memory"]))
+    assert status == 1 and out == ""
+    assert "model segmentation_ct_liver needs" in err and "(gpu_memory-80)" in err
+
+
+def test_devices_file_with_unmatched_pin_exits_1_naming_the_policy(capsys, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: t4, memory: 16GiB, count: 9, labels: {class: T4}}\n")
+    pin = tmp_path / "pin.yaml"
+    pin.write_text("policies:\n  - {name: liver-on-a100, selector: {models: [segmentation_ct_liver]}, pin: {labels: {class: A100}}}\n")
+    status = main(["plan", "--profile", SEED, "--devices-file", str(devices), "--policies", str(pin)])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "model segmentation_ct_liver: pins policy liver-on-a100 leave no device" in err
+
+
+@pytest.mark.parametrize(
+    "content, where",
+    [
+        ("server_baseline: {}\nmodels:\n  - {model: a, peak_gpu_memory_bytes: 12 parsecs}\n",
+         "profile.yaml:3: models[0].peak_gpu_memory_bytes"),
+        ("server_baseline: {}\nmodels:\n  - {model: a, peak_gpu_memory_bytes: 1GB, peak_gpu_utilization_ratio: 2}\n",
+         "profile.yaml:3: models[0].peak_gpu_utilization_ratio"),
+    ],
+)
+def test_bad_profile_exits_2_naming_file_line_field(capsys, tmp_path, content, where):
+    (tmp_path / "profile.yaml").write_text(content)
+    status = main(["plan", "--profile", str(tmp_path / "profile.yaml"), "--device-memory", "16GiB"])
+    assert status == 2
+    assert str(tmp_path / where) in capsys.readouterr().err
+
+
+def test_bad_devices_file_and_objective_exit_2(capsys, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - name: t4\n    memory: 16 parsecs\n")
+    assert main(["plan", "--profile", SEED, "--devices-file", str(devices)]) == 2
+    assert f"{devices}:3: devices[0].memory" in capsys.readouterr().err
+    assert main(["plan", "--profile", SEED, "--device-memory", "16GiB", "--objective", "fastest"]) == 2
+    assert "min-devices" in capsys.readouterr().err

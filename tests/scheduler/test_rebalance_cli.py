@@ -1,0 +1,124 @@
+"""`gpupack rebalance` as a user runs it: a bad placement is reported, then fixed with --apply."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from gpupack.scheduler.audit import read_audit
+from gpupack.testing import SampleModel, TritonServer, write_model_repository
+
+MIB = 2**20
+
+PROFILE = """\
+server_baseline: {peak_gpu_memory_bytes: 64MiB}
+models:
+  - {model: large-a, peak_gpu_memory_bytes: 160MiB}
+  - {model: large-b, peak_gpu_memory_bytes: 160MiB}
+"""
+POLICIES = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
+# 448 MiB devices, 80%: a 358 MiB limit. Both large models together need 64 + 2 x 160 = 384 MiB.
+DEVICE_MEMORY = "448MiB"
+
+
+def gpupack(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpupack", "rebalance", *args], capture_output=True, text=True, timeout=240
+    )
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    return {"profile": tmp_path / "profile.yaml", "policies": tmp_path / "policies.yaml", "state": tmp_path / "state"}
+
+
+@pytest.mark.triton
+def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
+    start_triton: Callable[..., TritonServer], files: dict[str, Path], tmp_path: Path
+) -> None:
+    repository = write_model_repository(
+        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
+    )
+    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
+    b = start_triton(name="b", repository=repository)
+    common = [
+        "--server", f"a={a.http_url}", "--server", f"b={b.http_url}",
+        "--profile", str(files["profile"]), "--device-memory", DEVICE_MEMORY,
+        "--policies", str(files["policies"]), "--state-dir", str(files["state"]), "--drain", "0.5s",
+    ]
+
+    dry = gpupack(*common)
+    assert dry.returncode == 0, dry.stderr
+    assert "gpu-memory-80 on cpu:a: 384.0 MiB > limit 358.4 MiB (large-a, large-b)" in dry.stdout
+    assert "move large-a cpu:a -> cpu:b" in dry.stdout or "move large-b cpu:a -> cpu:b" in dry.stdout
+    assert "nothing changed" in dry.stdout
+    assert a.ready_models() == ["large-a", "large-b"] and b.ready_models() == []
+
+    applied = gpupack(*common, "--apply", "--format", "json")
+    assert applied.returncode == 0, applied.stderr
+    document = json.loads(applied.stdout)
+    (step,) = document["applied"]
+    assert step["succeeded"] and (step["source"], step["target"]) == ("cpu:a", "cpu:b")
+    assert "[1/1] move" in applied.stderr and "ready on cpu:b" in applied.stderr
+    assert sorted(a.ready_models() + b.ready_models()) == ["large-a", "large-b"]
+    assert b.ready_models() == [step["model"]]
+    ready = next(e for e in read_audit(files["state"] / "audit.jsonl") if e["event"] == "target_ready")
+    assert ready["source_serving"] is True
+
+    after = gpupack(*common)
+    assert after.returncode == 0 and "violations: none" in after.stdout
+
+
+@pytest.mark.triton
+def test_a_moved_model_waits_out_its_cooldown(
+    start_triton: Callable[..., TritonServer], files: dict[str, Path], tmp_path: Path
+) -> None:
+    repository = write_model_repository(
+        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
+    )
+    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
+    b = start_triton(name="b", repository=repository)
+    files["state"].mkdir()
+    (files["state"] / "cooldown.json").write_text(json.dumps({"large-a": 4e9, "large-b": 4e9}))
+    result = gpupack(
+        "--server", f"a={a.http_url}", "--server", f"b={b.http_url}", "--profile", str(files["profile"]),
+        "--device-memory", DEVICE_MEMORY, "--policies", str(files["policies"]), "--state-dir", str(files["state"]),
+        "--apply",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "deferred to a later run:" in result.stdout and "moved recently" in result.stdout
+    assert a.ready_models() == ["large-a", "large-b"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--server", "a"], "--server 'a': expected NAME=URL"),
+        (["--server", "a=http://127.0.0.1:1", "--profile", "p.yaml"], "--profile needs --device-memory"),
+        (["--server", "a=http://127.0.0.1:1"], "give --exporter URL"),
+        (["--server", "a=http://127.0.0.1:1", "--exporter", "http://x:1", "--max-moves", "0"], "--max-moves"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
+    result = gpupack(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_unreachable_server_changes_nothing_and_says_which(files: dict[str, Path]) -> None:
+    from gpupack.testing.tritonserver import free_port
+
+    result = gpupack(
+        "--server", f"gone=http://127.0.0.1:{free_port()}", "--profile", str(files["profile"]),
+        "--device-memory", DEVICE_MEMORY, "--state-dir", str(files["state"]), "--apply",
+    )
+    assert result.returncode == 1
+    assert "gone" in result.stderr and "repository index" in result.stderr

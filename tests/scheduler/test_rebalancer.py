@@ -1,0 +1,85 @@
+"""The rebalancer in-process, as the rules engine drives it, and what it publishes afterwards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from gpupack.rules.loader import load_policies
+from gpupack.scheduler.inputs import ProfileInputs
+from gpupack.scheduler.metrics import RebalanceState, make_wsgi_app
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.testing import SampleModel, TritonServer, write_model_repository
+
+MIB = 2**20
+PROFILE = """\
+server_baseline: {peak_gpu_memory_bytes: 64MiB}
+models:
+  - {model: large-a, peak_gpu_memory_bytes: 160MiB}
+  - {model: large-b, peak_gpu_memory_bytes: 160MiB}
+"""
+POLICIES = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
+
+
+def get(app: Callable, path: str) -> tuple[str, bytes]:
+    status: list[str] = []
+    body = b"".join(app({"PATH_INFO": path}, lambda s, headers: status.append(s)))
+    return status[0], body
+
+
+def rebalancer(tmp_path: Path, servers: list[ServerEndpoint], state: RebalanceState) -> Rebalancer:
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    return Rebalancer(
+        servers,
+        ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB),
+        load_policies(tmp_path / "policies.yaml"),
+        RebalanceSettings(state_dir=tmp_path / "state", drain_seconds=0.2),
+        state=state,
+    )
+
+
+def test_no_violations_means_nothing_is_read_or_moved(tmp_path: Path) -> None:
+    state = RebalanceState()
+    unreachable = [ServerEndpoint("a", "http://127.0.0.1:1")]
+    assert rebalancer(tmp_path, unreachable, state).request([]) is None
+    assert not (tmp_path / "state" / "audit.jsonl").exists()
+
+
+@pytest.mark.triton
+def test_a_rebalance_request_moves_the_model_and_publishes_where_it_went(
+    start_triton: Callable[..., TritonServer], tmp_path: Path
+) -> None:
+    repository = write_model_repository(
+        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
+    )
+    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
+    b = start_triton(name="b", repository=repository)
+    state = RebalanceState()
+    servers = [ServerEndpoint("a", a.http_url), ServerEndpoint("b", b.http_url)]
+    outcome = rebalancer(tmp_path, servers, state).request(["gpu-memory-80 violated on cpu:a"])
+    assert outcome is not None and outcome.succeeded
+    (moved,) = b.ready_models()
+
+    app = make_wsgi_app(state)
+    status, body = get(app, "/api/v1/placement")
+    placement: dict[str, Any] = json.loads(body)
+    assert status == "200 OK"
+    assert {(m["model"], m["server"], m["device"]) for m in placement["models"]} == {
+        (moved, "b", "cpu:b"), (({"large-a", "large-b"} - {moved}).pop(), "a", "cpu:a")
+    }
+    _, metrics = get(app, "/metrics")
+    text = metrics.decode()
+    assert f'gpupack_model_placement{{device="cpu:b",model="{moved}",server="b",version="1"}} 1.0' in text
+    assert f'model="{moved}",server="a"' not in text
+    assert 'gpupack_rebalance_moves_total{result="succeeded"} 1.0' in text
+    assert "gpupack_rebalance_last_success_timestamp_seconds " in text
+    if shutil.which("promtool"):
+        check = subprocess.run(["promtool", "check", "metrics"], input=metrics, capture_output=True)
+        assert check.returncode == 0, check.stderr.decode() + check.stdout.decode()
