@@ -1,48 +1,260 @@
-"""Start a small fleet of real Triton servers on this machine, load the article's nine models
-(footprints scaled down 1/20, host memory standing in for GPU memory) and show what each costs."""
+"""The whole gpupack loop on one machine, no GPU needed.
+
+Real Triton servers stand in for GPUs (one CPU-only server per device, each with a memory
+budget); the article's nine models (footprints scaled down 1/20) are loaded two per device at
+random, as the article's naive placement does. The exporter measures them, the rules engine finds
+the device over the 80% policy, and the scheduler moves models live until the fleet is healthy.
+Every part runs as the same ``gpupack`` subprocess a user would start, from one config file.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator, Sequence
 
-import psutil
+import requests
+import yaml
 
 from gpupack.config import ConfigFile
-from gpupack.testing import seed_models, triton_fleet, write_model_repository
-from gpupack.triton_processes import backend_processes
-from gpupack.units import format_mib
+from gpupack.errors import GpupackError
+from gpupack.testing import TritonServer, seed_models, triton_fleet, write_model_repository
+from gpupack.testing.tritonserver import free_port
+
+DEVICE_BUDGET_BYTES = 2**30
+POLICY_NAME = "gpu-memory-80"
+# The article's "two per GPU at random", fixed so that the demo always shows its failure: liver and
+# brain tumour share a device (the article's OOM risk) while breast and chest leave one mostly idle.
+NAIVE_PLACEMENT = (
+    ("segmentation_ct_liver", "segmentation_mri_brain_tumor"),
+    ("classification_breast", "classification_chest"),
+    ("segmentation_ct_colon_tumor", "segmentation_ct_pancreas"),
+    ("segmentation_ct_spleen", "segmentation_mri_hippocampus"),
+    ("classification_malaria",),
+)
+
+
+class DemoError(GpupackError):
+    pass
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--servers", type=int, default=3, metavar="N", help="Triton servers to start (default: 3)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the fleet, exporter and rules engine running until Ctrl-C")
+    parser.add_argument("--workdir", metavar="DIR",
+                        help="where to put models, config, state and logs (default: a temporary directory)")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
-    models = seed_models()
-    with tempfile.TemporaryDirectory(prefix="gpupack-demo-") as workdir:
-        repository = write_model_repository(Path(workdir) / "models", models)
-        names = [f"triton-{i}" for i in range(args.servers)]
-        print(f"starting {len(names)} Triton servers over {repository} ...", flush=True)
-        started = time.monotonic()
-        with triton_fleet(repository, names, log_dir=Path(workdir) / "logs") as servers:
-            for index, model in enumerate(models):
-                server = servers[index % len(servers)]
-                server.load_model(model.name)
-                print(f"  loaded {model.name} on {server.name}", flush=True)
-            footprints = {m.name: m.footprint_bytes for m in models}
-            print()
-            print(f"{'server':<10} {'url':<24} {'model':<30} {'configured MiB':>14} {'measured MiB':>12}")
-            for server in servers:
-                for process in sorted(backend_processes(server.pid), key=lambda p: p.model):
-                    rss = psutil.Process(process.pid).memory_info().rss
-                    print(
-                        f"{server.name:<10} {server.http_url:<24} {process.model:<30} "
-                        f"{format_mib(footprints[process.model]):>14} {format_mib(rss):>12}"
-                    )
-            print(f"\nfleet up in {time.monotonic() - started:.1f}s; measured = the model's backend process RSS,"
-                  " which includes ~30 MiB of Python-backend stub")
-        print("all servers stopped")
-    return 0
+    with _workdir(args.workdir) as workdir:
+        return _Demo(workdir, keep=args.keep).run()
+
+
+@contextlib.contextmanager
+def _workdir(path: str | None) -> Iterator[Path]:
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gpupack-demo-") as temporary:
+            yield Path(temporary)
+
+
+def _port(preferred: int) -> int:
+    """The documented default when it is free, so Prometheus examples work as printed."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+class _Demo:
+    def __init__(self, workdir: Path, keep: bool) -> None:
+        self.workdir = workdir
+        self.keep = keep
+        self.exporter_url = f"http://127.0.0.1:{_port(9478)}"
+        self.rules_url = f"http://127.0.0.1:{_port(9479)}"
+        self.started = time.monotonic()
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
+
+    def run(self) -> int:
+        models = seed_models()
+        repository = write_model_repository(self.workdir / "models", models)
+        names = [f"triton-{i}" for i in range(len(NAIVE_PLACEMENT))]
+        budget_mib = DEVICE_BUDGET_BYTES // 2**20
+        print(f"gpupack demo: {len(names)} CPU-only Triton servers stand in for {len(names)} GPUs of "
+              f"{budget_mib} MiB each; the article's nine models, footprints scaled down 1/20.\n")
+        self.say(f"starting {len(names)} Triton servers ...")
+        try:
+            with triton_fleet(repository, names, log_dir=self.workdir / "logs") as servers:
+                return self._with_fleet(servers)
+        finally:
+            self._stop_processes()
+
+    def _with_fleet(self, servers: list[TritonServer]) -> int:
+        self.say("loading two models per device at random, as the article's naive placement does")
+        for server, group in zip(servers, NAIVE_PLACEMENT):
+            for model in group:
+                server.load_model(model)
+        config_path = self._write_config(servers)
+        self.say(f"exporter on {self.exporter_url}  (/metrics, /api/v1/peaks)")
+        self._start("exporter", "--config", str(config_path), "exporter")
+        self._wait_for_peaks(expected_models=sum(len(group) for group in NAIVE_PLACEMENT))
+
+        print("\nBEFORE: the naive placement, judged against the 80% memory policy")
+        before = self._evaluate(config_path)
+        self._print_table(before)
+        if not any(r["status"] == "violated" for r in before):
+            raise DemoError("expected the naive placement to violate the 80% policy; it did not")
+
+        self.say(f"rules engine on {self.rules_url}  (/metrics, /api/v1/placement) with policy "
+                 f"{POLICY_NAME} (max 80%, action: rebalance): the scheduler moves models live")
+        self._start("rules", "--config", str(config_path), "rules", "run", "--apply")
+        self._wait_for_rebalance()
+
+        print("\nAFTER: the placement the scheduler moved to, judged against the same policy")
+        after = self._evaluate(config_path)
+        self._print_table(after)
+        healthy = not any(r["status"] != "ok" for r in after)
+        used = sorted({r["device"] for r in after if r.get("models")})
+        self.say(f"fleet {'healthy' if healthy else 'NOT healthy'}: {len(used)} devices in use; "
+                 f"audit log of every move: {self.workdir / 'state' / 'rules'}")
+        self._print_pointers()
+        if self.keep:
+            self.say("running until Ctrl-C (--keep)")
+            with contextlib.suppress(KeyboardInterrupt):
+                while all(p.poll() is None for p in self.processes):
+                    time.sleep(1)
+        return 0 if healthy else 1
+
+    def _write_config(self, servers: Sequence[TritonServer]) -> Path:
+        server_entries = [{"name": s.name, "url": s.http_url, "pid": s.pid, "memory_budget": DEVICE_BUDGET_BYTES}
+                          for s in servers]
+        policies_path = self.workdir / "policies.yaml"
+        policies_path.write_text(yaml.safe_dump({"policies": [
+            {"name": POLICY_NAME, "resource": "gpu_memory", "max": "80%", "severity": "critical",
+             "action": "rebalance"},
+        ]}, sort_keys=False))
+        config = {
+            "exporter": {"listen": self.exporter_url.removeprefix("http://"), "backend": ["host"],
+                         "state_dir": str(self.workdir / "state" / "exporter"), "sample_hz": 5,
+                         "servers": server_entries},
+            "rules": {"policies": str(policies_path), "exporter_url": self.exporter_url, "interval": "2s",
+                      "listen": self.rules_url.removeprefix("http://"),
+                      "servers": [{"name": s.name, "url": s.http_url} for s in servers],
+                      "state_dir": str(self.workdir / "state" / "rules"), "drain": "1s", "cooldown": "1m"},
+        }
+        path = self.workdir / "gpupack.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    def _start(self, name: str, *args: str) -> None:
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        process = subprocess.Popen([sys.executable, "-m", "gpupack", *args], stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        self.processes.append(process)
+
+    def _stop_processes(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def _check_alive(self) -> None:
+        for process in self.processes:
+            if process.poll() is not None:
+                raise DemoError(f"'{' '.join(process.args[3:])}' exited with status {process.returncode}; "  # type: ignore[index]
+                                f"see {self.workdir / 'logs'}")
+
+    def _wait_for_peaks(self, expected_models: int, timeout_seconds: float = 90) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline:
+            self._check_alive()
+            with contextlib.suppress(requests.RequestException, ValueError):
+                peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=2).json()
+                loaded = [m for m in peaks.get("models", []) if m.get("loaded") and "gpu_memory" in m.get("peaks", {})]
+                if len(loaded) >= expected_models:
+                    time.sleep(1)  # a few more samples, so each peak is a maximum and not a first reading
+                    self.say(f"exporter has peaks for all {expected_models} models")
+                    return
+            time.sleep(0.5)
+        raise DemoError(f"the exporter did not report all models within {timeout_seconds:.0f}s")
+
+    def _wait_for_rebalance(self, timeout_seconds: float = 180) -> None:
+        deadline = time.monotonic() + timeout_seconds
+        reported_moves = 0
+        while time.monotonic() < deadline:
+            self._check_alive()
+            metrics = self._rules_metrics()
+            moves = int(metrics.get('gpupack_rebalance_moves_total{result="succeeded"}', 0))
+            if moves > reported_moves:
+                self.say(f"scheduler: {moves} model move(s) done, each ready on its new device before "
+                         "leaving the old one")
+                reported_moves = moves
+            violated = [k for k, v in metrics.items() if k.startswith("gpupack_policy_violation{") and v == 1]
+            evaluated = any(k.startswith("gpupack_policy_headroom_ratio{") for k in metrics)
+            if moves and evaluated and not violated:
+                return
+            time.sleep(1)
+        raise DemoError(f"the fleet was not rebalanced within {timeout_seconds:.0f}s; see {self.workdir / 'logs'}")
+
+    def _rules_metrics(self) -> dict[str, float]:
+        try:
+            text = requests.get(f"{self.rules_url}/metrics", timeout=2).text
+        except requests.RequestException:
+            return {}
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    samples[name] = float(value)
+        return samples
+
+    def _evaluate(self, config_path: Path) -> list[dict[str, Any]]:
+        result = subprocess.run(
+            [sys.executable, "-m", "gpupack", "--config", str(config_path), "rules", "evaluate", "--once",
+             "--format", "json"], capture_output=True, text=True, timeout=60)
+        if result.returncode not in (0, 1):
+            raise DemoError(f"gpupack rules evaluate failed: {result.stderr.strip()}")
+        return [r for r in json.loads(result.stdout)["results"] if r["policy"] == POLICY_NAME]
+
+    def _print_table(self, results: list[dict[str, Any]]) -> None:
+        print(f"  {'device':<16} {'models':<58} {'peak MiB':>9} {'limit MiB':>9} {'use':>5}  status")
+        for r in sorted(results, key=lambda r: r["device"]):
+            models = ", ".join(r.get("models", [])) or "-"
+            value, limit = r.get("value"), r.get("limit")
+            use = f"{value / DEVICE_BUDGET_BYTES:.0%}" if value is not None else "?"
+            print(f"  {r['device']:<16} {models:<58} {_mib(value):>9} {_mib(limit):>9} {use:>5}  {r['status']}")
+        print()
+
+    def _print_pointers(self) -> None:
+        print(f"""
+Point Prometheus at the exporter and the rules engine:
+  scrape_configs:
+    - job_name: gpupack-exporter
+      static_configs: [{{targets: ["{self.exporter_url.removeprefix('http://')}"]}}]
+    - job_name: gpupack-rules
+      static_configs: [{{targets: ["{self.rules_url.removeprefix('http://')}"]}}]
+Grafana dashboards: grafana/dashboards/*.json (provisioning in grafana/provisioning/);
+alert rules: deploy/prometheus/rules/; the full stack: deploy/README.md.""")
+
+
+def _mib(value: float | None) -> str:
+    return "?" if value is None else f"{value / 2**20:.0f}"

@@ -118,6 +118,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if result.baseline is not None:
         write_profile(to_profile(result, chosen), values["out"])
         print(f"wrote {values['out']}", file=sys.stderr)
+    else:
+        print("nothing was measured: no profile written", file=sys.stderr)
     if values["report"]:
         write_report(values["report"], result, chosen)
         print(f"wrote the report to {values['report']}", file=sys.stderr)

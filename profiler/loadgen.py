@@ -1,8 +1,9 @@
 """The built-in load generator: a fixed number of requests always in flight, for a set time.
 
 Each of ``concurrency`` workers sends one request, waits for its answer and sends the next, over
-one asyncio HTTP client: the client stays cheap enough in CPU to leave the cores to the server it
-measures (see ``bench/loadgen.py``). Inputs are random tensors shaped from the model's own config,
+one asyncio HTTP client: one thread however high the concurrency, so the client does not compete
+with the server it measures by thread count (``bench/loadgen.py`` measures its CPU per request
+against a plain synchronous loop). Inputs are random tensors shaped from the model's own config,
 with the batch dimension when the model batches.
 
 A window ends when its time is up *and every request sent in it has answered*: no request is in

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gpupack.exporter.sources import SourceError
 from gpupack.exporter.sources.host import HostReading, HostSource
@@ -36,7 +36,10 @@ class Peaks:
                      _max(self.memory_bandwidth_utilization_ratio, other.memory_bandwidth_utilization_ratio))
 
 
-def _max(a, b):  # type: ignore[no-untyped-def]
+_N = TypeVar("_N", int, float)
+
+
+def _max(a: _N | None, b: _N | None) -> _N | None:
     return b if a is None else a if b is None else max(a, b)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol
 
 from gpupack.errors import ExitStatus, GpupackError
 from gpupack.exporter.sources import SourceError

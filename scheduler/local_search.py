@@ -1,16 +1,17 @@
-"""Local search that empties one device at a time, after Buljubašić and Vasquez's consistent
-neighbourhood search for bin packing and vector packing (Computers & OR 66, 2016).
+"""Ruin and recreate on a few devices at a time, to close devices that greedy packing leaves open.
 
-First-fit-decreasing leaves a few percent of devices unused on hard fleets (items that only fit
-well in threes, a fleet bounded by utilisation rather than memory): reaching the lower bound
-needs exchanges between devices that no greedy order makes. Here one device is closed and its
-models go to a pool; the search then swaps up to two pool models with up to two models of an
-open device, always keeping every open device within its limits, until the pool is empty. Each
-step takes the exchange that moves the most (scalar) size out of the pool; a model just placed
-is tabu for a few steps so that the search does not undo itself.
+First-fit-decreasing ends a few percent above the lower bound on hard fleets (models that only fit
+well in threes, a fleet bounded by utilisation rather than memory): reaching the bound needs
+exchanges across several devices at once, which no greedy order makes. Here the least-filled
+device is closed and its models go to a pool; then, again and again, a few open devices are
+emptied and their models plus the pool repacked onto them by a small CP-SAT model that places as
+much of the pool as it can. The pool never grows (in scalar size), and among equal repackings the
+model fills the fullest device first, so that room gathers on a few devices where a pool model
+eventually fits: the large-neighbourhood search of Shaw (CP 1998) with the slack-gathering idea of
+minimum-bin-slack packing (Gupta and Ho, 1999).
 
-Models with replicas or in an anti-affinity group stay where they are: exchanging them would need
-the distinct-device rules re-checked on both sides, and such fleets are small enough for CP-SAT.
+Models with replicas or in an anti-affinity group stay where they are: moving them would need the
+distinct-device rules re-checked across devices, and such fleets are small enough for full CP-SAT.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+from ortools.sat.python import cp_model
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
 
-MAX_POOL_PAIRS_FROM = 24  # pairs of pool models are formed among the largest this many
-TABU_STEPS = (3, 12)  # a model placed from the pool stays for a random number of steps in this range
+DEVICES_PER_REPACK = 4
+REPACK_SECONDS = 0.02
+SIZE_UNITS = 1_000_000  # a model's scalar size, in millionths of the largest device
+FILL_UNITS = 100  # the slack-gathering tie-break, in hundredths of a device
 
 
 class _Search:
@@ -31,26 +35,23 @@ class _Search:
 
     def __init__(self, instance: Instance, assignment: Assignment, rng: np.random.Generator):
         self.instance, self.rng = instance, rng
-        n = instance.n_models
-        grouped = np.zeros(n, dtype=bool)
+        grouped = np.zeros(instance.n_models, dtype=bool)
         for group in instance.groups:
             grouped[group] = True
-        self.movable = (instance.replicas == 1) & ~grouped
-        # One extra row (index -1) stands for "no model", so that pairs padded with -1 sum correctly.
-        self.demand = np.vstack([instance.demand, np.zeros((1, len(instance.resources)), dtype=np.int64)])
-        self.size = np.append(_scalar_sizes(instance), 0.0)
-        self.allowed = np.vstack([instance.allowed, np.ones((1, instance.n_devices), dtype=bool)])
-        self.tabu_until = np.zeros(n + 1, dtype=np.int64)
-        self.load = np.zeros_like(instance.capacity)
+        movable = (instance.replicas == 1) & ~grouped
+        self.size = _scalar_sizes(instance)
+        self.fixed_load = np.zeros_like(instance.capacity)
         self.members: dict[int, list[int]] = {}
         self.fixed: dict[int, list[int]] = {}
         for i, devices in assignment.items():
             for d in devices:
-                self.load[d] += instance.demand[i]
-                (self.members if self.movable[i] else self.fixed).setdefault(d, []).append(i)
-        self.open = set(self.members) | set(self.fixed)
+                if movable[i]:
+                    self.members.setdefault(d, []).append(i)
+                else:
+                    self.fixed.setdefault(d, []).append(i)
+                    self.fixed_load[d] += instance.demand[i]
+        self.open = sorted(set(self.members) | set(self.fixed))
         self.pool: list[int] = []
-        self._exchanges: dict[int, np.ndarray] = {}
 
     def assignment(self) -> Assignment:
         result: Assignment = {i: [] for i in range(self.instance.n_models)}
@@ -61,79 +62,70 @@ class _Search:
         return result
 
     def close_one(self) -> bool:
-        """Close the open device whose movable models are smallest in all; False if none can close."""
+        """Close the open device whose models are smallest in all; False if every one has fixed models."""
         closable = [d for d in self.open if not self.fixed.get(d)]
         if not closable:
             return False
-        d = min(closable, key=lambda d: (sum(self.size[i] for i in self.members[d]), -self.instance.cost[d]))
-        self.pool = self.members.pop(d)
-        self.load[d] = 0
-        self.open.discard(d)
-        self._exchanges.pop(d, None)
+        d = min(closable, key=lambda d: (self.size[self.members.get(d, [])].sum(), -self.instance.cost[d]))
+        self.pool = self.members.pop(d, [])
+        self.open.remove(d)
         return True
 
-    def step(self, iteration: int) -> bool:
-        """Make the best non-tabu exchange between the pool and one open device; False if none exists."""
-        incoming = self._pool_sets()
-        devices, outgoing = self._open_sets()
-        in_demand = self.demand[incoming].sum(axis=1)
-        room = self.instance.capacity[devices] - self.load[devices] + self.demand[outgoing].sum(axis=1)
-        fits = np.all(in_demand[:, None, :] <= room[None, :, :], axis=2)
-        fits &= (self.allowed[incoming[:, 0]] & self.allowed[incoming[:, 1]])[:, devices]
-        fits &= ~(self.tabu_until[outgoing] > iteration).any(axis=1)[None, :]
-        gain = self.size[incoming].sum(axis=1)[:, None] - self.size[outgoing].sum(axis=1)[None, :]
-        fits &= np.abs(gain) > 1e-12  # an exchange of equal sizes changes nothing worth a step
-        if not fits.any():
-            return False
-        score = np.where(fits, gain + self.rng.uniform(0, 1e-9, gain.shape), -np.inf)
-        a, b = np.unravel_index(int(np.argmax(score)), score.shape)
-        self._exchange(int(devices[b]), [int(i) for i in incoming[a] if i >= 0], [int(i) for i in outgoing[b] if i >= 0])
-        self.tabu_until[[i for i in incoming[a] if i >= 0]] = iteration + self.rng.integers(*TABU_STEPS)
-        return True
-
-    def _exchange(self, d: int, placed: list[int], removed: list[int]) -> None:
-        for i in removed:
-            self.members[d].remove(i)
-            self.load[d] -= self.instance.demand[i]
-            self.pool.append(i)
-        for i in placed:
-            self.pool.remove(i)
-            self.members.setdefault(d, []).append(i)
-            self.load[d] += self.instance.demand[i]
-        self._exchanges.pop(d, None)
-
-    def _pool_sets(self) -> np.ndarray:
-        """Single pool models and pairs among the largest, as rows of two indices (-1: none)."""
-        pool = np.array(self.pool, dtype=np.int64)
-        largest = pool[np.argsort(-self.size[pool])][:MAX_POOL_PAIRS_FROM]
-        a, b = np.triu_indices(len(largest), k=1)
-        singles = np.stack([pool, np.full(len(pool), -1)], axis=1)
-        return np.vstack([singles, np.stack([largest[a], largest[b]], axis=1)])
-
-    def _open_sets(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every open device's nothing, single models and pairs of models, with the device of each."""
-        rows, devices = [], []
-        for d in self.open:
-            if d not in self._exchanges:
-                self._exchanges[d] = _subsets_up_to_two(self.members.get(d, []))
-            rows.append(self._exchanges[d])
-            devices.append(np.full(len(self._exchanges[d]), d, dtype=np.int64))
-        return np.concatenate(devices), np.concatenate(rows)
+    def repack_some(self, seed: int) -> None:
+        """Repack the pool and the models of a few open devices (those with most room more likely)."""
+        room = np.array([1.0 - self.size[self.members.get(d, [])].sum() for d in self.open])
+        weights = np.clip(room, 0, None) + 0.05
+        count = min(DEVICES_PER_REPACK, len(self.open))
+        chosen = self.rng.choice(len(self.open), size=count, replace=False, p=weights / weights.sum())
+        devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.size[self.members.get(d, [])].sum())
+        placed = _repack(self, devices, seed)
+        if placed is not None:
+            self.pool = [i for i in self.pool + [i for d in devices for i in self.members.get(d, [])]
+                         if not any(i in models for models in placed.values())]
+            for d in devices:
+                self.members[d] = placed[d]
 
 
-def _subsets_up_to_two(models: list[int]) -> np.ndarray:
-    items = np.array(models, dtype=np.int64)
-    a, b = np.triu_indices(len(items), k=1)
-    return np.vstack([
-        [[-1, -1]],
-        np.stack([items, np.full(len(items), -1)], axis=1),
-        np.stack([items[a], items[b]], axis=1),
-    ]).astype(np.int64)
+def _repack(search: _Search, devices: list[int], seed: int) -> dict[int, list[int]] | None:
+    """CP-SAT: place as much pool size as possible on ``devices`` (never less than today), then fill
+    the devices in the given order; None when it finds nothing within its time."""
+    inst = search.instance
+    models = search.pool + [i for d in devices for i in search.members.get(d, [])]
+    units = np.round(search.size[models] * SIZE_UNITS).astype(np.int64)
+    model = cp_model.CpModel()
+    x = {(k, d): model.NewBoolVar("") for k, i in enumerate(models) for d in devices if inst.allowed[i, d]}
+    for k in range(len(models)):
+        model.AddAtMostOne(x[k, d] for d in devices if (k, d) in x)
+    for d in devices:
+        room = inst.capacity[d] - search.fixed_load[d]
+        for r in range(len(inst.resources)):
+            model.Add(sum(int(inst.demand[i, r]) * x[k, d] for k, i in enumerate(models) if (k, d) in x) <= int(room[r]))
+    placed = sum(int(units[k]) * v for (k, _), v in x.items())
+    model.Add(placed >= int(units[len(search.pool):].sum()))
+    # Earlier devices weigh more, so that among equal repackings room gathers on the last ones.
+    fill = sum(
+        (len(devices) - n) * int(units[k] * FILL_UNITS // SIZE_UNITS) * x[k, d]
+        for n, d in enumerate(devices) for k in range(len(models)) if (k, d) in x
+    )
+    model.Maximize(placed * (len(devices) ** 2 * FILL_UNITS + 1) + fill)
+    for (k, d), v in x.items():
+        model.AddHint(v, k >= len(search.pool) and models[k] in search.members.get(d, ()))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = REPACK_SECONDS
+    solver.parameters.num_workers = 1
+    solver.parameters.random_seed = seed
+    if solver.Solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    result: dict[int, list[int]] = {d: [] for d in devices}
+    for (k, d), v in x.items():
+        if solver.BooleanValue(v):
+            result[d].append(models[k])
+    return result
 
 
 def _scalar_sizes(instance: Instance) -> np.ndarray:
     """Each model's share of the largest device, weighted by how scarce each resource is overall,
-    so that the resource that bounds the fleet decides which exchanges count as progress."""
+    so that the resource that bounds the fleet decides which repacking counts as progress."""
     bounded = np.where(instance.bounded, instance.capacity, 0)
     scale = np.maximum(bounded.max(axis=0), 1) if instance.n_devices else np.ones(len(instance.resources))
     relative = instance.demand / scale
@@ -148,10 +140,11 @@ def reduce_devices(
     passes; returns the last assignment in which every model is placed."""
     search = _Search(instance, assignment, np.random.default_rng(seed))
     best = assignment
-    iteration = 0
+    attempt = 0
     while len(search.open) > target and time.perf_counter() < deadline and search.close_one():
-        while search.pool and time.perf_counter() < deadline and search.step(iteration):
-            iteration += 1
+        while search.pool and time.perf_counter() < deadline:
+            attempt += 1
+            search.repack_some(seed + attempt)
         if search.pool:
             break
         best = search.assignment()
