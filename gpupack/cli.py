@@ -29,7 +29,28 @@ class _Parser(argparse.ArgumentParser):
         self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+_GLOBAL_OPTIONS_WITH_VALUE = ("--config", "--log-level")
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line, found without importing any of them."""
+    skip_next = False
+    for token in argv:
+        if skip_next:
+            skip_next = False
+        elif token in _GLOBAL_OPTIONS_WITH_VALUE:
+            skip_next = True
+        elif not token.startswith("-"):
+            return token if token in COMMANDS else None
+    return None
+
+
+def build_parser(only: str | None = None, *, all_commands: bool = True) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that subcommand's module is imported and configured.
+
+    Subcommands pull in OR-Tools, matplotlib, tritonclient...: ``gpupack --help`` and each command
+    should pay only for what they use.
+    """
     parser = _Parser(
         prog="gpupack",
         description="What each model on a Triton fleet costs on its GPU, and where it should run.",
@@ -45,15 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=["debug", "info", "warning", "error"], help="log verbosity (default: info)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        sub = subparsers.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
-        module.configure(sub)
-        sub.set_defaults(_module=module)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == only or (only is None and all_commands):
+            module = importlib.import_module(module_name)
+            sub.description = (module.__doc__ or help_text).strip()
+            module.configure(sub)
+            sub.set_defaults(_module=module)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = _command_in(argv)
+    parser = build_parser(command, all_commands=False)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

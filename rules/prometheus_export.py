@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,7 @@ def _render(template: str, labels: dict[str, str]) -> str:
 
 def write_export(export: Export, rules_path: Path, tests_path: Path) -> None:
     rules_path.write_text(yaml.safe_dump({"groups": [{"name": GROUP, "rules": export.rules}]}, sort_keys=False))
-    rule_file = Path(rules_path).resolve().relative_to(Path(tests_path).resolve().parent) \
-        if Path(rules_path).resolve().parent == Path(tests_path).resolve().parent else Path(rules_path).resolve()
-    tests_path.write_text(yaml.safe_dump({"rule_files": [str(rule_file)], "evaluation_interval": "1m",
+    # promtool resolves rule_files against the tests file's folder; relative keeps the pair movable.
+    rule_file = os.path.relpath(Path(rules_path).resolve(), Path(tests_path).resolve().parent)
+    tests_path.write_text(yaml.safe_dump({"rule_files": [rule_file], "evaluation_interval": "1m",
                                           "tests": export.tests}, sort_keys=False, width=200))

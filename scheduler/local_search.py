@@ -52,6 +52,14 @@ class _Search:
                     self.fixed_load[d] += instance.demand[i]
         self.open = sorted(set(self.members) | set(self.fixed))
         self.pool: list[int] = []
+        # One extra row (index -1) stands for "no model", so that pairs padded with -1 sum correctly.
+        self.padded_demand = np.vstack([instance.demand, np.zeros((1, len(instance.resources)), dtype=np.int64)])
+        self.padded_size = np.append(self.size, 0.0)
+        self.padded_allowed = np.vstack([instance.allowed, np.ones((1, instance.n_devices), dtype=bool)])
+        self.load = self.fixed_load.copy()
+        for d, models in self.members.items():
+            self.load[d] += instance.demand[models].sum(axis=0)
+        self._subsets: dict[int, np.ndarray] = {}
 
     def assignment(self) -> Assignment:
         result: Assignment = {i: [] for i in range(self.instance.n_models)}
@@ -69,7 +77,47 @@ class _Search:
         d = min(closable, key=lambda d: (self.size[self.members.get(d, [])].sum(), -self.instance.cost[d]))
         self.pool = self.members.pop(d, [])
         self.open.remove(d)
+        self._subsets.pop(d, None)
         return True
+
+    def descend(self) -> None:
+        """Exchange up to two pool models for up to two models of one open device while that
+        shrinks the pool, biggest shrink first: cheap, so it runs before every repacking."""
+        while self.pool:
+            incoming = _pairs_and_singles(self.pool)
+            devices, outgoing = self._open_subsets()
+            room = self.instance.capacity[devices] - self.load[devices] + self.padded_demand[outgoing].sum(axis=1)
+            in_demand = self.padded_demand[incoming].sum(axis=1)
+            fits = np.all(in_demand[:, None, :] <= room[None, :, :], axis=2)
+            fits &= (self.padded_allowed[incoming[:, 0]] & self.padded_allowed[incoming[:, 1]])[:, devices]
+            gain = self.padded_size[incoming].sum(axis=1)[:, None] - self.padded_size[outgoing].sum(axis=1)[None, :]
+            gain = np.where(fits, gain, 0.0)
+            a, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
+            if gain[a, b] <= 1e-12:
+                return
+            d = int(devices[b])
+            self._move(d, placed=[int(i) for i in incoming[a] if i >= 0], removed=[int(i) for i in outgoing[b] if i >= 0])
+
+    def _move(self, d: int, placed: list[int], removed: list[int]) -> None:
+        members = self.members.setdefault(d, [])
+        for i in removed:
+            members.remove(i)
+            self.pool.append(i)
+        for i in placed:
+            self.pool.remove(i)
+            members.append(i)
+        self.load[d] += self.instance.demand[placed].sum(axis=0) - self.instance.demand[removed].sum(axis=0)
+        self._subsets.pop(d, None)
+
+    def _open_subsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every open device's empty set, single models and pairs of models, with the device of each."""
+        rows, devices = [], []
+        for d in self.open:
+            if d not in self._subsets:
+                self._subsets[d] = np.vstack([[[-1, -1]], _pairs_and_singles(self.members.get(d, []))])
+            rows.append(self._subsets[d])
+            devices.append(np.full(len(self._subsets[d]), d, dtype=np.int64))
+        return np.concatenate(devices), np.concatenate(rows)
 
     def repack_some(self, seed: int) -> None:
         """Repack the pool and the models of a few open devices (those with most room more likely)."""
@@ -84,6 +132,8 @@ class _Search:
                          if not any(i in models for models in placed.values())]
             for d in devices:
                 self.members[d] = placed[d]
+                self.load[d] = self.fixed_load[d] + self.instance.demand[placed[d]].sum(axis=0)
+                self._subsets.pop(d, None)
 
 
 def _repack(search: _Search, devices: list[int], seed: int) -> dict[int, list[int]] | None:
@@ -123,6 +173,14 @@ def _repack(search: _Search, devices: list[int], seed: int) -> dict[int, list[in
     return result
 
 
+def _pairs_and_singles(models: list[int]) -> np.ndarray:
+    """Rows of two model indices: each model alone (padded with -1), then every pair."""
+    items = np.array(models, dtype=np.int64)
+    a, b = np.triu_indices(len(items), k=1)
+    singles = np.stack([items, np.full(len(items), -1, dtype=np.int64)], axis=1)
+    return np.vstack([singles, np.stack([items[a], items[b]], axis=1)]).reshape(-1, 2)
+
+
 def _scalar_sizes(instance: Instance) -> np.ndarray:
     """Each model's share of the largest device, weighted by how scarce each resource is overall,
     so that the resource that bounds the fleet decides which repacking counts as progress."""
@@ -142,9 +200,11 @@ def reduce_devices(
     best = assignment
     attempt = 0
     while len(search.open) > target and time.perf_counter() < deadline and search.close_one():
+        search.descend()
         while search.pool and time.perf_counter() < deadline:
             attempt += 1
             search.repack_some(seed + attempt)
+            search.descend()
         if search.pool:
             break
         best = search.assignment()

@@ -2,6 +2,9 @@
 
 - :class:`FileLock` — an exclusive ``flock`` on a file in the state directory. The kernel drops
   it when the holder dies, so a crashed scheduler never leaves a stale lock behind.
+- :class:`LeaseLock` — a Kubernetes ``coordination.k8s.io/v1`` Lease, for replicas on different
+  nodes that share no file. A holder that dies stops renewing; the Lease expires and the next
+  contender takes it over. :func:`lock_factory` picks one from the ``lock`` setting.
 - :class:`Cooldowns` — when each model last moved, persisted so the next run (another process,
   maybe hours later) still respects it.
 - :func:`admit` — which planned steps this run may take: at most ``max_moves``, none for a model
