@@ -2,9 +2,11 @@
 
 Both keep the same number of requests in flight against the same real Triton server (CPU, a
 Python-backend model that does almost nothing, so the client's own cost shows): the built-in one
-with asyncio workers on one HTTP client, the plain one with a thread per request slot, each with
-its own synchronous client, as a quick script would. Printed: requests/s and client CPU time per
-request (this process's user + system time), and the ratios.
+with asyncio workers writing pre-serialised requests, one keep-alive connection each, the plain
+one with a thread per request slot, each with its own synchronous client, as a quick script
+would. Printed: requests/s and client CPU time per request (this process's user + system time),
+and the ratios. Client and server share the machine's cores, so a cheaper client also leaves the
+server more CPU: both columns count.
 
     python bench/loadgen.py [--duration 3] [--concurrency 1,4,8]
 """

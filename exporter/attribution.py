@@ -6,22 +6,30 @@ Sources, best first (a model gets the best one available for each resource):
   directly: RSS/CPU time on the host, NVML's per-process memory and SM share on a GPU;
 - ``triton``: Triton's per-model ``memory_usage`` statistic, for backends that report it;
 - ``load_delta``: the device's memory change seen around the model's load;
+- ``profile``: the model's peak from a profile file, when none of the above measures it;
 - ``apportioned``: the device utilisation not measured per process, split by each model's share of
   Triton compute time in the interval.
 
 Whatever is not attributed stays with the server as its unattributed remainder, so per-model
-values plus remainders add up to the device.
+values plus remainders add up to the device. A backend process is its model's whether or not Triton
+lists the model as READY: a stub outlives its model's unload by a second or so (and starts before
+its load completes), and counting it as the server's would raise the server's baseline peak by a
+whole model for the rest of the peak window.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
+from gpupack.domain import Resource
 from gpupack.exporter.sources.host import HostReading
 from gpupack.exporter.sources.nvml import GpuReading
 from gpupack.exporter.sources.triton import ModelReading, TritonReading
+from gpupack.profiles import Profile
+from gpupack.triton_processes import BackendProcess
 
 ModelKey = tuple[str, str]  # (model, version)
 
@@ -64,6 +72,7 @@ class ModelUsage:
     memory_source: str | None = None
     utilization_ratio: float | None = None
     utilization_source: str | None = None
+    loaded: bool = True  # False: Triton does not list it READY (loading, unloading), yet its process holds memory
 
 
 @dataclass(frozen=True)
@@ -141,15 +150,33 @@ def _apportion(models: list[ModelUsage], device_ratio: float | None, shares: Map
     for m, pick in zip(models, unmeasured):
         if pick:
             share = shares[(m.model, m.version)] / total if total > 0 else 0.0
-            m = ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
-                           left * share, "apportioned")
+            m = dataclasses.replace(m, utilization_ratio=left * share, utilization_source="apportioned")
         result.append(m)
     return result
 
 
+def _with_backend_only_models(triton: TritonReading, backends: Iterable[BackendProcess]) -> tuple[list[ModelReading], set[ModelKey]]:
+    """Triton's READY models, plus a bare reading for each model only a backend process names
+    (one loading or unloading); the second value is the keys of those not-loaded models."""
+    ready = {(m.model, m.version) for m in triton.models}
+    not_loaded = {(b.model, b.version) for b in backends} - ready
+    return [*triton.models, *(ModelReading(model, version) for model, version in sorted(not_loaded))], not_loaded
+
+
+def _profile_memory(profile: Profile | None) -> dict[tuple[str, str | None], float]:
+    """(model, version or None for any version) -> peak memory bytes."""
+    if profile is None:
+        return {}
+    return {(m.model, m.version): m.peaks[Resource.GPU_MEMORY] for m in profile.models
+            if Resource.GPU_MEMORY in m.peaks}
+
+
 class Attributor:
-    def __init__(self) -> None:
+    """``profile``: peaks to fall back on for models nothing on the machine measures."""
+
+    def __init__(self, profile: Profile | None = None) -> None:
         self.load_deltas = LoadDeltaTracker()
+        self._profile_memory_bytes = _profile_memory(profile)
 
     def attribute(self, servers: Iterable[ServerInputs], gpus: tuple[GpuReading, ...], host_devices: bool) -> Attribution:
         """``host_devices``: export a ``cpu:<server>`` device per server with a host reading."""
@@ -195,8 +222,9 @@ class Attributor:
         stubs: dict[ModelKey, list[int]] = defaultdict(list)
         for backend in host.backends:
             stubs[(backend.model, backend.version)].append(backend.pid)
+        readings, not_loaded = _with_backend_only_models(triton, host.backends)
         found = []
-        for reading in triton.models:
+        for reading in readings:
             key = (reading.model, reading.version)
             memory, memory_source = self._memory(inputs.server, reading, host.device, "CPU", None,
                                                  [host.processes[p].rss_bytes for p in stubs.get(key, ())])
@@ -204,7 +232,7 @@ class Attributor:
             if key in stubs and rates:
                 ratio, ratio_source = sum(rates.get(p, 0.0) for p in stubs[key]), "process"
             found.append(ModelUsage(inputs.server, reading.model, reading.version, host.device,
-                                    memory, memory_source, ratio, ratio_source))
+                                    memory, memory_source, ratio, ratio_source, key not in not_loaded))
         found = _apportion(found, device_ratio, _compute_shares(triton, inputs.previous_triton))
         device = DeviceUsage(
             device=host.device, kind="cpu", name="host", index=None, servers=(inputs.server,),
@@ -224,6 +252,10 @@ class Attributor:
         delta = self.load_deltas.delta_bytes(server, (reading.model, reading.version), device)
         if delta is not None:
             return delta, "load_delta"
+        profiled = self._profile_memory_bytes.get((reading.model, reading.version),
+                                                  self._profile_memory_bytes.get((reading.model, None)))
+        if profiled is not None:
+            return int(profiled), "profile"
         return None, None
 
     def _gpus(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...]) -> tuple[list[ModelUsage], dict[tuple[str, str], int]]:
@@ -233,13 +265,14 @@ class Attributor:
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
         server_pids = set(host.processes) if host else set()
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
+        readings, not_loaded = _with_backend_only_models(triton, host.backends if host else ())
         placement: dict[ModelKey, set[str]] = defaultdict(set)
         for gpu in gpus:
             for pid in gpu.process_memory_bytes:
                 if pid in stub_of:
                     placement[stub_of[pid]].add(gpu.device)
         server_gpus = {g.device for g in gpus if server_pids & set(g.process_memory_bytes)}
-        for reading in triton.models:
+        for reading in readings:
             key = (reading.model, reading.version)
             if key not in placement:
                 placement[key] = set(reading.gpu_uuids) or {
@@ -248,7 +281,7 @@ class Attributor:
             server_gpus |= placement[key]
         if not server_gpus:
             server_gpus = {u for u in triton.gpu_uuids if u in by_uuid}
-        for reading in triton.models:
+        for reading in readings:
             key = (reading.model, reading.version)
             if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
                 placement[key] = set(server_gpus)
@@ -257,9 +290,10 @@ class Attributor:
         remainders: dict[tuple[str, str], int] = {}
         for uuid in sorted(server_gpus):
             gpu = by_uuid[uuid]
-            on_gpu = [r for r in triton.models if uuid in placement[(r.model, r.version)]]
+            on_gpu = [r for r in readings if uuid in placement[(r.model, r.version)]]
             if gpu.memory_used_bytes is not None and inputs.triton_is_new:
-                self.load_deltas.observe(inputs.server, uuid, gpu.memory_used_bytes, [(r.model, r.version) for r in on_gpu])
+                self.load_deltas.observe(inputs.server, uuid, gpu.memory_used_bytes,
+                                         [(r.model, r.version) for r in on_gpu if (r.model, r.version) not in not_loaded])
             found = []
             for reading in on_gpu:
                 key = (reading.model, reading.version)
@@ -268,7 +302,7 @@ class Attributor:
                                               [gpu.process_memory_bytes[p] for p in pids])
                 sm = [gpu.process_sm_ratio[p] for p in pids if p in gpu.process_sm_ratio]
                 found.append(ModelUsage(inputs.server, reading.model, reading.version, uuid, memory, source,
-                                        sum(sm) if sm else None, "process" if sm else None))
+                                        sum(sm) if sm else None, "process" if sm else None, key not in not_loaded))
             found = _apportion(found, gpu.utilization_ratio, shares)
             models += found
             attributed = sum(m.memory_bytes or 0 for m in found)

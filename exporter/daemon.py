@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from gpupack.domain import Resource
 from gpupack.errors import InputError
 from gpupack.exporter.attribution import Attribution, Attributor, ServerInputs
+from gpupack.exporter.collector import MetricsPage
 from gpupack.exporter.peaks import SERVER_MODEL, PeakKey, PeakStore
 from gpupack.exporter.server import ExporterHttpServer
 from gpupack.exporter.settings import ExporterSettings, ServerConfig
@@ -96,7 +97,7 @@ class Sampler:
         self.hosts = hosts if hosts is not None else {s.name: HostSource(s) for s in settings.servers if _local(s)}
         self.nvml = nvml
         self.clock = clock
-        self.attributor = Attributor()
+        self.attributor = Attributor(settings.profile)
         self.errors: Counter[str] = Counter()
         self._host_readings: dict[str, HostReading] = {}
         self._seen_generation: dict[str, int] = {}
@@ -162,7 +163,7 @@ class Sampler:
     def _snapshot(self, attribution: Attribution, now: float, duration_seconds: float) -> Snapshot:
         previous = self.holder.get()
         up = {name: poller.up for name, poller in self.pollers.items()}
-        loaded = {(m.server, m.model, m.version, m.device) for m in attribution.models}
+        loaded = {(m.server, m.model, m.version, m.device) for m in attribution.models if m.loaded}
         devices = list(attribution.devices)
         stale: set[str] = set()
         present = {d.device for d in devices}
@@ -222,19 +223,23 @@ class Exporter:
         nvml_door: NvmlDoor | None = None,
         hosts: dict[str, HostSource] | None = None,
         clock: Callable[[], float] = time.time,
+        triton_poll_seconds: float = TRITON_POLL_SECONDS,
     ) -> None:
         self.settings = settings
         self._clock = clock
         self._state = _State.STOPPED
         self._wake = threading.Event()
         self.holder = SnapshotHolder(Snapshot(generated_at_seconds=clock(), window_seconds=settings.peak_window_seconds))
+        self.page = MetricsPage()
         try:
-            self.http = ExporterHttpServer(settings.listen_host, settings.listen_port, self.holder.get, self.healthy)
+            self.http = ExporterHttpServer(settings.listen_host, settings.listen_port, self.holder.get, self.page,
+                                           self.healthy)
         except OSError as e:
             raise InputError(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {e.strerror}",
                              field="listen") from e
         self.store = PeakStore(settings.state_dir / "peaks.sqlite3", settings.peak_window_seconds)
-        self.pollers = {s.name: TritonPoller(TritonSource(s, client_factory)) for s in settings.servers}
+        self.pollers = {s.name: TritonPoller(TritonSource(s, client_factory), triton_poll_seconds)
+                        for s in settings.servers}
         nvml = NvmlSource(nvml_door) if "nvml" in settings.backends else None
         self.sampler = Sampler(settings, self.pollers, self.store, self.holder, hosts=hosts, nvml=nvml, clock=clock)
         self._thread = threading.Thread(target=self._run, name="gpupack-sampler", daemon=True)
@@ -285,7 +290,7 @@ class Exporter:
         next_at = time.monotonic()
         while self._state is _State.RUNNING:
             try:
-                self.sampler.sample()
+                self.page.body(self.sampler.sample())
             except Exception:  # noqa: BLE001 - one bad sample must not end the daemon
                 self.sampler.errors["sampler"] += 1
                 log.exception("sample failed")

@@ -60,13 +60,16 @@ def _models(snap: Snapshot) -> list[dict[str, Any]]:
     result = []
     for key in sorted(set(peaks) | set(current) | set(snap.loaded)):
         server, model, version, device = key
+        loaded = key in snap.loaded
         entry: dict[str, Any] = {"server": server, "model": model, "version": version, "device": device,
-                                 "loaded": key in current or key in snap.loaded}
+                                 "loaded": loaded}
         usage = current.get(key)
         source = usage.memory_source if usage and usage.memory_source else snap.sources.get(key)
         if source:
             entry["source"] = source
-        if usage is not None:
+        # A model whose process outlives its unload has current memory, but the rules engine must
+        # not count it as placed here: it gets neither ``loaded`` nor ``current``.
+        if usage is not None and loaded:
             values = {_MEMORY: usage.memory_bytes, _UTILIZATION: usage.utilization_ratio}
             entry["current"] = {k: v for k, v in values.items() if v is not None}
         entry["peaks"] = dict(peaks.get(key, {}))

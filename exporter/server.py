@@ -1,6 +1,7 @@
 """HTTP: ``/metrics`` (Prometheus text), ``/api/v1/peaks`` (JSON), ``/healthz``.
 
-Every handler reads the current snapshot once and renders it; none touches a source.
+Every handler reads the current snapshot once; none touches a source. ``/metrics`` is usually
+already rendered (the sampler renders each snapshot as it takes it).
 """
 
 from __future__ import annotations
@@ -12,8 +13,7 @@ from typing import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gpupack.exporter.collector import SnapshotCollector
-from gpupack.exporter.exposition import text_format
+from gpupack.exporter.collector import MetricsPage
 from gpupack.exporter.peaks_api import peaks_document
 from gpupack.exporter.snapshot import Snapshot
 
@@ -21,8 +21,9 @@ from gpupack.exporter.snapshot import Snapshot
 class ExporterHttpServer:
     """Binds at construction (so a taken port fails before anything starts), serves on a thread."""
 
-    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], healthy: Callable[[], bool]) -> None:
-        handler = _handler_class(SnapshotCollector(snapshot), snapshot, healthy)
+    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], page: MetricsPage,
+                 healthy: Callable[[], bool]) -> None:
+        handler = _handler_class(page, snapshot, healthy)
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="gpupack-http", daemon=True)
@@ -41,7 +42,7 @@ class ExporterHttpServer:
         self._thread.join()
 
 
-def _handler_class(collector: SnapshotCollector, snapshot: Callable[[], Snapshot],
+def _handler_class(page: MetricsPage, snapshot: Callable[[], Snapshot],
                    healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -50,7 +51,7 @@ def _handler_class(collector: SnapshotCollector, snapshot: Callable[[], Snapshot
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, text_format(collector.collect()))
+                self._send(200, CONTENT_TYPE_LATEST, page.body(snapshot()))
             elif path == "/api/v1/peaks":
                 self._send(200, "application/json", json.dumps(peaks_document(snapshot())).encode())
             elif path == "/healthz":

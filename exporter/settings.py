@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from gpupack.config import ConfigFile, Setting, resolve_settings
 from gpupack.errors import InputError
+from gpupack.profiles import Profile, load_profile
 from gpupack.units import UnitError, parse_bytes, parse_duration
 from gpupack.yamlfile import LineDict, LineList
 
@@ -59,6 +60,7 @@ class ExporterSettings:
     sample_interval_seconds: float
     peak_window_seconds: float
     state_dir: Path
+    profile: Profile | None = None  # model peaks for models nothing on the machine measures
 
 
 def _listen(value: Any) -> tuple[str, int]:
@@ -110,6 +112,7 @@ SETTINGS = (
     Setting("sample_hz", _sample_hz, 5.0, "samples per second, independent of scrapes"),
     Setting("peak_window", _window, 7 * 86400.0, "how long peaks are kept"),
     Setting("state_dir", str, None, "directory of the peak database"),
+    Setting("profile", str, None, "profile file (gpupack profile) whose model peaks stand in for models nothing measures"),
 )
 
 
@@ -117,7 +120,7 @@ def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: 
     """Validate every layer; raises :class:`InputError` naming the field on the first bad value."""
     values = resolve_settings(SECTION, SETTINGS, config, environ, flags)
     host, port = values["listen"]
-    servers = _servers(config, environ, flags)
+    servers = load_servers(config, environ, flags)
     if not servers:
         raise InputError("no Triton server configured (give --server NAME=URL or exporter.servers in the config file)")
     return ExporterSettings(
@@ -128,30 +131,34 @@ def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: 
         sample_interval_seconds=1.0 / values["sample_hz"],
         peak_window_seconds=values["peak_window"],
         state_dir=Path(values["state_dir"] or _default_state_dir()),
+        profile=load_profile(values["profile"]) if values["profile"] else None,
     )
 
 
-def _servers(config: ConfigFile | None, environ: Mapping[str, str], flags: Mapping[str, Any]) -> tuple[ServerConfig, ...]:
-    env_name = SETTINGS[1].env_name(SECTION)
+def load_servers(config: ConfigFile | None, environ: Mapping[str, str], flags: Mapping[str, Any],
+                 section: str = SECTION) -> tuple[ServerConfig, ...]:
+    """The server list of ``section`` (the rules engine reads its own the same way): flags
+    (``servers``, a list of NAME=URL) < ``GPUPACK_<SECTION>_SERVERS`` < the config file's list."""
+    env_name = SETTINGS[1].env_name(section)
     if flags.get("servers"):
         return _unique(tuple(_server_from_pair(text, "--server") for text in flags["servers"]), "--server")
     if env_name in environ:
         pairs = [p for p in environ[env_name].split(",") if p.strip()]
         return _unique(tuple(_server_from_pair(text, env_name) for text in pairs), env_name)
-    section = config.section(SECTION) if config else None
-    if not section or "servers" not in section:
+    values = config.section(section) if config else None
+    if not values or "servers" not in values:
         return ()
-    items = section["servers"]
+    items = values["servers"]
     path = config.path  # type: ignore[union-attr]
     if not isinstance(items, LineList):
-        raise InputError("must be a list of servers", path=path, line=section.line_of("servers"), field="exporter.servers")
+        raise InputError("must be a list of servers", path=path, line=values.line_of("servers"), field=f"{section}.servers")
     servers = []
     for index, (item, line) in enumerate(zip(items, items.item_lines)):
-        where = f"exporter.servers[{index}]"
+        where = f"{section}.servers[{index}]"
         if not isinstance(item, LineDict):
             raise InputError("must be a mapping with name and url", path=path, line=line, field=where)
         servers.append(_server_from_mapping(item, path, where))
-    return _unique(tuple(servers), f"{path}: exporter.servers")
+    return _unique(tuple(servers), f"{path}: {section}.servers")
 
 
 def _server_from_pair(text: str, origin: str) -> ServerConfig:

@@ -30,8 +30,10 @@ class Snapshot:
     servers: tuple[ServerState, ...] = ()
     devices: tuple[DeviceUsage, ...] = ()
     stale_devices: frozenset[str] = frozenset()  # last known devices of servers that are down
-    models: tuple[ModelUsage, ...] = ()  # current values, loaded models only
-    loaded: frozenset[SeriesKey] = frozenset()  # includes a down server's last known models
+    # Current values: loaded models, and models whose backend process outlives their unload (or
+    # starts before their load completes) -- that memory is theirs, not the server's.
+    models: tuple[ModelUsage, ...] = ()
+    loaded: frozenset[SeriesKey] = frozenset()  # Triton lists them READY; includes a down server's last known models
     unattributed_memory_bytes: Mapping[tuple[str, str], int] = field(default_factory=dict)
     peaks: Mapping[PeakKey, float] = field(default_factory=dict)
     sources: Mapping[SeriesKey, str] = field(default_factory=dict)

@@ -5,16 +5,25 @@
   gpupack rules export-prometheus FILE           Prometheus alerting rules + promtool unit tests
   gpupack rules run --policies FILE              evaluate every interval, serve /metrics
                                                  (also: gpupack rules --policies FILE)
+
+With Triton servers (--server NAME=URL, or rules.servers), 'run' hands new violations of
+`action: rebalance` policies to the scheduler: it logs the plan (--dry-run, the default) or carries
+it out (--apply), under the scheduler's lock, limits and cooldowns (the `rebalance:` settings, shared
+with `gpupack rebalance`), and serves /api/v1/placement beside /metrics.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from prometheus_client import make_wsgi_app
 
 from gpupack.config import ConfigFile, Setting, resolve_settings
 from gpupack.errors import ExitStatus, InputError
@@ -24,7 +33,14 @@ from gpupack.rules.loop import PolicyFile, RulesEngine
 from gpupack.rules.peaks_source import SOURCES, build_source
 from gpupack.rules.prometheus_export import build_export, write_export
 from gpupack.rules.report import write_json, write_table
+from gpupack.rules.transitions import ViolationTracker
 from gpupack.units import parse_duration
+
+if TYPE_CHECKING:
+    from gpupack.scheduler.inputs import FleetInputs
+    from gpupack.scheduler.rebalancer import Rebalancer
+
+log = logging.getLogger(__name__)
 
 SECTION = "rules"
 DEFAULT_LISTEN = "0.0.0.0:9479"
@@ -50,6 +66,15 @@ def _positive_duration(value: Any) -> float:
     return seconds
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"{value!r} is not true or false")
+    return text in ("true", "1", "yes")
+
+
 SETTINGS = (
     Setting("policies", str, help="policy file or directory of *.yaml"),
     Setting("source", _source, "exporter", f"where peaks come from: {', '.join(SOURCES)} (default: exporter)"),
@@ -60,6 +85,9 @@ SETTINGS = (
     Setting("placement", str, help="devices and proposed placement (YAML), with --source profile"),
     Setting("interval", _positive_duration, 30.0, "evaluation interval for 'run' (default: 30s)"),
     Setting("listen", _listen, DEFAULT_LISTEN, f"/metrics address for 'run' (default: {DEFAULT_LISTEN})"),
+    # Parsed by the exporter's server list parser (load_servers); here for the file's known keys.
+    Setting("servers", lambda value: value, help="Triton servers the scheduler manages, with 'run'"),
+    Setting("apply", _boolean, False, "carry out rebalance plans (default: log them only)"),
 )
 
 
@@ -73,11 +101,39 @@ def _add_settings(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
 
 _SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement")
 _RUN_KEYS = (*_SOURCE_KEYS, "interval", "listen")
+# The scheduler's own settings (section `rebalance`, GPUPACK_REBALANCE_*), shared with `gpupack
+# rebalance`; resolved with its definitions in _rebalancer(), imported only when 'run' needs them.
+_REBALANCE_FLAGS = (
+    ("max_moves", "N", "most move steps per run (default: no limit)"),
+    ("cooldown", "DURATION", "a moved model stays put this long (default: 10m)"),
+    ("step_timeout", "DURATION", "per-step limit before rollback (default: 60s)"),
+    ("drain", "DURATION", "keep both copies this long before unloading the source (default: 5s)"),
+    ("state_dir", "DIR", "lock, cooldowns and audit log (default: ~/.local/state/gpupack)"),
+    ("device_memory", "SIZE", "memory of each server's device, with --source profile"),
+    ("lock", "SPEC", "one scheduler at a time: file:PATH (default: rebalance.lock in the state dir) or "
+                     "lease:NAME (a Kubernetes Lease; needs POD_NAME, POD_NAMESPACE)"),
+)
+
+
+def _add_run_settings(parser: argparse.ArgumentParser) -> None:
+    """The loop's settings, and what it needs to act on ``rebalance`` policies."""
+    _add_settings(parser, _RUN_KEYS)
+    parser.add_argument("--server", dest="servers", action="append", default=argparse.SUPPRESS, metavar="NAME=URL",
+                        help="a Triton server the scheduler manages (repeat; env: GPUPACK_RULES_SERVERS, comma-"
+                             "separated); without any, rebalance requests are only logged")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--apply", dest="apply", action="store_const", const=True, default=argparse.SUPPRESS,
+                      help="carry out rebalance plans (env: GPUPACK_RULES_APPLY)")
+    mode.add_argument("--dry-run", dest="apply", action="store_const", const=False, default=argparse.SUPPRESS,
+                      help="log rebalance plans, change nothing (the default)")
+    for key, metavar, help_text in _REBALANCE_FLAGS:
+        parser.add_argument(f"--{key.replace('_', '-')}", metavar=metavar, default=argparse.SUPPRESS,
+                            help=f"{help_text} (env: GPUPACK_REBALANCE_{key.upper()})")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _add_settings(parser, _RUN_KEYS)
+    _add_run_settings(parser)
     commands = parser.add_subparsers(dest="rules_command", metavar="ACTION")
     check = commands.add_parser("check", help="validate a policy file or directory; exit 2 on the first error")
     check.add_argument("file", metavar="FILE")
@@ -90,7 +146,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--tests", metavar="FILE", help="promtool unit tests to write (default: FILE with .test.yaml)")
     _add_settings(export, ("policies",))
     run_parser = commands.add_parser("run", help="evaluate every interval and serve /metrics (the default)")
-    _add_settings(run_parser, _RUN_KEYS)
+    _add_run_settings(run_parser)
 
 
 def _settings(args: argparse.Namespace, config: ConfigFile | None) -> dict[str, Any]:
@@ -116,7 +172,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         evaluation = evaluate(build_source(settings)(), load_policies(settings["policies"]))
         (write_json if args.format == "json" else write_table)(evaluation, sys.stdout)
         return ExitStatus.FAILURE if evaluation.violations else ExitStatus.OK
-    return _run_loop(settings)
+    return _run_loop(settings, args, config)
 
 
 def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
@@ -129,11 +185,70 @@ def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
     return ExitStatus.OK
 
 
-def _run_loop(settings: dict[str, Any]) -> int:
+def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> int:
     policy_file = PolicyFile(settings["policies"])
-    engine = RulesEngine(build_source(settings), policy_file.current)
+    source = build_source(settings)  # its settings are checked before the scheduler's
+    rebalancer = _rebalancer(settings, args, config)
+    if rebalancer is None:
+        engine = RulesEngine(source, policy_file.current)
+        app = make_wsgi_app  # the rules metrics alone
+    else:
+        from gpupack.rules.rebalance_trigger import RebalanceTrigger  # noqa: PLC0415 - the scheduler, only here
+        from gpupack.scheduler.metrics import make_wsgi_app as scheduler_app  # noqa: PLC0415
+
+        trigger = RebalanceTrigger(rebalancer, policy_file.current, apply=settings["apply"])
+        engine = RulesEngine(source, policy_file.current, tracker=ViolationTracker(trigger),
+                             refresh_placement=rebalancer.refresh_placement)
+        app = functools.partial(scheduler_app, rebalancer.state)  # + its metrics and /api/v1/placement
+    # APScheduler logs each run at INFO and each run skipped behind a slow one (a fetch, a move) at
+    # WARNING; one evaluation at a time is the design, not news.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: engine.stop())
     host, port = settings["listen"]
-    engine.serve(settings["interval"], host, port)
+    engine.serve(settings["interval"], host, port, app)
     return ExitStatus.OK
+
+
+def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> Rebalancer | None:
+    """The in-process scheduler for ``rebalance`` policies, or None without servers to manage."""
+    from gpupack.exporter.settings import load_servers  # noqa: PLC0415 - the scheduler's imports, only for 'run'
+    from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs  # noqa: PLC0415
+    from gpupack.scheduler.rebalance_cli import SETTINGS as REBALANCE_SETTINGS  # noqa: PLC0415
+    from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings  # noqa: PLC0415
+    from gpupack.scheduler.safety import lock_factory  # noqa: PLC0415
+    from gpupack.scheduler.triton_control import ServerEndpoint  # noqa: PLC0415
+
+    servers = load_servers(config, os.environ, {"servers": getattr(args, "servers", None)}, section=SECTION)
+    if not servers:
+        return None
+    endpoints = []
+    for server in servers:
+        if server.protocol != "http":
+            raise InputError(f"server {server.name}: the scheduler needs its HTTP endpoint (protocol: http)")
+        endpoints.append(ServerEndpoint.parse(f"{server.name}={server.url}"))
+    rebalance = resolve_settings("rebalance", REBALANCE_SETTINGS, config, os.environ, vars(args))
+    if settings["source"] == "exporter":
+        inputs: Callable[[], FleetInputs] = ExporterInputs(settings["exporter_url"])
+    elif settings["source"] == "profile":
+        if rebalance["device_memory"] is None:
+            raise InputError("--source profile with servers needs --device-memory (the memory of each server's device)")
+        inputs = ProfileInputs(settings["profile"], endpoints, rebalance["device_memory"])
+    else:
+        raise InputError(f"--source {settings['source']}: the scheduler takes peaks from the exporter or a profile; "
+                         "give --source exporter, or no servers to only log rebalance requests")
+    state_dir = Path(rebalance["state_dir"])
+    return Rebalancer(
+        endpoints,
+        inputs,
+        load_policies(settings["policies"]),
+        RebalanceSettings(
+            state_dir=state_dir,
+            max_moves=rebalance["max_moves"],
+            cooldown_seconds=rebalance["cooldown"],
+            step_timeout_seconds=rebalance["step_timeout"],
+            drain_seconds=rebalance["drain"],
+            lock=lock_factory(rebalance["lock"], state_dir, os.environ),
+        ),
+        progress=lambda line: log.info("rebalance: %s", line),
+    )

@@ -1,22 +1,26 @@
 """The evaluation loop: every interval fetch peaks, evaluate, publish; serve ``/metrics``.
 
 APScheduler runs one job at a time (``max_instances=1``, coalesced), so a slow fetch delays the
-next evaluation instead of stacking them. The main thread waits on an event; ``stop()`` sets it,
-then the scheduler drains and the HTTP server closes, in that order.
+next evaluation instead of stacking them; so does a rebalance asked for by the tracker, which runs
+inside the evaluation that saw the violation. The main thread waits on an event; ``stop()`` sets
+it, then the scheduler drains (a move in progress finishes) and the HTTP server closes, in order.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from gpupack.errors import GpupackError
 from gpupack.rules.evaluator import evaluate
@@ -27,6 +31,8 @@ from gpupack.rules.policy import PolicySet
 from gpupack.rules.transitions import ViolationTracker
 
 log = logging.getLogger(__name__)
+
+WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 class PolicyFile:
@@ -53,11 +59,27 @@ class PolicyFile:
         return self.policies
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass  # a scrape every few seconds is not news
+
+
+def _server_class(host: str, port: int) -> type[ThreadingWSGIServer]:
+    """The server class for the address family of ``host``, so ``--listen [::]:9479`` works too."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    return type("RulesHttpServer", (ThreadingWSGIServer,), {"address_family": family})
+
+
 class RulesEngine:
+    """``refresh_placement``, when given, runs after every evaluation: it reads where the models
+    are now (the scheduler's ``/api/v1/placement``); a failure there is logged, never fatal."""
+
     def __init__(self, source: PeaksSource, policies: Callable[[], PolicySet], *,
-                 tracker: ViolationTracker | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 tracker: ViolationTracker | None = None, refresh_placement: Callable[[], object] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.source, self.policies, self.clock = source, policies, clock
         self.tracker = tracker or ViolationTracker()
+        self.refresh_placement = refresh_placement
         self._state = RulesState()
         self._stopped = threading.Event()
 
@@ -66,6 +88,14 @@ class RulesEngine:
 
     def evaluate_once(self) -> None:
         """One round. A failed fetch publishes no result at all: unknown, never ok, no action."""
+        self._evaluate()
+        if self.refresh_placement is not None:
+            try:
+                self.refresh_placement()
+            except GpupackError as e:
+                log.warning("placement not refreshed, /api/v1/placement shows the last one read: %s", e)
+
+    def _evaluate(self) -> None:
         started = self.clock()
         try:
             snapshot = self.source()
@@ -75,15 +105,21 @@ class RulesEngine:
                                   evaluation_duration_seconds=self.clock() - started)
             return
         evaluation = evaluate(snapshot, self.policies())
-        self.tracker.update(evaluation)
         self._state = replace(self._state, evaluation=evaluation, source_up=True,
                               evaluation_duration_seconds=self.clock() - started)
+        self.tracker.update(evaluation)  # after publishing: a violation shows while a rebalance runs
 
-    def serve(self, interval_seconds: float, host: str, port: int) -> None:
-        """Block until :meth:`stop`; evaluations start at once, then every ``interval_seconds``."""
+    def serve(self, interval_seconds: float, host: str, port: int,
+              app: Callable[[CollectorRegistry], WsgiApp] = make_wsgi_app) -> None:
+        """Block until :meth:`stop`; evaluations start at once, then every ``interval_seconds``.
+
+        ``app`` turns the registry holding the rules metrics into the HTTP application; the CLI
+        passes the scheduler's, which adds its collector to the same registry and its placement.
+        """
         registry = CollectorRegistry()
         registry.register(RulesCollector(self.state))
-        server, _ = start_http_server(port, host, registry=registry)
+        server = make_server(host, port, app(registry), _server_class(host, port), handler_class=_QuietHandler)
+        threading.Thread(target=server.serve_forever, name="rules-http", daemon=True).start()
         scheduler = BackgroundScheduler()
         scheduler.add_job(self.evaluate_once, "interval", seconds=interval_seconds, max_instances=1, coalesce=True,
                           next_run_time=datetime.now(timezone.utc))

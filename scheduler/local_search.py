@@ -28,6 +28,8 @@ DEVICES_PER_REPACK = 4
 REPACK_SECONDS = 0.02
 SIZE_UNITS = 1_000_000  # a model's scalar size, in millionths of the largest device
 FILL_UNITS = 100  # the slack-gathering tie-break, in hundredths of a device
+ROOM_FLOOR = 0.05  # devices with no room are still picked for repacking now and then
+SCARCITY_POWER = 4  # how strongly the fleet's bottleneck resource dominates a model's scalar size
 
 
 class _Search:
@@ -122,7 +124,7 @@ class _Search:
     def repack_some(self, seed: int) -> None:
         """Repack the pool and the models of a few open devices (those with most room more likely)."""
         room = np.array([1.0 - self.size[self.members.get(d, [])].sum() for d in self.open])
-        weights = np.clip(room, 0, None) + 0.05
+        weights = np.clip(room, 0, None) + ROOM_FLOOR
         count = min(DEVICES_PER_REPACK, len(self.open))
         chosen = self.rng.choice(len(self.open), size=count, replace=False, p=weights / weights.sum())
         devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.size[self.members.get(d, [])].sum())
@@ -187,7 +189,7 @@ def _scalar_sizes(instance: Instance) -> np.ndarray:
     bounded = np.where(instance.bounded, instance.capacity, 0)
     scale = np.maximum(bounded.max(axis=0), 1) if instance.n_devices else np.ones(len(instance.resources))
     relative = instance.demand / scale
-    weight = relative.sum(axis=0)
+    weight = relative.sum(axis=0) ** SCARCITY_POWER
     return relative @ (weight / max(weight.sum(), 1e-12))
 
 

@@ -100,9 +100,15 @@ def placement_document(snapshot: RebalanceSnapshot) -> dict[str, Any]:
     }
 
 
-def make_wsgi_app(state: RebalanceState) -> Callable[[dict, Callable], Iterable[bytes]]:
-    """``/metrics`` and ``/api/v1/placement`` over this state, for whichever daemon hosts it."""
-    registry = CollectorRegistry()
+def make_wsgi_app(
+    state: RebalanceState, registry: CollectorRegistry | None = None
+) -> Callable[[dict, Callable], Iterable[bytes]]:
+    """``/metrics`` and ``/api/v1/placement`` over this state, for whichever daemon hosts it.
+
+    A host with metrics of its own (the rules engine) passes its ``registry``: the rebalancer's
+    collector joins it, so one scrape of one port returns both.
+    """
+    registry = CollectorRegistry() if registry is None else registry
     registry.register(RebalanceCollector(state))
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:

@@ -19,6 +19,7 @@ from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
 from gpupack.scheduler.rebalance_report import render_json, render_outcome, render_table
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.scheduler.safety import LOCK_SETTING, lock_factory
 from gpupack.scheduler.triton_control import ServerEndpoint
 from gpupack.units import parse_bytes, parse_duration
 
@@ -44,6 +45,7 @@ SETTINGS = (
     Setting("step_timeout", parse_duration, 60.0, help="longest a step may take before it is rolled back"),
     Setting("drain", parse_duration, 5.0, help="both copies serve this long before the source is unloaded"),
     Setting("state_dir", str, _default_state_dir(), help="lock, cooldowns and audit log"),
+    LOCK_SETTING,
 )
 
 
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
             cooldown_seconds=settings["cooldown"],
             step_timeout_seconds=settings["step_timeout"],
             drain_seconds=settings["drain"],
+            lock=lock_factory(settings["lock"], Path(settings["state_dir"]), os.environ),
         ),
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )

@@ -31,7 +31,7 @@ from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.problem import Objective
-from gpupack.scheduler.safety import Admission, Cooldowns, FileLock, admit
+from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
 from gpupack.scheduler.solver import solve
 from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
 
@@ -51,6 +51,7 @@ class RebalanceSettings:
     step_timeout_seconds: float = 60.0
     drain_seconds: float = 5.0
     solve_time_limit_seconds: float = 10.0
+    lock: LockFactory | None = None  # one scheduler at a time; default: a file lock in state_dir
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class Rebalancer:
         self.clock = clock
         self.audit = AuditLog(settings.state_dir / "audit.jsonl", clock)
         self.cooldowns = Cooldowns(settings.state_dir / "cooldown.json", settings.cooldown_seconds, clock)
+        self.lock = settings.lock or lock_factory(None, settings.state_dir, {})
 
     def _read_fleet(self, inputs: FleetInputs) -> FleetView:
         timeout_seconds = self.settings.step_timeout_seconds
@@ -110,13 +112,22 @@ class Rebalancer:
         self.state.publish_placement(fleet)
         return fleet
 
-    def plan(self) -> RebalancePlan:
-        """What would be done now; changes nothing on the fleet."""
+    def refresh_placement(self) -> FleetView:
+        """Read and publish where every model is now, for ``/api/v1/placement`` between runs."""
+        return self._read_fleet(self.inputs())
+
+    def plan(self, policies: PolicySet | None = None) -> RebalancePlan:
+        """What would be done now; changes nothing on the fleet.
+
+        ``policies`` replaces the set given at construction: the rules engine passes the one it
+        just evaluated, which it reloads when the files change.
+        """
+        policies = self.policies if policies is None else policies
         inputs = self.inputs()
         fleet = self._read_fleet(inputs)
         inputs = inputs.with_fleet(fleet)
-        violations = evaluate(inputs.snapshot(fleet), self.policies, fleet.placement).violations
-        problem = inputs.problem(fleet, self.policies)
+        violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
+        problem = inputs.problem(fleet, policies)
         budget = Budget.from_problem(problem)
         if violations:
             target = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds).placement
@@ -130,19 +141,20 @@ class Rebalancer:
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
-        with FileLock(self.settings.state_dir / "rebalance.lock"):
+        with self.lock():
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
             return self._execute(plan)
 
-    def request(self, violations: Sequence[object]) -> RebalanceOutcome | None:
+    def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:
         """Entry point for the rules engine: plan and act under the lock, if anything is violated."""
         if not violations:
             return None
-        with FileLock(self.settings.state_dir / "rebalance.lock"):
-            self.audit.record("rebalance_requested", violations=[str(v) for v in violations])
-            return self._execute(self.plan())
+        with self.lock():
+            described = [f"{v.policy} on {v.device or v.model}" if isinstance(v, Result) else str(v) for v in violations]
+            self.audit.record("rebalance_requested", violations=described)
+            return self._execute(self.plan(policies))
 
     def _execute(self, plan: RebalancePlan) -> RebalanceOutcome:
         admitted = plan.admission.admitted

@@ -1,8 +1,11 @@
-"""Placement: heuristic first, a lower bound to prove it, CP-SAT when the bound does not.
+"""Placement: heuristic first, a lower bound to prove it, then local search and CP-SAT when the
+bound does not.
 
-Small and medium fleets are solved exactly within the time limit (hinted by the heuristic, so a
-timeout still returns at least the heuristic's answer); fleets too large for the exact model get
-the heuristic's placement with the bound beside it, so the gap is always visible.
+When fewest devices (or least cost) come first, a local search closes devices one at a time,
+stopping at the lower bound; it finds far better packings than CP-SAT on hard fleets within the
+same time. Small and medium fleets then go to CP-SAT for the rest of the time (hinted by the best
+placement so far, so a timeout never loses it); fleets too large for the exact model get the
+search's placement with the bound beside it, so the gap is always visible.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from gpupack.scheduler.constraints import explain_infeasible, explain_unsolved
 from gpupack.scheduler.cpsat import solve_exact
 from gpupack.scheduler.heuristic import Assignment, best_heuristic, keep_current
 from gpupack.scheduler.instance import Instance, compile_problem, device_totals
+from gpupack.scheduler.local_search import reduce_devices
 from gpupack.scheduler.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
 
 __all__ = ["InfeasibleError", "Objective", "PlacementProblem", "PlacementResult", "solve"]
 
 # Above this many (model, device) decisions the exact model takes longer to build than it helps.
 EXACT_MAX_PAIRS = 60_000
+# The local search's share of the time when CP-SAT follows; it stops early at the lower bound.
+SEARCH_SHARE = 0.5
 
 
 def solve(
@@ -41,9 +47,16 @@ def solve(
         raise InfeasibleError(reason)
     hint = best_heuristic(instance, keep=[keep_current(instance)] if instance.current else ())
     assignment, method, optimal = hint, "first-fit-decreasing", False
+    exact = _pairs(instance, hint, objectives[0]) <= EXACT_MAX_PAIRS
+    if hint is not None and _devices(hint) > bound and objectives[0] in (Objective.MIN_DEVICES, Objective.MIN_COST):
+        remaining = time_limit_seconds - (time.perf_counter() - started)
+        deadline = time.perf_counter() + remaining * (SEARCH_SHARE if exact else 1.0)
+        searched = reduce_devices(instance, hint, bound, deadline)
+        if _devices(searched) < _devices(hint):
+            hint, assignment, method = searched, searched, "local-search"
     if hint is not None and _devices(hint) == bound and objectives == (Objective.MIN_DEVICES,):
         optimal = True
-    elif _pairs(instance, hint, objectives[0]) <= EXACT_MAX_PAIRS:
+    elif exact:
         remaining = time_limit_seconds - (time.perf_counter() - started)
         outcome = solve_exact(instance, objectives, max(remaining, 0.1), hint)
         if outcome.infeasible:

@@ -31,7 +31,7 @@ SAMPLE_MODELS = [
     SampleModel("spiky", 64 * MIB, spike_factor=3.0, spike_seconds=0.3),
     SampleModel("busy", 16 * MIB, compute_seconds=0.01),
     SampleModel("empty", 0),  # a stub with nothing allocated: the per-process baseline
-    SampleModel("broken", 0),  # made unloadable per test by a config override
+    SampleModel("broken", 0, fail_to_load=True),
 ]
 
 

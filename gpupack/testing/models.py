@@ -32,6 +32,7 @@ class SampleModel:
     spike_factor: float = 1.0
     spike_seconds: float = 0.0
     compute_seconds: float = 0.0
+    fail_to_load: bool = False  # initialize() raises: a load that Triton reports as failed
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
     max_batch_size: int = 8
@@ -43,6 +44,7 @@ class SampleModel:
             "spike_factor": repr(self.spike_factor),
             "spike_seconds": repr(self.spike_seconds),
             "compute_seconds": repr(self.compute_seconds),
+            "fail_to_load": "1" if self.fail_to_load else "0",
         }
         parameter_text = "\n".join(
             f'parameters: {{ key: "{key}", value: {{ string_value: "{value}" }} }}' for key, value in parameters.items()

@@ -113,6 +113,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _ports_free(*ports: int) -> bool:
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no obstacle
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """Runs in the child between fork and exec."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -169,9 +180,11 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
-    def launch(self) -> "TritonServer":
-        """Start the process without waiting; pair with :meth:`wait_ready`."""
-        self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+    def launch(self, *, same_ports: bool = False) -> "TritonServer":
+        """Start the process without waiting; pair with :meth:`wait_ready`. ``same_ports``: reuse the
+        ports of the previous launch (a restart), so clients configured with its URLs find it again."""
+        if not (same_ports and self.http_port):
+            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix=f"tritonserver-{self.name}-", suffix=".log")[1])
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +231,17 @@ class TritonServer:
 
     def start(self, timeout_seconds: float = 60.0) -> "TritonServer":
         return self.launch().wait_ready(timeout_seconds)
+
+    def restart(self, timeout_seconds: float = 60.0) -> "TritonServer":
+        """Stop, then start again on the same ports and wait until ready. Models come back unloaded
+        (explicit model-control mode), as after a real restart; the PID is new."""
+        self.stop()
+        deadline = time.monotonic() + timeout_seconds
+        while not _ports_free(self.http_port, self.grpc_port, self.metrics_port):
+            if time.monotonic() > deadline:  # another process took a port meanwhile
+                raise TritonStartError(f"tritonserver {self.name}: its ports are still taken after it stopped")
+            time.sleep(0.05)
+        return self.launch(same_ports=True).wait_ready(max(1.0, deadline - time.monotonic()))
 
     def log_tail(self, lines: int = 20) -> str:
         if not self.log_path or not self.log_path.exists():

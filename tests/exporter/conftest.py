@@ -3,7 +3,7 @@
     from tests.exporter.conftest import running_exporter  # or use the fixture below
 
 ``running_exporter(servers, ...)`` is a context manager yielding a started :class:`Exporter` on a
-free loopback port with a fast sample rate.
+free loopback port with a fast sample rate (``triton_poll_seconds`` to poll Triton faster too).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Sequence
 import pytest
 import requests
 
-from gpupack.exporter.daemon import Exporter
+from gpupack.exporter.daemon import TRITON_POLL_SECONDS, Exporter
 from gpupack.exporter.settings import ExporterSettings, ServerConfig
 from gpupack.testing import TritonServer
 from gpupack.testing.tritonserver import free_port
@@ -44,9 +44,10 @@ def exporter_settings(servers: Sequence[ServerConfig], state_dir: Path, *, sampl
 
 
 @contextlib.contextmanager
-def running_exporter(servers: Sequence[TritonServer | ServerConfig], state_dir: Path, **kwargs: Any) -> Iterator[Exporter]:
+def running_exporter(servers: Sequence[TritonServer | ServerConfig], state_dir: Path, *,
+                     triton_poll_seconds: float = TRITON_POLL_SECONDS, **kwargs: Any) -> Iterator[Exporter]:
     configs = [s if isinstance(s, ServerConfig) else server_config(s) for s in servers]
-    exporter = Exporter(exporter_settings(configs, state_dir, **kwargs)).start()
+    exporter = Exporter(exporter_settings(configs, state_dir, **kwargs), triton_poll_seconds=triton_poll_seconds).start()
     try:
         assert exporter.holder.wait_for_sample(10), "the exporter took no sample in 10 s"
         yield exporter

@@ -79,9 +79,13 @@ def test_unloaded_model_stops_being_current_but_keeps_its_peak(start_triton, exp
     assert "current" not in entry
     assert entry["peaks"]["gpu_memory"] >= peak
     assert entry["source"] == "process"
-    metrics = requests.get(f"{exporter.url}/metrics", timeout=5).text
-    assert not any(l.startswith("gpupack_model_memory_bytes{") and 'model="medium"' in l for l in metrics.splitlines())
-    assert any(l.startswith("gpupack_model_memory_peak_bytes{") and 'model="medium"' in l for l in metrics.splitlines())
+
+    def lines(family: str) -> list[str]:
+        metrics = requests.get(f"{exporter.url}/metrics", timeout=5).text
+        return [l for l in metrics.splitlines() if l.startswith(family + "{") and 'model="medium"' in l]
+
+    wait_until(lambda: not lines("gpupack_model_memory_bytes"))  # once its stub has exited too
+    assert lines("gpupack_model_memory_peak_bytes")
 
 
 def test_stopping_a_server_flips_its_up_to_0_and_the_exporter_keeps_serving(start_triton, exporter_factory):

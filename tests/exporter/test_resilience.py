@@ -1,13 +1,16 @@
-"""A server that fails and comes back, fed at the Triton client boundary."""
+"""A server that fails and comes back: fed at the Triton client boundary, and a real restart."""
 
 from __future__ import annotations
 
+import threading
+
+import pytest
 import requests
 
 from gpupack.exporter.daemon import Exporter
 from gpupack.exporter.settings import ServerConfig
 from gpupack.exporter.sources.nvml import NvmlDoor
-from tests.exporter.conftest import exporter_settings, wait_until
+from tests.exporter.conftest import exporter_settings, running_exporter, server_config, wait_until
 from tests.exporter.fakes import FakeGpu, FakeTritonClient, fake_pynvml
 
 
@@ -34,3 +37,39 @@ def test_a_server_that_comes_back_is_collected_again_by_itself(tmp_path):
         client.down = False
         wait_until(lambda: _metric(exporter.url, 'gpupack_server_up{server="t"}') == "1.0")
         wait_until(lambda: _metric(exporter.url, model) == "1000.0")
+
+
+@pytest.mark.triton
+def test_a_restarted_triton_server_reads_down_then_up_with_collection_resumed_and_peaks_kept(start_triton, tmp_path):
+    server = start_triton(name="a", models=["small"])
+    # No PID in the config: after a restart the exporter must find the new tritonserver by its port.
+    config = server_config(server, pid=None)
+    with running_exporter([config], tmp_path / "state", triton_poll_seconds=0.1) as exporter:
+        wait_until(lambda: _metric(exporter.url, _SMALL_NOW) is not None)
+        old_pid, peak = server.pid, float(_metric(exporter.url, _SMALL_PEAK))
+        seen: list[tuple[str | None, str | None]] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # the restart blocks this thread: watch what a scraper sees meanwhile
+            while not stop.is_set():
+                seen.append((_metric(exporter.url, 'gpupack_server_up{server="a"}'), _metric(exporter.url, _SMALL_PEAK)))
+                stop.wait(0.02)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            server.restart()
+            server.load_model("small")  # explicit model control: a restarted server starts empty
+            wait_until(lambda: _metric(exporter.url, _SMALL_NOW) is not None)
+        finally:
+            stop.set()
+            watcher.join()
+        assert server.pid != old_pid
+        assert any(up == "0.0" for up, _ in seen), f"the exporter never showed the server as down {seen}"
+        assert all(small_peak is not None and float(small_peak) >= peak for _, small_peak in seen)
+        assert _metric(exporter.url, 'gpupack_server_up{server="a"}') == "1.0"
+        assert float(_metric(exporter.url, _SMALL_NOW)) > 40 * 2**20
+
+
+_SMALL_NOW = 'gpupack_model_memory_bytes{device="cpu:a",model="small",server="a",source="process",version="1"}'
+_SMALL_PEAK = 'gpupack_model_memory_peak_bytes{device="cpu:a",model="small",server="a",version="1"}'

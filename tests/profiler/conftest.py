@@ -23,15 +23,12 @@ PROFILED = [
 ]
 SMALL = SampleModel("small", 32 * MIB)
 SPIKY = SampleModel("spiky", 64 * MIB, spike_factor=4.0, spike_seconds=0.2)
-BROKEN = SampleModel("broken", 0)
+BROKEN = SampleModel("broken", 0, fail_to_load=True)
 
 
 @pytest.fixture(scope="session")
 def profile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = write_model_repository(tmp_path_factory.mktemp("profile-models"), [*PROFILED, SMALL, SPIKY, BROKEN])
-    config = root / BROKEN.name / "config.pbtxt"
-    config.write_text(config.read_text() + 'parameters: { key: "fail_to_load", value: { string_value: "1" } }\n')
-    return root
+    return write_model_repository(tmp_path_factory.mktemp("profile-models"), [*PROFILED, SMALL, SPIKY, BROKEN])
 
 
 def gpupack(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

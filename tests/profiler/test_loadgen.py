@@ -9,8 +9,10 @@ import pytest
 import requests
 
 from gpupack.profiler.control import ServerControl
-from gpupack.profiler.loadgen import LoadGenerator, UnsupportedModelError, random_inputs, signature_from_config
+from gpupack.profiler.loadgen import (InputSpec, LoadGenerator, ModelSignature, UnsupportedModelError, random_inputs,
+                                      signature_from_config)
 from gpupack.testing import TritonServer
+from gpupack.testing.tritonserver import free_port
 
 CONFIG = {
     "name": "m",
@@ -56,3 +58,25 @@ def test_requests_counted_in_a_window_are_exactly_those_triton_served(start_trit
     assert int(stats["inference_stats"]["success"]["count"]) == window.success_count
     assert int(stats["inference_count"]) == 2 * window.success_count
     assert 0.5 <= window.elapsed_seconds < 1.0
+
+
+@pytest.mark.triton
+def test_requests_triton_refuses_are_counted_as_errors_with_its_reason(start_triton: Callable[..., TritonServer]) -> None:
+    server = start_triton(models=["small"])
+    wrong_shape = ModelSignature("small", 8, (InputSpec("INPUT0", "FP32", (3,)),))
+
+    window = LoadGenerator(server.http_address, wrong_shape).run(batch_size=1, concurrency=2, duration_seconds=0.3)
+
+    assert window.success_count == 0 and window.error_count == 2
+    assert window.error_messages[0].startswith("400 Bad Request:")
+    assert "unexpected shape for input 'INPUT0'" in window.error_messages[0]
+
+
+def test_a_server_that_is_not_there_gives_errors_not_an_exception() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    signature = signature_from_config(CONFIG)
+
+    window = LoadGenerator(address, signature).run(batch_size=1, concurrency=2, duration_seconds=0.2)
+
+    assert window.success_count == 0 and window.error_count == 2
+    assert window.error_messages[0].startswith(f"cannot connect to {address}")

@@ -82,10 +82,7 @@ def audit(tmp_path: Path) -> AuditLog:
 
 def unloadable_repository(tmp_path: Path) -> Path:
     """A target whose copy of ``large`` refuses to load."""
-    repository = write_model_repository(tmp_path / "bad-models", [SampleModel("large", 160 * MIB)])
-    config = repository / "large" / "config.pbtxt"
-    config.write_text(config.read_text() + 'parameters: { key: "fail_to_load", value: { string_value: "1" } }\n')
-    return repository
+    return write_model_repository(tmp_path / "bad-models", [SampleModel("large", 160 * MIB, fail_to_load=True)])
 
 
 def test_model_is_ready_on_the_target_before_it_leaves_the_source(

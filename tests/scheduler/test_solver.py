@@ -1,10 +1,13 @@
 import itertools
+import time
 
 import numpy as np
 import pytest
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.scheduler.bounds import dual_feasible_bound, martello_toth_l2
+from gpupack.scheduler.instance import compile_problem
+from gpupack.scheduler.local_search import reduce_devices
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.solver import InfeasibleError, Objective, solve
 
@@ -130,3 +133,39 @@ def test_too_few_devices_says_how_many_are_needed():
     problem = PlacementProblem(gpus(2), tuple(model(f"m{i}", 60) for i in range(3)))
     with pytest.raises(InfeasibleError, match="at least 3 devices, but only 2"):
         solve(problem)
+
+
+def _used(assignment):
+    return {d for ds in assignment.values() for d in ds}
+
+
+def test_local_search_closes_a_device_no_single_move_can_empty():
+    # 6+2+2, 6+3, 5+4, 5+4 and a lone 3: no device has room for the 3, yet 6+4, 6+4, 5+5, 3+3+2+2 is four.
+    sizes = [6, 6, 5, 5, 4, 4, 2, 2, 3, 3]
+    instance = compile_problem(PlacementProblem(gpus(10, memory=10), tuple(model(f"m{i}", s) for i, s in enumerate(sizes))))
+    start = {0: [0], 6: [0], 7: [0], 1: [1], 8: [1], 2: [2], 4: [2], 3: [3], 5: [3], 9: [4]}
+    searched = reduce_devices(instance, start, target=4, deadline=time.perf_counter() + 5)
+    assert len(_used(searched)) == 4
+    for d in _used(searched):
+        assert sum(sizes[i] for i, ds in searched.items() if d in ds) <= 10
+
+
+def test_local_search_leaves_replicas_and_anti_affinity_where_they_are():
+    models = (model("a", 50), model("b", 50), model("c", 20), model("d", 20), model("e", 20))
+    problem = PlacementProblem(gpus(5), models, anti_affinity=(frozenset({"a", "b"}),), replicas={"c": 2})
+    instance = compile_problem(problem)
+    start = {0: [0], 1: [1], 2: [0, 1], 3: [2], 4: [3]}
+    searched = reduce_devices(instance, start, target=2, deadline=time.perf_counter() + 5)
+    assert searched[0] == [0] and searched[1] == [1] and sorted(searched[2]) == [0, 1]
+    assert len(_used(searched)) == 2  # d and e join a and b on the two devices they already use
+
+
+def test_solver_reaches_the_bound_on_a_fleet_too_large_for_the_exact_model():
+    # 300 models that pack in exact threes (0.5 + 0.3 + 0.2 of utilisation): 100 devices.
+    rng = np.random.default_rng(5)
+    shares = rng.permutation(np.repeat([0.5, 0.3, 0.2], 100))
+    models = tuple(ModelFootprint(f"m{i}", {MEM: 1, UTIL: float(s)}) for i, s in enumerate(shares))
+    problem = PlacementProblem(gpus(300), models)
+    result = solve(problem, time_limit_seconds=5)
+    assert result.device_count == result.lower_bound == 100 and result.optimal
+    fits(problem, result)

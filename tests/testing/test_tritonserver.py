@@ -89,7 +89,7 @@ def test_fleet_starts_servers_on_distinct_ports_and_stops_them_all(model_reposit
 def test_a_failed_load_is_reported_with_tritons_reason(start_triton):
     server = start_triton(name="failing")
     with pytest.raises(TritonStartError, match="fail_to_load"):
-        server.load_model("broken", config={"parameters": {"fail_to_load": {"string_value": "1"}}})
+        server.load_model("broken")
 
 
 def test_start_failure_shows_the_server_log(tmp_path, triton_installation):

@@ -1,0 +1,53 @@
+"""What the rules engine does when a ``rebalance`` policy is newly violated and it knows the servers.
+
+Dry run (the default) logs the plan the scheduler would carry out and changes nothing; ``apply``
+has the scheduler carry it out, under its lock. Neither may stop the loop: a lock held by another
+replica, a server that does not answer or a plan that cannot be made is logged, and the violation
+stays active, so the next request comes when it resolves and breaks again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from gpupack.errors import GpupackError
+from gpupack.rules.evaluator import Result
+from gpupack.rules.policy import PolicySet
+from gpupack.scheduler.rebalance_report import plan_document
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceOutcome, RebalancePlan
+from gpupack.scheduler.safety import LockHeldError
+
+log = logging.getLogger(__name__)
+
+
+class RebalanceTrigger:
+    """A ``request_rebalance`` for :class:`~gpupack.rules.transitions.ViolationTracker`."""
+
+    def __init__(self, rebalancer: Rebalancer, policies: Callable[[], PolicySet], apply: bool) -> None:
+        self.rebalancer, self.policies, self.apply = rebalancer, policies, apply
+
+    def __call__(self, violations: tuple[Result, ...]) -> None:
+        asked = sorted(f"{v.policy}@{v.device or v.model}" for v in violations)
+        try:
+            if self.apply:
+                outcome = self.rebalancer.request(violations, self.policies())
+                if outcome is not None:
+                    _log_plan("rebalance_applied", outcome.plan, outcome, asked)
+            else:
+                _log_plan("rebalance_planned", self.rebalancer.plan(self.policies()), None, asked)
+        except LockHeldError as e:
+            log.info(json.dumps({"event": "rebalance_skipped", "requested_for": asked, "reason": str(e)}))
+        except GpupackError as e:
+            log.error(json.dumps({"event": "rebalance_failed", "requested_for": asked, "error": str(e)}))
+
+
+def _log_plan(event: str, plan: RebalancePlan, outcome: RebalanceOutcome | None, asked: list[str]) -> None:
+    # The whole fleet's current and target placement would make one line per fleet; steps suffice.
+    document: dict[str, Any] = {k: v for k, v in plan_document(plan, outcome).items() if k not in ("current", "target")}
+    record = {"event": event, "requested_for": asked, "dry_run": outcome is None, **document}
+    if outcome is not None:
+        record["succeeded"] = outcome.succeeded
+    level = logging.ERROR if outcome is not None and not outcome.succeeded else logging.WARNING
+    log.log(level, json.dumps(record, default=str))

@@ -1,0 +1,200 @@
+"""The closed loop: `gpupack rules run` with servers hands `rebalance` violations to the scheduler.
+
+Two CPU-only Triton servers, each its own 448 MiB device ``cpu:<server>``. Measured by the
+exporter, a 160 MiB sample model weighs ~200 MiB with its Python stub and a server ~36 MiB, so
+both large models on one device (~440 MiB) break the 80% policy (358 MiB) and one alone does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from gpupack.rules.evaluator import Result, Status
+from gpupack.rules.loader import load_policies
+from gpupack.rules.rebalance_trigger import RebalanceTrigger
+from gpupack.scheduler.inputs import ProfileInputs
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.scheduler.safety import FileLock
+from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.testing import SampleModel, TritonServer, write_model_repository
+from gpupack.testing.tritonserver import free_port
+
+from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture
+from tests.rules.conftest import write_policies
+from tests.rules.test_loop import wait_for
+
+MIB = 2**20
+PEAK_WINDOW_SECONDS = 6.0
+POLICY = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
+SUCCEEDED = 'gpupack_rebalance_moves_total{result="succeeded"} 1.0'
+
+
+@pytest.fixture
+def crowded_fleet(start_triton: Callable[..., TritonServer], tmp_path: Path) -> tuple[TritonServer, TritonServer]:
+    repository = write_model_repository(
+        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
+    )
+    return (start_triton(name="t0", models=["large-a", "large-b"], repository=repository),
+            start_triton(name="t1", repository=repository))
+
+
+class RulesProcess:
+    """`gpupack rules run` as a user starts it; its log goes to a file (a pipe could fill up)."""
+
+    def __init__(self, args: list[str], log_path: Path) -> None:
+        self.port = free_port()
+        self.metrics = f"http://127.0.0.1:{self.port}/metrics"
+        self.log_path = log_path
+        with log_path.open("w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "gpupack", "rules", "run", "--interval", "1s",
+                 "--listen", f"127.0.0.1:{self.port}", *args], stdout=log, stderr=subprocess.STDOUT)
+
+    def events(self, name: str) -> list[dict]:
+        found = []
+        for line in self.log_path.read_text().splitlines():
+            _, brace, record = line.partition("{")
+            if brace and f'"event": "{name}"' in line:
+                found.append(json.loads(brace + record))
+        return found
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+@pytest.fixture
+def rules_process(tmp_path: Path) -> Iterator[Callable[..., RulesProcess]]:
+    started: list[RulesProcess] = []
+
+    def start(*args: str) -> RulesProcess:
+        started.append(RulesProcess(list(args), tmp_path / f"rules-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait()
+
+
+@pytest.mark.triton
+def test_a_crowded_device_is_planned_in_dry_run_then_split_by_apply_and_stays_clean(
+    crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixture
+) -> None:
+    t0, t1 = crowded_fleet
+    exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
+                                 server_config(t1, memory_budget_bytes=448 * MIB)], window_seconds=PEAK_WINDOW_SECONDS)
+    common = ["--policies", str(write_policies(tmp_path, POLICY)), "--exporter-url", exporter.url,
+              "--server", f"t0={t0.http_url}", "--server", f"t1={t1.http_url}",
+              "--state-dir", str(tmp_path / "state"), "--drain", "0.2s"]
+
+    dry = rules_process(*common)
+    wait_for(dry.metrics, 'gpupack_policy_violation{device="cpu:t0"', timeout_seconds=20)
+    body = wait_for(dry.metrics, 'gpupack_model_placement{device="cpu:t0",model="large-b",server="t0",version="1"} 1.0')
+    assert 'gpupack_rebalance_moves_total{result="succeeded"} 0.0' in body
+    assert dry.stop() == 0
+    (planned,) = dry.events("rebalance_planned")
+    (step,) = planned["steps"]
+    assert planned["dry_run"] and planned["requested_for"] == ["gpu-memory-80@cpu:t0"]
+    assert (step["kind"], step["source"], step["target"]) == ("move", "cpu:t0", "cpu:t1")
+    assert t0.ready_models() == ["large-a", "large-b"] and t1.ready_models() == []
+
+    applying = rules_process(*common, "--apply")
+    body = wait_for(applying.metrics, SUCCEEDED, timeout_seconds=30)
+    (moved,) = t1.ready_models()
+    assert sorted(t0.ready_models() + [moved]) == ["large-a", "large-b"]
+    assert f'gpupack_model_placement{{device="cpu:t1",model="{moved}",server="t1",version="1"}} 1.0' in body
+    assert f'model="{moved}",server="t0"' not in body
+    assert "gpupack_rebalance_last_success_timestamp_seconds " in body
+    placement = requests.get(applying.metrics.replace("/metrics", "/api/v1/placement"), timeout=5).json()
+    assert {(m["server"], m["model"], m["device"]) for m in placement["models"]} == {
+        ("t1", moved, "cpu:t1"), ("t0", ({"large-a", "large-b"} - {moved}).pop(), "cpu:t0")}
+
+    # The source's peak of the moved model ages out of the window; then every evaluation is clean.
+    body = wait_for(applying.metrics, "gpupack_policy_violation{", present=False,
+                    timeout_seconds=PEAK_WINDOW_SECONDS + 10)
+    assert 'gpupack_policy_headroom_ratio{device="cpu:t0",policy="gpu-memory-80"}' in body
+    assert SUCCEEDED in body and 'gpupack_rebalance_moves_total{result="failed"} 0.0' in body
+    names = [family.name for family in text_string_to_metric_families(body)]
+    assert len(names) == len(set(names)), "a metric family appears twice on the shared port"
+    assert applying.stop() == 0
+    (applied,) = applying.events("rebalance_applied")
+    assert applied["succeeded"] and not applied["dry_run"]
+
+
+def _violation(device: str) -> Result:
+    return Result("gpu-memory-80", device, "", Status.VIOLATED, 384.0 * MIB, 358.4 * MIB)
+
+
+def _trigger(tmp_path: Path, server_url: str, apply: bool) -> RebalanceTrigger:
+    (tmp_path / "profile.yaml").write_text(
+        "server_baseline: {peak_gpu_memory_bytes: 64MiB}\nmodels:\n  - {model: large-a, peak_gpu_memory_bytes: 160MiB}\n")
+    servers = [ServerEndpoint("a", server_url)]
+    policies = load_policies(write_policies(tmp_path, POLICY))
+    rebalancer = Rebalancer(servers, ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB), policies,
+                            RebalanceSettings(state_dir=tmp_path / "state"))
+    return RebalanceTrigger(rebalancer, lambda: policies, apply=apply)
+
+
+def test_while_another_scheduler_holds_the_lock_the_request_is_skipped_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trigger = _trigger(tmp_path, f"http://127.0.0.1:{free_port()}", apply=True)
+    with caplog.at_level(logging.INFO), FileLock(tmp_path / "state" / "rebalance.lock"):
+        trigger((_violation("cpu:a"),))
+    (record,) = [json.loads(r.getMessage()) for r in caplog.records if "rebalance_" in r.getMessage()]
+    assert record["event"] == "rebalance_skipped" and "another scheduler holds" in record["reason"]
+    assert record["requested_for"] == ["gpu-memory-80@cpu:a"]
+
+
+def test_a_server_that_does_not_answer_is_logged_and_the_loop_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trigger = _trigger(tmp_path, f"http://127.0.0.1:{free_port()}", apply=False)
+    trigger((_violation("cpu:a"),))  # raises nothing
+    (record,) = [json.loads(r.getMessage()) for r in caplog.records if "rebalance_" in r.getMessage()]
+    assert record["event"] == "rebalance_failed" and "repository index" in record["error"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "prometheus", "--prometheus-url", "http://127.0.0.1:1"],
+         "--source prometheus: the scheduler takes peaks from the exporter or a profile"),
+        (["--lock", "flock:/tmp/x"], "--lock: 'flock:/tmp/x' is not file:PATH or lease:NAME"),
+        (["--lock", "lease:gpupack-scheduler"], "needs POD_NAME and POD_NAMESPACE"),
+        (["--max-moves", "0"], "--max-moves"),
+        (["--server", "a=ftp://x"], "is not an http:// or https:// URL"),
+    ],
+)
+def test_bad_rebalance_settings_exit_2_with_one_line_before_anything_starts(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    policies = write_policies(tmp_path, POLICY)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpupack", "rules", "run", "--policies", str(policies),
+         "--server", "a=http://127.0.0.1:1", *args],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_servers_come_from_the_rules_section_of_the_config_file_with_line_numbers(tmp_path: Path) -> None:
+    config = tmp_path / "gpupack.yaml"
+    config.write_text(f"rules:\n  policies: {write_policies(tmp_path, POLICY)}\n  servers:\n"
+                      "    - {name: a, url: http://127.0.0.1:1}\n    - {name: b, url: 'nope'}\n")
+    result = subprocess.run([sys.executable, "-m", "gpupack", "--config", str(config), "rules", "run"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{config}:5: rules.servers[1].url: 'nope' is not an http:// or https:// URL" in result.stderr
