@@ -3,7 +3,8 @@
 First-fit-decreasing ends a few percent above the lower bound on hard fleets (models that only fit
 well in threes, a fleet bounded by utilisation rather than memory): reaching the bound needs
 exchanges across several devices at once, which no greedy order makes. Here the least-filled
-device is closed and its models go to a pool; then, again and again, a few open devices are
+device is closed and its models go to a pool. Cheap exchanges of up to two pool models for up to
+two models of one device come first, while they shrink the pool; then, again and again, a few open devices are
 emptied and their models plus the pool repacked onto them by a small CP-SAT model that places as
 much of the pool as it can. The pool never grows (in scalar size), and among equal repackings the
 model fills the fullest device first, so that room gathers on a few devices where a pool model

@@ -6,6 +6,7 @@ import pytest
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.scheduler.bounds import dual_feasible_bound, martello_toth_l2
+from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
 from gpupack.scheduler.local_search import reduce_devices
 from gpupack.scheduler.problem import PlacementProblem
@@ -160,12 +161,11 @@ def test_local_search_leaves_replicas_and_anti_affinity_where_they_are():
     assert len(_used(searched)) == 2  # d and e join a and b on the two devices they already use
 
 
-def test_solver_reaches_the_bound_on_a_fleet_too_large_for_the_exact_model():
-    # 300 models that pack in exact threes (0.5 + 0.3 + 0.2 of utilisation): 100 devices.
-    rng = np.random.default_rng(5)
-    shares = rng.permutation(np.repeat([0.5, 0.3, 0.2], 100))
-    models = tuple(ModelFootprint(f"m{i}", {MEM: 1, UTIL: float(s)}) for i, s in enumerate(shares))
-    problem = PlacementProblem(gpus(300), models)
-    result = solve(problem, time_limit_seconds=5)
-    assert result.device_count == result.lower_bound == 100 and result.optimal
+def test_solver_beats_first_fit_decreasing_on_models_that_pack_in_threes():
+    # 0.5 + 0.3 + 0.2 of utilisation fill a device exactly: 100 devices; FFD pairs the halves first.
+    shares = np.random.default_rng(5).permutation(np.repeat([0.5, 0.3, 0.2], 100))
+    problem = PlacementProblem(gpus(300), tuple(ModelFootprint(f"m{i}", {MEM: 1, UTIL: float(s)}) for i, s in enumerate(shares)))
+    greedy = first_fit_decreasing(compile_problem(problem), improved=False)
+    result = solve(problem, time_limit_seconds=3)
+    assert result.lower_bound == 100 and result.device_count <= 101 < len(_used(greedy))
     fits(problem, result)
