@@ -71,7 +71,7 @@ def bpp_case(path: Path) -> PlacementProblem:
 def run_case(name: str, problem: PlacementProblem, time_limit: float, target: str, optimum: int | None = None) -> dict:
     started = time.perf_counter()
     instance = compile_problem(problem)
-    ffd = first_fit_decreasing(instance, improved=False)
+    ffd = first_fit_decreasing(instance)
     ffd_seconds = time.perf_counter() - started
     ffd_count = len({d for ds in (ffd or {}).values() for d in ds})
     result = solve(problem, time_limit_seconds=time_limit)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -106,9 +107,8 @@ class _Demo:
 
     def _with_fleet(self, servers: list[TritonServer]) -> int:
         self.say("loading two models per device at random, as the article's naive placement does")
-        for server, group in zip(servers, NAIVE_PLACEMENT):
-            for model in group:
-                server.load_model(model)
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:  # one loader per server
+            list(pool.map(lambda pair: [pair[0].load_model(m) for m in pair[1]], zip(servers, NAIVE_PLACEMENT)))
         config_path = self._write_config(servers)
         self.say(f"exporter on {self.exporter_url}  (/metrics, /api/v1/peaks)")
         self._start("exporter", "--config", str(config_path), "exporter")
@@ -116,7 +116,7 @@ class _Demo:
 
         print("\nBEFORE: the naive placement, judged against the 80% memory policy")
         before = self._evaluate(config_path)
-        self._print_table(before)
+        self._print_table(before, self._models_by_device())
         if not any(r["status"] == "violated" for r in before):
             raise DemoError("expected the naive placement to violate the 80% policy; it did not")
 
@@ -125,13 +125,17 @@ class _Demo:
         self._start("rules", "--config", str(config_path), "rules", "run", "--apply")
         self._wait_for_rebalance()
 
+        for move in self._moves():
+            print(f"  moved {move['model']}: {move['source']} -> {move['target']} "
+                  f"(ready on the target {move['overlap_seconds']:.1f}s before leaving the source)")
         print("\nAFTER: the placement the scheduler moved to, judged against the same policy")
         after = self._evaluate(config_path)
-        self._print_table(after)
+        models_by_device = self._models_by_device()
+        self._print_table(after, models_by_device)
         healthy = not any(r["status"] != "ok" for r in after)
-        used = sorted({r["device"] for r in after if r.get("models")})
-        self.say(f"fleet {'healthy' if healthy else 'NOT healthy'}: {len(used)} devices in use; "
-                 f"audit log of every move: {self.workdir / 'state' / 'rules'}")
+        self.say(f"fleet {'healthy' if healthy else 'NOT healthy'}: {len(models_by_device)} devices in use; "
+                 f"audit log of every move: {self._audit_log}")
+        self._print_fewest_devices(config_path)
         self._print_pointers()
         if self.keep:
             self.say("running until Ctrl-C (--keep)")
@@ -154,8 +158,8 @@ class _Demo:
                          "servers": server_entries},
             "rules": {"policies": str(policies_path), "exporter_url": self.exporter_url, "interval": "2s",
                       "listen": self.rules_url.removeprefix("http://"),
-                      "servers": [{"name": s.name, "url": s.http_url} for s in servers],
-                      "state_dir": str(self.workdir / "state" / "rules"), "drain": "1s", "cooldown": "1m"},
+                      "servers": [{"name": s.name, "url": s.http_url} for s in servers]},
+            "rebalance": {"state_dir": str(self.workdir / "state" / "scheduler"), "drain": "1s", "cooldown": "1m"},
         }
         path = self.workdir / "gpupack.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -235,14 +239,55 @@ class _Demo:
             raise DemoError(f"gpupack rules evaluate failed: {result.stderr.strip()}")
         return [r for r in json.loads(result.stdout)["results"] if r["policy"] == POLICY_NAME]
 
-    def _print_table(self, results: list[dict[str, Any]]) -> None:
+    @property
+    def _audit_log(self) -> Path:
+        return self.workdir / "state" / "scheduler" / "audit.jsonl"
+
+    def _moves(self) -> list[dict[str, Any]]:
+        """Completed moves from the scheduler's audit log, with how long both copies served."""
+        if not self._audit_log.exists():
+            return []
+        events = [json.loads(line) for line in self._audit_log.read_text().splitlines() if line.strip()]
+        ready = {e["step"]: e["time_seconds"] for e in events if e["event"] == "target_ready"}
+        return [{**e, "overlap_seconds": e["time_seconds"] - ready[e["step"]]}
+                for e in events if e["event"] == "source_unloaded" and e["step"] in ready]
+
+    def _models_by_device(self) -> dict[str, list[str]]:
+        """Where models are loaded now, as the exporter sees it."""
+        peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=5).json()
+        placement: dict[str, list[str]] = {}
+        for entry in peaks["models"]:
+            if entry.get("loaded"):
+                placement.setdefault(entry["device"], []).append(entry["model"])
+        return {device: sorted(models) for device, models in placement.items()}
+
+    def _print_table(self, results: list[dict[str, Any]], models_by_device: dict[str, list[str]]) -> None:
         print(f"  {'device':<16} {'models':<58} {'peak MiB':>9} {'limit MiB':>9} {'use':>5}  status")
         for r in sorted(results, key=lambda r: r["device"]):
-            models = ", ".join(r.get("models", [])) or "-"
+            models = ", ".join(models_by_device.get(r["device"], [])) or "-"
             value, limit = r.get("value"), r.get("limit")
             use = f"{value / DEVICE_BUDGET_BYTES:.0%}" if value is not None else "?"
             print(f"  {r['device']:<16} {models:<58} {_mib(value):>9} {_mib(limit):>9} {use:>5}  {r['status']}")
         print()
+
+    def _print_fewest_devices(self, config_path: Path) -> None:
+        """The article's case study 1 on the measured peaks: how few devices would do."""
+        peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=5).json()
+        baseline = max(d.get("server_baseline", {}).get("gpu_memory", 0) for d in peaks["devices"])
+        profile = {
+            "server_baseline": {"peak_gpu_memory_bytes": int(baseline)},
+            "models": [{"model": m["model"], "peak_gpu_memory_bytes": int(m["peaks"]["gpu_memory"])}
+                       for m in peaks["models"] if m.get("loaded") and "gpu_memory" in m.get("peaks", {})],
+        }
+        profile_path = self.workdir / "measured-profile.yaml"
+        profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
+        result = subprocess.run(
+            [sys.executable, "-m", "gpupack", "plan", "--profile", str(profile_path), "--device-memory",
+             str(DEVICE_BUDGET_BYTES), "--policies", str(self.workdir / "policies.yaml")],
+            capture_output=True, text=True, timeout=120)
+        print("\nPLAN: the fewest devices the measured peaks need under the same policy "
+              f"(gpupack plan --profile {profile_path.name})")
+        print("  " + (result.stdout or result.stderr).strip().replace("\n", "\n  "))
 
     def _print_pointers(self) -> None:
         print(f"""

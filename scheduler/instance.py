@@ -90,7 +90,7 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         dtype=np.int64,
     ).reshape(len(devices), len(resources))
     capacity[bounded] -= np.broadcast_to(baseline, capacity.shape)[bounded]
-    allowed = np.all(demand[:, None, :] <= capacity[None, :, :], axis=2)
+    allowed = _fits_alone(demand, capacity)
     for model, names in problem.allowed_devices.items():
         if model in model_index:
             mask = np.zeros(len(devices), dtype=bool)
@@ -119,6 +119,14 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         current=current,
         max_devices=problem.max_devices,
     )
+
+
+def _fits_alone(demand: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """[model, device]: the model alone fits the device. Computed once per distinct capacity,
+    since a fleet of thousands of devices usually has only a few kinds."""
+    kinds, kind_of = np.unique(capacity, axis=0, return_inverse=True)
+    by_kind = np.all(demand[:, None, :] <= kinds[None, :, :], axis=2)
+    return by_kind[:, kind_of.reshape(-1)]
 
 
 def device_totals(problem: PlacementProblem, placement: Placement) -> dict[str, dict[Resource, float]]:

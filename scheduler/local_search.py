@@ -20,13 +20,11 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
 
-DEVICES_PER_REPACK = 4
-REPACK_SECONDS = 0.02
+MAX_REPACK_MODELS = 14  # 2^14 subsets: about a millisecond per repack
 SIZE_UNITS = 1_000_000  # a model's scalar size, in millionths of the largest device
 FILL_UNITS = 100  # the slack-gathering tie-break, in hundredths of a device
 ROOM_FLOOR = 0.05  # devices with no room are still picked for repacking now and then
@@ -122,58 +120,69 @@ class _Search:
             devices.append(np.full(len(self._subsets[d]), d, dtype=np.int64))
         return np.concatenate(devices), np.concatenate(rows)
 
-    def repack_some(self, seed: int) -> None:
-        """Repack the pool and the models of a few open devices (those with most room more likely)."""
+    def repack_some(self) -> None:
+        """Repack the pool with the models of two open devices (those with most room more likely)."""
         room = np.array([1.0 - self.size[self.members.get(d, [])].sum() for d in self.open])
         weights = np.clip(room, 0, None) + ROOM_FLOOR
-        count = min(DEVICES_PER_REPACK, len(self.open))
+        count = min(2, len(self.open))
         chosen = self.rng.choice(len(self.open), size=count, replace=False, p=weights / weights.sum())
         devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.size[self.members.get(d, [])].sum())
-        placed = _repack(self, devices, seed)
-        if placed is not None:
-            self.pool = [i for i in self.pool + [i for d in devices for i in self.members.get(d, [])]
-                         if not any(i in models for models in placed.values())]
-            for d in devices:
-                self.members[d] = placed[d]
-                self.load[d] = self.fixed_load[d] + self.instance.demand[placed[d]].sum(axis=0)
-                self._subsets.pop(d, None)
+        members = [i for d in devices for i in self.members.get(d, [])]
+        if len(members) > MAX_REPACK_MODELS:
+            return
+        spare = MAX_REPACK_MODELS - len(members)
+        pool = list(self.rng.choice(self.pool, size=spare, replace=False)) if len(self.pool) > spare else self.pool
+        models = np.array(members + [int(i) for i in pool], dtype=np.int64)
+        rooms = self.instance.capacity[devices] - self.fixed_load[devices]
+        chosen_sets = best_repack(
+            self.instance.demand[models], np.round(self.size[models] * SIZE_UNITS).astype(np.int64),
+            rooms, self.instance.allowed[np.ix_(models, devices)],
+        )
+        placed = {int(i) for chosen_set in chosen_sets for i in models[chosen_set]}
+        self.pool = [i for i in self.pool + members if i not in placed]
+        for d, chosen_set in zip(devices, chosen_sets):
+            self.members[d] = [int(i) for i in models[chosen_set]]
+            self.load[d] = self.fixed_load[d] + self.instance.demand[models[chosen_set]].sum(axis=0)
+            self._subsets.pop(d, None)
 
 
-def _repack(search: _Search, devices: list[int], seed: int) -> dict[int, list[int]] | None:
-    """CP-SAT: place as much pool size as possible on ``devices`` (never less than today), then fill
-    the devices in the given order; None when it finds nothing within its time."""
-    inst = search.instance
-    models = search.pool + [i for d in devices for i in search.members.get(d, [])]
-    units = np.round(search.size[models] * SIZE_UNITS).astype(np.int64)
-    model = cp_model.CpModel()
-    x = {(k, d): model.NewBoolVar("") for k, i in enumerate(models) for d in devices if inst.allowed[i, d]}
-    for k in range(len(models)):
-        model.AddAtMostOne(x[k, d] for d in devices if (k, d) in x)
-    for d in devices:
-        room = inst.capacity[d] - search.fixed_load[d]
-        for r in range(len(inst.resources)):
-            model.Add(sum(int(inst.demand[i, r]) * x[k, d] for k, i in enumerate(models) if (k, d) in x) <= int(room[r]))
-    placed = sum(int(units[k]) * v for (k, _), v in x.items())
-    model.Add(placed >= int(units[len(search.pool):].sum()))
-    # Earlier devices weigh more, so that among equal repackings room gathers on the last ones.
-    fill = sum(
-        (len(devices) - n) * int(units[k] * FILL_UNITS // SIZE_UNITS) * x[k, d]
-        for n, d in enumerate(devices) for k in range(len(models)) if (k, d) in x
-    )
-    model.Maximize(placed * (len(devices) ** 2 * FILL_UNITS + 1) + fill)
-    for (k, d), v in x.items():
-        model.AddHint(v, k >= len(search.pool) and models[k] in search.members.get(d, ()))
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = REPACK_SECONDS
-    solver.parameters.num_workers = 1
-    solver.parameters.random_seed = seed
-    if solver.Solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None
-    result: dict[int, list[int]] = {d: [] for d in devices}
-    for (k, d), v in x.items():
-        if solver.BooleanValue(v):
-            result[d].append(models[k])
-    return result
+def best_repack(demand: np.ndarray, units: np.ndarray, rooms: np.ndarray, allowed: np.ndarray) -> list[np.ndarray]:
+    """Exactly the most ``units`` of models that fit in one or two devices together (and, among
+    equal totals, the most on the first device), by enumerating every subset of at most
+    MAX_REPACK_MODELS models: a few milliseconds, where a CP-SAT call costs tens.
+
+    ``demand`` [model, resource], ``rooms`` [device, resource], ``allowed`` [model, device];
+    returns, per device, the positions of the models it gets.
+    """
+    n = len(units)
+    sums, total = _subset_sums(demand), _subset_sums(units)
+    masks = np.arange(1 << n)
+    fits = [np.all(sums <= room, axis=1) & (_subset_sums((~allowed[:, k]).astype(np.int64)) == 0)
+            for k, room in enumerate(rooms)]
+    if len(rooms) == 1:
+        return [_members(int(np.argmax(np.where(fits[0], total, -1))), n)]
+    second = np.where(fits[1], total, -1)
+    for k in range(n):  # best_second[m]: the most units of a subset of m that fits the second device
+        halves = second.reshape(-1, 2, 1 << k)
+        np.maximum(halves[:, 1, :], halves[:, 0, :], out=halves[:, 1, :])
+    value = np.where(fits[0], (total + second[masks ^ masks[-1]]) * (int(units.sum()) + 1) + total, -1)
+    first = int(np.argmax(value))
+    rest = masks[-1] ^ first
+    within = (masks & ~rest) == 0
+    other = int(np.argmax(np.where(within & fits[1], total, -1)))
+    return [_members(first, n), _members(other, n)]
+
+
+def _subset_sums(values: np.ndarray) -> np.ndarray:
+    """Row m: the sum of the values whose bit is set in m."""
+    sums = np.zeros((1,) + values.shape[1:], dtype=np.int64)
+    for value in values:
+        sums = np.concatenate([sums, sums + value])
+    return sums
+
+
+def _members(mask: int, n: int) -> np.ndarray:
+    return np.array([k for k in range(n) if mask >> k & 1], dtype=np.int64)
 
 
 def _pairs_and_singles(models: list[int]) -> np.ndarray:
@@ -201,12 +210,10 @@ def reduce_devices(
     passes; returns the last assignment in which every model is placed."""
     search = _Search(instance, assignment, np.random.default_rng(seed))
     best = assignment
-    attempt = 0
     while len(search.open) > target and time.perf_counter() < deadline and search.close_one():
         search.descend()
         while search.pool and time.perf_counter() < deadline:
-            attempt += 1
-            search.repack_some(seed + attempt)
+            search.repack_some()
             search.descend()
         if search.pool:
             break

@@ -233,8 +233,8 @@ class TritonServer:
         return self.launch().wait_ready(timeout_seconds)
 
     def restart(self, timeout_seconds: float = 60.0) -> "TritonServer":
-        """Stop, then start again on the same ports and wait until ready. Models come back unloaded
-        (explicit model-control mode), as after a real restart; the PID is new."""
+        """Stop (if still running), then start again on the same ports and wait until ready. Models
+        come back unloaded (explicit model-control mode), as after a real restart; the PID is new."""
         self.stop()
         deadline = time.monotonic() + timeout_seconds
         while not _ports_free(self.http_port, self.grpc_port, self.metrics_port):

@@ -165,7 +165,7 @@ def test_solver_beats_first_fit_decreasing_on_models_that_pack_in_threes():
     # 0.5 + 0.3 + 0.2 of utilisation fill a device exactly: 100 devices; FFD pairs the halves first.
     shares = np.random.default_rng(5).permutation(np.repeat([0.5, 0.3, 0.2], 100))
     problem = PlacementProblem(gpus(300), tuple(ModelFootprint(f"m{i}", {MEM: 1, UTIL: float(s)}) for i, s in enumerate(shares)))
-    greedy = first_fit_decreasing(compile_problem(problem), improved=False)
+    greedy = first_fit_decreasing(compile_problem(problem))
     result = solve(problem, time_limit_seconds=3)
     assert result.lower_bound == 100 and result.device_count <= 101 < len(_used(greedy))
     fits(problem, result)
