@@ -26,7 +26,6 @@ from gpupack.scheduler.instance import Instance
 
 MAX_REPACK_MODELS = 14  # 2^14 subsets: about a millisecond per repack
 SIZE_UNITS = 1_000_000  # a model's scalar size, in millionths of the largest device
-FILL_UNITS = 100  # the slack-gathering tie-break, in hundredths of a device
 ROOM_FLOOR = 0.05  # devices with no room are still picked for repacking now and then
 SCARCITY_POWER = 4  # how strongly the fleet's bottleneck resource dominates a model's scalar size
 
@@ -58,9 +57,10 @@ class _Search:
         self.padded_size = np.append(self.size, 0.0)
         self.padded_allowed = np.vstack([instance.allowed, np.ones((1, instance.n_devices), dtype=bool)])
         self.load = self.fixed_load.copy()
-        for d, models in self.members.items():
-            self.load[d] += instance.demand[models].sum(axis=0)
+        self.fill = np.zeros(instance.n_devices)  # scalar size of each device's movable models
         self._subsets: dict[int, np.ndarray] = {}
+        for d, models in list(self.members.items()):
+            self._set_members(d, models)
 
     def assignment(self) -> Assignment:
         result: Assignment = {i: [] for i in range(self.instance.n_models)}
@@ -75,10 +75,10 @@ class _Search:
         closable = [d for d in self.open if not self.fixed.get(d)]
         if not closable:
             return False
-        d = min(closable, key=lambda d: (self.size[self.members.get(d, [])].sum(), -self.instance.cost[d]))
-        self.pool = self.members.pop(d, [])
+        d = min(closable, key=lambda d: (self.fill[d], -self.instance.cost[d]))
+        self.pool = self.members.get(d, [])
+        self._set_members(d, [])
         self.open.remove(d)
-        self._subsets.pop(d, None)
         return True
 
     def descend(self) -> None:
@@ -86,7 +86,8 @@ class _Search:
         shrinks the pool, biggest shrink first: cheap, so it runs before every repacking."""
         while self.pool:
             incoming = _pairs_and_singles(self.pool)
-            devices, outgoing = self._open_subsets()
+            subsets = self._open_subsets()
+            devices, outgoing = subsets[:, 0], subsets[:, 1:]
             room = self.instance.capacity[devices] - self.load[devices] + self.padded_demand[outgoing].sum(axis=1)
             in_demand = self.padded_demand[incoming].sum(axis=1)
             fits = np.all(in_demand[:, None, :] <= room[None, :, :], axis=2)
@@ -100,33 +101,30 @@ class _Search:
             self._move(d, placed=[int(i) for i in incoming[a] if i >= 0], removed=[int(i) for i in outgoing[b] if i >= 0])
 
     def _move(self, d: int, placed: list[int], removed: list[int]) -> None:
-        members = self.members.setdefault(d, [])
-        for i in removed:
-            members.remove(i)
-            self.pool.append(i)
-        for i in placed:
-            self.pool.remove(i)
-            members.append(i)
-        self.load[d] += self.instance.demand[placed].sum(axis=0) - self.instance.demand[removed].sum(axis=0)
+        self.pool = [i for i in self.pool if i not in placed] + removed
+        self._set_members(d, [i for i in self.members.get(d, []) if i not in removed] + placed)
+
+    def _set_members(self, d: int, models: list[int]) -> None:
+        self.members[d] = models
+        self.load[d] = self.fixed_load[d] + self.instance.demand[models].sum(axis=0)
+        self.fill[d] = self.size[models].sum()
         self._subsets.pop(d, None)
 
-    def _open_subsets(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every open device's empty set, single models and pairs of models, with the device of each."""
-        rows, devices = [], []
+    def _open_subsets(self) -> np.ndarray:
+        """Rows (device, model, model): every open device's empty set, single models and pairs."""
         for d in self.open:
             if d not in self._subsets:
-                self._subsets[d] = np.vstack([[[-1, -1]], _pairs_and_singles(self.members.get(d, []))])
-            rows.append(self._subsets[d])
-            devices.append(np.full(len(self._subsets[d]), d, dtype=np.int64))
-        return np.concatenate(devices), np.concatenate(rows)
+                rows = np.vstack([[[-1, -1]], _pairs_and_singles(self.members.get(d, []))])
+                self._subsets[d] = np.hstack([np.full((len(rows), 1), d, dtype=np.int64), rows])
+        return np.concatenate([self._subsets[d] for d in self.open])
 
     def repack_some(self) -> None:
         """Repack the pool with the models of two open devices (those with most room more likely)."""
-        room = np.array([1.0 - self.size[self.members.get(d, [])].sum() for d in self.open])
+        room = 1.0 - self.fill[self.open]
         weights = np.clip(room, 0, None) + ROOM_FLOOR
         count = min(2, len(self.open))
         chosen = self.rng.choice(len(self.open), size=count, replace=False, p=weights / weights.sum())
-        devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.size[self.members.get(d, [])].sum())
+        devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.fill[d])
         members = [i for d in devices for i in self.members.get(d, [])]
         if len(members) > MAX_REPACK_MODELS:
             return
@@ -141,9 +139,7 @@ class _Search:
         placed = {int(i) for chosen_set in chosen_sets for i in models[chosen_set]}
         self.pool = [i for i in self.pool + members if i not in placed]
         for d, chosen_set in zip(devices, chosen_sets):
-            self.members[d] = [int(i) for i in models[chosen_set]]
-            self.load[d] = self.fixed_load[d] + self.instance.demand[models[chosen_set]].sum(axis=0)
-            self._subsets.pop(d, None)
+            self._set_members(d, [int(i) for i in models[chosen_set]])
 
 
 def best_repack(demand: np.ndarray, units: np.ndarray, rooms: np.ndarray, allowed: np.ndarray) -> list[np.ndarray]:

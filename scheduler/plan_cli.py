@@ -27,7 +27,8 @@ SETTINGS = (
     Setting("device_memory", parse_bytes, help="memory of each identical device, e.g. 16GiB"),
     Setting("devices", int, help="number of identical devices (default: as many as needed)"),
     Setting("devices_file", str, help="YAML list of devices (name, memory, count, cost, labels)"),
-    Setting("objective", lambda v: _objectives(str(v)), (Objective.MIN_DEVICES,)),
+    # Fewest devices first, then spread the load over them: the article's placements, with headroom.
+    Setting("objective", lambda v: _objectives(str(v)), (Objective.MIN_DEVICES, Objective.BALANCE)),
     Setting("time_limit", parse_duration, 10.0),
 )
 
@@ -39,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", metavar="N", help="number of identical devices (default: as many as needed)")
     parser.add_argument("--devices-file", metavar="FILE", help="YAML list of devices of different sizes and costs")
     parser.add_argument("--objective", metavar="LIST",
-                        help=f"comma-separated, applied in order: {', '.join(o.value for o in Objective)} (default: min-devices)")
+                        help=f"comma-separated, applied in order: {', '.join(o.value for o in Objective)} (default: min-devices,balance)")
     parser.add_argument("--time-limit", metavar="DURATION", help="solver time limit, e.g. 10s (default: 10s)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the placement: one stacked bar per device per resource")
