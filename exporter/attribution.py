@@ -196,8 +196,8 @@ class Attributor:
                 found, remainders = self._gpus(inputs, gpus)
                 models += found
                 unattributed.update(remainders)
-                for server, device in remainders:
-                    gpu_servers[device].append(server)
+                for server, uuid in remainders:
+                    gpu_servers[uuid].append(server)
         for gpu in gpus:
             devices[gpu.device] = DeviceUsage(
                 device=gpu.device, kind=gpu.kind, name=gpu.name, index=gpu.index,

@@ -290,7 +290,7 @@ class Exporter:
         next_at = time.monotonic()
         while self._state is _State.RUNNING:
             try:
-                self.page.body(self.sampler.sample())
+                self.sampler.sample()
             except Exception:  # noqa: BLE001 - one bad sample must not end the daemon
                 self.sampler.errors["sampler"] += 1
                 log.exception("sample failed")

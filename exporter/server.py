@@ -1,7 +1,7 @@
 """HTTP: ``/metrics`` (Prometheus text), ``/api/v1/peaks`` (JSON), ``/healthz``.
 
-Every handler reads the current snapshot once; none touches a source. ``/metrics`` is usually
-already rendered (the sampler renders each snapshot as it takes it).
+Every handler reads the current snapshot once and renders it (``/metrics`` at most once per
+snapshot); none touches a source.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@
   gpupack rules run --policies FILE              evaluate every interval, serve /metrics
                                                  (also: gpupack rules --policies FILE)
 
-With Triton servers (--server NAME=URL, or rules.servers), 'run' hands new violations of
-`action: rebalance` policies to the scheduler: it logs the plan (--dry-run, the default) or carries
-it out (--apply), under the scheduler's lock, limits and cooldowns (the `rebalance:` settings, shared
-with `gpupack rebalance`), and serves /api/v1/placement beside /metrics.
+With Triton servers (--server NAME=URL, or rules.servers), 'run' hands violations of `action:
+rebalance` policies to the scheduler, which plans from the same peak source: it logs the plan
+(--dry-run, the default) or carries it out (--apply), under the scheduler's lock, limits and
+cooldowns (the `rebalance:` settings, shared with `gpupack rebalance`), and serves /api/v1/placement
+beside /metrics. A request that is skipped, fails or leaves moves deferred is asked again later.
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: Config
 def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> Rebalancer | None:
     """The in-process scheduler for ``rebalance`` policies, or None without servers to manage."""
     from gpupack.exporter.settings import load_servers  # noqa: PLC0415 - the scheduler's imports, only for 'run'
-    from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs  # noqa: PLC0415
+    from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs, PrometheusInputs  # noqa: PLC0415
     from gpupack.scheduler.rebalance_cli import SETTINGS as REBALANCE_SETTINGS  # noqa: PLC0415
     from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings  # noqa: PLC0415
     from gpupack.scheduler.safety import lock_factory  # noqa: PLC0415
@@ -230,13 +231,12 @@ def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: Conf
     rebalance = resolve_settings("rebalance", REBALANCE_SETTINGS, config, os.environ, vars(args))
     if settings["source"] == "exporter":
         inputs: Callable[[], FleetInputs] = ExporterInputs(settings["exporter_url"])
-    elif settings["source"] == "profile":
+    elif settings["source"] == "prometheus":
+        inputs = PrometheusInputs(settings["prometheus_url"], settings["window"])
+    else:
         if rebalance["device_memory"] is None:
             raise InputError("--source profile with servers needs --device-memory (the memory of each server's device)")
         inputs = ProfileInputs(settings["profile"], endpoints, rebalance["device_memory"])
-    else:
-        raise InputError(f"--source {settings['source']}: the scheduler takes peaks from the exporter or a profile; "
-                         "give --source exporter, or no servers to only log rebalance requests")
     state_dir = Path(rebalance["state_dir"])
     return Rebalancer(
         endpoints,

@@ -1,9 +1,10 @@
-"""What the rules engine does when a ``rebalance`` policy is newly violated and it knows the servers.
+"""What the rules engine does when a ``rebalance`` policy is violated and it knows the servers.
 
 Dry run (the default) logs the plan the scheduler would carry out and changes nothing; ``apply``
 has the scheduler carry it out, under its lock. Neither may stop the loop: a lock held by another
-replica, a server that does not answer or a plan that cannot be made is logged, and the violation
-stays active, so the next request comes when it resolves and breaks again.
+replica, a server that does not answer or a plan that cannot be made is logged. Such a request,
+and one that leaves steps deferred (``--max-moves``, cooldowns) or failed, answers ``RETRY``: the
+tracker asks again while the violation lasts, after a back-off.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from gpupack.errors import GpupackError
 from gpupack.rules.evaluator import Result
 from gpupack.rules.policy import PolicySet
+from gpupack.rules.transitions import RequestOutcome
 from gpupack.scheduler.rebalance_report import plan_document
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceOutcome, RebalancePlan
 from gpupack.scheduler.safety import LockHeldError
@@ -28,19 +30,25 @@ class RebalanceTrigger:
     def __init__(self, rebalancer: Rebalancer, policies: Callable[[], PolicySet], apply: bool) -> None:
         self.rebalancer, self.policies, self.apply = rebalancer, policies, apply
 
-    def __call__(self, violations: tuple[Result, ...]) -> None:
+    def __call__(self, violations: tuple[Result, ...]) -> RequestOutcome:
         asked = sorted(f"{v.policy}@{v.device or v.model}" for v in violations)
         try:
-            if self.apply:
-                outcome = self.rebalancer.request(violations, self.policies())
-                if outcome is not None:
-                    _log_plan("rebalance_applied", outcome.plan, outcome, asked)
-            else:
+            if not self.apply:
+                # A plan is only advice: logging it again would not change it.
                 _log_plan("rebalance_planned", self.rebalancer.plan(self.policies()), None, asked)
+                return RequestOutcome.SETTLED
+            outcome = self.rebalancer.request(violations, self.policies())
         except LockHeldError as e:
             log.info(json.dumps({"event": "rebalance_skipped", "requested_for": asked, "reason": str(e)}))
+            return RequestOutcome.RETRY
         except GpupackError as e:
             log.error(json.dumps({"event": "rebalance_failed", "requested_for": asked, "error": str(e)}))
+            return RequestOutcome.RETRY
+        if outcome is None:
+            return RequestOutcome.SETTLED
+        _log_plan("rebalance_applied", outcome.plan, outcome, asked)
+        finished = outcome.succeeded and not outcome.plan.admission.deferred
+        return RequestOutcome.SETTLED if finished else RequestOutcome.RETRY
 
 
 def _log_plan(event: str, plan: RebalancePlan, outcome: RebalanceOutcome | None, asked: list[str]) -> None:

@@ -1,6 +1,7 @@
-"""What a rebalance plans from: devices, baselines and model peaks, from the exporter or a profile.
+"""What a rebalance plans from: devices, baselines and model peaks, from the exporter, from a
+Prometheus that scrapes the exporters (a cluster: one exporter per node), or from a profile.
 
-Both sources end in the rules engine's :class:`PeaksSnapshot`, so the rebalancer judges today's
+All sources end in the rules engine's :class:`PeaksSnapshot`, so the rebalancer judges today's
 placement with exactly the evaluator the rules engine uses, and hands the solver the same numbers.
 """
 
@@ -16,6 +17,7 @@ from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, PeaksUnavailableError, snapshot_from_json
+from gpupack.rules.peaks_source import PrometheusSource
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
@@ -102,6 +104,35 @@ def _gpu_index(document: Mapping[str, Any]) -> GpuIndex:
             for server in device.get("servers", []):
                 names[(server, int(device["index"]))] = device["device"]
     return GpuIndex(names)
+
+
+@dataclass(frozen=True)
+class PrometheusInputs:
+    """The exporters' series in Prometheus: what ``gpupack rules run --source prometheus`` judges
+    (peaks as ``max_over_time`` over the window, capacities, server baselines), plus each GPU's
+    CUDA index from ``gpupack_device_info``, which the scheduler needs to read and set placements.
+
+    ``gpupack_device_info`` names no server: a GPU's servers are those with a baseline or a model
+    peak on it, so two nodes that both have a GPU 0 keep them apart by server name.
+    """
+
+    url: str
+    window_seconds: float
+    timeout_seconds: float = 10.0
+
+    def __call__(self) -> FleetInputs:
+        source = PrometheusSource(self.url, self.window_seconds, self.timeout_seconds)
+        snapshot = source()
+        servers_of = {d.device.name: set(d.servers) for d in snapshot.devices}
+        for model in snapshot.models:
+            if model.server:
+                servers_of.setdefault(model.device, set()).add(model.server)
+        names = {}
+        for sample in source.query('gpupack_device_info{kind="gpu"}'):
+            device, index = sample["metric"]["device"], sample["metric"].get("index", "")
+            for server in servers_of.get(device, ()) if index.isdigit() else ():
+                names[(server, int(index))] = device
+        return FleetInputs(snapshot.devices, snapshot.footprints(), GpuIndex(names), origin=f"Prometheus {self.url}")
 
 
 @dataclass(frozen=True)

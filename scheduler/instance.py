@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-from gpupack.domain import Placement, Resource
+from gpupack.domain import ModelFootprint, Placement, Resource
 from gpupack.scheduler.problem import PlacementProblem
 
 RATIO_SCALE = 1_000_000
@@ -132,10 +132,12 @@ def _fits_alone(demand: np.ndarray, capacity: np.ndarray) -> np.ndarray:
 def device_totals(problem: PlacementProblem, placement: Placement) -> dict[str, dict[Resource, float]]:
     """Per used device, in the problem's device order: baseline plus the peaks of its models."""
     by_name = {m.model: m for m in problem.models}
-    used = set(placement.devices_used())
+    hosted: dict[str, list[ModelFootprint]] = {}
+    for model, devices in placement.assignments.items():
+        for device in devices:
+            hosted.setdefault(device, []).append(by_name[model])
     resources = [r for r in Resource if r in problem.server_baseline or any(r in m.peaks for m in problem.models)]
-    totals: dict[str, dict[Resource, float]] = {}
-    for device in (d.name for d in problem.devices if d.name in used):
-        hosted = [by_name[m] for m in placement.models_on(device)]
-        totals[device] = {r: problem.server_baseline.get(r, 0.0) + sum(m.peak(r) for m in hosted) for r in resources}
-    return totals
+    return {
+        d.name: {r: problem.server_baseline.get(r, 0.0) + sum(m.peak(r) for m in hosted[d.name]) for r in resources}
+        for d in problem.devices if d.name in hosted
+    }

@@ -4,12 +4,14 @@ First-fit-decreasing ends a few percent above the lower bound on hard fleets (mo
 well in threes, a fleet bounded by utilisation rather than memory): reaching the bound needs
 exchanges across several devices at once, which no greedy order makes. Here the least-filled
 device is closed and its models go to a pool. Cheap exchanges of up to two pool models for up to
-two models of one device come first, while they shrink the pool; then, again and again, a few open devices are
-emptied and their models plus the pool repacked onto them by a small CP-SAT model that places as
-much of the pool as it can. The pool never grows (in scalar size), and among equal repackings the
-model fills the fullest device first, so that room gathers on a few devices where a pool model
-eventually fits: the large-neighbourhood search of Shaw (CP 1998) with the slack-gathering idea of
-minimum-bin-slack packing (Gupta and Ho, 1999).
+two models of one device come first, while they shrink the pool; then, again and again, two open
+devices are emptied and their models plus the pool repacked onto them exactly, by enumerating
+subsets in numpy (a millisecond, where the CP-SAT model this replaced took twenty). When that has
+not shrunk the pool for a while, one repack of four devices by a short CP-SAT run finds the longer
+chains of exchanges that two devices cannot hold. The pool never grows (in scalar size), and among
+equal repackings the fullest device is filled first, so that room gathers on a few devices where a
+pool model eventually fits: the large-neighbourhood search of Shaw (CP 1998) with the
+slack-gathering idea of minimum-bin-slack packing (Gupta and Ho, 1999).
 
 Models with replicas or in an anti-affinity group stay where they are: moving them would need the
 distinct-device rules re-checked across devices, and such fleets are small enough for full CP-SAT.
@@ -17,14 +19,20 @@ distinct-device rules re-checked across devices, and such fleets are small enoug
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
+from ortools.sat.python import cp_model
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
 
 MAX_REPACK_MODELS = 14  # 2^14 subsets: about a millisecond per repack
+WIDE_REPACK_DEVICES = 4
+WIDE_REPACK_SECONDS = 0.02
+WIDE_REPACK_EVERY = 100  # fast repacks without progress before a wide one: a fifth of the time
+FILL_DIVISOR = 10_000  # the wide repack's slack-gathering tie-break, in hundredths of a device
 SIZE_UNITS = 1_000_000  # a model's scalar size, in millionths of the largest device
 ROOM_FLOOR = 0.05  # devices with no room are still picked for repacking now and then
 SCARCITY_POWER = 4  # how strongly the fleet's bottleneck resource dominates a model's scalar size
@@ -118,28 +126,71 @@ class _Search:
                 self._subsets[d] = np.hstack([np.full((len(rows), 1), d, dtype=np.int64), rows])
         return np.concatenate([self._subsets[d] for d in self.open])
 
-    def repack_some(self) -> None:
-        """Repack the pool with the models of two open devices (those with most room more likely)."""
+    def repack_some(self, wide: bool = False) -> bool:
+        """Repack the pool with the models of a few open devices (those with most room more likely):
+        two devices exactly, by enumeration, or (``wide``) four by a short CP-SAT run, which finds
+        the chains of exchanges that two devices cannot hold. True when the pool changed, so that
+        exchanges with the other devices are worth trying again."""
         room = 1.0 - self.fill[self.open]
         weights = np.clip(room, 0, None) + ROOM_FLOOR
-        count = min(2, len(self.open))
+        count = min(WIDE_REPACK_DEVICES if wide else 2, len(self.open))
         chosen = self.rng.choice(len(self.open), size=count, replace=False, p=weights / weights.sum())
         devices = sorted((self.open[k] for k in chosen), key=lambda d: -self.fill[d])
         members = [i for d in devices for i in self.members.get(d, [])]
-        if len(members) > MAX_REPACK_MODELS:
-            return
         spare = MAX_REPACK_MODELS - len(members)
-        pool = list(self.rng.choice(self.pool, size=spare, replace=False)) if len(self.pool) > spare else self.pool
-        models = np.array(members + [int(i) for i in pool], dtype=np.int64)
+        if wide:
+            pool = self.pool
+        elif spare < 0:
+            return False
+        else:
+            pool = [int(i) for i in self.rng.choice(self.pool, size=min(spare, len(self.pool)), replace=False)]
+        models = np.array(members + pool, dtype=np.int64)
+        units = np.round(self.size[models] * SIZE_UNITS).astype(np.int64)
         rooms = self.instance.capacity[devices] - self.fixed_load[devices]
-        chosen_sets = best_repack(
-            self.instance.demand[models], np.round(self.size[models] * SIZE_UNITS).astype(np.int64),
-            rooms, self.instance.allowed[np.ix_(models, devices)],
-        )
+        allowed = self.instance.allowed[np.ix_(models, devices)]
+        demand = self.instance.demand[models]
+        if wide:
+            home = [k for k, d in enumerate(devices) for _ in self.members.get(d, [])]
+            chosen_sets = _cpsat_repack(demand, units, rooms, allowed, home)
+        else:
+            chosen_sets = best_repack(demand, units, rooms, allowed)
+        if chosen_sets is None:
+            return False
         placed = {int(i) for chosen_set in chosen_sets for i in models[chosen_set]}
+        before = set(self.pool)
         self.pool = [i for i in self.pool + members if i not in placed]
         for d, chosen_set in zip(devices, chosen_sets):
             self._set_members(d, [int(i) for i in models[chosen_set]])
+        return set(self.pool) != before
+
+
+def _cpsat_repack(
+    demand: np.ndarray, units: np.ndarray, rooms: np.ndarray, allowed: np.ndarray, home: list[int]
+) -> list[np.ndarray] | None:
+    """:func:`best_repack` for more devices, in CP-SAT, placing at least what the devices hold today
+    (``home``: the device of each of the first models; the rest are the pool's), given as a hint;
+    None when it finds nothing in its time."""
+    model = cp_model.CpModel()
+    x = {(k, d): model.NewBoolVar("") for k, d in zip(*np.nonzero(allowed))}
+    for k in range(len(units)):
+        model.AddAtMostOne(v for (j, _), v in x.items() if j == k)
+    for d, room in enumerate(rooms):
+        for r, limit in enumerate(room):
+            model.Add(sum(int(demand[k, r]) * v for (k, e), v in x.items() if e == d) <= int(limit))
+    placed = sum(int(units[k]) * v for (k, _), v in x.items())
+    model.Add(placed >= int(units[: len(home)].sum()))
+    for (k, d), v in x.items():
+        model.AddHint(v, k < len(home) and home[k] == d)
+    # Earlier devices weigh more, so that among equal repackings room gathers on the last ones.
+    fill = sum((len(rooms) - d) * int(units[k] // FILL_DIVISOR) * v for (k, d), v in x.items())
+    model.Maximize(placed * (len(rooms) ** 2 * SIZE_UNITS // FILL_DIVISOR + 1) + fill)
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = WIDE_REPACK_SECONDS
+    solver.parameters.num_workers = 1
+    if solver.Solve(model) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    return [np.array([k for (k, e), v in x.items() if e == d and solver.BooleanValue(v)], dtype=np.int64)
+            for d in range(len(rooms))]
 
 
 def best_repack(demand: np.ndarray, units: np.ndarray, rooms: np.ndarray, allowed: np.ndarray) -> list[np.ndarray]:
@@ -153,8 +204,9 @@ def best_repack(demand: np.ndarray, units: np.ndarray, rooms: np.ndarray, allowe
     n = len(units)
     sums, total = _subset_sums(demand), _subset_sums(units)
     masks = np.arange(1 << n)
-    fits = [np.all(sums <= room, axis=1) & (_subset_sums((~allowed[:, k]).astype(np.int64)) == 0)
-            for k, room in enumerate(rooms)]
+    fits = [np.all(sums <= room, axis=1) for room in rooms]
+    for k in np.flatnonzero(~allowed.all(axis=0)):
+        fits[k] &= _subset_sums((~allowed[:, k]).astype(np.int64)) == 0
     if len(rooms) == 1:
         return [_members(int(np.argmax(np.where(fits[0], total, -1))), n)]
     second = np.where(fits[1], total, -1)
@@ -200,18 +252,30 @@ def _scalar_sizes(instance: Instance) -> np.ndarray:
 
 
 def reduce_devices(
-    instance: Instance, assignment: Assignment, target: int, deadline: float, seed: int = 0
+    instance: Instance, assignment: Assignment, target: int, deadline: float,
+    patience_seconds: float = math.inf, seed: int = 0,
 ) -> Assignment:
     """Close devices one at a time until ``target`` are open or ``deadline`` (time.perf_counter())
-    passes; returns the last assignment in which every model is placed."""
+    passes; returns the last assignment in which every model is placed.
+
+    Gives up after ``patience_seconds`` without progress (a device closed, or the pool's size at a
+    new low), so that a caller with an exact solver to follow hands it the rest of the time.
+    """
     search = _Search(instance, assignment, np.random.default_rng(seed))
     best = assignment
-    while len(search.open) > target and time.perf_counter() < deadline and search.close_one():
+    progress_at = time.perf_counter()
+    while len(search.open) > target and progress_at < deadline and search.close_one():
         search.descend()
-        while search.pool and time.perf_counter() < deadline:
-            search.repack_some()
-            search.descend()
+        lowest = search.size[search.pool].sum()
+        stalled = 0
+        while search.pool and (now := time.perf_counter()) < min(deadline, progress_at + patience_seconds):
+            stalled += 1
+            if search.repack_some(wide=stalled % WIDE_REPACK_EVERY == 0):
+                search.descend()
+                if search.size[search.pool].sum() < lowest - 1e-12:
+                    lowest, progress_at, stalled = search.size[search.pool].sum(), now, 0
         if search.pool:
             break
         best = search.assignment()
+        progress_at = time.perf_counter()
     return best

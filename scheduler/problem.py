@@ -69,5 +69,5 @@ class PlacementResult:
     lower_bound: int  # on the number of devices
     optimal: bool  # every objective proven optimal
     solve_seconds: float
-    method: str  # "cp-sat" or "first-fit-decreasing"
+    method: str  # "first-fit-decreasing", "local-search" or "cp-sat": what found the placement
     moves: int | None  # new (model, device) pairs compared with problem.current, when given

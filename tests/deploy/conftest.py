@@ -1,5 +1,7 @@
-"""A live fleet for the deployment tests: one real Triton server under steady requests, and the
-gpupack exporter and rules engine started through the ``gpupack`` CLI as deploy/ runs them.
+"""A live fleet for the deployment tests: two real Triton servers, one under steady requests, and
+the gpupack exporter, rules engine and scheduler started through the ``gpupack`` CLI as deploy/
+runs them. The scheduler moves one model from the first server to the second soon after it starts,
+so that its move counters carry a real move.
 
 Components that are not built yet are left out and named, so tests that need them skip clearly.
 """
@@ -22,30 +24,48 @@ from gpupack.testing import TritonInstallation, TritonServer
 from gpupack.testing.tritonserver import free_port
 from tests.deploy.promstack import run_process
 
-SERVER = "triton-a"
+SERVER, SPARE_SERVER = "triton-a", "triton-b"
 LOADED_MODEL, IDLE_MODEL = "busy", "small"
-# Violations are only exported while they last: limits every loaded model breaks keep two up,
-# one per severity, so that alert routing can be checked too.
-VIOLATED_POLICIES = """
+# Violations are only exported while they last: limits every loaded model breaks keep two up on
+# SERVER's device, one per severity, so that alert routing can be checked too.
+VIOLATED_POLICIES = f"""
 policies:
   - name: memory-tiny
     resource: gpu_memory
     max: 1MiB
     severity: warning
+    selector: {{devices: ["cpu:{SERVER}"]}}
   - name: memory-tiny-critical
     resource: gpu_memory
     max: 2MiB
     severity: critical
+    selector: {{devices: ["cpu:{SERVER}"]}}
+"""
+# For the scheduler, in a rules engine of its own: it plans under every capacity policy it is
+# given, and none can meet the limits above. Measured by the exporter, a server weighs ~37 MiB,
+# LOADED_MODEL ~57 MiB and IDLE_MODEL ~89 MiB with their stubs: all three (~183 MiB) break 150 MiB;
+# IDLE_MODEL moved to the spare server leaves ~94 and ~126 MiB.
+REBALANCED_POLICIES = f"""
+policies:
+  - name: memory-rebalance
+    resource: gpu_memory
+    max: 150MiB
+    action: rebalance
+  - name: {LOADED_MODEL}-stays
+    selector: {{models: [{LOADED_MODEL}]}}
+    pin: {{devices: ["cpu:{SERVER}"]}}
 """
 NOT_BUILT = {
     "exporter": "'gpupack exporter' (issue 3) does not take --listen yet",
     "rules": "'gpupack rules run' (issue 4) does not take --listen yet",
+    "rebalance": "'gpupack rules run' (issues 4, 5) does not take --apply yet",
 }
 
 
 @dataclass
 class LiveFleet:
     server: TritonServer
+    spare_server: TritonServer
     policies: Path
     scrape_configs: list[dict[str, Any]] = field(default_factory=list)
     running: set[str] = field(default_factory=set)
@@ -88,6 +108,9 @@ def live_fleet(triton_installation: TritonInstallation, model_repository: Path,
                                                   log_path=workdir / f"{SERVER}.log"))
         server.load_model(LOADED_MODEL)
         server.load_model(IDLE_MODEL)
+        spare = stack.enter_context(TritonServer(model_repository, name=SPARE_SERVER,
+                                                 installation=triton_installation,
+                                                 log_path=workdir / f"{SPARE_SERVER}.log"))
         stop = threading.Event()
         load = threading.Thread(target=_send_requests, args=(server, stop), daemon=True)
         load.start()
@@ -96,15 +119,15 @@ def live_fleet(triton_installation: TritonInstallation, model_repository: Path,
 
         policies = workdir / "policies.yaml"
         policies.write_text(VIOLATED_POLICIES)
-        fleet = LiveFleet(server, policies, running={"triton"}, scrape_configs=[{
+        fleet = LiveFleet(server, spare, policies, running={"triton"}, scrape_configs=[{
             "job_name": "triton",
-            "static_configs": [{"targets": [server.metrics_url.removeprefix("http://").removesuffix("/metrics")],
-                                "labels": {"server": SERVER}}],
+            "static_configs": [{"targets": [s.metrics_url.removeprefix("http://").removesuffix("/metrics")],
+                                "labels": {"server": s.name}} for s in (server, spare)],
         }])
+        servers = [f"--server={s.name}={s.http_url}" for s in (server, spare)]
         if cli_takes(["exporter"], "--listen"):
             exporter = stack.enter_context(_gpupack_daemon(
-                ["exporter", "--backend=host", f"--server={SERVER}={server.http_url}",
-                 f"--state-dir={workdir / 'state'}"], workdir, "exporter"))
+                ["exporter", "--backend=host", *servers, f"--state-dir={workdir / 'state'}"], workdir, "exporter"))
             fleet.scrape_configs.append({"job_name": "gpupack-exporter", "static_configs": [{"targets": [exporter]}]})
             fleet.running.add("exporter")
             if cli_takes(["rules", "run"], "--listen"):
@@ -113,4 +136,14 @@ def live_fleet(triton_installation: TritonInstallation, model_repository: Path,
                     workdir, "rules"))
                 fleet.scrape_configs.append({"job_name": "gpupack-rules", "static_configs": [{"targets": [rules]}]})
                 fleet.running.add("rules")
+            if cli_takes(["rules", "run"], "--apply"):
+                rebalanced = workdir / "rebalanced-policies.yaml"
+                rebalanced.write_text(REBALANCED_POLICIES)
+                scheduler = stack.enter_context(_gpupack_daemon(
+                    ["rules", "run", f"--policies={rebalanced}", f"--exporter-url=http://{exporter}", "--interval=1s",
+                     *servers, f"--state-dir={workdir / 'scheduler'}", "--drain=0.2s", "--apply"],
+                    workdir, "scheduler"))
+                fleet.scrape_configs.append({"job_name": "gpupack-scheduler",
+                                             "static_configs": [{"targets": [scheduler]}]})
+                fleet.running.add("rebalance")
         yield fleet

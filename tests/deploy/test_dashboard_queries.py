@@ -1,6 +1,7 @@
 """Every dashboard panel's query returns data from a real Prometheus scraping the live fleet.
 
-A panel whose series come from a component not built yet is skipped, naming that component.
+A panel whose series come from a component not built yet is skipped, naming that component. The
+queries run once the fleet's scheduler has moved a model, so the move panels show a real move.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.deploy.conftest import IDLE_MODEL, LOADED_MODEL, NOT_BUILT, SERVER, LiveFleet
+from tests.deploy.conftest import IDLE_MODEL, LOADED_MODEL, NOT_BUILT, SERVER, SPARE_SERVER, LiveFleet
 from tests.deploy.dashboards import PanelQuery, panel_queries, substitute
 from tests.deploy.promstack import Prometheus, run_prometheus, wait_for
 
@@ -33,8 +34,8 @@ COMPONENTS = [
 NOT_AVAILABLE = {
     **NOT_BUILT,
     "gpu": "memory bandwidth is measured on NVIDIA GPUs only; CPU-only servers have none",
-    "rebalance": "rebalance moves are counted once the scheduler (issue 5) moves a model for the rules engine",
 }
+MOVED = 'gpupack_rebalance_moves_total{result="succeeded"} >= 1'
 
 
 def components_of(expr: str) -> set[str]:
@@ -48,6 +49,8 @@ def prometheus(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFactory) 
     with run_prometheus(config, tmp_path_factory.mktemp("prometheus")) as prometheus:
         wait_for(lambda: prometheus.query(f'rate(nv_inference_request_success{{model="{LOADED_MODEL}"}}[4s]) > 0'),
                  60, "Prometheus to see the steady requests")
+        if "rebalance" in live_fleet.running:
+            wait_for(lambda: prometheus.query(MOVED), 90, "Prometheus to see the scheduler's move")
         yield prometheus
 
 
@@ -76,3 +79,13 @@ def test_variable_queries_offer_the_running_fleet(live_fleet: LiveFleet, prometh
 def test_triton_series_carry_the_server_name_the_model_dashboard_filters_on(prometheus: Prometheus) -> None:
     success = prometheus.query(f'nv_inference_request_success{{server="{SERVER}",model="{LOADED_MODEL}"}}')
     assert success and success[0]["metric"]["version"] == "1"
+
+
+def test_the_scheduler_moved_the_idle_model_to_the_spare_server(live_fleet: LiveFleet, prometheus: Prometheus) -> None:
+    live_fleet.require("rebalance")
+    assert live_fleet.spare_server.ready_models() == [IDLE_MODEL]
+    assert live_fleet.server.ready_models() == [LOADED_MODEL]
+    placement = prometheus.query(f'gpupack_model_placement{{model="{IDLE_MODEL}"}}')
+    assert [(p["metric"]["server"], p["metric"]["device"]) for p in placement] == [
+        (SPARE_SERVER, f"cpu:{SPARE_SERVER}")]
+    assert _finite(prometheus.query("sum(gpupack_rebalance_moves_total)")) == [1.0]

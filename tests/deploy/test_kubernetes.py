@@ -18,6 +18,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gpupack.config import resolve_settings
+from gpupack.exporter.settings import load_servers
+from gpupack.rules.cli import SETTINGS
+
 ROOT = Path(__file__).resolve().parents[2]
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
 CRD_SCHEMAS = {
@@ -116,3 +120,43 @@ def test_prometheus_rules_carry_every_shipped_alert(objects: dict[str, dict[str,
     plain = {rule["alert"] for path in (ROOT / "deploy" / "prometheus" / "rules").glob("*.rules.yaml")
              for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"]}
     assert alerts == plain and "GpupackExporterDown" in alerts
+
+
+def _rules_container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return objects["Deployment/gpupack-rules"]["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_scheduler_state_is_written_to_a_pod_volume_under_a_read_only_root(objects: dict[str, dict[str, Any]]) -> None:
+    pod = objects["Deployment/gpupack-rules"]["spec"]["template"]["spec"]
+    container = _rules_container(objects)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["GPUPACK_REBALANCE_STATE_DIR"]])
+    assert "emptyDir" in volume and not any(m.get("readOnly") for m in container["volumeMounts"]
+                                            if m["name"] == volume["name"])
+
+
+def test_scheduler_servers_and_apply_come_from_a_generated_configmap_the_cli_accepts(
+    objects: dict[str, dict[str, Any]]
+) -> None:
+    (name,) = [ref["configMapRef"]["name"] for ref in _rules_container(objects)["envFrom"]]
+    assert name.startswith("gpupack-rebalance-")
+    data = objects[f"ConfigMap/{name}"]["data"]
+    assert set(data) == {"GPUPACK_RULES_SERVERS", "GPUPACK_RULES_APPLY"}
+    settings = resolve_settings("rules", SETTINGS, None, {**data, "GPUPACK_RULES_POLICIES": "p.yaml"}, {})
+    assert settings["apply"] is True
+    assert load_servers(None, data, {}, section="rules") == ()  # until servers are listed: plans are logged
+    # The example in the file's comments, as a user would uncomment it.
+    (example,) = [line.lstrip("# ") for line in (KUSTOMIZATION / "scheduler.env").read_text().splitlines()
+                  if line.startswith("#") and "GPUPACK_RULES_SERVERS=" in line]
+    key, _, value = example.partition("=")
+    assert [s.name for s in load_servers(None, {key: value}, {}, section="rules")] == ["gpu-node-1", "gpu-node-2"]
+
+
+def test_each_exporter_names_its_triton_after_its_node(objects: dict[str, dict[str, Any]]) -> None:
+    """The scheduler tells servers apart by the exporter's names for them: one name per node."""
+    container = objects["DaemonSet/gpupack-exporter"]["spec"]["template"]["spec"]["containers"][0]
+    assert "--server=$(NODE_NAME)=http://$(NODE_IP):8000" in container["args"]
+    env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in container["env"]}
+    assert env["NODE_NAME"] == "spec.nodeName"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -14,7 +15,7 @@ from gpupack.rules.evaluator import evaluate
 from gpupack.rules.metrics import RulesCollector, RulesState
 from gpupack.rules.peaks import snapshot_from_json
 from gpupack.rules.policy import Action, CapacityPolicy, PolicySet, Severity
-from gpupack.rules.transitions import ViolationTracker
+from gpupack.rules.transitions import RequestOutcome, ViolationTracker
 
 from tests.rules.conftest import write_policies
 
@@ -47,13 +48,21 @@ def test_failed_fetch_exports_no_violation_and_no_headroom(seed_document):
     assert "gpupack_rules_source_up 0.0" in text
 
 
+def recorder(requests: list) -> Callable[[tuple], RequestOutcome]:
+    """A request function that records what it is asked and settles it."""
+    def request(violations: tuple) -> RequestOutcome:
+        requests.append(violations)
+        return RequestOutcome.SETTLED
+    return request
+
+
 def events(caplog) -> list[dict]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "gpupack.rules.transitions"]
 
 
 def test_one_log_line_per_new_violation_and_per_resolution_and_one_rebalance_request(seed_document, caplog):
     requests = []
-    tracker = ViolationTracker(request_rebalance=requests.append)
+    tracker = ViolationTracker(request_rebalance=recorder(requests))
     caplog.set_level(logging.INFO, logger="gpupack.rules.transitions")
     snapshot = snapshot_from_json(seed_document, "f")
     tracker.update(evaluate(snapshot, POLICIES))
@@ -71,7 +80,7 @@ def test_one_log_line_per_new_violation_and_per_resolution_and_one_rebalance_req
 
 
 def test_unknown_does_not_resolve_a_violation(seed_document, caplog):
-    tracker = ViolationTracker(request_rebalance=lambda violations: None)
+    tracker = ViolationTracker(request_rebalance=recorder([]))
     tracker.update(evaluate(snapshot_from_json(seed_document, "f"), POLICIES))
     caplog.set_level(logging.INFO, logger="gpupack.rules.transitions")
     caplog.clear()
@@ -84,7 +93,7 @@ def test_unknown_does_not_resolve_a_violation(seed_document, caplog):
 def test_alert_policies_never_request_a_rebalance(seed_document):
     requests = []
     alert_only = PolicySet((CapacityPolicy("m", resource=Resource.GPU_MEMORY, max_ratio=0.8),))
-    ViolationTracker(request_rebalance=requests.append).update(evaluate(snapshot_from_json(seed_document, "f"), alert_only))
+    ViolationTracker(request_rebalance=recorder(requests)).update(evaluate(snapshot_from_json(seed_document, "f"), alert_only))
     assert requests == []
 
 

@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpupack.rules.evaluator import Result, Status
 from gpupack.rules.loader import load_policies
 from gpupack.rules.rebalance_trigger import RebalanceTrigger
+from gpupack.rules.transitions import RequestOutcome
 from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.scheduler.safety import FileLock
@@ -137,22 +139,41 @@ def _violation(device: str) -> Result:
     return Result("gpu-memory-80", device, "", Status.VIOLATED, 384.0 * MIB, 358.4 * MIB)
 
 
-def _trigger(tmp_path: Path, server_url: str, apply: bool) -> RebalanceTrigger:
-    (tmp_path / "profile.yaml").write_text(
-        "server_baseline: {peak_gpu_memory_bytes: 64MiB}\nmodels:\n  - {model: large-a, peak_gpu_memory_bytes: 160MiB}\n")
-    servers = [ServerEndpoint("a", server_url)]
+def _trigger(tmp_path: Path, server_urls: dict[str, str], apply: bool, cooldown_seconds: float = 600.0,
+             models: tuple[str, ...] = ("large-a",)) -> RebalanceTrigger:
+    """Peaks from a profile: 64 MiB per server, 160 MiB per model, on 448 MiB devices."""
+    (tmp_path / "profile.yaml").write_text("server_baseline: {peak_gpu_memory_bytes: 64MiB}\nmodels:\n" + "".join(
+        f"  - {{model: {model}, peak_gpu_memory_bytes: 160MiB}}\n" for model in models))
+    servers = [ServerEndpoint(name, url) for name, url in server_urls.items()]
     policies = load_policies(write_policies(tmp_path, POLICY))
     rebalancer = Rebalancer(servers, ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB), policies,
-                            RebalanceSettings(state_dir=tmp_path / "state"))
+                            RebalanceSettings(state_dir=tmp_path / "state", cooldown_seconds=cooldown_seconds,
+                                              drain_seconds=0.2))
     return RebalanceTrigger(rebalancer, lambda: policies, apply=apply)
+
+
+@pytest.mark.triton
+def test_a_move_deferred_by_its_cooldown_asks_again_and_is_made_once_the_cooldown_ends(crowded_fleet, tmp_path):
+    t0, t1 = crowded_fleet
+    cooldown_seconds = 3.0
+    trigger = _trigger(tmp_path, {"t0": t0.http_url, "t1": t1.http_url}, apply=True, cooldown_seconds=cooldown_seconds,
+                       models=("large-a", "large-b"))
+    for model in ("large-a", "large-b"):
+        trigger.rebalancer.cooldowns.record_move(model)  # as if both had just moved here
+    started = time.monotonic()
+    assert trigger((_violation("cpu:t0"),)) is RequestOutcome.RETRY
+    assert t1.ready_models() == []
+    time.sleep(max(0.0, cooldown_seconds - (time.monotonic() - started)))
+    assert trigger((_violation("cpu:t0"),)) is RequestOutcome.SETTLED
+    assert len(t1.ready_models()) == 1 and len(t0.ready_models()) == 1
 
 
 def test_while_another_scheduler_holds_the_lock_the_request_is_skipped_and_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    trigger = _trigger(tmp_path, f"http://127.0.0.1:{free_port()}", apply=True)
+    trigger = _trigger(tmp_path, {"a": f"http://127.0.0.1:{free_port()}"}, apply=True)
     with caplog.at_level(logging.INFO), FileLock(tmp_path / "state" / "rebalance.lock"):
-        trigger((_violation("cpu:a"),))
+        assert trigger((_violation("cpu:a"),)) is RequestOutcome.RETRY
     (record,) = [json.loads(r.getMessage()) for r in caplog.records if "rebalance_" in r.getMessage()]
     assert record["event"] == "rebalance_skipped" and "another scheduler holds" in record["reason"]
     assert record["requested_for"] == ["gpu-memory-80@cpu:a"]
@@ -161,8 +182,8 @@ def test_while_another_scheduler_holds_the_lock_the_request_is_skipped_and_logge
 def test_a_server_that_does_not_answer_is_logged_and_the_loop_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    trigger = _trigger(tmp_path, f"http://127.0.0.1:{free_port()}", apply=False)
-    trigger((_violation("cpu:a"),))  # raises nothing
+    trigger = _trigger(tmp_path, {"a": f"http://127.0.0.1:{free_port()}"}, apply=False)
+    assert trigger((_violation("cpu:a"),)) is RequestOutcome.RETRY  # raises nothing; asks again later
     (record,) = [json.loads(r.getMessage()) for r in caplog.records if "rebalance_" in r.getMessage()]
     assert record["event"] == "rebalance_failed" and "repository index" in record["error"]
 
@@ -170,8 +191,9 @@ def test_a_server_that_does_not_answer_is_logged_and_the_loop_goes_on(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--source", "prometheus", "--prometheus-url", "http://127.0.0.1:1"],
-         "--source prometheus: the scheduler takes peaks from the exporter or a profile"),
+        (["--source", "prometheus"], "--prometheus-url is needed with --source prometheus"),
+        (["--source", "profile", "--profile", "p.yaml", "--placement", "x.yaml"],
+         "--source profile with servers needs --device-memory"),
         (["--lock", "flock:/tmp/x"], "--lock: 'flock:/tmp/x' is not file:PATH or lease:NAME"),
         (["--lock", "lease:gpupack-scheduler"], "needs POD_NAME and POD_NAMESPACE"),
         (["--max-moves", "0"], "--max-moves"),

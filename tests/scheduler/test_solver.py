@@ -8,7 +8,7 @@ from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.scheduler.bounds import dual_feasible_bound, martello_toth_l2
 from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
-from gpupack.scheduler.local_search import reduce_devices
+from gpupack.scheduler.local_search import best_repack, reduce_devices
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.solver import InfeasibleError, Objective, solve
 
@@ -168,4 +168,37 @@ def test_solver_beats_first_fit_decreasing_on_models_that_pack_in_threes():
     greedy = first_fit_decreasing(compile_problem(problem))
     result = solve(problem, time_limit_seconds=3)
     assert result.lower_bound == 100 and result.device_count <= 101 < len(_used(greedy))
+    fits(problem, result)
+
+
+def test_two_device_repack_places_the_most_any_split_can():
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        demand = rng.integers(1, 60, size=(9, 2))
+        rooms = np.array([[100, 100], [90, 110]])
+        units = demand.sum(axis=1)
+        allowed = rng.random((9, 2)) > 0.1
+        first, second = best_repack(demand, units, rooms, allowed)
+        assert not set(first) & set(second)
+        for chosen, room, k in ((first, rooms[0], 0), (second, rooms[1], 1)):
+            assert np.all(demand[chosen].sum(axis=0) <= room) and allowed[chosen, k].all()
+        best = 0
+        for split in itertools.product((-1, 0, 1), repeat=9):
+            split = np.array(split)
+            if all(np.all(demand[split == k].sum(axis=0) <= rooms[k]) and allowed[split == k, k].all() for k in (0, 1)):
+                best = max(best, int(units[split >= 0].sum()))
+        assert units[first].sum() + units[second].sum() == best
+
+
+def test_large_fleet_stays_within_its_time_limit_and_never_loses_to_first_fit_decreasing():
+    rng = np.random.default_rng(2)
+    count = 3000
+    models = tuple(
+        ModelFootprint(f"m{i}", {MEM: float(m), UTIL: float(u)})
+        for i, (m, u) in enumerate(zip(rng.integers(1, 40, count), rng.uniform(0.05, 0.5, count)))
+    )
+    problem = PlacementProblem(gpus(count), models, limits={f"gpu-{k}": {UTIL: 1.0} for k in range(1, count + 1)})
+    result = solve(problem, time_limit_seconds=1.0)
+    assert result.solve_seconds < 1.3
+    assert result.device_count <= len(_used(first_fit_decreasing(compile_problem(problem))))
     fits(problem, result)
