@@ -25,7 +25,8 @@ class _Packing:
     def __init__(self, instance: Instance):
         self.instance = instance
         self.opened = np.empty(instance.n_devices, dtype=np.int64)
-        self.room = np.empty((len(instance.resources), instance.n_devices), dtype=np.int64)  # [resource, k]: room left on opened[k]
+        # [resource, k]: room left on opened[k]
+        self.room = np.empty((len(instance.resources), instance.n_devices), dtype=np.int64)
         self.count = 0
         self.slot = np.full(instance.n_devices, -1, dtype=np.int64)
         self.devices_of: list[list[int]] = [[] for _ in range(instance.n_models)]
@@ -75,7 +76,9 @@ def relative_sizes(instance: Instance) -> np.ndarray:
     return instance.demand / largest
 
 
-def first_fit_decreasing(instance: Instance, order_key: str = "max", start: Assignment | None = None) -> Assignment | None:
+def first_fit_decreasing(
+    instance: Instance, order_key: str = "max", start: Assignment | None = None
+) -> Assignment | None:
     """Biggest models first (by largest or by summed relative size), each on the first open device
     it fits, else on a new device, opened cheapest per unit of capacity first.
 

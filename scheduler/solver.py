@@ -30,7 +30,7 @@ EXACT_MAX_PAIRS = 60_000
 # When CP-SAT follows, the local search gets at most SEARCH_SHARE of the time, and gives up after
 # PATIENCE_SHARE of it without progress: on small fleets CP-SAT then often proves the optimum.
 SEARCH_SHARE = 0.5
-PATIENCE_SHARE = 0.1
+PATIENCE_SHARE = 0.2
 
 
 def solve(
