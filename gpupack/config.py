@@ -73,7 +73,8 @@ def resolve_settings(
                 )
     values: dict[str, Any] = {}
     for setting in settings:
-        value, origin = setting.default, None
+        value: Any = setting.default
+        origin: tuple[str, str, int | None] | None = None
         if file_section and setting.key in file_section:
             value = file_section[setting.key]
             origin = ("file", config.path, file_section.line_of(setting.key))  # type: ignore[union-attr]
@@ -89,7 +90,7 @@ def resolve_settings(
     return values
 
 
-def _parse(setting: Setting, value: Any, section: str, origin: tuple) -> Any:
+def _parse(setting: Setting, value: Any, section: str, origin: tuple[str, str, int | None]) -> Any:
     try:
         return setting.parse(value)
     except (UnitError, ValueError, TypeError) as e:

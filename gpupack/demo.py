@@ -18,7 +18,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, cast
 
 import requests
 import yaml
@@ -183,7 +183,8 @@ class _Demo:
     def _check_alive(self) -> None:
         for process in self.processes:
             if process.poll() is not None:
-                raise DemoError(f"'{' '.join(process.args[3:])}' exited with status {process.returncode}; "  # type: ignore[index]
+                command = cast(list[str], process.args)  # as _start built it; the stubs allow any command form
+                raise DemoError(f"'{' '.join(command[3:])}' exited with status {process.returncode}; "
                                 f"see {self.workdir / 'logs'}")
 
     def _wait_for_peaks(self, expected_models: int, timeout_seconds: float = 90) -> None:

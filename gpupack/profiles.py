@@ -114,7 +114,7 @@ def _from_document(document: Any, path: str) -> Profile:
         seen.add(model.model)
         models.append(model)
         raw_points = row.get("points") or LineList()
-        if not isinstance(raw_points, list):
+        if not isinstance(raw_points, LineList):
             raise InputError("must be a list of measured points", path=path, line=row.line_of("points"), field=f"{where}.points")
         points[model.model] = tuple(
             _footprint(_mapping(p, path, raw_points.item_lines[k], f"{where}.points[{k}]"), model.model, path,

@@ -22,7 +22,6 @@ from gpupack.profiler.choose import Limits, choose_point
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator
 from gpupack.profiler.output import to_profile
-from gpupack.profiler.plots import write_report
 from gpupack.profiler.report import ProgressLine, format_summary
 from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
 from gpupack.profiler.sweep import Sweep, SweepPlan
@@ -121,6 +120,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     else:
         print("nothing was measured: no profile written", file=sys.stderr)
     if values["report"]:
+        from gpupack.profiler.plots import write_report  # noqa: PLC0415 - matplotlib only for --report
+
         write_report(values["report"], result, chosen)
         print(f"wrote the report to {values['report']}", file=sys.stderr)
     if result.interrupted:

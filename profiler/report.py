@@ -58,7 +58,7 @@ def format_summary(result: SweepResult, chosen: Mapping[str, PointResult]) -> st
     if result.baseline is not None:
         lines.append(f"Server alone: {_baseline(result.baseline)}")
         lines.append("")
-    rows = [_HEADER]
+    rows: list[tuple[str, ...]] = [_HEADER]
     for outcome in result.models:
         for point in outcome.points:
             mark = " *" if chosen.get(outcome.model) is point else ""

@@ -15,7 +15,7 @@ import enum
 import fnmatch
 import re
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import numpy as np
 
@@ -247,7 +247,8 @@ def _replicas(index: _Index, policy: ReplicasPolicy) -> list[Result]:
     return rows
 
 
-_EVALUATORS = {
+# Each key's evaluator takes that policy type (hence Any: a dict cannot say so per key).
+_EVALUATORS: dict[type[Policy], Callable[[_Index, Any], list[Result]]] = {
     CapacityPolicy: _capacity,
     ModelLimitPolicy: _model_limit,
     FleetPolicy: _fleet,

@@ -16,7 +16,7 @@ from gpupack.domain import Device, Resource
 from gpupack.errors import InputError
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, PeaksUnavailableError, snapshot_from_json
 from gpupack.units import parse_bytes, parse_ratio
-from gpupack.yamlfile import load_yaml_file
+from gpupack.yamlfile import LineDict, load_yaml_file
 
 PeaksSource = Callable[[], PeaksSnapshot]
 
@@ -115,7 +115,7 @@ class ProfileSource:
         profile = load_profile(self.profile_path)
         devices, placement = _load_placement_file(self.placement_path)
         footprints = {m.model: m.peaks for m in profile.models}
-        models = []
+        models: list[ModelPeaks] = []
         for model, device_names in placement.items():
             if model not in footprints:
                 raise InputError(f"model {model!r} is not in the profile {self.profile_path}",
@@ -133,7 +133,7 @@ def _load_placement_file(path: str) -> tuple[list[Device], dict[str, list[str]]]
     for position, item in enumerate(data["devices"]):
         field = f"devices[{position}]"
         line = data["devices"].item_lines[position]
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        if not isinstance(item, LineDict) or not isinstance(item.get("name"), str):
             raise InputError("needs a name", path=path, line=line, field=field)
         capacity = {}
         for key, value in (item.get("capacity") or {}).items():

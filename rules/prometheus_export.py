@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -116,7 +116,8 @@ class _Series:
     """Builds promtool input series that are fine before minute 10 and violating after it."""
 
     def __init__(self, minutes: int) -> None:
-        self.minutes, self.items = minutes, []
+        self.minutes = minutes
+        self.items: list[dict[str, str]] = []
 
     def add(self, name: str, labels: dict[str, str], before: float | None, after: float) -> None:
         head = "_" if before is None else f"{before:g}"
@@ -131,9 +132,11 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
     model_labels = {"server": server, "model": _example(policy.selector.models, "model-a"), "version": "1",
                     "device": device}
     peaks = _loaded_peaks(policy.resource, policy.selector)
-    device_filter = _matchers(Selector(devices=policy.selector.devices))
+    # The baseline takes the selector's devices and servers too: unfiltered, every other server's
+    # baseline would stand alone as a device's usage and fire wherever it exceeds the limit.
+    baseline_filter = _matchers(policy.selector, with_models=False)
     if policy.resource.is_bytes:
-        usage = f"sum by (device) ({peaks} or gpupack_server_unattributed_memory_peak_bytes{device_filter})"
+        usage = f"sum by (device) ({peaks} or gpupack_server_unattributed_memory_peak_bytes{baseline_filter})"
         if policy.max_bytes is not None:
             limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
         else:
@@ -213,8 +216,10 @@ def _replicas(policy: ReplicasPolicy, s: _Series) -> tuple[str, dict[str, str], 
     return expr, {"model": model}, f"Model {{{{ $labels.model }}}} runs on fewer than {policy.count} devices."
 
 
-_BUILDERS = {CapacityPolicy: _capacity, ModelLimitPolicy: _model_limit, FleetPolicy: _fleet, PinPolicy: _pin,
-             AntiAffinityPolicy: _anti_affinity, ReplicasPolicy: _replicas}
+# Each key's builder takes that policy type (hence Any: a dict cannot say so per key).
+_BUILDERS: dict[type[Policy], Callable[[Any, _Series], tuple[str, dict[str, str], str]]] = {
+    CapacityPolicy: _capacity, ModelLimitPolicy: _model_limit, FleetPolicy: _fleet, PinPolicy: _pin,
+    AntiAffinityPolicy: _anti_affinity, ReplicasPolicy: _replicas}
 
 
 def build_export(policies: PolicySet) -> Export:
@@ -223,7 +228,7 @@ def build_export(policies: PolicySet) -> Export:
         for_minutes = math.ceil(policy.for_seconds / 60)
         series = _Series(_START_MINUTE + for_minutes + 5)
         try:
-            expr, labels, description = _BUILDERS[type(policy)](policy, series)  # type: ignore[operator]
+            expr, labels, description = _BUILDERS[type(policy)](policy, series)
         except NotExpressible as e:
             export.skipped.append((policy.name, str(e)))
             continue

@@ -64,7 +64,11 @@ def line_of(data: Any, steps: list[Any]) -> int:
 
 def _to_input_error(error: ValidationError, data: Any, path: str) -> InputError:
     steps = list(error.absolute_path)
-    instance, schema = error.instance, error.schema
+    # Errors from iter_errors always carry these; the stubs also allow the `Unset` sentinel of a
+    # hand-built error (and a bare boolean schema, which the policy schema never uses).
+    instance: Any = error.instance
+    schema: Any = error.schema
+    expected_value: Any = error.validator_value
     message = error.message
     if error.validator == "additionalProperties":
         known = sorted(schema.get("properties", {}))
@@ -73,12 +77,12 @@ def _to_input_error(error: ValidationError, data: Any, path: str) -> InputError:
         steps.append(key)
         message = f"unknown field (known: {', '.join(known)})"
     elif error.validator == "required":
-        missing = [key for key in error.validator_value if key not in instance]
+        missing = [key for key in expected_value if key not in instance]
         return InputError("required field is missing", path=path, line=line_of(data, steps),
                           field=field_name([*steps, missing[0]]))
     elif error.validator == "dependentRequired":
-        present = next(k for k, needs in error.validator_value.items() if k in instance and any(n not in instance for n in needs))
-        needed = [n for n in error.validator_value[present] if n not in instance]
+        present = next(k for k, needs in expected_value.items() if k in instance and any(n not in instance for n in needs))
+        needed = [n for n in expected_value[present] if n not in instance]
         steps.append(present)
         message = f"needs {', '.join(needed)} in the same policy"
     elif error.validator == "oneOf":
@@ -89,16 +93,16 @@ def _to_input_error(error: ValidationError, data: Any, path: str) -> InputError:
         else:
             message = f"a policy needs one of: {', '.join(KIND_KEYS)}"
     elif error.validator == "enum":
-        message = f"{instance!r} is not one of: {', '.join(map(str, error.validator_value))}"
+        message = f"{instance!r} is not one of: {', '.join(map(str, expected_value))}"
     elif error.validator == "type":
-        expected = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        message = f"must be {' or '.join(_TYPE_NAMES.get(t, t) for t in expected)}, not {_describe(instance)}"
+        expected = expected_value if isinstance(expected_value, list) else [expected_value]
+        message = f"must be {' or '.join(_TYPE_NAMES.get(t, str(t)) for t in expected)}, not {_describe(instance)}"
         if not steps:
             message = "top level must be a mapping with a 'policies' list"
     elif error.validator == "minimum":
-        message = f"must be at least {error.validator_value}"
+        message = f"must be at least {expected_value}"
     elif error.validator == "minItems":
-        message = f"needs at least {error.validator_value} entries"
+        message = f"needs at least {expected_value} entries"
     elif error.validator == "minLength":
         message = "must not be empty"
     elif error.validator == "minProperties":

@@ -69,7 +69,7 @@ class _Model:
         for a, b in zip(device_class, device_class[1:]):
             self.model.AddImplication(self.y[b], self.y[a])
 
-    def expression(self, objective: Objective) -> cp_model.LinearExpr:
+    def expression(self, objective: Objective) -> cp_model.LinearExprT:
         inst = self.instance
         if objective is Objective.MIN_DEVICES:
             return sum(self.y.values())

@@ -87,8 +87,8 @@ def first_fit_decreasing(
     """
     packing = _Packing(instance)
     for i, devices in sorted((start or {}).items()):
-        for d in sorted(devices):
-            packing.place(i, d)
+        for device in sorted(devices):
+            packing.place(i, device)
     sizes = relative_sizes(instance)
     key = sizes.max(axis=1) if order_key == "max" else sizes.sum(axis=1)
     order = np.lexsort((-sizes.sum(axis=1), -key))

@@ -106,7 +106,8 @@ def _at_full_capacity(policies: PolicySet | None) -> tuple[tuple[str, ...], Poli
     if not tight:
         return None
     full = [
-        dataclasses.replace(p, max_ratio=1.0, max_bytes=None, headroom_ratio=0.0) if p in tight else p
+        dataclasses.replace(p, max_ratio=1.0, max_bytes=None, headroom_ratio=0.0)
+        if isinstance(p, CapacityPolicy) and p in tight else p
         for p in policies.policies
     ]
     return tuple(p.name for p in tight), PolicySet(tuple(full))

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if args.profile:
         if settings["device_memory"] is None:
             raise InputError("--profile needs --device-memory (the memory of each server's device)")
-        inputs = ProfileInputs(args.profile, servers, settings["device_memory"])
+        inputs: ProfileInputs | ExporterInputs = ProfileInputs(args.profile, servers, settings["device_memory"])
     elif settings["exporter"]:
         inputs = ExporterInputs(settings["exporter"])
     else:

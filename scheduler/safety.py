@@ -160,7 +160,7 @@ class LeaseLock:
         now = self._clock()
         response = self.api.request("GET", f"{self._collection}/{self.name}")
         if response.status_code == 404:
-            spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_duration_seconds,
+            spec: dict[str, Any] = {"holderIdentity": self.identity, "leaseDurationSeconds": self.lease_duration_seconds,
                     "acquireTime": _micro_time(now), "renewTime": _micro_time(now), "leaseTransitions": 0}
             document = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                         "metadata": {"name": self.name, "namespace": self.namespace}, "spec": spec}

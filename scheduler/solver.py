@@ -92,9 +92,9 @@ def _devices(assignment: Assignment) -> int:
 
 def _pairs(instance: Instance, hint: Assignment | None, primary: Objective) -> int:
     """How many (model, device) decisions the exact model will have, once trimmed to the hint."""
-    trimmed = hint is not None and primary in (Objective.MIN_DEVICES, Objective.MIN_COST)
-    devices = min(instance.n_devices, _devices(hint)) if trimmed else instance.n_devices
-    return instance.n_models * devices
+    if hint is None or primary not in (Objective.MIN_DEVICES, Objective.MIN_COST):
+        return instance.n_models * instance.n_devices
+    return instance.n_models * min(instance.n_devices, _devices(hint))
 
 
 def _within_max_devices(instance: Instance, assignment: Assignment) -> bool:

@@ -73,7 +73,7 @@ class TritonPythonModel:
         if _parameter(config, "fail_to_load", 0):
             raise pb_utils.TritonModelException("configured with fail_to_load")
         if args.get("model_instance_kind") == "GPU":
-            self.memory = _GpuMemory(int(args["model_instance_device_id"]))
+            self.memory: _GpuMemory | _HostMemory = _GpuMemory(int(args["model_instance_device_id"]))
         else:
             self.memory = _HostMemory()
         self.resident = self.memory.allocate(self.footprint_bytes)
