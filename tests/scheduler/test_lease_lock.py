@@ -29,7 +29,7 @@ _PATH = re.compile(r"^/apis/coordination\.k8s\.io/v1/namespaces/([^/]+)/leases(?
 
 
 class FakeLeaseApi:
-    """Leases by (namespace, name); ``after_get`` runs once the next GET has been answered."""
+    """Leases by (namespace, name); ``after_get`` runs once the next GET's answer is decided, before it is sent."""
 
     def __init__(self) -> None:
         self.leases: dict[tuple[str, str], dict[str, Any]] = {}
@@ -55,10 +55,11 @@ class FakeLeaseApi:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"null")
                 with api._lock:
                     status, answer = api.answer(method, match.group(1), match.group(2), body)
-                self._reply(status, answer)
                 if method == "GET" and api.after_get is not None:
+                    # Before the reply leaves: the client cannot write before the other pod has.
                     hook, api.after_get = api.after_get, None
                     hook()
+                self._reply(status, answer)
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 self._handle("GET")
