@@ -19,7 +19,6 @@ whole model for the rest of the peak window.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -46,7 +45,7 @@ class ServerInputs:
     triton_is_new: bool = True  # Triton is polled less often than devices are sampled
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceUsage:
     device: str
     kind: str  # gpu, mig, cpu
@@ -62,7 +61,7 @@ class DeviceUsage:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # a thousand or more per sample: no per-instance dict
 class ModelUsage:
     server: str
     model: str
@@ -150,7 +149,9 @@ def _apportion(models: list[ModelUsage], device_ratio: float | None, shares: Map
     for m, pick in zip(models, unmeasured):
         if pick:
             share = shares[(m.model, m.version)] / total if total > 0 else 0.0
-            m = dataclasses.replace(m, utilization_ratio=left * share, utilization_source="apportioned")
+            # Not dataclasses.replace: it introspects the fields, and this runs per model per sample.
+            m = ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
+                           left * share, "apportioned", m.loaded)
         result.append(m)
     return result
 

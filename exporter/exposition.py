@@ -16,8 +16,8 @@ from typing import Iterable
 from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 
-# series (name, *label values) -> (its "name{labels} " text, the value last rendered, that line)
-SeriesLines = dict[tuple[str, ...], tuple[str, float, str]]
+# series (name, *label values) -> (that key, its "name{labels} " text, the value last rendered, that line)
+SeriesLines = dict[tuple[str, ...], tuple[tuple[str, ...], str, float, str]]
 
 
 def _escape_value(value: str) -> str:
@@ -50,17 +50,19 @@ class TextRenderer:
             lines.append(f"# HELP {name} {doc}\n# TYPE {name} {metric.type}\n")
             for sample in metric.samples:
                 # A family's label names are fixed, so its values in order identify the series.
+                # The cache keeps the key it was stored under, so this one dies at once rather than
+                # outliving the render (thousands of tuples a render would else feed the cyclic GC).
                 key = (sample.name, *sample.labels.values())
                 known = previous.get(key)
                 if known is None:
-                    known = (_series_text(sample.name, sample.labels), sample.value, "")
-                elif known[1] == sample.value:
-                    current[key] = known
-                    lines.append(known[2])
+                    known = (key, _series_text(sample.name, sample.labels), sample.value, "")
+                elif known[2] == sample.value:
+                    current[known[0]] = known
+                    lines.append(known[3])
                     continue
-                known = (known[0], sample.value, f"{known[0]}{floatToGoString(sample.value)}\n")
-                current[key] = known
-                lines.append(known[2])
+                known = (known[0], known[1], sample.value, f"{known[1]}{floatToGoString(sample.value)}\n")
+                current[known[0]] = known
+                lines.append(known[3])
         # Concurrent renders may each replace this; the worst outcome is a colder cache.
         self._previous = current
         return "".join(lines).encode()

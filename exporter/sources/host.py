@@ -2,7 +2,8 @@
 
 Memory is the resident set of the server's process tree (``tritonserver`` plus backend stubs),
 CPU time its utilisation. Discovering the tree scans all of ``/proc``, so it is refreshed on a
-slower beat than the samples; reading a known process's RSS and CPU time is cheap.
+slower beat than the samples; reading a known process's RSS and CPU time is one small read
+(:mod:`procfs`). psutil finds the listening server and the machine's memory and cores.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import psutil
 
 from gpupack.exporter.settings import ServerConfig
 from gpupack.exporter.sources import SourceError
-from gpupack.triton_processes import BackendProcess, backend_processes
+from gpupack.exporter.sources.procfs import ProcStat, descendants, read_cmdline, read_stat
+from gpupack.triton_processes import BackendProcess, parse_stub_cmdline
 
 TREE_REFRESH_SECONDS = 1.0
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProcessUsage:
     pid: int
     rss_bytes: int
@@ -129,8 +131,9 @@ class HostSource:
         self._memory_limit = memory_limit
         self._host_memory_bytes = host_memory_bytes
         self._clock = clock
-        self._root: psutil.Process | None = None
-        self._tree: dict[int, psutil.Process] = {}
+        self._root: ProcStat | None = None
+        self._tree: dict[int, int] = {}  # child PID -> its start time, in ticks since boot
+        self._identities: dict[tuple[int, int], BackendProcess] = {}  # (PID, start) of each stub
         self._backends: tuple[BackendProcess, ...] = ()
         self._capacity_bytes = 0
         self._cores = 1.0
@@ -139,23 +142,20 @@ class HostSource:
 
     def read(self) -> HostReading:
         now = self._clock()
-        root = self._root_process()
+        root = self._root_stat()
+        stats: Sequence[ProcStat | None]
         if now - self._tree_read_at >= TREE_REFRESH_SECONDS:
-            self._refresh_tree(root)
+            stats = self._refresh_tree(root)
             self._tree_read_at = now
-        processes = {}
-        for pid, process in list(self._tree.items()):
-            try:
-                with process.oneshot():
-                    rss = process.memory_info().rss
-                    cpu = process.cpu_times()
-            except psutil.Error:
-                if pid == root.pid:
-                    self._root = None
-                    raise SourceError(f"server {self.server.name}: tritonserver (pid {pid}) is gone") from None
+        else:
+            stats = [read_stat(pid) for pid in self._tree]
+        processes = {root.pid: ProcessUsage(root.pid, root.rss_bytes, root.cpu_seconds)}
+        for pid, stat in zip(list(self._tree), stats):
+            # A PID that now names another process (it started at another time) is a stub that is gone.
+            if stat is None or stat.start_ticks != self._tree[pid]:
                 del self._tree[pid]
                 continue
-            processes[pid] = ProcessUsage(pid, rss, cpu.user + cpu.system)
+            processes[pid] = ProcessUsage(pid, stat.rss_bytes, stat.cpu_seconds)
         alive = tuple(b for b in self._backends if b.pid in processes)
         return HostReading(
             server=self.server.name,
@@ -168,9 +168,13 @@ class HostSource:
             backends=alive,
         )
 
-    def _root_process(self) -> psutil.Process:
-        if self._root is not None and self._root.is_running():
-            return self._root
+    def _root_stat(self) -> ProcStat:
+        if self._root is not None:
+            stat = read_stat(self._root.pid)
+            if stat is not None and stat.start_ticks == self._root.start_ticks:
+                return stat
+            gone, self._root = self._root.pid, None
+            raise SourceError(f"server {self.server.name}: tritonserver (pid {gone}) is gone")
         pid = self.server.pid
         if pid is None:
             # Looking for the listener lists every socket on the machine: not on every sample.
@@ -182,25 +186,28 @@ class HostSource:
             pid = self._find_pid(port) if port else None
         if pid is None:
             raise SourceError(f"server {self.server.name}: no tritonserver listening on port {self.server.port}")
-        try:
-            self._root = psutil.Process(pid)
-        except psutil.Error as e:
-            raise SourceError(f"server {self.server.name}: process {pid} is not running") from e
+        stat = read_stat(pid)
+        if stat is None:
+            raise SourceError(f"server {self.server.name}: process {pid} is not running")
+        self._root = stat
         self._tree = {}
         self._tree_read_at = float("-inf")
-        return self._root
+        return stat
 
-    def _refresh_tree(self, root: psutil.Process) -> None:
-        try:
-            children = root.children(recursive=True)
-        except psutil.Error as e:
-            self._root = None
-            raise SourceError(f"server {self.server.name}: tritonserver (pid {root.pid}) is gone") from e
-        known = self._tree
-        self._tree = {root.pid: known.get(root.pid, root)}
+    def _refresh_tree(self, root: ProcStat) -> Sequence[ProcStat]:
+        """Re-list the tree; returns the children's fresh stats, in the order of ``self._tree``."""
+        children = descendants(root.pid)
+        self._tree = {child.pid: child.start_ticks for child in children}
+        # A stub's command line does not change once it is one, so only new processes are parsed.
+        # Others are read again: a child between fork and exec still shows the server's.
+        known, self._identities = self._identities, {}
         for child in children:
-            self._tree[child.pid] = known.get(child.pid, child)
-        self._backends = tuple(backend_processes(root.pid, children))
+            key = (child.pid, child.start_ticks)
+            identity = known.get(key) or parse_stub_cmdline(read_cmdline(child.pid), child.pid)
+            if identity is not None:
+                self._identities[key] = identity
+        self._backends = tuple(self._identities.values())
         limit = self._memory_limit(root.pid)
         self._capacity_bytes = limit or self.server.memory_budget_bytes or self._host_memory_bytes()
         self._cores = _cores(root.pid)
+        return children

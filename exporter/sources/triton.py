@@ -154,7 +154,8 @@ def make_client(server: ServerConfig) -> TritonClient:
     return GrpcTritonClient(server) if server.protocol == "grpc" else HttpTritonClient(server)
 
 
-def _fetch_metrics(server: ServerConfig) -> str | None:
+def _fetch_metrics(server: ServerConfig, session: requests.Session) -> str | None:
+    """``session`` keeps the connection between polls: a new one each second cost more than the read."""
     if not server.metrics_url:
         return None
     tls = server.tls
@@ -163,7 +164,7 @@ def _fetch_metrics(server: ServerConfig) -> str | None:
     if tls:
         verify = False if tls.insecure else (tls.ca_file or True)
         cert = (tls.cert_file, tls.key_file) if tls.cert_file and tls.key_file else tls.cert_file
-    response = requests.get(server.metrics_url, headers=dict(server.headers), timeout=server.timeout_seconds,
+    response = session.get(server.metrics_url, headers=dict(server.headers), timeout=server.timeout_seconds,
                             verify=verify, cert=cert)
     response.raise_for_status()
     return response.text
@@ -182,6 +183,7 @@ class HttpTritonClient:
         if server.tls and server.tls.key_file:
             ssl_options["keyfile"] = server.tls.key_file
         self._server = server
+        self._metrics_session = requests.Session()
         self._headers = dict(server.headers) or None
         self._client = httpclient.InferenceServerClient(
             address,
@@ -202,7 +204,7 @@ class HttpTritonClient:
         return self._client.get_inference_statistics(headers=self._headers).get("model_stats", [])
 
     def metrics_text(self) -> str | None:
-        return _fetch_metrics(self._server)
+        return _fetch_metrics(self._server, self._metrics_session)
 
 
 class GrpcTritonClient:
@@ -217,6 +219,7 @@ class GrpcTritonClient:
             return Path(path).read_bytes() if path else None
 
         self._server = server
+        self._metrics_session = requests.Session()
         self._headers = dict(server.headers) or None
         self._timeout = server.timeout_seconds
         self._client = grpcclient.InferenceServerClient(
@@ -241,4 +244,4 @@ class GrpcTritonClient:
         return answer.get("model_stats", [])
 
     def metrics_text(self) -> str | None:
-        return _fetch_metrics(self._server)
+        return _fetch_metrics(self._server, self._metrics_session)
