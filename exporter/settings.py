@@ -6,13 +6,12 @@ the server list is parsed here because its errors must name the item and line in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.config import ConfigFile, Setting, default_state_dir, parse_listen, resolve_settings
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
 from gpupack.units import UnitError, parse_bytes, parse_duration
@@ -63,14 +62,6 @@ class ExporterSettings:
     profile: Profile | None = None  # model peaks for models nothing on the machine measures
 
 
-def _listen(value: Any) -> tuple[str, int]:
-    text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:{DEFAULT_PORT})")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 def _backends(value: Any) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value)
     names = tuple(str(item).strip() for item in items if str(item).strip())
@@ -100,13 +91,8 @@ def _default_backends() -> tuple[str, ...]:
     return ("nvml",) if Path("/proc/driver/nvidia/version").exists() else ("host",)
 
 
-def _default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base) / "gpupack" / "exporter")
-
-
 SETTINGS = (
-    Setting("listen", _listen, ("0.0.0.0", DEFAULT_PORT), "HOST:PORT to serve /metrics and /api/v1/peaks on"),
+    Setting("listen", lambda v: parse_listen(v, DEFAULT_PORT), ("0.0.0.0", DEFAULT_PORT), "HOST:PORT to serve /metrics and /api/v1/peaks on"),
     Setting("servers", lambda v: v, None, "Triton servers to watch"),
     Setting("backend", _backends, None, "device backends: nvml, host (default: nvml with a driver, else host)"),
     Setting("sample_hz", _sample_hz, 5.0, "samples per second, independent of scrapes"),
@@ -130,7 +116,7 @@ def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: 
         backends=values["backend"] or _default_backends(),
         sample_interval_seconds=1.0 / values["sample_hz"],
         peak_window_seconds=values["peak_window"],
-        state_dir=Path(values["state_dir"] or _default_state_dir()),
+        state_dir=Path(values["state_dir"] or default_state_dir("exporter")),
         profile=load_profile(values["profile"]) if values["profile"] else None,
     )
 

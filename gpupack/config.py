@@ -6,6 +6,7 @@ plain typed values before anything starts, and names the exact place a bad value
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -40,6 +41,21 @@ class ConfigFile:
         if not isinstance(value, dict):
             raise InputError("must be a mapping", path=self.path, line=self.data.line_of(name), field=name)
         return value  # type: ignore[return-value]
+
+
+def parse_listen(value: Any, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) for a daemon's HTTP server; an empty host is every interface."""
+    text = str(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:{default_port})")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def default_state_dir(component: str = "") -> str:
+    """Where a daemon keeps what must survive restarts, per the XDG base directory spec."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "gpupack" / component) if component else str(Path(base) / "gpupack")
 
 
 def load_config_file(path: str | Path) -> ConfigFile:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from prometheus_client import make_wsgi_app
 
-from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.config import ConfigFile, Setting, parse_listen, resolve_settings
 from gpupack.errors import ExitStatus, InputError
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.loader import load_policies
@@ -44,20 +44,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECTION = "rules"
-DEFAULT_LISTEN = "0.0.0.0:9479"
+DEFAULT_PORT = 9479
 
 
 def _source(value: Any) -> str:
     if value not in SOURCES:
         raise ValueError(f"unknown source {value!r} (known: {', '.join(SOURCES)})")
     return str(value)
-
-
-def _listen(value: Any) -> tuple[str, int]:
-    host, sep, port = str(value).rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT (e.g. {DEFAULT_LISTEN})")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def _positive_duration(value: Any) -> float:
@@ -85,7 +78,8 @@ SETTINGS = (
     Setting("profile", str, help="profile file (gpupack profile), with --source profile"),
     Setting("placement", str, help="devices and proposed placement (YAML), with --source profile"),
     Setting("interval", _positive_duration, 30.0, "evaluation interval for 'run' (default: 30s)"),
-    Setting("listen", _listen, DEFAULT_LISTEN, f"/metrics address for 'run' (default: {DEFAULT_LISTEN})"),
+    Setting("listen", lambda v: parse_listen(v, DEFAULT_PORT), ("0.0.0.0", DEFAULT_PORT),
+            f"/metrics address for 'run' (default: 0.0.0.0:{DEFAULT_PORT})"),
     # Parsed by the exporter's server list parser (load_servers); here for the file's known keys.
     Setting("servers", lambda value: value, help="Triton servers the scheduler manages, with 'run'"),
     Setting("apply", _boolean, False, "carry out rebalance plans (default: log them only)"),

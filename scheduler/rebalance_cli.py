@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.config import ConfigFile, Setting, default_state_dir, resolve_settings
 from gpupack.errors import ExitStatus, InputError
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
@@ -22,11 +22,6 @@ from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.scheduler.safety import LOCK_SETTING, lock_factory
 from gpupack.scheduler.triton_control import ServerEndpoint
 from gpupack.units import parse_bytes, parse_duration
-
-
-def _default_state_dir() -> str:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return str(Path(base) / "gpupack")
 
 
 def _count(value: object) -> int:
@@ -44,7 +39,7 @@ SETTINGS = (
     Setting("cooldown", parse_duration, 600.0, help="time a moved model stays put"),
     Setting("step_timeout", parse_duration, 60.0, help="longest a step may take before it is rolled back"),
     Setting("drain", parse_duration, 5.0, help="both copies serve this long before the source is unloaded"),
-    Setting("state_dir", str, _default_state_dir(), help="lock, cooldowns and audit log"),
+    Setting("state_dir", str, default_state_dir(), help="lock, cooldowns and audit log"),
     LOCK_SETTING,
 )
 

@@ -51,3 +51,19 @@ def test_broken_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "exporter:\n  listen: [oops\n")
     with pytest.raises(InputError, match=rf"^{path}:\d+: invalid YAML"):
         load_config_file(path)
+
+
+def test_listen_addresses_accept_ipv6_and_an_empty_host_and_name_the_example():
+    from gpupack.config import parse_listen
+
+    assert parse_listen("[::1]:9479", 9479) == ("::1", 9479)
+    assert parse_listen(":9478", 9478) == ("0.0.0.0", 9478)
+    with pytest.raises(ValueError, match=r"'localhost' is not HOST:PORT \(e.g. 0.0.0.0:9479\)"):
+        parse_listen("localhost", 9479)
+
+
+def test_rules_engine_listens_on_9479_by_default():
+    """The default used to stay an unparsed string, and `rules run` crashed unpacking it."""
+    from gpupack.rules.cli import SETTINGS
+
+    assert resolve_settings("rules", SETTINGS, None, {}, {})["listen"] == ("0.0.0.0", 9479)
