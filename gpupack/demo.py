@@ -22,6 +22,8 @@ from typing import Any, Iterator, Sequence, cast
 
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from gpupack.config import ConfigFile
 from gpupack.errors import GpupackError
@@ -206,31 +208,26 @@ class _Demo:
         reported_moves = 0
         while time.monotonic() < deadline:
             self._check_alive()
-            metrics = self._rules_metrics()
-            moves = int(metrics.get('gpupack_rebalance_moves_total{result="succeeded"}', 0))
+            samples = self._rules_samples()
+            moves = int(sum(s.value for s in samples if s.name == "gpupack_rebalance_moves_total"
+                            and s.labels.get("result") == "succeeded"))
             if moves > reported_moves:
                 self.say(f"scheduler: {moves} model move(s) done, each ready on its new device before "
                          "leaving the old one")
                 reported_moves = moves
-            violated = [k for k, v in metrics.items() if k.startswith("gpupack_policy_violation{") and v == 1]
-            evaluated = any(k.startswith("gpupack_policy_headroom_ratio{") for k in metrics)
+            violated = [s for s in samples if s.name == "gpupack_policy_violation" and s.value == 1]
+            evaluated = any(s.name == "gpupack_policy_headroom_ratio" for s in samples)
             if moves and evaluated and not violated:
                 return
             time.sleep(1)
         raise DemoError(f"the fleet was not rebalanced within {timeout_seconds:.0f}s; see {self.workdir / 'logs'}")
 
-    def _rules_metrics(self) -> dict[str, float]:
+    def _rules_samples(self) -> list[Sample]:
         try:
             text = requests.get(f"{self.rules_url}/metrics", timeout=2).text
         except requests.RequestException:
-            return {}
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    samples[name] = float(value)
-        return samples
+            return []
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
 
     def _evaluate(self, config_path: Path) -> list[dict[str, Any]]:
         result = subprocess.run(
