@@ -39,15 +39,21 @@ def files(tmp_path: Path) -> dict[str, Path]:
     return {"profile": tmp_path / "profile.yaml", "policies": tmp_path / "policies.yaml", "state": tmp_path / "state"}
 
 
-@pytest.mark.triton
-def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
-    start_triton: Callable[..., TritonServer], files: dict[str, Path], tmp_path: Path
-) -> None:
+@pytest.fixture
+def crowded_fleet(start_triton: Callable[..., TritonServer], tmp_path: Path) -> tuple[TritonServer, TritonServer]:
+    """Server a holds two large models over the 80% policy; server b is empty."""
     repository = write_model_repository(
         tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
     )
     a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
-    b = start_triton(name="b", repository=repository)
+    return a, start_triton(name="b", repository=repository)
+
+
+@pytest.mark.triton
+def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
+    crowded_fleet: tuple[TritonServer, TritonServer], files: dict[str, Path]
+) -> None:
+    a, b = crowded_fleet
     common = [
         "--server", f"a={a.http_url}", "--server", f"b={b.http_url}",
         "--profile", str(files["profile"]), "--device-memory", DEVICE_MEMORY,
@@ -78,13 +84,9 @@ def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
 
 @pytest.mark.triton
 def test_a_moved_model_waits_out_its_cooldown(
-    start_triton: Callable[..., TritonServer], files: dict[str, Path], tmp_path: Path
+    crowded_fleet: tuple[TritonServer, TritonServer], files: dict[str, Path]
 ) -> None:
-    repository = write_model_repository(
-        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
-    )
-    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
-    b = start_triton(name="b", repository=repository)
+    a, b = crowded_fleet
     files["state"].mkdir()
     (files["state"] / "cooldown.json").write_text(json.dumps({"large-a": 4e9, "large-b": 4e9}))
     result = gpupack(
