@@ -8,6 +8,7 @@ be stale), and leaves a trail in the audit log and the metrics.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,8 @@ from gpupack.scheduler.problem import Objective
 from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
 from gpupack.scheduler.solver import solve
 from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
+
+log = logging.getLogger(__name__)
 
 # Fewest moves first; among those, the most headroom.
 OBJECTIVES = (Objective.MIN_MOVES, Objective.BALANCE)
@@ -178,6 +181,7 @@ class Rebalancer:
                 self.progress(f"[{number}/{len(admitted)}] failed: {e}")
                 break  # later steps were planned assuming this one; stop here
             self.cooldowns.record_move(step.model)
+            self._republish_placement(plan.inputs)  # before the counter: a scrape never sees a move done but not placed
             self.state.count_moves("succeeded")
             outcomes.append(StepOutcome(step, True, time.monotonic() - started))
             self.progress(f"[{number}/{len(admitted)}] done in {outcomes[-1].seconds:.1f}s")
@@ -190,6 +194,13 @@ class Rebalancer:
         self._read_fleet(plan.inputs)
         self.audit.record("run_finished", succeeded=outcome.succeeded, steps_done=sum(o.succeeded for o in outcomes))
         return outcome
+
+    def _republish_placement(self, inputs: FleetInputs) -> None:
+        """A step is done whether or not the fleet answers the read that follows it."""
+        try:
+            self._read_fleet(inputs)
+        except GpupackError as e:
+            log.warning("placement not re-read after a step, /api/v1/placement shows the last one read: %s", e)
 
     def _executor(self, plan: RebalancePlan) -> Executor:
         context = StepContext(

@@ -113,12 +113,13 @@ def test_a_crowded_device_is_planned_in_dry_run_then_split_by_apply_and_stays_cl
     assert t0.ready_models() == ["large-a", "large-b"] and t1.ready_models() == []
 
     applying = rules_process(*common, "--apply")
-    body = wait_for(applying.metrics, SUCCEEDED, timeout_seconds=30)
+    # The run's end is stamped last: by then its move is counted and placed.
+    body = wait_for(applying.metrics, "gpupack_rebalance_last_success_timestamp_seconds ", timeout_seconds=30)
     (moved,) = t1.ready_models()
     assert sorted(t0.ready_models() + [moved]) == ["large-a", "large-b"]
+    assert SUCCEEDED in body
     assert f'gpupack_model_placement{{device="cpu:t1",model="{moved}",server="t1",version="1"}} 1.0' in body
     assert f'model="{moved}",server="t0"' not in body
-    assert "gpupack_rebalance_last_success_timestamp_seconds " in body
     placement = requests.get(applying.metrics.replace("/metrics", "/api/v1/placement"), timeout=5).json()
     assert {(m["server"], m["model"], m["device"]) for m in placement["models"]} == {
         ("t1", moved, "cpu:t1"), ("t0", ({"large-a", "large-b"} - {moved}).pop(), "cpu:t0")}

@@ -45,6 +45,18 @@ def rebalancer(tmp_path: Path, servers: list[ServerEndpoint], state: RebalanceSt
     )
 
 
+class ScrapedAtEveryCount(RebalanceState):
+    """Keeps what a scrape would have seen the moment each move is counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_when_counted: list[set[tuple[str, str]]] = []
+
+    def count_moves(self, result: str, count: int = 1) -> None:
+        self.seen_when_counted.append({(m.server, m.model) for m in self.snapshot().placement})
+        super().count_moves(result, count)
+
+
 def test_no_violations_means_nothing_is_read_or_moved(tmp_path: Path) -> None:
     state = RebalanceState()
     unreachable = [ServerEndpoint("a", "http://127.0.0.1:1")]
@@ -61,11 +73,13 @@ def test_a_rebalance_request_moves_the_model_and_publishes_where_it_went(
     )
     a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
     b = start_triton(name="b", repository=repository)
-    state = RebalanceState()
+    state = ScrapedAtEveryCount()
     servers = [ServerEndpoint("a", a.http_url), ServerEndpoint("b", b.http_url)]
     outcome = rebalancer(tmp_path, servers, state).request(["gpu-memory-80 violated on cpu:a"])
     assert outcome is not None and outcome.succeeded
     (moved,) = b.ready_models()
+    (seen,) = state.seen_when_counted
+    assert ("b", moved) in seen and ("a", moved) not in seen, "a scrape saw the move counted before it was placed"
 
     app = make_wsgi_app(state)
     status, body = get(app, "/api/v1/placement")
