@@ -26,7 +26,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gpupack.exporter.collector import SnapshotCollector  # noqa: E402
-from gpupack.exporter.daemon import Exporter  # noqa: E402
+from gpupack.exporter.daemon import Exporter, settle_heap  # noqa: E402
 from gpupack.exporter.exposition import TextRenderer, text_format  # noqa: E402
 from gpupack.exporter.settings import ExporterSettings, ServerConfig  # noqa: E402
 from gpupack.exporter.sources.nvml import NvmlDoor  # noqa: E402
@@ -99,6 +99,7 @@ def bench_scale() -> None:
         _settings(servers, Path(state), ("nvml",)), client_factory=lambda s: clients[s.name],
         nvml_door=NvmlDoor(fake_pynvml(gpus)),
     ) as exporter:
+        settle_heap()  # as `gpupack exporter` does once started
         baseline_times, baseline_size = _scrape_times(f"{exporter.url}/healthz", SCRAPES)
         time.sleep(2.0)
         snapshot = exporter.holder.get()
@@ -160,6 +161,7 @@ def bench_real_cpu(measure_seconds: float = 20.0) -> None:
             idle_share = (_cpu_seconds() - idle_before) / (measure_seconds / 4)
             servers = [ServerConfig(s.name, s.http_url, pid=s.pid, metrics_url=s.metrics_url) for s in fleet]
             with Exporter(_settings(servers, Path(work) / "state", ("host",))) as exporter:
+                settle_heap()
                 time.sleep(2.0)
                 loaded = len(exporter.holder.get().models)
                 cpu_before, wall_before = _cpu_seconds(), time.monotonic()

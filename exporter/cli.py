@@ -10,7 +10,7 @@ import signal
 import threading
 
 from gpupack.config import ConfigFile
-from gpupack.exporter.daemon import Exporter
+from gpupack.exporter.daemon import Exporter, settle_heap
 from gpupack.exporter.settings import BACKENDS, load_settings
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     with Exporter(settings) as exporter:
+        settle_heap()
         log.info("serving %s/metrics for %s (backends: %s, %.3g samples/s, peaks in %s)", exporter.url,
                  ", ".join(s.name for s in settings.servers), ", ".join(settings.backends),
                  1 / settings.sample_interval_seconds, settings.state_dir)

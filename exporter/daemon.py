@@ -201,8 +201,11 @@ class Sampler:
         )
 
 
-def _settle_heap() -> None:
+def settle_heap() -> None:
     """Take what exists at start-up (imports, clients, loaded peaks) out of the cyclic collector's view.
+
+    Process-wide, so the daemon's entry point calls it once the exporter has started, not the
+    :class:`Exporter` (which tests and benchmarks also build in processes of their own).
 
     It lives as long as the process, yet a full collection walks all of it -- tens of thousands of
     objects, ~15 ms holding the GIL -- and snapshots of thousands of objects at 5 Hz trigger one
@@ -273,7 +276,6 @@ class Exporter:
             poller.start()
         for server in self.settings.servers:  # so the first sample already knows which models are loaded
             self.pollers[server.name].first_poll_done.wait(server.timeout_seconds + 1.0)
-        _settle_heap()
         self._thread.start()
         self.http.start()
         return self
