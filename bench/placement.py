@@ -101,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
     targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}
-    rows += [run_case(f"random fleet, 3 resources", random_fleet(n), args.time_limit, targets[n]) for n in targets]
+    rows += [run_case("random fleet, 3 resources", random_fleet(n), args.time_limit, targets[n]) for n in targets]
     print_rows("Placement (bound: gpupack's lower bound)", rows, "bound")
     if args.quick or not BPP_DIR.is_dir():
         return

@@ -8,12 +8,11 @@ the same process over the same capacity policies, and its values are checked aga
 
 from __future__ import annotations
 
-import fnmatch
 import random
 import time
 
 from gpupack.domain import Device, Resource
-from gpupack.rules.evaluator import Status, evaluate
+from gpupack.rules.evaluator import evaluate
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot
 from gpupack.rules.policy import (
     AntiAffinityPolicy,

@@ -123,8 +123,9 @@ def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: 
 
 def load_servers(config: ConfigFile | None, environ: Mapping[str, str], flags: Mapping[str, Any],
                  section: str = SECTION) -> tuple[ServerConfig, ...]:
-    """The server list of ``section`` (the rules engine reads its own the same way): flags
-    (``servers``, a list of NAME=URL) < ``GPUPACK_<SECTION>_SERVERS`` < the config file's list."""
+    """The server list of ``section`` (the rules engine and ``gpupack rebalance`` read theirs the
+    same way), whole from the first layer that has one: flags (``servers``, a list of NAME=URL),
+    else ``GPUPACK_<SECTION>_SERVERS``, else the config file's list."""
     env_name = SETTINGS[1].env_name(section)
     if flags.get("servers"):
         return _unique(tuple(_server_from_pair(text, "--server") for text in flags["servers"]), "--server")

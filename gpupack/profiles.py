@@ -20,15 +20,15 @@ import yaml
 
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import InputError
-from gpupack.units import UnitError, parse_bytes, parse_duration, parse_ratio
+from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_ratio
 from gpupack.yamlfile import LineDict, LineList, load_yaml_text
 
 BASELINE = "server_baseline"
 _PEAK_FIELDS = {r.profile_field: r for r in Resource}
 _DETAIL_FIELDS: dict[str, Callable[[Any], Any]] = {
     "version": str,
-    "batch_size": lambda v: _positive_int(v),
-    "concurrency": lambda v: _positive_int(v),
+    "batch_size": parse_count,
+    "concurrency": parse_count,
     "throughput_per_second": lambda v: _non_negative(float(v)),
     "latency_p99_seconds": parse_duration,
 }
@@ -165,12 +165,6 @@ def _reject_unknown(row: LineDict, known: set[str], path: str, prefix: str) -> N
         if key not in known:
             raise InputError(f"unknown field (known: {', '.join(sorted(known))})", path=path,
                              line=row.line_of(key), field=f"{prefix}{key}")
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or int(value) != float(value) or int(value) < 1:
-        raise ValueError(f"{value!r} is not a positive whole number")
-    return int(value)
 
 
 def _non_negative(value: float) -> float:

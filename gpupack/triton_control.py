@@ -1,15 +1,19 @@
-"""The one door to Triton's model-control API (tritonclient HTTP) for the scheduler.
+"""The one door to Triton's HTTP API (tritonclient) for everything that drives a server.
 
-Everything above it deals in plain values and :class:`TritonControlError`; only this module knows
-tritonclient's exceptions. A client is made per call site because tritonclient's HTTP client is
-not thread-safe, and each carries the step's timeout as its network timeout, so a hung load
-cannot outlive its step.
+The scheduler moves models with it, the profiler loads, measures and unloads them, and the test
+harness sets servers up. Everything above deals in plain values and :class:`TritonControlError`;
+only this module knows tritonclient's exceptions and its transport's. A client is made per call
+because tritonclient's HTTP client is not thread-safe, and each carries the caller's timeout as
+its network timeout, so a hung load cannot outlive the step that asked for it. (The exporter
+reads servers through its own long-lived, read-only clients in ``exporter/sources/triton.py``.)
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
@@ -17,28 +21,24 @@ import numpy as np
 import tritonclient.http as triton_http
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
-from gpupack.errors import GpupackError, InputError
+from gpupack.errors import GpupackError
 
 
 class TritonControlError(GpupackError):
-    """Triton refused or did not answer; the message names the server and the model."""
+    """Triton refused or did not answer; the message names the server and the model.
+
+    ``reason`` is Triton's own words (or the transport's), for callers that word it their way.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 @dataclass(frozen=True)
 class ServerEndpoint:
     name: str
     url: str  # http(s)://host:port
-
-    @classmethod
-    def parse(cls, text: str) -> "ServerEndpoint":
-        """``NAME=URL`` as typed after ``--server``."""
-        name, sep, url = text.partition("=")
-        if not sep or not name or not url:
-            raise InputError(f"--server {text!r}: expected NAME=URL, e.g. triton-0=http://127.0.0.1:8000")
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
-            raise InputError(f"--server {text!r}: URL must be http(s)://HOST:PORT")
-        return cls(name, f"{parts.scheme}://{parts.hostname}:{parts.port}")
 
 
 class TritonControl:
@@ -50,9 +50,11 @@ class TritonControl:
 
     def _client(self) -> triton_http.InferenceServerClient:
         parts = urlsplit(self.endpoint.url)
+        https = parts.scheme == "https"
+        address = parts.netloc if parts.port else f"{parts.netloc}:{443 if https else 80}"
         return triton_http.InferenceServerClient(
-            f"{parts.hostname}:{parts.port}",
-            ssl=parts.scheme == "https",
+            address,
+            ssl=https,
             connection_timeout=self.timeout_seconds,
             network_timeout=self.timeout_seconds,
         )
@@ -62,11 +64,19 @@ class TritonControl:
         try:
             return getattr(client, method)(*args, **kwargs)
         except InferenceServerException as e:
-            raise TritonControlError(f"{self.endpoint.name}: {what}: {_one_line(e.message() or str(e))}") from e
-        except (OSError, TimeoutError) as e:  # connection refused, reset, timed out
-            raise TritonControlError(f"{self.endpoint.name} ({self.endpoint.url}): {what}: {e}") from e
+            reason = _one_line(e.message() or str(e))
+            raise TritonControlError(f"{self.endpoint.name}: {what}: {reason}", reason) from e
+        except (OSError, HTTPException) as e:  # refused, reset, timed out, closed mid-answer
+            reason = _one_line(str(e)) or type(e).__name__
+            raise TritonControlError(f"{self.endpoint.name} ({self.endpoint.url}): {what}: {reason}", reason) from e
         finally:
             client.close()
+
+    def is_live(self) -> bool:
+        try:
+            return bool(self._call("checking liveness", "is_server_live"))
+        except TritonControlError:
+            return False
 
     def ready_models(self) -> dict[str, str]:
         """Model -> version of every READY model, from the repository index."""
@@ -82,6 +92,21 @@ class TritonControl:
 
     def unload(self, model: str) -> None:
         self._call(f"unloading {model}", "unload_model", model)
+
+    def wait_unloaded(self, model: str, timeout_seconds: float) -> None:
+        """Triton answers an unload before the model has left its index; memory readings need it gone."""
+        deadline = time.monotonic() + timeout_seconds
+        while model in self.ready_models():
+            if time.monotonic() > deadline:
+                reason = f"still loaded {timeout_seconds:.0f}s after unload"
+                raise TritonControlError(f"{self.endpoint.name}: {model} {reason}", reason)
+            time.sleep(0.05)
+
+    def statistics(self, model: str) -> dict[str, Any]:
+        """The model's entry in Triton's statistics extension: request counts and cumulative times."""
+        answer = self._call(f"reading the statistics of {model}", "get_inference_statistics", model)
+        entries = answer.get("model_stats") or [{}]
+        return dict(entries[0])
 
     def is_ready(self, model: str) -> bool:
         try:

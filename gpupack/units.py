@@ -60,6 +60,15 @@ def parse_bytes(value: str | int | float) -> int:
     return int(round(number * factor))
 
 
+def parse_count(value: str | int) -> int:
+    """``3`` or ``"3"`` -> 3: flags, environment and CSV give text, YAML gives numbers; 0, 2.5 and
+    ``true`` are refused, whichever way they came."""
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not text.isdigit() or int(text) < 1:
+        raise UnitError(f"{value!r} is not a positive whole number")
+    return int(text)
+
+
 def parse_ratio(value: str | int | float) -> float:
     """``80%`` or ``0.8`` -> 0.8. Plain numbers above 1 are rejected: ``80`` is ambiguous."""
     if isinstance(value, bool):

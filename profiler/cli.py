@@ -26,7 +26,7 @@ from gpupack.profiler.report import ProgressLine, format_summary
 from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
 from gpupack.profiler.sweep import Sweep, SweepPlan
 from gpupack.profiles import write_profile
-from gpupack.units import parse_bytes, parse_duration
+from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration
 
 SECTION = "profile"
 BACKENDS = ("host", "nvml")
@@ -43,9 +43,10 @@ def _names(value: Any) -> tuple[str, ...]:
 def _positive_ints(value: Any) -> tuple[int, ...]:
     numbers = []
     for item in str(value).split(","):
-        if not item.strip().isdigit() or int(item) < 1:
-            raise ValueError(f"{item.strip()!r} in {value!r} is not a positive whole number")
-        numbers.append(int(item))
+        try:
+            numbers.append(parse_count(item.strip()))
+        except UnitError:
+            raise UnitError(f"{item.strip()!r} in {value!r} is not a positive whole number") from None
     return tuple(dict.fromkeys(numbers))
 
 
@@ -103,8 +104,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
                      values["warmup"], values["latency_bound"])
     limits = Limits(values["latency_bound"], values["memory_limit"])
     backend = values["backend"] or _default_backend()
-    with _server(values["server"], values["model_repository"]) as (address, pid), \
-            contextlib.closing(ServerControl(address)) as control:
+    with _server(values["server"], values["model_repository"]) as (address, pid):
+        control = ServerControl(address)
         progress = ProgressLine()
         sweep = Sweep(plan, control, _probe_factory(backend, address, pid),
                       lambda signature: LoadGenerator(address, signature), on_progress=progress)

@@ -210,18 +210,14 @@ def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: Conf
     from gpupack.exporter.settings import load_servers  # noqa: PLC0415 - the scheduler's imports, only for 'run'
     from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs, PrometheusInputs  # noqa: PLC0415
     from gpupack.scheduler.rebalance_cli import SETTINGS as REBALANCE_SETTINGS  # noqa: PLC0415
+    from gpupack.scheduler.rebalance_cli import scheduler_endpoints  # noqa: PLC0415
     from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings  # noqa: PLC0415
     from gpupack.scheduler.safety import lock_factory  # noqa: PLC0415
-    from gpupack.scheduler.triton_control import ServerEndpoint  # noqa: PLC0415
 
-    servers = load_servers(config, os.environ, {"servers": getattr(args, "servers", None)}, section=SECTION)
-    if not servers:
+    endpoints = scheduler_endpoints(load_servers(config, os.environ, {"servers": getattr(args, "servers", None)},
+                                                 section=SECTION))
+    if not endpoints:
         return None
-    endpoints = []
-    for server in servers:
-        if server.protocol != "http":
-            raise InputError(f"server {server.name}: the scheduler needs its HTTP endpoint (protocol: http)")
-        endpoints.append(ServerEndpoint.parse(f"{server.name}={server.url}"))
     rebalance = resolve_settings("rebalance", REBALANCE_SETTINGS, config, os.environ, vars(args))
     if settings["source"] == "exporter":
         inputs: Callable[[], FleetInputs] = ExporterInputs(settings["exporter_url"])

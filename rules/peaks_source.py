@@ -7,7 +7,6 @@ Each source is a callable returning a :class:`PeaksSnapshot` or raising
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import requests
@@ -21,7 +20,8 @@ from gpupack.yamlfile import LineDict, load_yaml_file
 PeaksSource = Callable[[], PeaksSnapshot]
 
 
-def _get_json(url: str, timeout_seconds: float, params: Mapping[str, str] | None = None) -> Any:
+def get_json(url: str, timeout_seconds: float, params: Mapping[str, str] | None = None) -> Any:
+    """An exporter or Prometheus answer; any failure is the one error every caller treats as 'no data'."""
     try:
         response = requests.get(url, params=params, timeout=timeout_seconds)
         response.raise_for_status()
@@ -41,7 +41,7 @@ class ExporterSource:
 
     def __call__(self) -> PeaksSnapshot:
         endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        return snapshot_from_json(_get_json(endpoint, self.timeout_seconds), endpoint)
+        return snapshot_from_json(get_json(endpoint, self.timeout_seconds), endpoint)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class PrometheusSource:
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         endpoint = f"{self.url.rstrip('/')}/api/v1/query"
-        body = _get_json(endpoint, self.timeout_seconds, {"query": promql})
+        body = get_json(endpoint, self.timeout_seconds, {"query": promql})
         if not isinstance(body, dict) or body.get("status") != "success":
             raise PeaksUnavailableError(f"{endpoint}: query {promql!r} failed: {body.get('error') if isinstance(body, dict) else body}")
         return body["data"]["result"]

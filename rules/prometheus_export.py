@@ -191,7 +191,7 @@ def _pin(policy: PinPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
     s.add(LOADED, {"server": server, "model": model, "version": "1", "device": device, "source": "process"}, None, 1)
     expr = f"count by (model, device) ({' or '.join(outside)}) > 0"
     return expr, {"model": model, "device": device}, (
-        f"Model {{{{ $labels.model }}}} is loaded on {{{{ $labels.device }}}}, outside the devices it is pinned to.")
+        "Model {{ $labels.model }} is loaded on {{ $labels.device }}, outside the devices it is pinned to.")
 
 
 def _anti_affinity(policy: AntiAffinityPolicy, s: _Series) -> tuple[str, dict[str, str], str]:

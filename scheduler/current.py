@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.domain import Placement
-from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
+from gpupack.triton_control import ServerEndpoint, TritonControl
 
 
 def cpu_device(server: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from gpupack.domain import Device, Resource
 from gpupack.errors import InputError
-from gpupack.units import UnitError, parse_bytes
+from gpupack.units import UnitError, parse_bytes, parse_count
 from gpupack.yamlfile import LineDict, LineList, load_yaml_file
 
 _FIELDS = ("name", "memory", "count", "cost", "labels")
@@ -53,7 +53,7 @@ def load_devices(path: str | Path) -> tuple[Device, ...]:
                 raise InputError(str(e), path=path, line=row.line_of(key), field=f"{where}.{key}") from e
 
         memory = value("memory", parse_bytes)
-        count = value("count", _positive_int, 1)
+        count = value("count", parse_count, 1)
         cost = value("cost", _non_negative_float, 1.0)
         labels = value("labels", _labels, {})
         names = [str(row["name"])] if "count" not in row else [f"{row['name']}-{k}" for k in range(1, count + 1)]
@@ -64,12 +64,6 @@ def load_devices(path: str | Path) -> tuple[Device, ...]:
             raise InputError(f"device name {device.name!r} appears twice", path=path, line=rows.line, field="devices")
         seen.add(device.name)
     return tuple(devices)
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{value!r} is not a positive whole number")
-    return value
 
 
 def _non_negative_float(value: Any) -> float:

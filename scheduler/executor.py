@@ -24,7 +24,7 @@ from gpupack.domain import Placement
 from gpupack.errors import GpupackError
 from gpupack.scheduler.audit import AuditLog
 from gpupack.scheduler.moves import Step
-from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl, TritonControlError
+from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
 
 _POLL_SECONDS = 0.1
 

@@ -11,18 +11,16 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Mapping, Sequence
 
-import requests
-
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
-from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, PeaksUnavailableError, snapshot_from_json
-from gpupack.rules.peaks_source import PrometheusSource
+from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
+from gpupack.rules.peaks_source import PrometheusSource, get_json
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
 from gpupack.scheduler.problem import PlacementProblem
-from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.triton_control import ServerEndpoint
 
 
 @dataclass(frozen=True)
@@ -87,12 +85,7 @@ class ExporterInputs:
 
     def __call__(self) -> FleetInputs:
         endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        try:
-            response = requests.get(endpoint, timeout=self.timeout_seconds)
-            response.raise_for_status()
-            document = response.json()
-        except (requests.RequestException, ValueError) as e:
-            raise PeaksUnavailableError(f"cannot fetch {endpoint}: {e}") from e
+        document = get_json(endpoint, self.timeout_seconds)
         snapshot = snapshot_from_json(document, endpoint)
         return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=endpoint)
 

@@ -12,30 +12,25 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Sequence
 
 from gpupack.config import ConfigFile, Setting, default_state_dir, resolve_settings
 from gpupack.errors import ExitStatus, InputError
+from gpupack.exporter.settings import ServerConfig, load_servers
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
 from gpupack.scheduler.rebalance_report import render_json, render_outcome, render_table
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.scheduler.safety import LOCK_SETTING, lock_factory
-from gpupack.scheduler.triton_control import ServerEndpoint
-from gpupack.units import parse_bytes, parse_duration
-
-
-def _count(value: object) -> int:
-    number = int(str(value))
-    if number < 1:
-        raise ValueError(f"{value!r} is not a positive number of moves")
-    return number
+from gpupack.triton_control import ServerEndpoint
+from gpupack.units import parse_bytes, parse_count, parse_duration
 
 
 SETTINGS = (
     Setting("policies", str, help="policy YAML file or directory"),
     Setting("exporter", str, help="exporter URL serving /api/v1/peaks"),
     Setting("device_memory", parse_bytes, help="memory of each device, with --profile"),
-    Setting("max_moves", _count, help="most move steps per run (default: no limit)"),
+    Setting("max_moves", parse_count, help="most move steps per run (default: no limit)"),
     Setting("cooldown", parse_duration, 600.0, help="time a moved model stays put"),
     Setting("step_timeout", parse_duration, 60.0, help="longest a step may take before it is rolled back"),
     Setting("drain", parse_duration, 5.0, help="both copies serve this long before the source is unloaded"),
@@ -66,10 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("rebalance", SETTINGS, config, os.environ, vars(args))
-    servers = [ServerEndpoint.parse(text) for text in args.server]
-    names = [s.name for s in servers]
-    if len(set(names)) != len(names):
-        raise InputError(f"--server: a server name is given twice ({', '.join(names)})")
+    servers = scheduler_endpoints(load_servers(None, {}, {"servers": args.server}))
     if args.profile:
         if settings["device_memory"] is None:
             raise InputError("--profile needs --device-memory (the memory of each server's device)")
@@ -104,6 +96,20 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if outcome is not None:
         return ExitStatus.OK if outcome.succeeded else ExitStatus.FAILURE
     return ExitStatus.OK if plan.moves.safe else ExitStatus.FAILURE
+
+
+def scheduler_endpoints(servers: Sequence[ServerConfig]) -> list[ServerEndpoint]:
+    """The servers as the scheduler drives them: read like the exporter's list, so both accept
+    the same NAME=URL and config entries, but only over plain HTTP(S) model control."""
+    endpoints = []
+    for server in servers:
+        if server.protocol != "http":
+            raise InputError(f"server {server.name}: the scheduler needs its HTTP endpoint (protocol: http)")
+        if server.tls is not None or server.headers:
+            raise InputError(f"server {server.name}: the scheduler does not send tls or headers settings; "
+                             "give it an endpoint that needs neither")
+        endpoints.append(ServerEndpoint(server.name, server.url))
+    return endpoints
 
 
 def _load_policies(path: str | None) -> PolicySet:

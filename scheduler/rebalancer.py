@@ -34,7 +34,7 @@ from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.problem import Objective
 from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
 from gpupack.scheduler.solver import solve
-from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
+from gpupack.triton_control import ServerEndpoint, TritonControl
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from gpupack.units import UnitError, format_bytes, parse_bytes, parse_duration, parse_ratio
+from gpupack.units import UnitError, format_bytes, parse_bytes, parse_count, parse_duration, parse_ratio
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,17 @@ def test_percent_above_hundred_parses_so_policy_checks_can_name_it():
 @pytest.mark.parametrize("text, expected", [("10s", 10), ("500ms", 0.5), ("7d", 604800), ("2m", 120), (3, 3)])
 def test_durations(text, expected):
     assert parse_duration(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value, expected", [(3, 3), ("3", 3), (" 12 ", 12)])
+def test_counts_read_the_same_from_yaml_csv_and_flags(value, expected):
+    assert parse_count(value) == expected
+
+
+@pytest.mark.parametrize("value", [0, "0", -2, 2.5, "2.5", True, "three", ""])
+def test_counts_refuse_anything_but_a_positive_whole_number(value):
+    with pytest.raises(UnitError, match="is not a positive whole number"):
+        parse_count(value)
 
 
 @pytest.mark.parametrize("text", ["16 furlongs", "GiB", "", "-1GiB", True])

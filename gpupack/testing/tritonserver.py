@@ -31,6 +31,7 @@ from typing import Iterator, Mapping, Sequence
 import requests
 
 from gpupack.errors import GpupackError, TritonNotFoundError
+from gpupack.triton_control import ServerEndpoint, TritonControl
 
 _PR_SET_PDEATHSIG = 1
 
@@ -270,51 +271,30 @@ class TritonServer:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None
 
-    # -- model control, through Triton's own HTTP API -------------------------------------------
+    # -- model control, through the same door the scheduler and profiler use -------------------
+
+    def control(self, timeout_seconds: float = 120.0) -> TritonControl:
+        return TritonControl(ServerEndpoint(self.name, self.http_url), timeout_seconds)
 
     def load_model(self, model: str, config: Mapping | None = None, timeout_seconds: float = 120.0) -> None:
-        body = {"parameters": {"config": _json(config)}} if config is not None else {}
-        response = requests.post(
-            f"{self.http_url}/v2/repository/models/{model}/load", json=body, timeout=timeout_seconds
-        )
-        if response.status_code != 200:
-            raise TritonStartError(f"loading {model} on {self.name} failed: {response.text.strip()}")
+        """Raises :class:`~gpupack.triton_control.TritonControlError` with Triton's reason if it fails."""
+        self.control(timeout_seconds).load(model, config)
 
     def unload_model(self, model: str, timeout_seconds: float = 60.0, wait: bool = True) -> None:
-        response = requests.post(f"{self.http_url}/v2/repository/models/{model}/unload", json={}, timeout=10)
-        if response.status_code != 200:
-            raise TritonStartError(f"unloading {model} on {self.name} failed: {response.text.strip()}")
-        if not wait:
-            return
-        # Unload returns before the backend has released the model; callers measuring memory
-        # need it gone.
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            states = {entry["name"]: entry.get("state") for entry in self.repository_index()}
-            if states.get(model) != "READY":
-                return
-            time.sleep(0.05)
-        raise TritonStartError(f"{model} still loaded on {self.name} after {timeout_seconds:.0f}s")
-
-    def repository_index(self) -> list[dict]:
-        response = requests.post(f"{self.http_url}/v2/repository/index", json={}, timeout=10)
-        response.raise_for_status()
-        return response.json()
+        """By default, returns once the model has left the index: callers measuring memory need it gone."""
+        control = self.control(timeout_seconds)
+        control.unload(model)
+        if wait:
+            control.wait_unloaded(model, timeout_seconds)
 
     def ready_models(self) -> list[str]:
-        return sorted(entry["name"] for entry in self.repository_index() if entry.get("state") == "READY")
+        return sorted(self.control().ready_models())
 
     def __enter__(self) -> "TritonServer":
         return self if self.process is not None else self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def _json(value: Mapping) -> str:
-    import json  # noqa: PLC0415
-
-    return json.dumps(value)
 
 
 def _has_nvidia_driver() -> bool:

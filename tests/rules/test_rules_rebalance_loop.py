@@ -27,7 +27,7 @@ from gpupack.rules.transitions import RequestOutcome
 from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.scheduler.safety import FileLock
-from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.triton_control import ServerEndpoint
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 from gpupack.testing.tritonserver import free_port
 

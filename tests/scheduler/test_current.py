@@ -16,7 +16,7 @@ from gpupack.scheduler.current import GpuIndex, devices_of
 from gpupack.scheduler.executor import MultiGpuExecutor, StepContext
 from gpupack.scheduler.inputs import ExporterInputs
 from gpupack.scheduler.rebalancer import build_executor
-from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.triton_control import ServerEndpoint
 
 GPUS = GpuIndex({("multi", 0): "GPU-aaaa", ("multi", 1): "GPU-bbbb"})
 

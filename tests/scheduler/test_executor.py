@@ -20,7 +20,7 @@ from gpupack.scheduler.executor import (
     StepFailedError,
 )
 from gpupack.scheduler.moves import Step
-from gpupack.scheduler.triton_control import ServerEndpoint, TritonControl
+from gpupack.triton_control import ServerEndpoint, TritonControl
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 
 pytestmark = pytest.mark.triton

@@ -15,7 +15,6 @@ import pytest
 
 from gpupack.domain import Resource
 from gpupack.scheduler.inputs import ExporterInputs, FleetInputs, PrometheusInputs
-from gpupack.testing import TritonServer
 
 from tests.deploy.promstack import Prometheus, run_prometheus, wait_for
 from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture

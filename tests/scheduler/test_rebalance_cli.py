@@ -102,7 +102,9 @@ def test_a_moved_model_waits_out_its_cooldown(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--server", "a"], "--server 'a': expected NAME=URL"),
+        (["--server", "a"], "--server: 'a' is not NAME=URL"),
+        (["--server", "a=10.0.0.5:8000"], "--server: a: '10.0.0.5:8000' is not an http:// or https:// URL"),
+        (["--server", "a=http://127.0.0.1:1", "--server", "a=http://127.0.0.1:2"], "server name 'a' is given twice"),
         (["--server", "a=http://127.0.0.1:1", "--profile", "p.yaml"], "--profile needs --device-memory"),
         (["--server", "a=http://127.0.0.1:1"], "give --exporter URL"),
         (["--server", "a=http://127.0.0.1:1", "--exporter", "http://x:1", "--max-moves", "0"], "--max-moves"),

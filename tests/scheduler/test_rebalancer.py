@@ -14,7 +14,7 @@ from gpupack.rules.loader import load_policies
 from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.metrics import RebalanceState, make_wsgi_app
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
-from gpupack.scheduler.triton_control import ServerEndpoint
+from gpupack.triton_control import ServerEndpoint
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 
 MIB = 2**20

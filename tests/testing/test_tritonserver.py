@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -22,6 +21,7 @@ from gpupack.testing import (
     triton_fleet,
     write_model_repository,
 )
+from gpupack.triton_control import TritonControlError
 from gpupack.triton_processes import backend_processes, parse_stub_cmdline
 
 MIB = 2**20
@@ -88,7 +88,7 @@ def test_fleet_starts_servers_on_distinct_ports_and_stops_them_all(model_reposit
 
 def test_a_failed_load_is_reported_with_tritons_reason(start_triton):
     server = start_triton(name="failing")
-    with pytest.raises(TritonStartError, match="fail_to_load"):
+    with pytest.raises(TritonControlError, match="failing: loading broken: .*fail_to_load"):
         server.load_model("broken")
 
 
