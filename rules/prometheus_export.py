@@ -13,7 +13,7 @@ import fnmatch
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -131,12 +131,14 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
     server = _example(policy.selector.servers, "triton-0")
     model_labels = {"server": server, "model": _example(policy.selector.models, "model-a"), "version": "1",
                     "device": device}
-    peaks = _loaded_peaks(policy.resource, policy.selector)
-    # The baseline takes the selector's devices and servers too: unfiltered, every other server's
-    # baseline would stand alone as a device's usage and fire wherever it exceeds the limit.
-    baseline_filter = _matchers(policy.selector, with_models=False)
+    # As in the evaluator, a device's usage is every server's baseline there plus every selected
+    # model loaded there, whichever server loaded it; ``servers`` only chooses the devices judged
+    # (those a selected server runs on), so a shared GPU is judged whole.
+    on_devices = replace(policy.selector, servers=())
+    peaks = _loaded_peaks(policy.resource, on_devices)
     if policy.resource.is_bytes:
-        usage = f"sum by (device) ({peaks} or gpupack_server_unattributed_memory_peak_bytes{baseline_filter})"
+        usage = (f"sum by (device) ({peaks} or "
+                 f"gpupack_server_unattributed_memory_peak_bytes{_matchers(on_devices, with_models=False)})")
         if policy.max_bytes is not None:
             limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
         else:
@@ -152,6 +154,12 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
         usage, limit, shown = f"sum by (device) ({peaks})", f"{ratio:g}", f"{ratio * 100:g}% {policy.resource.value}"
         s.add(_PEAK_SERIES[policy.resource], model_labels, ratio / 2, 1.5)
         what = "the peaks of its loaded models exceed"
+    if policy.selector.servers:
+        # A server's baseline series names each device it runs on, models loaded or not.
+        selected = _matchers(policy.selector, with_models=False)
+        usage = f"({usage} and on(device) group by (device) (gpupack_server_unattributed_memory_peak_bytes{selected}))"
+        if not policy.resource.is_bytes:
+            s.add("gpupack_server_unattributed_memory_peak_bytes", {"server": server, "device": device}, 0, 0)
     s.add(LOADED, {**model_labels, "source": "process"}, 1, 1)
     return f"{usage} > {limit}", {"device": device}, f"On device {{{{ $labels.device }}}} {what} {shown}."
 

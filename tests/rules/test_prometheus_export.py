@@ -105,25 +105,34 @@ SERVER_SCOPED = """policies:
 """
 
 
-def test_a_server_scoped_capacity_alert_ignores_other_servers_baselines(tmp_path, capsys):
+def test_a_server_scoped_capacity_alert_judges_its_servers_devices_whole_as_the_evaluator_does(tmp_path, capsys):
     policies = tmp_path / "p.yaml"
     policies.write_text(SERVER_SCOPED)
     rules = tmp_path / "out.yaml"
     assert main(["rules", "export-prometheus", str(rules), "--policies", str(policies)]) == 0
     rule = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
-    annotations = {**rule["annotations"], "description": rule["annotations"]["description"].replace(
-        "{{ $labels.device }}", "GPU-0")}
-    series = [  # triton-a's model pushes GPU-0 over 1 GB; triton-b's server alone fills GPU-1
+    def alert_on(device: str) -> dict:
+        description = rule["annotations"]["description"].replace("{{ $labels.device }}", device)
+        return {"exp_labels": {**rule["labels"], "device": device},
+                "exp_annotations": {**rule["annotations"], "description": description}}
+
+    series = [  # triton-a's model pushes GPU-0 over 1 GB; triton-b's server alone fills GPU-1 (not
+        # triton-a's, so not judged); on GPU-2, shared, triton-a's 0.1 GB, triton-b's 0.6 GB and
+        # triton-b's 0.4 GB model are over 1 GB together, as the evaluator counts a shared device.
         ('gpupack_server_unattributed_memory_peak_bytes{server="triton-a", device="GPU-0"}', "100000000x5"),
         ('gpupack_model_memory_peak_bytes{server="triton-a", model="m", version="1", device="GPU-0"}', "2000000000x5"),
         ('gpupack_model_memory_bytes{server="triton-a", model="m", version="1", device="GPU-0", source="process"}', "1x5"),
         ('gpupack_server_unattributed_memory_peak_bytes{server="triton-b", device="GPU-1"}', "5000000000x5"),
+        ('gpupack_server_unattributed_memory_peak_bytes{server="triton-a", device="GPU-2"}', "100000000x5"),
+        ('gpupack_server_unattributed_memory_peak_bytes{server="triton-b", device="GPU-2"}', "600000000x5"),
+        ('gpupack_model_memory_peak_bytes{server="triton-b", model="n", version="1", device="GPU-2"}', "400000000x5"),
+        ('gpupack_model_memory_bytes{server="triton-b", model="n", version="1", device="GPU-2", source="process"}', "1x5"),
     ]
     (tmp_path / "scoped.test.yaml").write_text(yaml.safe_dump({
         "rule_files": [rules.name], "evaluation_interval": "1m",
         "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
-                   "alert_rule_test": [{"eval_time": "3m", "alertname": rule["alert"], "exp_alerts": [
-                       {"exp_labels": {**rule["labels"], "device": "GPU-0"}, "exp_annotations": annotations}]}]}],
+                   "alert_rule_test": [{"eval_time": "3m", "alertname": rule["alert"],
+                                          "exp_alerts": [alert_on("GPU-0"), alert_on("GPU-2")]}]}],
     }, sort_keys=False, width=200))
     tested = promtool("test", "rules", "scoped.test.yaml", cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
