@@ -6,6 +6,7 @@ Each source is a callable returning a :class:`PeaksSnapshot` or raising
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -57,32 +58,40 @@ class PrometheusSource:
     window_seconds: float
     timeout_seconds: float = 10.0
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
+    def query(self, promql: str, at_seconds: float | None = None) -> list[dict[str, Any]]:
         endpoint = f"{self.url.rstrip('/')}/api/v1/query"
-        body = get_json(endpoint, self.timeout_seconds, {"query": promql})
+        params = {"query": promql} if at_seconds is None else {"query": promql, "time": f"{at_seconds:.3f}"}
+        body = get_json(endpoint, self.timeout_seconds, params)
         if not isinstance(body, dict) or body.get("status") != "success":
             raise PeaksUnavailableError(f"{endpoint}: query {promql!r} failed: {body.get('error') if isinstance(body, dict) else body}")
         return body["data"]["result"]
 
     def __call__(self) -> PeaksSnapshot:
         window = f"{int(self.window_seconds)}s"
+        # Every query at one instant: otherwise a scrape landing between two of them can show a
+        # model's utilisation peak without its memory peak, or a device without its capacity.
+        at_seconds = time.time()
+
+        def query(promql: str) -> list[dict[str, Any]]:
+            return self.query(promql, at_seconds)
+
         peaks: dict[tuple[str, str, str, str], dict[Resource, float]] = {}
         for resource, series in ((Resource.GPU_MEMORY, "gpupack_model_memory_peak_bytes"),
                                  (Resource.GPU_UTILIZATION, "gpupack_model_utilization_peak_ratio")):
-            for sample in self.query(f"max_over_time({series}[{window}])"):
+            for sample in query(f"max_over_time({series}[{window}])"):
                 labels = sample["metric"]
                 key = (labels.get("server", ""), labels["model"], labels.get("version", ""), labels["device"])
                 peaks.setdefault(key, {})[resource] = float(sample["value"][1])
         loaded = {(s["metric"].get("server", ""), s["metric"]["model"], s["metric"].get("version", ""), s["metric"]["device"])
-                  for s in self.query("gpupack_model_memory_bytes")}
-        capacity = {s["metric"]["device"]: float(s["value"][1]) for s in self.query("gpupack_device_memory_total_bytes")}
+                  for s in query("gpupack_model_memory_bytes")}
+        capacity = {s["metric"]["device"]: float(s["value"][1]) for s in query("gpupack_device_memory_total_bytes")}
         baselines: dict[str, float] = {}
         servers: dict[str, set[str]] = {}
-        for s in self.query(f"max_over_time(gpupack_server_unattributed_memory_peak_bytes[{window}])"):
+        for s in query(f"max_over_time(gpupack_server_unattributed_memory_peak_bytes[{window}])"):
             device = s["metric"]["device"]
             baselines[device] = baselines.get(device, 0.0) + float(s["value"][1])
             servers.setdefault(device, set()).add(s["metric"]["server"])
-        down = frozenset(s["metric"]["server"] for s in self.query("gpupack_server_up") if float(s["value"][1]) < 1)
+        down = frozenset(s["metric"]["server"] for s in query("gpupack_server_up") if float(s["value"][1]) < 1)
         names = sorted(set(capacity) | set(baselines) | {key[3] for key in peaks})
         devices = tuple(
             DevicePeaks(Device(name, {Resource.GPU_MEMORY: capacity[name]} if name in capacity else {}),

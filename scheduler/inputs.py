@@ -70,9 +70,12 @@ class FleetInputs:
         return ()
 
     def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
+        """A model without a memory peak is unknown, not free: planning it as 0 bytes could overfill a GPU."""
+        where = f" on {server}" if server else ""
         if model not in self.footprints:
-            where = f" on {server}" if server else ""
             raise InputError(f"{self.origin}: model {model!r} is loaded{where} but has no recorded peaks")
+        if Resource.GPU_MEMORY not in self.footprints[model]:
+            raise InputError(f"{self.origin}: model {model!r} is loaded{where} but has no recorded memory peak")
         return self.footprints[model]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Iterator
@@ -11,8 +12,10 @@ from typing import Iterator
 import pytest
 
 from gpupack.domain import Placement, Resource
+from gpupack.errors import InputError
+from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.audit import AuditLog
-from gpupack.scheduler.current import GpuIndex, devices_of
+from gpupack.scheduler.current import FleetView, GpuIndex, LoadedModel, devices_of
 from gpupack.scheduler.executor import MultiGpuExecutor, StepContext
 from gpupack.scheduler.inputs import ExporterInputs
 from gpupack.scheduler.rebalancer import build_executor
@@ -92,3 +95,14 @@ def test_one_server_over_several_gpus_is_rebalanced_by_reloading_onto_gpu_indice
     assert isinstance(executor, MultiGpuExecutor)
     today = {"instance_group": [{"kind": "KIND_GPU", "count": 2, "gpus": [1]}]}
     assert executor.instance_groups(today, ("GPU-aaaa",)) == [{"count": 2, "kind": "KIND_GPU", "gpus": [0]}]
+
+
+def test_a_loaded_model_without_a_memory_peak_is_refused_not_planned_as_free(exporter: str) -> None:
+    inputs = ExporterInputs(exporter)()
+    only_utilization = replace(inputs, footprints={"llm": {Resource.GPU_UTILIZATION: 0.4}})
+    fleet = FleetView((LoadedModel("multi", "llm", "1", "GPU-bbbb"),), 0.0)
+
+    with pytest.raises(InputError, match="model 'llm' is loaded on multi but has no recorded memory peak"):
+        only_utilization.snapshot(fleet)
+    with pytest.raises(InputError, match="model 'llm' is loaded but has no recorded memory peak"):
+        only_utilization.problem(fleet, PolicySet(()))

@@ -42,7 +42,8 @@ def scraping(url: str, workdir: Path) -> Iterator[Prometheus]:
 
 def _both_models_seen(inputs: PrometheusInputs) -> FleetInputs | None:
     fleet = inputs()
-    seen = set(fleet.footprints) == {"large-a", "large-b"} and all(d.server_baseline for d in fleet.devices)
+    seen = (set(fleet.footprints) == {"large-a", "large-b"} and all(d.server_baseline for d in fleet.devices)
+            and all(Resource.GPU_MEMORY in peaks for peaks in fleet.footprints.values()))
     return fleet if seen and len(fleet.devices) == 2 else None
 
 
