@@ -10,8 +10,12 @@ from typing import Callable
 
 import pytest
 
+from gpupack.errors import InputError
+from gpupack.exporter.settings import ServerConfig
 from gpupack.scheduler.audit import read_audit
+from gpupack.scheduler.rebalance_cli import scheduler_endpoints
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
+from gpupack.triton_control import ServerEndpoint
 
 MIB = 2**20
 
@@ -126,3 +130,20 @@ def test_an_unreachable_server_changes_nothing_and_says_which(files: dict[str, P
     )
     assert result.returncode == 1
     assert "gone" in result.stderr and "repository index" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        (ServerConfig("g", "10.0.0.5:8001", protocol="grpc"), "server g: the scheduler needs its HTTP endpoint"),
+        (ServerConfig("h", "http://10.0.0.5:8000", headers={"Authorization": "Bearer x"}),
+         "server h: the scheduler does not send tls or headers settings"),
+    ],
+)
+def test_servers_the_scheduler_could_not_reach_as_configured_are_refused_not_reached_without(
+    server: ServerConfig, message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        scheduler_endpoints([server])
+    assert scheduler_endpoints([ServerConfig("a", "https://10.0.0.5:8443")]) == [
+        ServerEndpoint("a", "https://10.0.0.5:8443")]
