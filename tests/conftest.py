@@ -73,6 +73,32 @@ def start_triton(
         server.stop()
 
 
+# Two 160 MiB models: on one 448 MiB device both together (with a ~64 MiB server) break an 80%
+# policy, either alone does not. The rebalancing suites move one of them to an empty server.
+CROWDING_MODELS = [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
+CROWDING_PROFILE = """\
+server_baseline: {peak_gpu_memory_bytes: 64MiB}
+models:
+  - {model: large-a, peak_gpu_memory_bytes: 160MiB}
+  - {model: large-b, peak_gpu_memory_bytes: 160MiB}
+"""
+REBALANCE_AT_80_PERCENT = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
+
+
+@pytest.fixture
+def start_crowded_fleet(
+    start_triton: Callable[..., TritonServer], tmp_path: Path
+) -> Callable[[str, str], tuple[TritonServer, TritonServer]]:
+    """Factory: ``start_crowded_fleet("a", "b")`` -> server a holding both large models, server b empty."""
+    repository = write_model_repository(tmp_path / "crowding-models", CROWDING_MODELS)
+
+    def start(crowded: str, empty: str) -> tuple[TritonServer, TritonServer]:
+        return (start_triton(name=crowded, models=[m.name for m in CROWDING_MODELS], repository=repository),
+                start_triton(name=empty, repository=repository))
+
+    return start
+
+
 @pytest.fixture
 def triton_server(start_triton: Callable[..., TritonServer]) -> TritonServer:
     return start_triton()

@@ -28,26 +28,16 @@ from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.scheduler.safety import FileLock
 from gpupack.triton_control import ServerEndpoint
-from gpupack.testing import SampleModel, TritonServer, write_model_repository
 from gpupack.testing.tritonserver import free_port
 
+from tests.conftest import REBALANCE_AT_80_PERCENT
 from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture
 from tests.rules.conftest import write_policies
 from tests.rules.test_loop import wait_for
 
 MIB = 2**20
 PEAK_WINDOW_SECONDS = 6.0
-POLICY = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
 SUCCEEDED = 'gpupack_rebalance_moves_total{result="succeeded"} 1.0'
-
-
-@pytest.fixture
-def crowded_fleet(start_triton: Callable[..., TritonServer], tmp_path: Path) -> tuple[TritonServer, TritonServer]:
-    repository = write_model_repository(
-        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
-    )
-    return (start_triton(name="t0", models=["large-a", "large-b"], repository=repository),
-            start_triton(name="t1", repository=repository))
 
 
 class RulesProcess:
@@ -92,12 +82,12 @@ def rules_process(tmp_path: Path) -> Iterator[Callable[..., RulesProcess]]:
 
 @pytest.mark.triton
 def test_a_crowded_device_is_planned_in_dry_run_then_split_by_apply_and_stays_clean(
-    crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixture
+    start_crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixture
 ) -> None:
-    t0, t1 = crowded_fleet
+    t0, t1 = start_crowded_fleet("t0", "t1")
     exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
                                  server_config(t1, memory_budget_bytes=448 * MIB)], window_seconds=PEAK_WINDOW_SECONDS)
-    common = ["--policies", str(write_policies(tmp_path, POLICY)), "--exporter-url", exporter.url,
+    common = ["--policies", str(write_policies(tmp_path, REBALANCE_AT_80_PERCENT)), "--exporter-url", exporter.url,
               "--server", f"t0={t0.http_url}", "--server", f"t1={t1.http_url}",
               "--state-dir", str(tmp_path / "state"), "--drain", "0.2s"]
 
@@ -146,7 +136,7 @@ def _trigger(tmp_path: Path, server_urls: dict[str, str], apply: bool, cooldown_
     (tmp_path / "profile.yaml").write_text("server_baseline: {peak_gpu_memory_bytes: 64MiB}\nmodels:\n" + "".join(
         f"  - {{model: {model}, peak_gpu_memory_bytes: 160MiB}}\n" for model in models))
     servers = [ServerEndpoint(name, url) for name, url in server_urls.items()]
-    policies = load_policies(write_policies(tmp_path, POLICY))
+    policies = load_policies(write_policies(tmp_path, REBALANCE_AT_80_PERCENT))
     rebalancer = Rebalancer(servers, ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB), policies,
                             RebalanceSettings(state_dir=tmp_path / "state", cooldown_seconds=cooldown_seconds,
                                               drain_seconds=0.2))
@@ -154,8 +144,8 @@ def _trigger(tmp_path: Path, server_urls: dict[str, str], apply: bool, cooldown_
 
 
 @pytest.mark.triton
-def test_a_move_deferred_by_its_cooldown_asks_again_and_is_made_once_the_cooldown_ends(crowded_fleet, tmp_path):
-    t0, t1 = crowded_fleet
+def test_a_move_deferred_by_its_cooldown_asks_again_and_is_made_once_the_cooldown_ends(start_crowded_fleet, tmp_path):
+    t0, t1 = start_crowded_fleet("t0", "t1")
     cooldown_seconds = 3.0
     trigger = _trigger(tmp_path, {"t0": t0.http_url, "t1": t1.http_url}, apply=True, cooldown_seconds=cooldown_seconds,
                        models=("large-a", "large-b"))
@@ -204,7 +194,7 @@ def test_a_server_that_does_not_answer_is_logged_and_the_loop_goes_on(
 def test_bad_rebalance_settings_exit_2_with_one_line_before_anything_starts(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    policies = write_policies(tmp_path, POLICY)
+    policies = write_policies(tmp_path, REBALANCE_AT_80_PERCENT)
     result = subprocess.run(
         [sys.executable, "-m", "gpupack", "rules", "run", "--policies", str(policies),
          "--server", "a=http://127.0.0.1:1", *args],
@@ -215,7 +205,7 @@ def test_bad_rebalance_settings_exit_2_with_one_line_before_anything_starts(
 
 def test_servers_come_from_the_rules_section_of_the_config_file_with_line_numbers(tmp_path: Path) -> None:
     config = tmp_path / "gpupack.yaml"
-    config.write_text(f"rules:\n  policies: {write_policies(tmp_path, POLICY)}\n  servers:\n"
+    config.write_text(f"rules:\n  policies: {write_policies(tmp_path, REBALANCE_AT_80_PERCENT)}\n  servers:\n"
                       "    - {name: a, url: http://127.0.0.1:1}\n    - {name: b, url: 'nope'}\n")
     result = subprocess.run([sys.executable, "-m", "gpupack", "--config", str(config), "rules", "run"],
                             capture_output=True, text=True, timeout=60)

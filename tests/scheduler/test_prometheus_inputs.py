@@ -20,7 +20,8 @@ from tests.deploy.promstack import Prometheus, run_prometheus, wait_for
 from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture
 from tests.rules.conftest import write_policies
 from tests.rules.test_loop import wait_for as wait_for_metrics
-from tests.rules.test_rules_rebalance_loop import POLICY, SUCCEEDED, crowded_fleet, rules_process  # noqa: F401
+from tests.conftest import REBALANCE_AT_80_PERCENT
+from tests.rules.test_rules_rebalance_loop import SUCCEEDED, rules_process  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.prometheus
 
@@ -49,9 +50,9 @@ def _both_models_seen(inputs: PrometheusInputs) -> FleetInputs | None:
 
 @pytest.mark.triton
 def test_prometheus_gives_the_scheduler_the_devices_baselines_and_peaks_the_exporter_reports(
-    crowded_fleet, exporter_factory, tmp_path  # noqa: F811 - fixtures
+    start_crowded_fleet, exporter_factory, tmp_path  # noqa: F811 - fixtures
 ) -> None:
-    t0, t1 = crowded_fleet
+    t0, t1 = start_crowded_fleet("t0", "t1")
     exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
                                  server_config(t1, memory_budget_bytes=448 * MIB)])
     with scraping(exporter.url, tmp_path / "prometheus") as prometheus:
@@ -76,13 +77,13 @@ def test_prometheus_gives_the_scheduler_the_devices_baselines_and_peaks_the_expo
 
 @pytest.mark.triton
 def test_rules_run_from_prometheus_with_servers_splits_a_crowded_device(
-    crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixtures
+    start_crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixtures
 ) -> None:
-    t0, t1 = crowded_fleet
+    t0, t1 = start_crowded_fleet("t0", "t1")
     exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
                                  server_config(t1, memory_budget_bytes=448 * MIB)], window_seconds=WINDOW_SECONDS)
     with scraping(exporter.url, tmp_path / "prometheus") as prometheus:
-        rules = rules_process("--policies", str(write_policies(tmp_path, POLICY)), "--source", "prometheus",
+        rules = rules_process("--policies", str(write_policies(tmp_path, REBALANCE_AT_80_PERCENT)), "--source", "prometheus",
                               "--prometheus-url", prometheus.url, "--window", f"{WINDOW_SECONDS:g}s",
                               "--server", f"t0={t0.http_url}", "--server", f"t1={t1.http_url}",
                               "--state-dir", str(tmp_path / "state"), "--drain", "0.2s", "--apply")

@@ -14,18 +14,11 @@ from gpupack.errors import InputError
 from gpupack.exporter.settings import ServerConfig
 from gpupack.scheduler.audit import read_audit
 from gpupack.scheduler.rebalance_cli import scheduler_endpoints
-from gpupack.testing import SampleModel, TritonServer, write_model_repository
+from gpupack.testing import TritonServer
 from gpupack.triton_control import ServerEndpoint
 
-MIB = 2**20
+from tests.conftest import CROWDING_PROFILE, REBALANCE_AT_80_PERCENT
 
-PROFILE = """\
-server_baseline: {peak_gpu_memory_bytes: 64MiB}
-models:
-  - {model: large-a, peak_gpu_memory_bytes: 160MiB}
-  - {model: large-b, peak_gpu_memory_bytes: 160MiB}
-"""
-POLICIES = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
 # 448 MiB devices, 80%: a 358 MiB limit. Both large models together need 64 + 2 x 160 = 384 MiB.
 DEVICE_MEMORY = "448MiB"
 
@@ -38,26 +31,16 @@ def gpupack(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def files(tmp_path: Path) -> dict[str, Path]:
-    (tmp_path / "profile.yaml").write_text(PROFILE)
-    (tmp_path / "policies.yaml").write_text(POLICIES)
+    (tmp_path / "profile.yaml").write_text(CROWDING_PROFILE)
+    (tmp_path / "policies.yaml").write_text(REBALANCE_AT_80_PERCENT)
     return {"profile": tmp_path / "profile.yaml", "policies": tmp_path / "policies.yaml", "state": tmp_path / "state"}
-
-
-@pytest.fixture
-def crowded_fleet(start_triton: Callable[..., TritonServer], tmp_path: Path) -> tuple[TritonServer, TritonServer]:
-    """Server a holds two large models over the 80% policy; server b is empty."""
-    repository = write_model_repository(
-        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
-    )
-    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
-    return a, start_triton(name="b", repository=repository)
 
 
 @pytest.mark.triton
 def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
-    crowded_fleet: tuple[TritonServer, TritonServer], files: dict[str, Path]
+    start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]], files: dict[str, Path]
 ) -> None:
-    a, b = crowded_fleet
+    a, b = start_crowded_fleet("a", "b")
     common = [
         "--server", f"a={a.http_url}", "--server", f"b={b.http_url}",
         "--profile", str(files["profile"]), "--device-memory", DEVICE_MEMORY,
@@ -88,9 +71,9 @@ def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
 
 @pytest.mark.triton
 def test_a_moved_model_waits_out_its_cooldown(
-    crowded_fleet: tuple[TritonServer, TritonServer], files: dict[str, Path]
+    start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]], files: dict[str, Path]
 ) -> None:
-    a, b = crowded_fleet
+    a, b = start_crowded_fleet("a", "b")
     files["state"].mkdir()
     (files["state"] / "cooldown.json").write_text(json.dumps({"large-a": 4e9, "large-b": 4e9}))
     result = gpupack(

@@ -15,17 +15,11 @@ from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.metrics import RebalanceState, make_wsgi_app
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
 from gpupack.triton_control import ServerEndpoint
-from gpupack.testing import SampleModel, TritonServer, write_model_repository
+
+from tests.conftest import CROWDING_PROFILE, REBALANCE_AT_80_PERCENT
+from gpupack.testing import TritonServer
 
 MIB = 2**20
-PROFILE = """\
-server_baseline: {peak_gpu_memory_bytes: 64MiB}
-models:
-  - {model: large-a, peak_gpu_memory_bytes: 160MiB}
-  - {model: large-b, peak_gpu_memory_bytes: 160MiB}
-"""
-POLICIES = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n    action: rebalance\n"
-
 
 def get(app: Callable, path: str) -> tuple[str, bytes]:
     status: list[str] = []
@@ -34,8 +28,8 @@ def get(app: Callable, path: str) -> tuple[str, bytes]:
 
 
 def rebalancer(tmp_path: Path, servers: list[ServerEndpoint], state: RebalanceState) -> Rebalancer:
-    (tmp_path / "profile.yaml").write_text(PROFILE)
-    (tmp_path / "policies.yaml").write_text(POLICIES)
+    (tmp_path / "profile.yaml").write_text(CROWDING_PROFILE)
+    (tmp_path / "policies.yaml").write_text(REBALANCE_AT_80_PERCENT)
     return Rebalancer(
         servers,
         ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB),
@@ -66,13 +60,9 @@ def test_no_violations_means_nothing_is_read_or_moved(tmp_path: Path) -> None:
 
 @pytest.mark.triton
 def test_a_rebalance_request_moves_the_model_and_publishes_where_it_went(
-    start_triton: Callable[..., TritonServer], tmp_path: Path
+    start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]], tmp_path: Path
 ) -> None:
-    repository = write_model_repository(
-        tmp_path / "models", [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
-    )
-    a = start_triton(name="a", models=["large-a", "large-b"], repository=repository)
-    b = start_triton(name="b", repository=repository)
+    a, b = start_crowded_fleet("a", "b")
     state = ScrapedAtEveryCount()
     servers = [ServerEndpoint("a", a.http_url), ServerEndpoint("b", b.http_url)]
     outcome = rebalancer(tmp_path, servers, state).request(["gpu-memory-80 violated on cpu:a"])
