@@ -57,7 +57,10 @@ class ServerControl:
     def unload(self, model: str) -> None:
         """Unload and wait until Triton no longer lists the model as ready."""
         self._answer(f"unload {model}", self._triton.unload, model)
-        self._answer(f"wait for {model} to unload", self._triton.wait_unloaded, model, self._timeout_seconds)
+        try:
+            self._triton.wait_unloaded(model, self._timeout_seconds)
+        except TritonControlError as e:  # names the model: "still loaded 120s after unload", or what failed
+            raise ServerGoneError(f"server {e}") from e
 
     def config(self, model: str) -> dict:
         return self._answer(f"read the config of {model}", self._triton.model_config, model)
