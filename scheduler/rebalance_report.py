@@ -41,6 +41,8 @@ def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> st
     else:
         lines.append("violations:")
         lines.extend(f"  {_violation(v, policies)}" for v in plan.violations)
+    if plan.proof is not None:
+        lines.append(f"target: {plan.proof.device_count} devices ({plan.proof.describe()})")
     moves = plan.moves
     if not moves.safe:
         lines.append(f"no safe plan: {moves.reason}")
@@ -90,6 +92,7 @@ def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict
             {"description": moves.relaxation.description, "steps": [step(s) for s in moves.relaxation.steps]}
             if moves.relaxation else None
         ),
+        "device_count_proof": plan.proof.as_dict() if plan.proof is not None else None,
     }
     if outcome is not None:
         document["applied"] = [

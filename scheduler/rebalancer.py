@@ -31,7 +31,7 @@ from gpupack.scheduler.executor import (
 from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
-from gpupack.scheduler.problem import Objective
+from gpupack.scheduler.problem import DeviceCountProof, Objective
 from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
 from gpupack.scheduler.solver import solve
 from gpupack.triton_control import ServerEndpoint, TritonControl
@@ -65,6 +65,7 @@ class RebalancePlan:
     target: Placement
     moves: MovePlan
     admission: Admission
+    proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,17 @@ class Rebalancer:
         violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
         problem = inputs.problem(fleet, policies)
         budget = Budget.from_problem(problem)
+        proof = None
         if violations:
-            target = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds).placement
+            result = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds)
+            target, proof = result.placement, result.proof
             moves = plan_moves(fleet.placement, target, budget)
         else:
             target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, proof)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
@@ -167,6 +170,7 @@ class Rebalancer:
             steps=[s.describe() for s in admitted],
             deferred=[f"{s.describe()}: {why}" for s, why in plan.admission.deferred],
             safe=plan.moves.safe,
+            device_count_proof=plan.proof.as_dict() if plan.proof is not None else None,
         )
         executor = self._executor(plan)
         outcomes: list[StepOutcome] = []

@@ -107,7 +107,7 @@ def solve(
     assignment, method, optimal = hint, "first-fit-decreasing", False
     note = declines(instance, objectives) if strategy is Strategy.PORTFOLIO else "classic strategy: no LP bound"
     priced = hint is not None and _devices(hint) > bound and primary in COUNTING and not note
-    if priced:
+    if priced and hint is not None:
         with clock.phase("column-generation"):
             outcome = column_generation(
                 instance, hint, time.monotonic() + clock.remaining() * COLGEN_SHARE, _devices(hint)
@@ -120,7 +120,7 @@ def solve(
         if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
             hint, assignment, method = found, found, "column-generation"
     exact = _pairs(instance, hint, primary) <= EXACT_MAX_PAIRS
-    if priced:
+    if priced and hint is not None:
         # Column generation ran: a CP-SAT search for the count rarely beats it, and building the
         # model for a large fleet alone can outlast the budget.
         exact = _pairs(instance, hint, primary) <= COUNT_BY_CP_SAT_MAX_PAIRS
