@@ -70,6 +70,8 @@ def _phases(result: PlacementResult) -> str:
 def _time_line(result: PlacementResult, cost: CapacityPolicyCost | None, time_limit_seconds: float | None) -> str:
     total = result.solve_seconds + (cost.result.solve_seconds if cost is not None else 0.0)
     limit = f" of the {time_limit_seconds:g} s limit" if time_limit_seconds is not None else ""
+    if cost is None:
+        return f"Time: {total:.2f} s{limit} ({_phases(result)})."
     text = f"Time: {total:.2f} s{limit}; under the policies {result.solve_seconds:.2f} s ({_phases(result)})"
     if cost is not None:
         text += f"; at 100% of capacity {cost.result.solve_seconds:.2f} s ({_phases(cost.result)})"

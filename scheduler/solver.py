@@ -49,8 +49,10 @@ EXACT_MAX_PAIRS = 60_000
 # PATIENCE_SHARE of it without progress: on small fleets CP-SAT then often proves the optimum.
 SEARCH_SHARE = 0.5
 PATIENCE_SHARE = 0.2
-# Column generation gets this share of the budget; the local search and CP-SAT share the rest.
+# Column generation gets this share of what is left after a quick local search; a second local
+# search (and CP-SAT) shares the rest.
 COLGEN_SHARE = 0.7
+QUICK_SEARCH_SHARE = 0.1  # the local search before column generation, at most
 COUNTING = (Objective.MIN_DEVICES, Objective.MIN_COST)
 # Where column generation applies, CP-SAT still searches the count of small fleets (it proves them
 # at once); building its model costs about BUILD_SECONDS_PER_PAIR, which must fit what is left.
@@ -107,6 +109,17 @@ def solve(
     assignment, method, optimal = hint, "first-fit-decreasing", False
     note = declines(instance, objectives) if strategy is Strategy.PORTFOLIO else "classic strategy: no LP bound"
     priced = hint is not None and _devices(hint) > bound and primary in COUNTING and not note
+    if priced and hint is not None:
+        # A short local search first: on fleets it often reaches the combinatorial bound at once.
+        remaining = clock.remaining()
+        with clock.phase("local-search"):
+            searched = reduce_devices(
+                instance, hint, bound, time.perf_counter() + remaining * QUICK_SEARCH_SHARE,
+                remaining * QUICK_SEARCH_SHARE / 2,
+            )
+        if _devices(searched) < _devices(hint):
+            hint, assignment, method = searched, searched, "local-search"
+        priced = _devices(hint) > bound
     if priced and hint is not None:
         with clock.phase("column-generation"):
             outcome = column_generation(
