@@ -28,6 +28,14 @@ class CapacityPolicyCost:
     result: PlacementResult
 
 
+@dataclass(frozen=True)
+class TimeBudget:
+    """The command's time limit, and what went before the first solve (imports, reading inputs)."""
+
+    limit_seconds: float
+    startup_seconds: float
+
+
 def total_field(resource: Resource) -> str:
     return resource.profile_field.removeprefix("peak_")
 
@@ -36,7 +44,7 @@ def _shown(resource: Resource, value: float) -> str:
     return f"{value / 1e6:.0f}" if resource.is_bytes else f"{value * 100:.0f}"
 
 
-def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, time_limit_seconds: float | None = None) -> str:
+def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, budget: TimeBudget | None = None) -> str:
     resources = _resources(result)
     header = ["device", "models", *(RESOURCE_TITLES[r] for r in resources)]
     rows = [
@@ -48,7 +56,7 @@ def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, time_
     lines += ["", _summary(result)]
     if cost is not None:
         lines.append(_cost_line(result, cost))
-    lines.append(_time_line(result, cost, time_limit_seconds))
+    lines.append(_time_line(result, cost, budget))
     return "\n".join(lines) + "\n"
 
 
@@ -67,15 +75,17 @@ def _phases(result: PlacementResult) -> str:
     return ", ".join(f"{name} {seconds * 1000:.0f} ms" for name, seconds in result.seconds_by_phase.items())
 
 
-def _time_line(result: PlacementResult, cost: CapacityPolicyCost | None, time_limit_seconds: float | None) -> str:
-    total = result.solve_seconds + (cost.result.solve_seconds if cost is not None else 0.0)
-    limit = f" of the {time_limit_seconds:g} s limit" if time_limit_seconds is not None else ""
+def _time_line(result: PlacementResult, cost: CapacityPolicyCost | None, budget: TimeBudget | None) -> str:
+    solving = result.solve_seconds + (cost.result.solve_seconds if cost is not None else 0.0)
+    if budget is None:
+        text = f"Time: solving {solving:.2f} s"
+    else:
+        text = (f"Time: {budget.startup_seconds + solving:.2f} s of the {budget.limit_seconds:g} s limit "
+                f"(startup {budget.startup_seconds:.2f} s, solving {solving:.2f} s)")
     if cost is None:
-        return f"Time: {total:.2f} s{limit} ({_phases(result)})."
-    text = f"Time: {total:.2f} s{limit}; under the policies {result.solve_seconds:.2f} s ({_phases(result)})"
-    if cost is not None:
-        text += f"; at 100% of capacity {cost.result.solve_seconds:.2f} s ({_phases(cost.result)})"
-    return text + "."
+        return f"{text}: {_phases(result)}."
+    return (f"{text}: under the policies {result.solve_seconds:.2f} s ({_phases(result)}); "
+            f"at 100% of capacity {cost.result.solve_seconds:.2f} s ({_phases(cost.result)}).")
 
 
 def _cost_line(result: PlacementResult, cost: CapacityPolicyCost) -> str:
@@ -91,7 +101,7 @@ def _cost_line(result: PlacementResult, cost: CapacityPolicyCost) -> str:
     return f"Capacity policies {names} cost {extra} more device{'s' if extra != 1 else ''}: {result.device_count} under them, {full}."
 
 
-def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, time_limit_seconds: float | None = None) -> str:
+def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, budget: TimeBudget | None = None) -> str:
     document: dict[str, Any] = {
         "devices": [
             {
@@ -109,8 +119,9 @@ def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, time_l
         "proof": result.proof.as_dict() if result.proof is not None else None,
         "seconds_by_phase": {name: round(v, 6) for name, v in result.seconds_by_phase.items()},
     }
-    if time_limit_seconds is not None:
-        document["time_limit_seconds"] = time_limit_seconds
+    if budget is not None:
+        document["time_limit_seconds"] = budget.limit_seconds
+        document["startup_seconds"] = round(budget.startup_seconds, 6)
     if cost is not None:
         document["at_full_capacity"] = {
             "policies": list(cost.policies),
