@@ -17,7 +17,8 @@ from gpupack.profiles import load_profile
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
 from gpupack.rules.peaks_source import PrometheusSource, get_json
 from gpupack.rules.policy import PolicySet
-from gpupack.scheduler.constraints import build_problem
+from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
+from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.triton_control import ServerEndpoint
@@ -55,13 +56,25 @@ class FleetInputs:
 
     def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
         """Every loaded model, on these devices, under these policies, starting from today."""
-        placement = fleet.placement
-        models = [ModelFootprint(model, self._peaks(model, "")) for model in sorted(placement.assignments)]
+        return problem_from(self.constraints(fleet, policies), self.models(fleet), [d.device for d in self.devices],
+                            self.server_baseline(), current=fleet.placement)
+
+    def constraints(self, fleet: FleetView, policies: PolicySet) -> Constraints:
+        """The policies on these devices, each knowing its servers and baseline, for these models."""
+        return compile_policies(policies, Fleet(
+            tuple(FleetDevice(d.device, d.servers, d.server_baseline) for d in self.devices),
+            tuple(m.model for m in self.models(fleet))))
+
+    def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
+        return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
+
+    def server_baseline(self) -> dict[Resource, float]:
+        """The largest baseline of any device: what a device the source does not list is assumed to cost."""
         baseline: dict[Resource, float] = {}
-        for device in self.devices:  # one baseline for all devices: the largest, to stay on the safe side
+        for device in self.devices:
             for resource, value in device.server_baseline.items():
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
-        return build_problem(models, [d.device for d in self.devices], baseline, policies, current=placement)
+        return baseline
 
     def servers_of(self, device: str) -> tuple[str, ...]:
         for entry in self.devices:

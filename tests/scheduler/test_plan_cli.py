@@ -77,7 +77,7 @@ def test_devices_file_with_unmatched_pin_exits_1_naming_the_policy(capsys, tmp_p
     status = main(["plan", "--profile", SEED, "--devices-file", str(devices), "--policies", str(pin)])
     err = capsys.readouterr().err
     assert status == 1
-    assert "model segmentation_ct_liver: pins policy liver-on-a100 leave no device" in err
+    assert "model segmentation_ct_liver: no device it may run on is left by policy liver-on-a100" in err
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,247 @@
+"""Policies + a fleet -> typed, scoped constraints: the one reading of what a policy means.
+
+Selectors are matched here and nowhere else. The evaluator judges a placement against these
+constraints, the scheduler turns them into a placement problem, and the PromQL export writes
+them as alert rules, so the three cannot disagree about which devices and models a policy
+covers, what its limit is on each device, or which server baseline it counts.
+
+A constraint keeps its policy's name, ``file:line`` and action, so every answer points back at
+the YAML and the planner knows which constraints it may break (``alert``) and which it may not
+(``rebalance``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping, Sequence, Union
+
+from gpupack.domain import Device, Resource
+from gpupack.rules.policy import (
+    Action,
+    AntiAffinityPolicy,
+    CapacityPolicy,
+    FleetPolicy,
+    ModelLimitPolicy,
+    PinPolicy,
+    Policy,
+    PolicySet,
+    ReplicasPolicy,
+    Selector,
+    Severity,
+)
+
+
+@dataclass(frozen=True)
+class FleetDevice:
+    """A device, the servers that run on it and what those servers cost it with no model loaded."""
+
+    device: Device
+    servers: tuple[str, ...] = ()
+    baseline: Mapping[Resource, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "baseline", MappingProxyType(dict(self.baseline)))
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What a policy is matched against: the devices and the names of the models to place or judge."""
+
+    devices: tuple[FleetDevice, ...]
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Origin:
+    policy: str
+    where: str  # file:line
+    action: Action
+    severity: Severity = Severity.WARNING
+
+    @property
+    def hard(self) -> bool:
+        """A rebalance policy must hold in every plan; an alert policy is kept where possible."""
+        return self.action is Action.REBALANCE
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """On each of ``devices``: baseline + sum of the counted models' peaks <= limit.
+
+    ``models`` None counts every model. A limit is NaN where the device's capacity is unknown.
+    """
+
+    origin: Origin
+    resource: Resource
+    devices: tuple[str, ...]
+    limits: tuple[float, ...]  # per device, in the resource's base unit, baseline included
+    baselines: tuple[float, ...]  # per device
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class ModelLimit:
+    """Each model of ``models`` placed on one of ``devices`` has a peak <= ``max_value``."""
+
+    origin: Origin
+    resource: Resource
+    max_value: float
+    devices: frozenset[str]
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class FleetMax:
+    """The counted models (None: all) use at most ``max_devices`` of ``devices``."""
+
+    origin: Origin
+    max_devices: int
+    devices: frozenset[str]
+    models: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Allowed:
+    """Each of ``models`` placed on a device of ``scope`` must be on one of ``devices`` (a pin)."""
+
+    origin: Origin
+    models: frozenset[str]
+    devices: frozenset[str]
+    scope: frozenset[str]
+
+
+@dataclass(frozen=True)
+class AntiAffinity:
+    """At most one of ``models`` on each of ``devices``."""
+
+    origin: Origin
+    models: frozenset[str]
+    devices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """Each of ``models`` is placed on at least ``count`` distinct devices of ``devices``."""
+
+    origin: Origin
+    models: frozenset[str]
+    count: int
+    devices: frozenset[str]
+
+
+Constraint = Union[Capacity, ModelLimit, FleetMax, Allowed, AntiAffinity, Replicas]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """All constraints of a policy set on one fleet, in policy order."""
+
+    fleet: Fleet
+    items: tuple[Constraint, ...] = ()
+
+    def of_type(self, kind: type) -> tuple:
+        return tuple(c for c in self.items if isinstance(c, kind))
+
+    def only(self, keep: "Iterable[str]") -> "Constraints":
+        """The constraints of the named policies only."""
+        names = set(keep)
+        return Constraints(self.fleet, tuple(c for c in self.items if c.origin.policy in names))
+
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.origin.policy for c in self.items))
+
+    def hard(self) -> "Constraints":
+        """The constraints no plan may break: those of ``rebalance`` policies."""
+        return Constraints(self.fleet, tuple(c for c in self.items if c.origin.hard))
+
+
+def glob_regex(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One compiled regex for a list of globs; None means 'no filter'."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class _Matcher:
+    """Selectors against one fleet, each distinct one matched once."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._devices: dict[tuple, tuple[str, ...]] = {}
+        self._models: dict[tuple[str, ...], frozenset[str] | None] = {}
+
+    def devices(self, selector: Selector) -> tuple[str, ...]:
+        """The devices a selector's device, label and server parts match, in fleet order."""
+        key = (selector.devices, tuple(sorted(selector.device_labels.items())), selector.servers)
+        if key not in self._devices:
+            names, servers = glob_regex(selector.devices), glob_regex(selector.servers)
+            self._devices[key] = tuple(
+                d.device.name for d in self.fleet.devices
+                if (names is None or names.match(d.device.name))
+                and all(d.device.labels.get(k) == v for k, v in selector.device_labels.items())
+                and (servers is None or any(servers.match(s) for s in d.servers))
+            )
+        return self._devices[key]
+
+    def models(self, patterns: tuple[str, ...]) -> frozenset[str] | None:
+        """The fleet's models the globs match; None when there are no globs (every model)."""
+        if patterns not in self._models:
+            regex = glob_regex(patterns)
+            self._models[patterns] = None if regex is None else frozenset(
+                m for m in self.fleet.models if regex.match(m))
+        return self._models[patterns]
+
+
+def compile_policies(policies: PolicySet, fleet: Fleet) -> Constraints:
+    matcher = _Matcher(fleet)
+    by_name = {d.device.name: d for d in fleet.devices}
+    items: list[Constraint] = []
+    for policy in policies.policies:
+        items.append(_compile(policy, matcher, by_name))
+    return Constraints(fleet, tuple(items))
+
+
+def _origin(policy: Policy) -> Origin:
+    return Origin(policy.name, policy.where, policy.action, policy.severity)
+
+
+def _compile(policy: Policy, matcher: _Matcher, by_name: Mapping[str, FleetDevice]) -> Constraint:
+    origin = _origin(policy)
+    scope = matcher.devices(policy.selector)
+    if isinstance(policy, CapacityPolicy):
+        return Capacity(
+            origin, policy.resource, scope,
+            tuple(_limit(policy, by_name[d].device) for d in scope),
+            tuple(by_name[d].baseline.get(policy.resource, 0.0) for d in scope),
+            matcher.models(policy.selector.models))
+    if isinstance(policy, ModelLimitPolicy):
+        return ModelLimit(origin, policy.resource, policy.max_value, frozenset(scope),
+                          matcher.models(policy.selector.models))
+    if isinstance(policy, FleetPolicy):
+        return FleetMax(origin, policy.max_devices, frozenset(scope), matcher.models(policy.selector.models))
+    if isinstance(policy, PinPolicy):
+        return Allowed(origin, _some(matcher.models(policy.selector.models)), frozenset(matcher.devices(policy.to)),
+                       frozenset(scope))
+    if isinstance(policy, AntiAffinityPolicy):
+        return AntiAffinity(origin, _some(matcher.models(policy.models)), scope)
+    assert isinstance(policy, ReplicasPolicy)
+    return Replicas(origin, _some(matcher.models(policy.selector.models)), policy.count, frozenset(scope))
+
+
+def _some(models: frozenset[str] | None) -> frozenset[str]:
+    # Pins, anti-affinity and replicas always name their models (the loader insists).
+    return models if models is not None else frozenset()
+
+
+def _limit(policy: CapacityPolicy, device: Device) -> float:
+    if policy.max_bytes is not None:
+        return float(policy.max_bytes)
+    assert policy.max_ratio is not None
+    if policy.resource not in device.capacity and policy.resource.is_bytes:
+        return math.nan
+    return (policy.max_ratio - policy.headroom_ratio) * device.capacity_of(policy.resource)
