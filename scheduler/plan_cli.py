@@ -16,9 +16,11 @@ from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
 from gpupack.rules.policy import CapacityPolicy, PolicySet
-from gpupack.scheduler.constraints import build_problem
+from gpupack.rules.compiled import compile_policies
+from gpupack.scheduler.constraints import build_problem, fleet_for
 from gpupack.scheduler.devices_file import identical_devices, load_devices
 from gpupack.scheduler.plan_report import CapacityPolicyCost, render_json, render_table
+from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.solver import Objective, solve
 from gpupack.units import parse_bytes, parse_duration
 
@@ -36,6 +38,9 @@ SETTINGS = (
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", required=True, metavar="FILE", help="profile (YAML, JSON or CSV) of the models to place")
     parser.add_argument("--policies", metavar="FILE", help="policies: capacity limits, pins, anti-affinity, replicas, fleet size")
+    parser.add_argument("--soft-alerts", action="store_true",
+                        help="plan as a rebalance does: 'action: alert' policies are kept where possible and listed "
+                             "when the plan breaks them (default: every policy must hold)")
     parser.add_argument("--device-memory", metavar="SIZE", help="memory of each identical device, e.g. 16GiB")
     parser.add_argument("--devices", metavar="N", help="number of identical devices (default: as many as needed)")
     parser.add_argument("--devices-file", metavar="FILE", help="YAML list of devices of different sizes and costs")
@@ -51,15 +56,19 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     profile = load_profile(args.profile)
     policies = _load_policies(settings["policies"])
     devices = _devices(settings, profile, policies)
-    problem = build_problem(profile.models, devices, profile.server_baseline, policies)
-    result = solve(problem, settings["objective"], settings["time_limit"])
+    fleet = fleet_for(profile.models, devices, profile.server_baseline)
+    planned = plan_under(compile_policies(policies or PolicySet(), fleet), profile.models, devices,
+                         profile.server_baseline, settings["objective"], settings["time_limit"],
+                         soft_alerts=args.soft_alerts)
+    problem, result = planned.problem, planned.result
     cost = None
-    relaxed = _at_full_capacity(policies)
+    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept))
+                                if policies else None)
     if relaxed is not None:
         full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
         cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], settings["time_limit"]))
     render = render_json if args.format == "json" else render_table
-    sys.stdout.write(render(result, cost))
+    sys.stdout.write(render(result, cost, planned.broken_alerts))
     if args.plot:
         from gpupack.scheduler.plot import plot_placement  # matplotlib only when asked
 

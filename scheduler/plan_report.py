@@ -36,7 +36,7 @@ def _shown(resource: Resource, value: float) -> str:
     return f"{value / 1e6:.0f}" if resource.is_bytes else f"{value * 100:.0f}"
 
 
-def render_table(result: PlacementResult, cost: CapacityPolicyCost | None) -> str:
+def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, broken_alerts: tuple[str, ...] = ()) -> str:
     resources = _resources(result)
     header = ["device", "models", *(RESOURCE_TITLES[r] for r in resources)]
     rows = [
@@ -48,6 +48,8 @@ def render_table(result: PlacementResult, cost: CapacityPolicyCost | None) -> st
     lines += ["", _summary(result)]
     if cost is not None:
         lines.append(_cost_line(result, cost))
+    if broken_alerts:
+        lines.append(f"Alert policies this plan breaks (no plan keeps them all): {', '.join(broken_alerts)}.")
     return "\n".join(lines) + "\n"
 
 
@@ -66,7 +68,7 @@ def _cost_line(result: PlacementResult, cost: CapacityPolicyCost) -> str:
     return f"Capacity policies {names} cost {extra} more device{'s' if extra != 1 else ''}: {result.device_count} under them, {full}."
 
 
-def render_json(result: PlacementResult, cost: CapacityPolicyCost | None) -> str:
+def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, broken_alerts: tuple[str, ...] = ()) -> str:
     document: dict[str, Any] = {
         "devices": [
             {
@@ -81,6 +83,7 @@ def render_json(result: PlacementResult, cost: CapacityPolicyCost | None) -> str
         "optimal": result.optimal,
         "solve_seconds": round(result.solve_seconds, 6),
         "method": result.method,
+        "alert_policies_broken": list(broken_alerts),
     }
     if cost is not None:
         document["at_full_capacity"] = {
