@@ -57,10 +57,15 @@ class Fleet:
 
 @dataclass(frozen=True)
 class Origin:
+    """The policy a constraint came from, and how its alerts are written."""
+
     policy: str
     where: str  # file:line
     action: Action
     severity: Severity = Severity.WARNING
+    for_seconds: float = 300.0
+    runbook_url: str = ""
+    scope: Selector = field(default_factory=Selector)  # the patterns that chose its devices and models
 
     @property
     def hard(self) -> bool:
@@ -73,6 +78,8 @@ class Capacity:
     """On each of ``devices``: baseline + sum of the counted models' peaks <= limit.
 
     ``models`` None counts every model. A limit is NaN where the device's capacity is unknown.
+    ``max_ratio`` (of capacity, headroom taken off) or ``max_bytes`` is the limit before it meets
+    a device, for the PromQL export.
     """
 
     origin: Origin
@@ -81,6 +88,8 @@ class Capacity:
     limits: tuple[float, ...]  # per device, in the resource's base unit, baseline included
     baselines: tuple[float, ...]  # per device
     models: frozenset[str] | None = None
+    max_ratio: float | None = None
+    max_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,7 @@ class Allowed:
     models: frozenset[str]
     devices: frozenset[str]
     scope: frozenset[str]
+    to: Selector = field(default_factory=Selector)  # the patterns that chose ``devices``
 
 
 @dataclass(frozen=True)
@@ -197,7 +207,10 @@ class _Matcher:
         return self._models[patterns]
 
 
-def compile_policies(policies: PolicySet, fleet: Fleet) -> Constraints:
+NO_FLEET = Fleet((), ())  # for a reader of the patterns alone (the PromQL export): nothing matches
+
+
+def compile_policies(policies: PolicySet, fleet: Fleet = NO_FLEET) -> Constraints:
     matcher = _Matcher(fleet)
     by_name = {d.device.name: d for d in fleet.devices}
     items: list[Constraint] = []
@@ -207,7 +220,11 @@ def compile_policies(policies: PolicySet, fleet: Fleet) -> Constraints:
 
 
 def _origin(policy: Policy) -> Origin:
-    return Origin(policy.name, policy.where, policy.action, policy.severity)
+    scope = policy.selector
+    if isinstance(policy, AntiAffinityPolicy):
+        scope = Selector(scope.devices, scope.device_labels, scope.servers, policy.models)
+    return Origin(policy.name, policy.where, policy.action, policy.severity, policy.for_seconds,
+                  policy.runbook_url, scope)
 
 
 def _compile(policy: Policy, matcher: _Matcher, by_name: Mapping[str, FleetDevice]) -> Constraint:
@@ -218,7 +235,8 @@ def _compile(policy: Policy, matcher: _Matcher, by_name: Mapping[str, FleetDevic
             origin, policy.resource, scope,
             tuple(_limit(policy, by_name[d].device) for d in scope),
             tuple(by_name[d].baseline.get(policy.resource, 0.0) for d in scope),
-            matcher.models(policy.selector.models))
+            matcher.models(policy.selector.models),
+            None if policy.max_ratio is None else policy.max_ratio - policy.headroom_ratio, policy.max_bytes)
     if isinstance(policy, ModelLimitPolicy):
         return ModelLimit(origin, policy.resource, policy.max_value, frozenset(scope),
                           matcher.models(policy.selector.models))
@@ -226,7 +244,7 @@ def _compile(policy: Policy, matcher: _Matcher, by_name: Mapping[str, FleetDevic
         return FleetMax(origin, policy.max_devices, frozenset(scope), matcher.models(policy.selector.models))
     if isinstance(policy, PinPolicy):
         return Allowed(origin, _some(matcher.models(policy.selector.models)), frozenset(matcher.devices(policy.to)),
-                       frozenset(scope))
+                       frozenset(scope), policy.to)
     if isinstance(policy, AntiAffinityPolicy):
         return AntiAffinity(origin, _some(matcher.models(policy.models)), scope)
     assert isinstance(policy, ReplicasPolicy)

@@ -102,10 +102,10 @@ def problem_from(
         if isinstance(c, Capacity):
             known = [(d, limit, base) for d, limit, base in zip(c.devices, c.limits, c.baselines) if limit == limit]
             if c.models is None or model_names <= c.models:
-                for device, limit, _ in known:
-                    if limit < limits[device].get(c.resource, math.inf):
-                        limits[device][c.resource] = limit
-                        sources[f"limit:{device}:{c.resource.value}"] = name
+                for on, limit, _ in known:
+                    if limit < limits[on].get(c.resource, math.inf):
+                        limits[on][c.resource] = limit
+                        sources[f"limit:{on}:{c.resource.value}"] = name
             elif c.models & model_names:
                 scoped.append(ScopedLimit(name, c.resource, {m: peaks[m].peak(c.resource) for m in c.models & model_names},
                                           {d: limit for d, limit, _ in known}, {d: base for d, _, base in known}))

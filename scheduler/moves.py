@@ -78,11 +78,11 @@ class Budget:
             for scoped in problem.scoped_limits:
                 if device.name in scoped.limits:
                     limits[device.name][scoped] = scoped.limits[device.name] - scoped.baselines.get(device.name, 0.0)
-        peaks: dict[str, dict[Dimension, float]] = {m.model: dict(m.peaks) for m in problem.models}
+        peaks: dict[str, dict[Dimension, float]] = {m.model: {r: v for r, v in m.peaks.items()} for m in problem.models}
         for scoped in problem.scoped_limits:
             for model, amount in scoped.demand.items():
                 peaks.setdefault(model, {})[scoped] = amount
-        baseline: dict[Dimension, float] = dict(problem.server_baseline)
+        baseline: dict[Dimension, float] = {r: v for r, v in problem.server_baseline.items()}
         return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(baseline))
 
     def usage(self, models: Iterable[str]) -> dict[Dimension, float]:
