@@ -13,21 +13,23 @@ from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile
 from gpupack.rules.policy import PolicySet
+from gpupack.units import UnitError, parse_duration, parse_ratio
 from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.demand import demand_by_model, plan_for_demand
 from gpupack.scheduler.demand_baselines import best_throughput_config, peak_one_copy
 from gpupack.scheduler.demand_options import options_for
+from gpupack.scheduler.demand_prometheus import demand_from_prometheus
 from gpupack.scheduler.demand_report import render_json, render_table
 from gpupack.scheduler.problem import Objective
 
 
 def run_demand(args: argparse.Namespace, settings: dict, profile: Profile, policies: PolicySet | None,
                devices_for: Callable[[int], tuple[Device, ...]]) -> int:
-    demands = load_demand(args.demand)
+    demands, origin = _demands(args)
     known = {m.model for m in profile.models}
     for demand in demands:
         if demand.model not in known:
-            raise InputError(f"model {demand.model!r} is not in the profile {args.profile}", path=args.demand)
+            raise InputError(f"model {demand.model!r} is not in the profile {args.profile}", path=origin)
     extra = args.extra_copies
     if extra < 0:
         raise InputError("--extra-copies: must be at least 0")
@@ -41,6 +43,20 @@ def run_demand(args: argparse.Namespace, settings: dict, profile: Profile, polic
     render = render_json if args.format == "json" else render_table
     sys.stdout.write(render(plan, baselines))
     return 0
+
+
+def _demands(args: argparse.Namespace) -> tuple[tuple[ModelDemand, ...], str]:
+    if args.demand and args.demand_from_prometheus:
+        raise InputError("give --demand FILE or --demand-from-prometheus URL, not both")
+    if args.demand:
+        return load_demand(args.demand), args.demand
+    try:
+        window, headroom = parse_duration(args.window), parse_ratio(args.headroom)
+    except UnitError as e:
+        raise InputError(f"--window/--headroom: {e}") from e
+    if window <= 0:
+        raise InputError("--window: must be above 0")
+    return demand_from_prometheus(args.demand_from_prometheus, window, headroom), f"Prometheus {args.demand_from_prometheus}"
 
 
 def _most_copies(profile: Profile, demands: tuple[ModelDemand, ...], extra_copies: int) -> int:

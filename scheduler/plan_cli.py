@@ -45,6 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--demand", metavar="FILE",
                         help="plan for traffic: YAML of {model, rate_per_second, latency_p99_seconds} per model")
+    parser.add_argument("--demand-from-prometheus", metavar="URL",
+                        help="plan for traffic: each model's peak of rate(nv_inference_count[5m]) over --window")
+    parser.add_argument("--window", metavar="DURATION", default="7d", help="with --demand-from-prometheus (default: 7d)")
+    parser.add_argument("--headroom", metavar="RATIO", default="0%",
+                        help="with --demand-from-prometheus, plan for this much more than the peak, e.g. 20%%")
     parser.add_argument("--extra-copies", metavar="N", type=int, default=0,
                         help="with --demand, also consider up to N more copies than a model's demand needs (default: 0)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the placement: one stacked bar per device per resource")
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
     profile = load_profile(args.profile)
     policies = _load_policies(settings["policies"])
-    if args.demand:
+    if args.demand or args.demand_from_prometheus:
         from gpupack.scheduler.demand_cli import run_demand
 
         return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count))
