@@ -151,7 +151,8 @@ def _option_instance(base: PlacementProblem, options: list[CopyOption]) -> Insta
     return compile_problem(problem)
 
 
-def _usable(options: list[CopyOption], owner: list[int], instance: Instance, demands: list[ModelDemand]):
+def _usable(options: list[CopyOption], owner: list[int], instance: Instance,
+            demands: list[ModelDemand]) -> tuple[list[CopyOption], list[int], Instance]:
     """Only options whose copies each fit on a distinct device the model may use."""
     keep = instance.allowed.sum(axis=1) >= instance.replicas
     for m, demand in enumerate(demands):
