@@ -158,3 +158,40 @@ def test_demand_for_a_model_not_profiled_exits_2_naming_the_demand_file(capsys, 
     status, _, err = plan(capsys, "--demand", str(demand))
     assert status == 2
     assert f"{demand}: model 'classification_knee' is not in the profile" in err
+
+
+def test_every_policy_holds_for_the_copies_pins_anti_affinity_replicas_as_fewest_copies(capsys, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: t4, memory: 16GiB, count: 8, labels: {class: T4}}\n"
+                       "  - {name: a100, memory: 80GiB, count: 2, labels: {class: A100}}\n")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(Path(policies(tmp_path)).read_text() + (
+        "  - {name: liver-on-a100, selector: {models: [segmentation_ct_liver]}, pin: {labels: {class: A100}}}\n"
+        "  - {name: ct-apart, anti_affinity: [segmentation_ct_colon_tumor, segmentation_ct_pancreas,"
+        " segmentation_ct_spleen]}\n"
+        "  - {name: classifiers-twice, selector: {models: ['classification_*']}, replicas: 2}\n"))
+    status = main(["plan", "--profile", SEED, "--devices-file", str(devices), "--policies", str(rules),
+                   "--format", "json", "--demand", demand_at(tmp_path, 0.25)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    document = json.loads(out)
+    holders: dict[str, list[str]] = {}
+    for device in document["devices"]:
+        for copy in device["copies"]:
+            holders.setdefault(copy["model"], []).append(device["name"])
+    assert all(name.startswith("a100") for name in holders["segmentation_ct_liver"])
+    ct = [d for m in ("segmentation_ct_colon_tumor", "segmentation_ct_pancreas", "segmentation_ct_spleen")
+          for d in holders[m]]
+    assert len(ct) == len(set(ct)) == 3
+    by_model = {m["model"]: m for m in document["models"]}
+    for model in ("classification_breast", "classification_chest", "classification_malaria"):
+        assert by_model[model]["copies"] == 2 and len(set(holders[model])) == 2
+    assert all(d["totals"]["gpu_utilization_ratio"] <= 1 for d in document["devices"])
+
+
+def test_a_fleet_limit_below_what_the_demand_needs_exits_1(capsys, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(Path(policies(tmp_path)).read_text() + "  - {name: three-gpus, max_devices: 3}\n")
+    status, _, err = plan(capsys, "--policies", str(rules), "--demand", demand_at(tmp_path, 0.25))
+    assert status == 1
+    assert "three-gpus" in err
