@@ -48,6 +48,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated, applied in order: {', '.join(o.value for o in Objective)} (default: min-devices,balance)")
     parser.add_argument("--time-limit", metavar="DURATION", help="solver time limit, e.g. 10s (default: 10s)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--demand", metavar="FILE",
+                        help="plan for traffic: YAML of {model, rate_per_second, latency_p99_seconds} per model")
+    parser.add_argument("--demand-from-prometheus", metavar="URL",
+                        help="plan for traffic: each model's peak of rate(nv_inference_count[5m]) over --window")
+    parser.add_argument("--window", metavar="DURATION", default="7d", help="with --demand-from-prometheus (default: 7d)")
+    parser.add_argument("--headroom", metavar="RATIO", default="0%",
+                        help="with --demand-from-prometheus, plan for this much more than the peak, e.g. 20%%")
+    parser.add_argument("--extra-copies", metavar="N", type=int, default=0,
+                        help="with --demand, also consider up to N more copies than a model's demand needs (default: 0)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the placement: one stacked bar per device per resource")
 
 
@@ -55,6 +64,10 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
     profile = load_profile(args.profile)
     policies = _load_policies(settings["policies"])
+    if args.demand or args.demand_from_prometheus:
+        from gpupack.scheduler.demand_cli import run_demand
+
+        return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count))
     devices = _devices(settings, profile, policies)
     fleet = fleet_for(profile.models, devices, profile.server_baseline)
     planned = plan_under(compile_policies(policies or PolicySet(), fleet), profile.models, devices,
@@ -91,7 +104,8 @@ def _load_policies(path: str | None) -> PolicySet | None:
     return load_policies(path)
 
 
-def _devices(settings: dict, profile: Profile, policies: PolicySet | None) -> tuple[Device, ...]:
+def _devices(settings: dict, profile: Profile, policies: PolicySet | None,
+             default_count: int | None = None) -> tuple[Device, ...]:
     if settings["devices_file"]:
         if settings["device_memory"] is not None or settings["devices"] is not None:
             raise InputError("--devices-file describes the devices itself: drop --device-memory and --devices")
@@ -99,7 +113,9 @@ def _devices(settings: dict, profile: Profile, policies: PolicySet | None) -> tu
     if settings["device_memory"] is None:
         raise InputError("say what the devices are: --device-memory SIZE [--devices N], or --devices-file FILE")
     count = settings["devices"]
-    if count is None:
+    if count is None and default_count is not None:
+        count = default_count
+    elif count is None:
         replicas = max([1] + [getattr(p, "count", 1) for p in (policies.policies if policies else ())])
         count = max(1, len(profile.models) * replicas)
     elif count < 1:

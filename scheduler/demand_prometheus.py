@@ -1,0 +1,42 @@
+"""Demand from Triton's own metrics: each model's busiest five minutes over a window.
+
+The demand of a model is the peak over the window of ``sum by (model) (rate(nv_inference_count[5m]))``
+(every server and version together: what the fleet must serve), times one plus the headroom. No
+latency budget comes from metrics; every measured point may be used.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gpupack.demand import ModelDemand
+from gpupack.rules.peaks import PeaksUnavailableError
+from gpupack.rules.peaks_source import get_json
+
+RATE_WINDOW_SECONDS = 300.0
+
+
+def demand_query(window_seconds: float, rate_window_seconds: float = RATE_WINDOW_SECONDS) -> str:
+    # A subquery step of a fifth of the rate window cannot step over a busy stretch of that length.
+    step = max(1, int(rate_window_seconds / 5))
+    return (f"max_over_time(sum by (model) (rate(nv_inference_count[{int(rate_window_seconds)}s]))"
+            f"[{int(window_seconds)}s:{step}s])")
+
+
+def demand_from_prometheus(url: str, window_seconds: float, headroom_ratio: float = 0.0,
+                           rate_window_seconds: float = RATE_WINDOW_SECONDS, timeout_seconds: float = 10.0,
+                           at_seconds: float | None = None) -> tuple[ModelDemand, ...]:
+    """Raises :class:`PeaksUnavailableError` when Prometheus cannot be asked or refuses the query."""
+    endpoint = f"{url.rstrip('/')}/api/v1/query"
+    query = demand_query(window_seconds, rate_window_seconds)
+    at = time.time() if at_seconds is None else at_seconds
+    body = get_json(endpoint, timeout_seconds, {"query": query, "time": f"{at:.3f}"})
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else body
+        raise PeaksUnavailableError(f"{endpoint}: query {query!r} failed: {error}")
+    demands = []
+    for sample in body["data"]["result"]:
+        model = sample["metric"].get("model")
+        if model:
+            demands.append(ModelDemand(model, float(sample["value"][1]) * (1 + headroom_ratio)))
+    return tuple(sorted(demands, key=lambda d: d.model))
