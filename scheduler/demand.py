@@ -33,6 +33,7 @@ from gpupack.scheduler.solver import solve
 JOINT_MAX_PAIRS = 120_000
 JOINT_SHARE = 0.6  # of the time left after the heuristics, when the joint model runs
 PRICE_ROUNDS = 3
+SHARPER_PRICES = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,8 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
     owner_array = np.array(owner)
     prices = [np.ones(volumes.shape[1])]
     price = _least_totals(volumes, owner_array, n_models)
+    # Sharper prices lean harder on the bottleneck; which packs best differs from fleet to fleet.
+    prices += [(price / max(price.max(), 1e-12)) ** k for k in SHARPER_PRICES]
     for _ in range(PRICE_ROUNDS):
         prices.append(price / max(price.max(), 1e-12))
         price = volumes[_choose(volumes @ prices[-1], owner_array, n_models)].sum(axis=0)
