@@ -12,9 +12,10 @@ placement solver under every objective.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +34,7 @@ from gpupack.scheduler.solver import solve
 JOINT_MAX_PAIRS = 120_000
 JOINT_SHARE = 0.6  # of the time left after the heuristics, when the joint model runs
 PRICE_ROUNDS = 3
+SHARPER_PRICES = (2, 4)
 
 
 @dataclass(frozen=True)
@@ -83,14 +85,15 @@ def plan_for_demand(
     bound = _joint_bound(instance, owner, len(per_model), groups)
     choice, assignment = _priced_choice(instance, owner, len(per_model), groups, primary)
     method = "priced-choice"
+    score: Callable[[Assignment], float] = _count if primary is Objective.MIN_DEVICES else functools.partial(_cost, instance)
     devices_used = _count(assignment)
     proven = False
     pairs = instance.n_models * devices_used
-    if devices_used > bound and pairs <= JOINT_MAX_PAIRS:
+    if (devices_used > bound or primary is Objective.MIN_COST) and pairs <= JOINT_MAX_PAIRS:
         remaining = time_limit_seconds - (time.perf_counter() - started)
         hint: Choice = {m: (choice[m], assignment[m]) for m in range(len(per_model))}
         outcome = solve_joint(instance, owner, groups, primary, remaining * JOINT_SHARE, hint)
-        if outcome.choice is not None and _count({m: ds for m, (_, ds) in outcome.choice.items()}) <= devices_used:
+        if outcome.choice is not None and score({m: ds for m, (_, ds) in outcome.choice.items()}) <= score(assignment):
             choice = [outcome.choice[m][0] for m in range(len(per_model))]
             assignment = {m: ds for m, (_, ds) in outcome.choice.items()}
             method, proven = "joint-cp-sat", outcome.proven
@@ -101,13 +104,18 @@ def plan_for_demand(
     )
     remaining = max(0.1, time_limit_seconds - (time.perf_counter() - started))
     result = solve(problem, objectives, remaining)
-    if result.device_count > _count(assignment):
+    by_name = {d.name: k for k, d in enumerate(problem.devices)}
+    solved = {m: [by_name[n] for n in result.placement.assignments.get(o.model, ())] for m, o in enumerate(chosen)}
+    if score(solved) > score(assignment):  # the joint model's placement was better than time allowed again
         placement = Placement({chosen[m].model: tuple(problem.devices[d].name for d in ds) for m, ds in assignment.items()})
         result = dataclasses.replace(result, placement=placement, device_totals=device_totals(problem, placement),
                                      device_count=_count(assignment))
-    else:
-        method = result.method if result.device_count < _count(assignment) else method
-    optimal = result.device_count <= bound or (proven and primary is Objective.MIN_COST)
+    elif score(solved) < score(assignment):
+        method, proven = result.method, False
+    if primary is Objective.MIN_DEVICES:
+        optimal = result.device_count <= bound
+    else:  # fewest devices need not be cheapest: only the joint model's proof counts
+        optimal = proven
     result = dataclasses.replace(result, lower_bound=bound, optimal=optimal, method=method,
                                  solve_seconds=time.perf_counter() - started)
     return DemandPlan(
@@ -213,6 +221,8 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
     owner_array = np.array(owner)
     prices = [np.ones(volumes.shape[1])]
     price = _least_totals(volumes, owner_array, n_models)
+    # Sharper prices lean harder on the bottleneck; which packs best differs from fleet to fleet.
+    prices += [(price / max(price.max(), 1e-12)) ** k for k in SHARPER_PRICES]
     for _ in range(PRICE_ROUNDS):
         prices.append(price / max(price.max(), 1e-12))
         price = volumes[_choose(volumes @ prices[-1], owner_array, n_models)].sum(axis=0)

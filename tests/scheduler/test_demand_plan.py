@@ -195,3 +195,18 @@ def test_a_fleet_limit_below_what_the_demand_needs_exits_1(capsys, tmp_path):
     status, _, err = plan(capsys, "--policies", str(rules), "--demand", demand_at(tmp_path, 0.25))
     assert status == 1
     assert "three-gpus" in err
+
+
+def test_least_cost_mixes_device_kinds_and_is_proven(capsys, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: t4, memory: 16GiB, count: 8, cost: 1}\n"
+                       "  - {name: a100, memory: 80GiB, count: 2, cost: 1.5}\n")
+    status = main(["plan", "--profile", SEED, "--devices-file", str(devices), "--policies", policies(tmp_path),
+                   "--format", "json", "--objective", "min-cost", "--demand", demand_at(tmp_path, 0.25)])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    document = json.loads(out)
+    # 52 GB of models at 123% utilisation: no single device and no two T4s hold them; one A100 and
+    # one T4 (2.5) beat two A100s (3) and four T4s (4).
+    assert sorted(d["name"] for d in document["devices"]) == ["a100-1", "t4-1"]
+    assert document["optimal"] is True
