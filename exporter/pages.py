@@ -168,7 +168,7 @@ class PageRenderer:
             if page.gzip_body is None:
                 self._give_way()
                 page = replace(page, gzip_body=gzip.compress(page.body, GZIP_LEVEL, mtime=0))
-                pages = replace(pages, **{format_name: page})
+                pages = replace(pages, openmetrics=page) if format_name == OPENMETRICS else replace(pages, text=page)
         return pages
 
     def _give_way(self) -> None:

@@ -78,3 +78,17 @@ def test_a_servers_model_allow_and_deny_lists_drop_the_models_series_only_on_tha
               for line in text.splitlines() if line.startswith("gpupack_model_")}
     assert models == {("a", "resnet50"), ("a", "bert"), ("b", "bert")}
     assert not ModelFilter(allow=("resnet*",)).exports("bert") and ModelFilter().exports("anything")
+
+
+def test_a_new_peak_reaches_the_page_though_unchanged_peaks_are_not_rebuilt():
+    from dataclasses import replace
+
+    first = _snapshot()
+    collector, renderer = SnapshotCollector(lambda: first), ExpositionRenderer()
+    renderer.render(collector.families(first))
+    same_peaks = replace(first, generated_at_seconds=2.0)
+    assert render_once(collector.families(same_peaks)) == renderer.render(collector.families(same_peaks))
+    higher = dict(first.peaks)
+    higher[("a", "bert", "1", "GPU-a", "gpu_memory")] = 5e9
+    text = renderer.render(collector.families(replace(first, peaks=higher))).text.decode()
+    assert 'gpupack_model_memory_peak_bytes{device="GPU-a",model="bert",server="a",version="1"} 5e+09' in text
