@@ -327,9 +327,12 @@ class Exporter:
 
     def _run(self) -> None:
         interval = self.settings.sample_interval_seconds
-        next_at = time.monotonic()
+        due = time.monotonic()
         while self._state is _State.RUNNING:
-            self.sample_lateness_seconds.append(time.monotonic() - next_at)
+            started = time.monotonic()
+            self.sample_lateness_seconds.append(started - due)
+            if started - due > interval:  # a stall: samples skipped, not caught up in a burst
+                due = started
             self._sampler_idle.clear()  # the renderer gives way until the sample is in
             try:
                 self.sampler.sample()
@@ -339,5 +342,5 @@ class Exporter:
             finally:
                 self._sampler_idle.set()
             self._last_sample_monotonic = time.monotonic()
-            next_at = max(next_at + interval, time.monotonic())
-            self._wake.wait(max(0.0, next_at - time.monotonic()))
+            due += interval  # against the schedule: a sample that overruns makes the next one late
+            self._wake.wait(max(0.0, due - time.monotonic()))
