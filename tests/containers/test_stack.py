@@ -20,7 +20,8 @@ import yaml
 from gpupack.triton_control import ServerEndpoint, TritonControl
 from tests.containers.conftest import MEASURED, PROJECT, ROOT, Stack, podman, stack, wait_until
 
-pytestmark = pytest.mark.container
+# The first test builds the images: from nothing (a fresh machine) that takes ~10 minutes on 2 cores.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(1500)]
 
 MIB = 2**20
 PROMETHEUS = "http://127.0.0.1:9090"
