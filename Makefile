@@ -29,3 +29,9 @@ gpu-check-dry: gpu-bundle
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The images (gpupack, a CPU-only Triton, Prometheus+Alertmanager) and the CPU-only stack, up and
+# detached, with podman; `sh deploy/podman/stack.sh down` takes it down. See deploy/README.md.
+.PHONY: containers
+containers: $(STAMP)
+	sh deploy/podman/stack.sh build up
