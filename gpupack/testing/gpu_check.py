@@ -173,12 +173,15 @@ def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
     stop = threading.Event()
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
 
-    def drive(model: str) -> None:
+    def drive(model: Model) -> None:
         with requests.Session() as session:
             while not stop.is_set():
-                session.post(f"{server.http_url}/v2/models/{model}/infer", json=body, timeout=30)
+                session.post(f"{server.http_url}/v2/models/{model.name}/infer", json=body, timeout=30)
+                # Idle three times as long as busy: the device is far from saturated, so the
+                # per-model figures and the device's can disagree visibly.
+                stop.wait(3 * model.compute_seconds)
 
-    threads = [threading.Thread(target=drive, args=(m.name,), daemon=True) for m in models for _ in range(2)]
+    threads = [threading.Thread(target=drive, args=(m,), daemon=True) for m in models]
     for thread in threads:
         thread.start()
     try:
@@ -190,20 +193,26 @@ def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
 
 
 def check_utilization(run: Run, server: TritonServer, exporter_url: str, models: tuple[Model, ...]) -> None:
-    sums, devices = [], []
+    sums, devices, sources = [], [], set()
     started = time.monotonic()
     with _load(server, models):
         time.sleep(2.0)  # the exporter's rates need a few samples of steady load
         while time.monotonic() - started < LOAD_SECONDS:
             per_model = _series(exporter_url, "gpupack_model_utilization_ratio")
             device = _series(exporter_url, "gpupack_device_utilization_ratio")
-            sums.append(sum(v for k, v in per_model.items() if any(f'model="{m.name}"' in k for m in models)))
+            ours = {k: v for k, v in per_model.items() if any(f'model="{m.name}"' in k for m in models)}
+            sums.append(sum(ours.values()))
+            sources.update(k.split('source="', 1)[1].split('"', 1)[0] for k in ours if 'source="' in k)
             devices.append(max(device.values(), default=0.0))
             time.sleep(0.5)
     model_sum, device_mean = sum(sums) / max(1, len(sums)), sum(devices) / max(1, len(devices))
     measured, truth = f"{model_sum:.0%} (sum of 2 models)", f"{device_mean:.0%} (device)"
     if run.dry:
         run.add("per-model utilisation sums to device", None, measured, truth, "dry run: CPU time, not judged")
+    elif sources != {"process"}:
+        # Apportioned figures split the device's utilisation: they add up to it by construction.
+        run.add("per-model utilisation sums to device", False, measured, truth,
+                f"source is {', '.join(sorted(sources)) or 'none'}, not 'process': NVML gave no per-process samples")
     elif device_mean < 0.2:
         run.add("per-model utilisation sums to device", False, measured, truth, "too little load to tell")
     else:
@@ -310,7 +319,8 @@ def check(run: Run) -> None:
         exporter, exporter_url = _exporter(run, server)
         try:
             if not _wait(lambda: len(_current(exporter_url)) == len(models), 60):
-                run.add("exporter attributes both models", False, detail=f"see {run.work / 'exporter.log'}")
+                tail = " | ".join((run.work / "exporter.log").read_text(errors="replace").splitlines()[-3:])
+                run.add("exporter attributes both models", False, detail=f"exporter.log ends: {tail}"[:400])
                 return
             time.sleep(1.0)
             check_process_list(run, server)
@@ -347,6 +357,11 @@ def main(argv: list[str] | None = None) -> int:
             for log in ("tritonserver.log", "exporter.log"):
                 if (run.work / log).exists():
                     print(f"--- {log} (last lines)\n" + "\n".join((run.work / log).read_text(errors="replace").splitlines()[-15:]))
+        if os.environ.get("OUT"):  # what the next session needs to fix a failure, from a machine it cannot reach
+            for log in ("tritonserver.log", "exporter.log", "profile.log"):
+                if (run.work / log).exists():
+                    text = (run.work / log).read_bytes()[-2 * MIB:]
+                    Path(os.environ["OUT"], f"gpu-check-{log}").write_bytes(text)
     passed = all(c.status != "fail" for c in run.checks)
     print(format_table(run.checks))
     print(f"\n{'dry run' if args.dry else 'GPU check'}: {'PASSED' if passed else 'FAILED'} "
