@@ -71,4 +71,6 @@ def test_onnx_runtime_models_arena_growth_is_a_peak_and_its_memory_is_what_unloa
     server.unload_model(MLP.name)
     wait_until(lambda: not stub_pids & {p.pid for p in backend_processes(server.pid)})
     freed = before - _tree_rss_bytes(server.pid)
+    print(f"mlp: resident {resident / MIB:.1f} MiB, peak {entry['peaks']['gpu_memory'] / MIB:.1f} MiB, "
+          f"attributed {attributed / MIB:.1f} MiB, unloading freed {freed / MIB:.1f} MiB")
     assert abs(attributed - freed) <= 0.05 * freed, f"attributed {attributed / MIB:.1f} MiB, freed {freed / MIB:.1f} MiB"

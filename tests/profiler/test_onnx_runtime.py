@@ -33,6 +33,8 @@ def test_peak_is_the_runtime_process_high_water_mark_and_grows_with_the_batch(
 
     assert result.returncode == 0, result.stderr
     points = {p.batch_size: p.peak(Resource.GPU_MEMORY) for p in load_profile(out).points[MLP.name]}
+    print(f"mlp: peak by batch {', '.join(f'{b}: {v / 2**20:.1f} MiB' for b, v in points.items())}, "
+          f"VmHWM {high_water.highest[MLP.name] / 2**20:.1f} MiB")
     assert max(points.values()) == pytest.approx(high_water.highest[MLP.name], rel=0.05)
     # The arena's growth for the larger batch's activations is in that point's peak.
     grown = points[MLP.max_batch_size] - points[1]
