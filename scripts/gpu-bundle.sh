@@ -19,6 +19,7 @@ done
 target="--only-binary=:all: --python-version 3.12 --implementation cp$platforms"
 # shellcheck disable=SC2086
 "$PYTHON" -m pip download -q --no-deps $target -d "$WHEELS" -r scripts/gpu-bundle.txt
+rm -rf build  # setuptools' build/lib keeps modules deleted since: they would travel in the wheel
 "$PYTHON" -m pip wheel -q --no-deps -w "$WHEELS" . 2>"$WHEELS/gpupack-build.log" || {
     cat "$WHEELS/gpupack-build.log" >&2
     exit 1

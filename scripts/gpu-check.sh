@@ -16,8 +16,11 @@ if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     echo "gpu-check: no wheels in $WHEELS: run 'make gpu-bundle' first and carry $WHEELS" >&2
     exit 2
 fi
+WHEELS=$(cd "$WHEELS" && pwd)
+case "$PYTHON" in /*) ;; */*) PYTHON="$PWD/$PYTHON" ;; esac  # it runs from another folder below
 site=$(mktemp -d /tmp/gpu-check-site-XXXXXX)
-trap 'rm -rf "$site"' EXIT
+rundir=$(mktemp -d /tmp/gpu-check-run-XXXXXX)
+trap 'rm -rf "$site" "$rundir"' EXIT
 install=("$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site")
 if [ -n "$dry" ]; then
     # The wheels are the GPU machine's (cp312): install them as for it, to prove the folder installs;
@@ -29,6 +32,9 @@ else
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
+# Not from the repository root: there `python -m` would import the source tree's gpupack/, whose
+# exporter/, profiler/ ... live beside it, not in it, instead of the installed package.
+cd "$rundir"
 status=0
 "$PYTHON" -m gpupack.testing.gpu_check $dry --site "$site" || status=$?
 exit $status

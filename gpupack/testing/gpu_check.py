@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import psutil
 import requests
 
+from gpupack.testing.gpu_check_table import Check, format_table
 from gpupack.testing.gpu_truth import DeviceTruth, find_libpython, hidden_modules_site
 from gpupack.testing.highwater import BackendWatch
 from gpupack.testing.tritonserver import TritonInstallation, TritonServer, find_tritonserver, free_port
@@ -63,22 +64,13 @@ GPU_MODELS = (Model("gpu_a", 1024 * MIB, 0.004), Model("gpu_b", 2048 * MIB, 0.00
 DRY_MODELS = (Model("gpu_a", 64 * MIB, 0.002), Model("gpu_b", 128 * MIB, 0.002))
 
 
-@dataclass
-class Check:
-    name: str
-    status: str  # pass, fail, skip
-    measured: str = ""
-    truth: str = ""
-    detail: str = ""
-
-
 class Run:
     def __init__(self, dry: bool, work: Path, site: Path | None) -> None:
         self.dry = dry
         self.work = work
         self.site = site
         self.checks: list[Check] = []
-        self.truth = None if dry else DeviceTruth()
+        self.truth: DeviceTruth | None = None  # NVML, opened once the check runs
 
     def add(self, name: str, ok: bool | None, measured: str = "", truth: str = "", detail: str = "") -> bool:
         status = "skip" if ok is None else "pass" if ok else "fail"
@@ -173,12 +165,15 @@ def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
     stop = threading.Event()
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
 
-    def drive(model: str) -> None:
+    def drive(model: Model) -> None:
         with requests.Session() as session:
             while not stop.is_set():
-                session.post(f"{server.http_url}/v2/models/{model}/infer", json=body, timeout=30)
+                session.post(f"{server.http_url}/v2/models/{model.name}/infer", json=body, timeout=30)
+                # Idle three times as long as busy: the device is far from saturated, so the
+                # per-model figures and the device's can disagree visibly.
+                stop.wait(3 * model.compute_seconds)
 
-    threads = [threading.Thread(target=drive, args=(m.name,), daemon=True) for m in models for _ in range(2)]
+    threads = [threading.Thread(target=drive, args=(m,), daemon=True) for m in models]
     for thread in threads:
         thread.start()
     try:
@@ -190,32 +185,46 @@ def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
 
 
 def check_utilization(run: Run, server: TritonServer, exporter_url: str, models: tuple[Model, ...]) -> None:
-    sums, devices = [], []
+    """Only scrapes where every model's figure is its own process's count: apportioned figures split
+    the device's utilisation, so they would add up to it by construction."""
+    sums, devices, scrapes = [], [], 0
     started = time.monotonic()
     with _load(server, models):
         time.sleep(2.0)  # the exporter's rates need a few samples of steady load
         while time.monotonic() - started < LOAD_SECONDS:
             per_model = _series(exporter_url, "gpupack_model_utilization_ratio")
             device = _series(exporter_url, "gpupack_device_utilization_ratio")
-            sums.append(sum(v for k, v in per_model.items() if any(f'model="{m.name}"' in k for m in models)))
-            devices.append(max(device.values(), default=0.0))
+            scrapes += 1
+            ours = [v for k, v in per_model.items() if 'source="process"' in k
+                    and any(f'model="{m.name}"' in k for m in models)]
+            if len(ours) == len(models):
+                sums.append(sum(ours))
+                devices.append(max(device.values(), default=0.0))
             time.sleep(0.5)
     model_sum, device_mean = sum(sums) / max(1, len(sums)), sum(devices) / max(1, len(devices))
-    measured, truth = f"{model_sum:.0%} (sum of 2 models)", f"{device_mean:.0%} (device)"
+    name = "per-model utilisation sums to device"
+    measured, truth = f"{model_sum:.0%} (sum of {len(models)} models)", f"{device_mean:.0%} (device)"
     if run.dry:
-        run.add("per-model utilisation sums to device", None, measured, truth, "dry run: CPU time, not judged")
+        run.add(name, None, measured, truth, "dry run: CPU time, not judged")
+    elif len(sums) < scrapes / 2:
+        run.add(name, False, measured, truth, f"source=process in only {len(sums)} of {scrapes} scrapes: "
+                "NVML gave too few per-process samples")
     elif device_mean < 0.2:
-        run.add("per-model utilisation sums to device", False, measured, truth, "too little load to tell")
+        run.add(name, False, measured, truth, "too little load to tell")
     else:
-        run.add("per-model utilisation sums to device", abs(model_sum - device_mean) <= UTILIZATION_TOLERANCE,
-                measured, truth, f"within {UTILIZATION_TOLERANCE * 100:.0f} points")
+        run.add(name, abs(model_sum - device_mean) <= UTILIZATION_TOLERANCE, measured, truth,
+                f"within {UTILIZATION_TOLERANCE * 100:.0f} points; {len(sums)} of {scrapes} scrapes")
 
 
 def check_device_series(run: Run, exporter_url: str) -> None:
     if run.truth is None:
         run.skip_gpu("device memory used vs nvidia-smi")
         return
-    smi = run.truth.smi_memory_used_bytes()
+    try:
+        smi = run.truth.smi_memory_used_bytes()
+    except (OSError, subprocess.SubprocessError) as e:
+        run.add("device memory used vs nvidia-smi", False, detail=f"nvidia-smi did not answer: {e}"[:300])
+        return
     exported = _series(exporter_url, "gpupack_device_memory_used_bytes")
     for uuid, used in smi.items():
         value = next((v for k, v in exported.items() if f'device="{uuid}"' in k), None)
@@ -244,6 +253,18 @@ def _used_bytes(run: Run, server: TritonServer) -> int:
     return sum(_rss(p) for p in [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)])
 
 
+def _settled_used_bytes(run: Run, server: TritonServer) -> int:
+    """The driver frees a context's memory just after its process exits: read until it stops moving."""
+    previous = _used_bytes(run, server)
+    for _ in range(20):
+        time.sleep(0.5)
+        current = _used_bytes(run, server)
+        if current == previous:
+            return current
+        previous = current
+    return previous
+
+
 def _rss(process: psutil.Process) -> int:
     try:
         return int(process.memory_info().rss)
@@ -260,8 +281,7 @@ def check_unload_deltas(run: Run, server: TritonServer, exporter_url: str, model
         before = _used_bytes(run, server)
         server.unload_model(model.name)
         _wait(lambda: not pids & {p.pid for p in backend_processes(server.pid)}, 60)
-        time.sleep(1.0)  # the driver frees a context's memory just after its process exits
-        freed = before - _used_bytes(run, server)
+        freed = before - _settled_used_bytes(run, server)
         name = f"{model.name} memory vs unload delta"
         if source != "process":
             run.add(name, False, _mib(attributed), _mib(freed), f"source is {source!r}, not 'process'")
@@ -295,6 +315,8 @@ def check_profile(run: Run, server: TritonServer, model: Model) -> None:
 
 
 def check(run: Run) -> None:
+    if not run.dry:
+        run.truth = DeviceTruth()
     installation = _installation(run)
     if installation is None:
         return
@@ -310,7 +332,8 @@ def check(run: Run) -> None:
         exporter, exporter_url = _exporter(run, server)
         try:
             if not _wait(lambda: len(_current(exporter_url)) == len(models), 60):
-                run.add("exporter attributes both models", False, detail=f"see {run.work / 'exporter.log'}")
+                tail = " | ".join((run.work / "exporter.log").read_text(errors="replace").splitlines()[-3:])
+                run.add("exporter attributes both models", False, detail=f"exporter.log ends: {tail}"[:400])
                 return
             time.sleep(1.0)
             check_process_list(run, server)
@@ -321,15 +344,6 @@ def check(run: Run) -> None:
             exporter.terminate()
             exporter.wait(timeout=30)
         check_profile(run, server, models[0])
-
-
-def format_table(checks: list[Check]) -> str:
-    rows = [("check", "result", "gpupack", "truth", "detail")] + [
-        (c.name, c.status.upper(), c.measured, c.truth, c.detail) for c in checks]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell for i, cell in enumerate(row)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths) + "  ------")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,13 +361,20 @@ def main(argv: list[str] | None = None) -> int:
             for log in ("tritonserver.log", "exporter.log"):
                 if (run.work / log).exists():
                     print(f"--- {log} (last lines)\n" + "\n".join((run.work / log).read_text(errors="replace").splitlines()[-15:]))
+        if os.environ.get("OUT"):  # what the next session needs to fix a failure, from a machine it cannot reach
+            for log in ("tritonserver.log", "exporter.log", "profile.log"):
+                if (run.work / log).exists():
+                    text = (run.work / log).read_bytes()[-2 * MIB:]
+                    Path(os.environ["OUT"], f"gpu-check-{log}").write_bytes(text)
     passed = all(c.status != "fail" for c in run.checks)
+    facts = {"python": sys.version.split()[0], **(run.truth.facts() if run.truth is not None else {})}
+    print(", ".join(f"{key}: {value}" for key, value in facts.items()))
     print(format_table(run.checks))
     print(f"\n{'dry run' if args.dry else 'GPU check'}: {'PASSED' if passed else 'FAILED'} "
           f"in {time.monotonic() - started:.0f}s")
     if os.environ.get("OUT"):
         document = {"mode": "dry" if args.dry else "gpu", "passed": passed, "seconds": round(time.monotonic() - started),
-                    "facts": run.truth.facts() if run.truth is not None else {}, "checks": [asdict(c) for c in run.checks]}
+                    "facts": facts, "checks": [asdict(c) for c in run.checks]}
         Path(os.environ["OUT"], "gpu-check.json").write_text(json.dumps(document, indent=2) + "\n")
     return 0 if passed else 1
 

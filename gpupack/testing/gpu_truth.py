@@ -80,8 +80,7 @@ class DeviceTruth:
     def facts(self) -> dict[str, str]:
         text = lambda value: value.decode() if isinstance(value, bytes) else str(value)  # noqa: E731
         return {"driver": text(self._nvml.nvmlSystemGetDriverVersion()),
-                "gpus": ", ".join(text(self._nvml.nvmlDeviceGetName(h)) for h in self._handles),
-                "python": sys.version.split()[0]}
+                "gpus": ", ".join(text(self._nvml.nvmlDeviceGetName(h)) for h in self._handles)}
 
 
 _HIDER = '''"""Written by gpupack's GPU check (dry run): only what the GPU machine has can be imported."""
