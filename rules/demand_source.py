@@ -3,15 +3,22 @@
 The demand of a model is the peak over the window of ``sum by (model) (rate(nv_inference_count[5m]))``
 (every server and version together: what the fleet must serve), times one plus the headroom. No
 latency budget comes from metrics; every measured point may be used.
+
+One query serves both readers: ``gpupack plan --demand-from-prometheus`` plans for it, and
+:class:`DemandSource` hands it to the rules engine, whose ``throughput`` policies judge the copies
+placed against it.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
+from typing import Mapping
 
 from gpupack.demand import ModelDemand
-from gpupack.rules.peaks import PeaksUnavailableError
-from gpupack.rules.peaks_source import get_json
+from gpupack.profiles import Profile
+from gpupack.rules.peaks import PeaksSnapshot, PeaksUnavailableError
+from gpupack.rules.peaks_source import PeaksSource, get_json
 
 RATE_WINDOW_SECONDS = 300.0
 
@@ -40,3 +47,31 @@ def demand_from_prometheus(url: str, window_seconds: float, headroom_ratio: floa
         if model:
             demands.append(ModelDemand(model, float(sample["value"][1]) * (1 + headroom_ratio)))
     return tuple(sorted(demands, key=lambda d: d.model))
+
+
+def copy_capacities(profile: Profile) -> dict[str, float]:
+    """What one copy of each profiled model serves: its measured ``throughput_per_second``."""
+    return {m.model: m.throughput_per_second for m in profile.models if m.throughput_per_second is not None}
+
+
+@dataclass(frozen=True)
+class DemandSource:
+    """A peaks source whose snapshots also carry each model's demand (from Prometheus, headroom left
+    to the policies) and what one copy of it serves (a profile's ``throughput_per_second``).
+
+    A failed demand query fails the whole snapshot: judging capacity against no demand would read
+    as "over-provisioned" and ask to remove copies.
+    """
+
+    source: PeaksSource
+    prometheus_url: str
+    window_seconds: float
+    copy_capacity_per_second: Mapping[str, float]
+    rate_window_seconds: float = RATE_WINDOW_SECONDS
+
+    def __call__(self) -> PeaksSnapshot:
+        snapshot = self.source()
+        demands = demand_from_prometheus(self.prometheus_url, self.window_seconds,
+                                         rate_window_seconds=self.rate_window_seconds)
+        return replace(snapshot, demand_per_second={d.model: d.rate_per_second for d in demands},
+                       copy_capacity_per_second=dict(self.copy_capacity_per_second))
