@@ -23,11 +23,12 @@ from gpupack.rules.compiled import (
     FleetMax,
     ModelLimit,
     Replicas,
+    Throughput,
     compile_policies,
 )
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.instance import Instance, from_units
-from gpupack.scheduler.problem import PlacementProblem, ScopedLimit
+from gpupack.scheduler.problem import InfeasibleError, PlacementProblem, ScopedLimit
 from gpupack.units import format_bytes, format_percent
 
 
@@ -133,6 +134,18 @@ def problem_from(
                     replicas[model] = c.count
                     sources[f"replicas:{model}"] = name
                 if c.devices != everywhere:
+                    allow(model, c.devices, name)
+        elif isinstance(c, Throughput):
+            # As many copies as the demand needs, no more: a plan made under it adds copies when
+            # demand rises and consolidates them when it falls.
+            for model in sorted(model_names if c.models is None else c.models & model_names):
+                needed = c.copies_needed(model)
+                if needed is None and model in c.required_per_second:
+                    raise InfeasibleError(f"model {model}: one copy serves nothing, so no number of copies meets its demand ({c.origin.policy}, {c.origin.where})")
+                if needed is not None and needed > replicas.get(model, 1):
+                    replicas[model] = needed
+                    sources[f"replicas:{model}"] = name
+                if needed is not None and c.devices != everywhere:
                     allow(model, c.devices, name)
     return PlacementProblem(
         devices=devices,
