@@ -55,23 +55,37 @@ def copy_capacities(profile: Profile) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class ObservedDemand:
+    """What throughput policies weigh, read fresh on every call: each model's demand from Prometheus
+    (headroom is left to the policies) and what one copy of it serves (a profile's
+    ``throughput_per_second``). The rules engine's :class:`DemandSource` and the scheduler's
+    inputs both read it, so the violation and the plan that answers it see the same numbers.
+    """
+
+    prometheus_url: str
+    window_seconds: float
+    copy_capacity_per_second: Mapping[str, float]
+    rate_window_seconds: float = RATE_WINDOW_SECONDS
+
+    def __call__(self) -> dict[str, float]:
+        """Model -> inferences per second; raises :class:`PeaksUnavailableError`."""
+        demands = demand_from_prometheus(self.prometheus_url, self.window_seconds,
+                                         rate_window_seconds=self.rate_window_seconds)
+        return {d.model: d.rate_per_second for d in demands}
+
+
+@dataclass(frozen=True)
 class DemandSource:
-    """A peaks source whose snapshots also carry each model's demand (from Prometheus, headroom left
-    to the policies) and what one copy of it serves (a profile's ``throughput_per_second``).
+    """A peaks source whose snapshots also carry the observed demand and copy capacities.
 
     A failed demand query fails the whole snapshot: judging capacity against no demand would read
     as "over-provisioned" and ask to remove copies.
     """
 
     source: PeaksSource
-    prometheus_url: str
-    window_seconds: float
-    copy_capacity_per_second: Mapping[str, float]
-    rate_window_seconds: float = RATE_WINDOW_SECONDS
+    demand: ObservedDemand
 
     def __call__(self) -> PeaksSnapshot:
         snapshot = self.source()
-        demands = demand_from_prometheus(self.prometheus_url, self.window_seconds,
-                                         rate_window_seconds=self.rate_window_seconds)
-        return replace(snapshot, demand_per_second={d.model: d.rate_per_second for d in demands},
-                       copy_capacity_per_second=dict(self.copy_capacity_per_second))
+        return replace(snapshot, demand_per_second=self.demand(),
+                       copy_capacity_per_second=dict(self.demand.copy_capacity_per_second))

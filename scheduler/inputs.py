@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
-from gpupack.rules.demand_source import copy_capacities
+from gpupack.rules.demand_source import ObservedDemand, copy_capacities
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
 from gpupack.rules.peaks_source import PrometheusSource, get_json
 from gpupack.rules.policy import PolicySet
@@ -167,3 +167,16 @@ class ProfileInputs:
         footprints = {m.model: m.peaks for m in profile.models}
         return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path,
                            copy_capacity_per_second=copy_capacities(profile))
+
+
+@dataclass(frozen=True)
+class DemandInputs:
+    """Any of the inputs above, plus what throughput policies weigh (demand, copy capacities), so
+    a plan made for a throughput violation has as many copies as the demand needs."""
+
+    inputs: Callable[[], FleetInputs]
+    demand: ObservedDemand
+
+    def __call__(self) -> FleetInputs:
+        return replace(self.inputs(), demand_per_second=self.demand(),
+                       copy_capacity_per_second=dict(self.demand.copy_capacity_per_second))
