@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Mapping
+from typing import Any, Mapping
 
 from gpupack.demand import ModelDemand
-from gpupack.profiles import Profile
+from gpupack.errors import InputError
+from gpupack.profiles import Profile, load_profile
 from gpupack.rules.peaks import PeaksSnapshot, PeaksUnavailableError
 from gpupack.rules.peaks_source import PeaksSource, get_json
 
@@ -89,3 +90,19 @@ class DemandSource:
         snapshot = self.source()
         return replace(snapshot, demand_per_second=self.demand(),
                        copy_capacity_per_second=dict(self.demand.copy_capacity_per_second))
+
+
+def observed_demand(settings: Mapping[str, Any]) -> ObservedDemand | None:
+    """The ``demand_from_prometheus`` setting (with ``demand_window`` and ``profile``), or None."""
+    if not settings.get("demand_from_prometheus"):
+        return None
+    if not settings.get("profile"):
+        raise InputError("--demand-from-prometheus needs --profile: what one copy of each model serves")
+    return ObservedDemand(settings["demand_from_prometheus"], settings["demand_window"],
+                          copy_capacities(load_profile(settings["profile"])))
+
+
+def with_demand(source: PeaksSource, settings: Mapping[str, Any]) -> PeaksSource:
+    """``source``, adding demand and copy capacities when ``demand_from_prometheus`` is set."""
+    demand = observed_demand(settings)
+    return source if demand is None else DemandSource(source, demand)
