@@ -15,12 +15,14 @@ from gpupack.scheduler.problem import InfeasibleError, Objective
 from gpupack.scheduler.solver import solve
 
 MEM = Resource.GPU_MEMORY
-POLICY = "policies:\n  - {name: serve-demand, resource: throughput, min: 100%, headroom: 20%, action: rebalance}\n"
+POLICY = ("policies:\n  - {name: serve-demand, resource: throughput, min: 100%, headroom: 20%, max: 300%, "
+          "action: rebalance}\n")
 
 
-def _problem(tmp_path: Path, demand: float, capacity: float = 15.0, current: Placement | None = None):
+def _problem(tmp_path: Path, demand: float, capacity: float = 15.0, current: Placement | None = None,
+             policy: str = POLICY):
     path = tmp_path / "p.yaml"
-    path.write_text(POLICY)
+    path.write_text(policy)
     devices = tuple(Device(f"GPU-{i}", {MEM: 1000.0}) for i in range(3))
     models = (ModelFootprint("small", {MEM: 100.0}), ModelFootprint("other", {MEM: 100.0}))
     fleet = Fleet(tuple(FleetDevice(d) for d in devices), ("other", "small"), {"small": demand, "other": 1.0},
@@ -43,6 +45,17 @@ def test_when_demand_falls_the_fewest_moves_plan_drops_the_extra_copies(tmp_path
     assert len(target.assignments["small"]) == 1 and set(target.assignments["small"]) < {"GPU-0", "GPU-1", "GPU-2"}
     plan = plan_moves(current, target, Budget.from_problem(problem))
     assert plan.safe and {s.kind for s in plan.steps} == {"unload"} and len(plan.steps) == 2
+
+
+@pytest.mark.parametrize(("demand", "policy", "copies"), [
+    (10.0, POLICY, 2),  # 12/s needed: three copies (45/s) are above 300% (36/s), two (30/s) are not
+    (14.0, POLICY, 3),  # 16.8/s needed: three copies are within 300% (50.4/s), so all stay
+    (2.0, POLICY.replace(", max: 300%", ""), 3),  # without max there is no consolidation signal
+])
+def test_copies_are_kept_unless_above_the_policys_max(tmp_path, demand, policy, copies):
+    current = Placement({"small": ("GPU-0", "GPU-1", "GPU-2"), "other": ("GPU-0",)})
+    problem = _problem(tmp_path, demand, current=current, policy=policy)
+    assert problem.replicas["small"] == copies
 
 
 def test_a_copy_that_serves_nothing_is_named_as_infeasible(tmp_path):
