@@ -32,6 +32,7 @@ from gpupack.rules.policy import (
     ReplicasPolicy,
     Selector,
     Severity,
+    ThroughputPolicy,
 )
 
 
@@ -49,10 +50,14 @@ class FleetDevice:
 
 @dataclass(frozen=True)
 class Fleet:
-    """What a policy is matched against: the devices and the names of the models to place or judge."""
+    """What a policy is matched against: the devices and the names of the models to place or judge,
+    with what throughput policies weigh: each model's observed demand (inferences per second, the
+    peak of its request rate) and what one copy of it serves. A model missing from either is unknown."""
 
     devices: tuple[FleetDevice, ...]
     models: tuple[str, ...]
+    demand_per_second: Mapping[str, float] = field(default_factory=dict)
+    copy_capacity_per_second: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -143,7 +148,37 @@ class Replicas:
     devices: frozenset[str]
 
 
-Constraint = Union[Capacity, ModelLimit, FleetMax, Allowed, AntiAffinity, Replicas]
+@dataclass(frozen=True)
+class Throughput:
+    """Each of ``models`` (None: every model) has enough copies on ``devices`` to serve what it must.
+
+    ``required_per_second`` is demand x (1 + headroom) x ``min_ratio`` for each model whose demand
+    and copy capacity are known; ``over_per_second`` (with ``max_ratio``) is the capacity above
+    which a model running more copies than it needs is over-provisioned.
+    """
+
+    origin: Origin
+    models: frozenset[str] | None
+    devices: frozenset[str]
+    min_ratio: float
+    max_ratio: float | None
+    headroom_ratio: float
+    required_per_second: Mapping[str, float]
+    over_per_second: Mapping[str, float]
+    copy_capacity_per_second: Mapping[str, float]
+
+    def copies_needed(self, model: str) -> int | None:
+        """The fewest copies that serve the requirement (at least one); None when unknown or when
+        no number of copies can (a copy that serves nothing)."""
+        if model not in self.required_per_second:
+            return None
+        capacity = self.copy_capacity_per_second[model]
+        if capacity <= 0:
+            return None
+        return max(1, math.ceil(self.required_per_second[model] / capacity - 1e-9))
+
+
+Constraint = Union[Capacity, ModelLimit, FleetMax, Allowed, AntiAffinity, Replicas, Throughput]
 
 
 @dataclass(frozen=True)
@@ -247,8 +282,23 @@ def _compile(policy: Policy, matcher: _Matcher, by_name: Mapping[str, FleetDevic
                        frozenset(scope), policy.to)
     if isinstance(policy, AntiAffinityPolicy):
         return AntiAffinity(origin, _some(matcher.models(policy.models)), scope)
+    if isinstance(policy, ThroughputPolicy):
+        return _throughput(policy, origin, matcher, scope)
     assert isinstance(policy, ReplicasPolicy)
     return Replicas(origin, _some(matcher.models(policy.selector.models)), policy.count, frozenset(scope))
+
+
+def _throughput(policy: ThroughputPolicy, origin: Origin, matcher: _Matcher, scope: tuple[str, ...]) -> Throughput:
+    fleet = matcher.fleet
+    selected = matcher.models(policy.selector.models)
+    known = [m for m in (fleet.models if selected is None else sorted(selected))
+             if m in fleet.demand_per_second and m in fleet.copy_capacity_per_second]
+    needed = {m: fleet.demand_per_second[m] * (1 + policy.headroom_ratio) for m in known}
+    return Throughput(
+        origin, selected, frozenset(scope), policy.min_ratio, policy.max_ratio, policy.headroom_ratio,
+        MappingProxyType({m: v * policy.min_ratio for m, v in needed.items()}),
+        MappingProxyType({} if policy.max_ratio is None else {m: v * policy.max_ratio for m, v in needed.items()}),
+        MappingProxyType({m: fleet.copy_capacity_per_second[m] for m in known}))
 
 
 def _some(models: frozenset[str] | None) -> frozenset[str]:

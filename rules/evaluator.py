@@ -29,6 +29,7 @@ from gpupack.rules.compiled import (
     FleetMax,
     ModelLimit,
     Replicas,
+    Throughput,
     compile_policies,
 )
 from gpupack.rules.peaks import PeaksSnapshot
@@ -85,7 +86,7 @@ def fleet_of(snapshot: PeaksSnapshot, placement: Placement) -> Fleet:
     devices = [FleetDevice(d.device, d.servers, d.server_baseline) for d in snapshot.devices]
     devices += [FleetDevice(Device(name, {})) for name in placement.devices_used() if name not in known]
     models = sorted({m.model for m in snapshot.models} | set(placement.assignments))
-    return Fleet(tuple(devices), tuple(models))
+    return Fleet(tuple(devices), tuple(models), snapshot.demand_per_second, snapshot.copy_capacity_per_second)
 
 
 class _Index:
@@ -239,6 +240,38 @@ def _replicas(index: _Index, constraint: Replicas) -> list[Result]:
     return rows
 
 
+def _throughput(index: _Index, constraint: Throughput) -> list[Result]:
+    """Per model: the capacity of its copies on the scope's devices against what it must serve.
+
+    ``headroom_ratio`` is capacity beyond the requirement as a share of it; a model without
+    demand or copy capacity is unknown, and so is one whose copies sit on a device that cannot be
+    judged now (it may be serving or not).
+    """
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
+    copies = np.bincount(index.pair_model[in_scope], minlength=len(index.model_names))
+    unjudged = np.bincount(index.pair_model[in_scope], weights=index.device_unknown[index.pair_device[in_scope]],
+                           minlength=len(index.model_names)) > 0
+    rows = []
+    for m in np.flatnonzero(index.model_mask(constraint.models)).tolist():
+        model = index.model_names[m]
+        if model not in constraint.required_per_second or unjudged[m]:
+            rows.append(Result(constraint.origin.policy, "", model, Status.UNKNOWN))
+            continue
+        required = constraint.required_per_second[model]
+        capacity = float(copies[m]) * constraint.copy_capacity_per_second[model]
+        needed = constraint.copies_needed(model)
+        over = constraint.over_per_second.get(model)
+        if capacity < required * (1 - 1e-9):
+            status, limit = Status.VIOLATED, required
+        elif over is not None and capacity > over and needed is not None and copies[m] > needed:
+            status, limit = Status.VIOLATED, over
+        else:
+            status, limit = Status.OK, required
+        headroom = capacity / required - 1 if required > 0 else None
+        rows.append(Result(constraint.origin.policy, "", model, status, capacity, limit, headroom))
+    return rows
+
+
 # Each key's evaluator takes that constraint type (hence Any: a dict cannot say so per key).
 _EVALUATORS: dict[type[Constraint], Callable[[_Index, Any], list[Result]]] = {
     Capacity: _capacity,
@@ -247,4 +280,5 @@ _EVALUATORS: dict[type[Constraint], Callable[[_Index, Any], list[Result]]] = {
     Allowed: _pin,
     AntiAffinity: _anti_affinity,
     Replicas: _replicas,
+    Throughput: _throughput,
 }

@@ -101,7 +101,23 @@ class ReplicasPolicy(PolicyCommon):
     count: int = 1
 
 
-Policy = Union[CapacityPolicy, ModelLimitPolicy, FleetPolicy, PinPolicy, AntiAffinityPolicy, ReplicasPolicy]
+@dataclass(frozen=True)
+class ThroughputPolicy(PolicyCommon):
+    """The copies of each selected model together serve at least ``min_ratio`` x its demand x
+    (1 + ``headroom_ratio``); with ``max_ratio``, a model whose capacity is above that many times
+    its demand while it runs more copies than it needs is over-provisioned (a consolidation signal).
+
+    Demand is the peak of Triton's own request rate over the rules engine's window; a copy's
+    capacity is the profile's ``throughput_per_second``. Ratios may exceed 1.
+    """
+
+    min_ratio: float = 1.0
+    max_ratio: float | None = None
+    headroom_ratio: float = 0.0
+
+
+Policy = Union[CapacityPolicy, ModelLimitPolicy, FleetPolicy, PinPolicy, AntiAffinityPolicy, ReplicasPolicy,
+               ThroughputPolicy]
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from gpupack.rules.compiled import (
     FleetMax,
     ModelLimit,
     Replicas,
+    Throughput,
     compile_policies,
 )
 from gpupack.rules.policy import PolicySet, Selector
@@ -230,10 +231,15 @@ def _replicas(policy: Replicas, s: _Series) -> tuple[str, dict[str, str], str]:
     return expr, {"model": model}, f"Model {{{{ $labels.model }}}} runs on fewer than {policy.count} devices."
 
 
+def _throughput(policy: Throughput, s: _Series) -> tuple[str, dict[str, str], str]:
+    raise NotExpressible("a copy's capacity comes from the profile, not from any exported series; alert on the "
+                         "rules engine's gpupack_policy_violation and gpupack_policy_throughput_ratio instead")
+
+
 # Each key's builder takes that constraint type (hence Any: a dict cannot say so per key).
 _BUILDERS: dict[type[Constraint], Callable[[Any, _Series], tuple[str, dict[str, str], str]]] = {
     Capacity: _capacity, ModelLimit: _model_limit, FleetMax: _fleet, Allowed: _pin,
-    AntiAffinity: _anti_affinity, Replicas: _replicas}
+    AntiAffinity: _anti_affinity, Replicas: _replicas, Throughput: _throughput}
 
 
 def alert_rule(constraint: Constraint, series: "_Series | None" = None) -> tuple[dict[str, Any], dict[str, str], str]:

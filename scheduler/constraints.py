@@ -23,11 +23,12 @@ from gpupack.rules.compiled import (
     FleetMax,
     ModelLimit,
     Replicas,
+    Throughput,
     compile_policies,
 )
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.instance import Instance, from_units
-from gpupack.scheduler.problem import PlacementProblem, ScopedLimit
+from gpupack.scheduler.problem import InfeasibleError, PlacementProblem, ScopedLimit
 from gpupack.units import format_bytes, format_percent
 
 
@@ -134,6 +135,14 @@ def problem_from(
                     sources[f"replicas:{model}"] = name
                 if c.devices != everywhere:
                     allow(model, c.devices, name)
+        elif isinstance(c, Throughput):
+            for model in sorted(model_names if c.models is None else c.models & model_names):
+                copies = _throughput_copies(c, model, current)
+                if copies is not None and copies > replicas.get(model, 1):
+                    replicas[model] = copies
+                    sources[f"replicas:{model}"] = name
+                if copies is not None and c.devices != everywhere:
+                    allow(model, c.devices, name)
     return PlacementProblem(
         devices=devices,
         models=models,
@@ -148,6 +157,24 @@ def problem_from(
         scoped_limits=tuple(scoped),
         device_baselines={d: b for d, b in baselines.items() if d in everywhere},
     )
+
+
+def _throughput_copies(c: Throughput, model: str, current: Placement | None) -> int | None:
+    """Today's copy count, raised to what demand needs and, with a ``max``, lowered to the most that
+    stay within it: a plan adds copies when demand rises and consolidates only on the signal, the
+    same bounds the evaluator judges. None when the model's demand or copy capacity is unknown."""
+    needed = c.copies_needed(model)
+    if needed is None:
+        if model in c.required_per_second:
+            raise InfeasibleError(f"model {model}: one copy serves nothing, so no number of copies meets its "
+                                  f"demand ({c.origin.policy}, {c.origin.where})")
+        return None
+    now = len(current.assignments.get(model, ())) if current is not None else needed
+    copies = max(now, needed)
+    if model in c.over_per_second:
+        most = math.floor(c.over_per_second[model] / c.copy_capacity_per_second[model] + 1e-9)
+        copies = min(copies, max(most, needed))
+    return copies
 
 
 def _add_source(sources: dict[str, str], key: str, name: str) -> None:

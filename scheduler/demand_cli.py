@@ -18,7 +18,7 @@ from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.demand import demand_by_model, plan_for_demand
 from gpupack.scheduler.demand_baselines import best_throughput_config, peak_one_copy
 from gpupack.scheduler.demand_options import options_for
-from gpupack.scheduler.demand_prometheus import demand_from_prometheus
+from gpupack.rules.demand_source import demand_from_prometheus
 from gpupack.scheduler.demand_report import render_json, render_table
 from gpupack.scheduler.problem import Objective
 

@@ -61,6 +61,8 @@ class Budget:
     limits: Mapping[str, Mapping[Dimension, float]]  # device -> dimension -> absolute limit
     peaks: Mapping[str, Mapping[Dimension, float]]  # model -> dimension -> peak (baseline excluded)
     server_baseline: Mapping[Dimension, float] = field(default_factory=dict)  # once per busy device
+    # model -> the fewest copies that must serve it at every step (replicas, throughput policies)
+    min_copies: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_problem(cls, problem: PlacementProblem) -> "Budget":
@@ -83,7 +85,8 @@ class Budget:
             for model, amount in scoped.demand.items():
                 peaks.setdefault(model, {})[scoped] = amount
         baseline: dict[Dimension, float] = {r: v for r, v in problem.server_baseline.items()}
-        return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(baseline))
+        return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(baseline),
+                   MappingProxyType(dict(problem.replicas)))
 
     def usage(self, models: Iterable[str]) -> dict[Dimension, float]:
         models = list(models)
@@ -171,6 +174,10 @@ def _problem(state: _State, step: Step) -> str | None:
     if step.source is not None and step.model not in state.models_on(step.source):
         return f"{step.model} is not on {step.source}"
     if step.target is None:
+        copies = sum(step.model in models for models in state.contents.values())
+        needed = state.budget.min_copies.get(step.model, 0)
+        if copies - 1 < needed:
+            return f"unloading {step.model} would leave {copies - 1} of the {needed} copies its demand needs"
         return None
     if step.model in state.models_on(step.target):
         return f"{step.model} is already on {step.target}"

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from gpupack.cli import main
-from gpupack.scheduler.demand_prometheus import demand_from_prometheus
+from gpupack.rules.demand_source import demand_from_prometheus
 
 from tests.deploy.promstack import run_prometheus, wait_for
 
