@@ -28,6 +28,7 @@ from prometheus_client import make_wsgi_app
 
 from gpupack.config import ConfigFile, Setting, parse_listen, resolve_settings
 from gpupack.errors import ExitStatus, InputError
+from gpupack.rules.demand_source import observed_demand, with_demand
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.loader import load_policies
 from gpupack.rules.loop import PolicyFile, RulesEngine
@@ -75,7 +76,12 @@ SETTINGS = (
     Setting("exporter_url", str, "http://127.0.0.1:9478", "the exporter (default: http://127.0.0.1:9478)"),
     Setting("prometheus_url", str, help="Prometheus server, with --source prometheus"),
     Setting("window", _positive_duration, 7 * 86400.0, "peak window for --source prometheus (default: 7d)"),
-    Setting("profile", str, help="profile file (gpupack profile), with --source profile"),
+    Setting("profile", str, help="profile file (gpupack profile), with --source profile; with "
+            "--demand-from-prometheus, what one copy of each model serves (throughput_per_second)"),
+    Setting("demand_from_prometheus", str, help="Prometheus scraping Triton's metrics: each model's demand, "
+            "for throughput policies"),
+    Setting("demand_window", _positive_duration, 3600.0,
+            "demand is the peak request rate over this window (default: 1h)"),
     Setting("placement", str, help="devices and proposed placement (YAML), with --source profile"),
     Setting("interval", _positive_duration, 30.0, "evaluation interval for 'run' (default: 30s)"),
     Setting("listen", lambda v: parse_listen(v, DEFAULT_PORT), ("0.0.0.0", DEFAULT_PORT),
@@ -94,7 +100,8 @@ def _add_settings(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
                                 help=f"{setting.help} (env: {setting.env_name(SECTION)})")
 
 
-_SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement")
+_SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement",
+                "demand_from_prometheus", "demand_window")
 _RUN_KEYS = (*_SOURCE_KEYS, "interval", "listen")
 # The scheduler's own settings (section `rebalance`, GPUPACK_REBALANCE_*), shared with `gpupack
 # rebalance`; resolved with its definitions in _rebalancer(), imported only when 'run' needs them.
@@ -164,7 +171,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if command == "export-prometheus":
         return _export(load_policies(settings["policies"]), Path(args.file), args.tests)
     if command == "evaluate":
-        evaluation = evaluate(build_source(settings)(), load_policies(settings["policies"]))
+        evaluation = evaluate(with_demand(build_source(settings), settings)(), load_policies(settings["policies"]))
         (write_json if args.format == "json" else write_table)(evaluation, sys.stdout)
         return ExitStatus.FAILURE if evaluation.violations else ExitStatus.OK
     return _run_loop(settings, args, config)
@@ -182,7 +189,7 @@ def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
 
 def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> int:
     policy_file = PolicyFile(settings["policies"])
-    source = build_source(settings)  # its settings are checked before the scheduler's
+    source = with_demand(build_source(settings), settings)  # its settings are checked before the scheduler's
     rebalancer = _rebalancer(settings, args, config)
     if rebalancer is None:
         engine = RulesEngine(source, policy_file.current)
@@ -208,7 +215,7 @@ def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: Config
 def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> Rebalancer | None:
     """The in-process scheduler for ``rebalance`` policies, or None without servers to manage."""
     from gpupack.exporter.settings import load_servers  # noqa: PLC0415 - the scheduler's imports, only for 'run'
-    from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs, PrometheusInputs  # noqa: PLC0415
+    from gpupack.scheduler.inputs import DemandInputs, ExporterInputs, ProfileInputs, PrometheusInputs  # noqa: PLC0415
     from gpupack.scheduler.rebalance_cli import SETTINGS as REBALANCE_SETTINGS  # noqa: PLC0415
     from gpupack.scheduler.rebalance_cli import scheduler_endpoints  # noqa: PLC0415
     from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings  # noqa: PLC0415
@@ -227,6 +234,9 @@ def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: Conf
         if rebalance["device_memory"] is None:
             raise InputError("--source profile with servers needs --device-memory (the memory of each server's device)")
         inputs = ProfileInputs(settings["profile"], endpoints, rebalance["device_memory"])
+    demand = observed_demand(settings)
+    if demand is not None:
+        inputs = DemandInputs(inputs, demand)
     state_dir = Path(rebalance["state_dir"])
     return Rebalancer(
         endpoints,

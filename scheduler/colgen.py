@@ -46,6 +46,7 @@ SMOOTHING = 0.8  # weight of the best dual so far in the prices the pricing prob
 MODELLED_FIELDS = {
     "devices", "models", "server_baseline", "limits", "current", "constraint_sources",
     "allowed_devices", "anti_affinity", "replicas", "max_devices",
+    "device_baselines",  # in the instance's capacity: devices with different baselines differ in size
 }
 
 

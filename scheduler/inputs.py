@@ -7,17 +7,19 @@ placement with exactly the evaluator the rules engine uses, and hands the solver
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
+from gpupack.rules.demand_source import ObservedDemand, copy_capacities
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
 from gpupack.rules.peaks_source import PrometheusSource, get_json
 from gpupack.rules.policy import PolicySet
-from gpupack.scheduler.constraints import build_problem
+from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
+from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.triton_control import ServerEndpoint
@@ -30,6 +32,9 @@ class FleetInputs:
     gpus: GpuIndex = GpuIndex()
     default_capacity: Mapping[Resource, float] | None = None  # for devices only the servers reveal
     origin: str = ""
+    # What throughput policies weigh, as in PeaksSnapshot: each model's demand and one copy's capacity.
+    demand_per_second: Mapping[str, float] = field(default_factory=dict)
+    copy_capacity_per_second: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "footprints", MappingProxyType(dict(self.footprints)))
@@ -51,17 +56,31 @@ class FleetInputs:
         models = tuple(
             ModelPeaks(m.model, m.device, self._peaks(m.model, m.server), m.server, m.version) for m in fleet.models
         )
-        return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds)
+        return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds,
+                             demand_per_second=self.demand_per_second,
+                             copy_capacity_per_second=self.copy_capacity_per_second)
 
     def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
         """Every loaded model, on these devices, under these policies, starting from today."""
-        placement = fleet.placement
-        models = [ModelFootprint(model, self._peaks(model, "")) for model in sorted(placement.assignments)]
+        return problem_from(self.constraints(fleet, policies), self.models(fleet), [d.device for d in self.devices],
+                            self.server_baseline(), current=fleet.placement)
+
+    def constraints(self, fleet: FleetView, policies: PolicySet) -> Constraints:
+        """The policies on these devices, each knowing its servers and baseline, for these models."""
+        return compile_policies(policies, Fleet(
+            tuple(FleetDevice(d.device, d.servers, d.server_baseline) for d in self.devices),
+            tuple(m.model for m in self.models(fleet)), self.demand_per_second, self.copy_capacity_per_second))
+
+    def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
+        return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
+
+    def server_baseline(self) -> dict[Resource, float]:
+        """The largest baseline of any device: what a device the source does not list is assumed to cost."""
         baseline: dict[Resource, float] = {}
-        for device in self.devices:  # one baseline for all devices: the largest, to stay on the safe side
+        for device in self.devices:
             for resource, value in device.server_baseline.items():
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
-        return build_problem(models, [d.device for d in self.devices], baseline, policies, current=placement)
+        return baseline
 
     def servers_of(self, device: str) -> tuple[str, ...]:
         for entry in self.devices:
@@ -146,4 +165,18 @@ class ProfileInputs:
             DevicePeaks(Device(cpu_device(s.name), capacity), (s.name,), profile.server_baseline) for s in self.servers
         )
         footprints = {m.model: m.peaks for m in profile.models}
-        return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path)
+        return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path,
+                           copy_capacity_per_second=copy_capacities(profile))
+
+
+@dataclass(frozen=True)
+class DemandInputs:
+    """Any of the inputs above, plus what throughput policies weigh (demand, copy capacities), so
+    a plan made for a throughput violation has as many copies as the demand needs."""
+
+    inputs: Callable[[], FleetInputs]
+    demand: ObservedDemand
+
+    def __call__(self) -> FleetInputs:
+        return replace(self.inputs(), demand_per_second=self.demand(),
+                       copy_capacity_per_second=dict(self.demand.copy_capacity_per_second))

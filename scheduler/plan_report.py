@@ -44,7 +44,10 @@ def _shown(resource: Resource, value: float) -> str:
     return f"{value / 1e6:.0f}" if resource.is_bytes else f"{value * 100:.0f}"
 
 
-def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, budget: TimeBudget | None = None) -> str:
+def render_table(
+    result: PlacementResult, cost: CapacityPolicyCost | None, broken_alerts: tuple[str, ...] = (),
+    budget: TimeBudget | None = None,
+) -> str:
     resources = _resources(result)
     header = ["device", "models", *(RESOURCE_TITLES[r] for r in resources)]
     rows = [
@@ -56,6 +59,8 @@ def render_table(result: PlacementResult, cost: CapacityPolicyCost | None, budge
     lines += ["", _summary(result)]
     if cost is not None:
         lines.append(_cost_line(result, cost))
+    if broken_alerts:
+        lines.append(f"Alert policies this plan breaks (no plan keeps them all): {', '.join(broken_alerts)}.")
     lines.append(_time_line(result, cost, budget))
     return "\n".join(lines) + "\n"
 
@@ -101,7 +106,10 @@ def _cost_line(result: PlacementResult, cost: CapacityPolicyCost) -> str:
     return f"Capacity policies {names} cost {extra} more device{'s' if extra != 1 else ''}: {result.device_count} under them, {full}."
 
 
-def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, budget: TimeBudget | None = None) -> str:
+def render_json(
+    result: PlacementResult, cost: CapacityPolicyCost | None, broken_alerts: tuple[str, ...] = (),
+    budget: TimeBudget | None = None,
+) -> str:
     document: dict[str, Any] = {
         "devices": [
             {
@@ -118,6 +126,7 @@ def render_json(result: PlacementResult, cost: CapacityPolicyCost | None, budget
         "method": result.method,
         "proof": result.proof.as_dict() if result.proof is not None else None,
         "seconds_by_phase": {name: round(v, 6) for name, v in result.seconds_by_phase.items()},
+        "alert_policies_broken": list(broken_alerts),
     }
     if budget is not None:
         document["time_limit_seconds"] = budget.limit_seconds

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Mapping, Union
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.errors import GpupackError
@@ -27,13 +27,43 @@ class Objective(str, enum.Enum):
     MIN_MOVES = "min-moves"  # fewest (model, device) pairs that are new compared with problem.current
 
 
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it is a dimension of its problem
+class ScopedLimit:
+    """A limit on some models only, on some devices: a capacity policy with ``selector.models``
+    (only those models' peaks count), or anti-affinity limited to some devices (``resource`` None:
+    each member counts 1, at most 1 per device). Devices not in ``limits`` are not limited."""
+
+    name: str  # the policy, for messages
+    resource: Resource | None
+    demand: Mapping[str, float]  # model -> what it counts (models absent count 0)
+    limits: Mapping[str, float]  # device -> limit, baseline included
+    baselines: Mapping[str, float] = field(default_factory=dict)  # device -> baseline
+
+    def __post_init__(self) -> None:
+        for name in ("demand", "limits", "baselines"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def value(self) -> str:
+        """How moves and messages name this limit (as ``Resource.value`` names a resource)."""
+        return f"{self.resource.value if self.resource else 'count'} of {self.name}"
+
+    @property
+    def is_bytes(self) -> bool:
+        return self.resource is not None and self.resource.is_bytes
+
+
+Dimension = Union[Resource, ScopedLimit]  # what a device is limited in
+
+
 @dataclass(frozen=True)
 class PlacementProblem:
     """Devices, models and the rules that bind them.
 
     ``limits`` are absolute (bytes, ratios of capacity) and include the server baseline, which is
-    paid once on every device that hosts at least one model. A resource missing from a device's
-    limits is limited by its capacity; ``math.inf`` leaves it unconstrained.
+    paid once on every device that hosts at least one model (``device_baselines`` where a device's
+    differs). A resource missing from a device's limits is limited by its capacity; ``math.inf``
+    leaves it unconstrained. ``scoped_limits`` count only some models.
     """
 
     devices: tuple[Device, ...]
@@ -46,8 +76,13 @@ class PlacementProblem:
     max_devices: int | None = None
     current: Placement | None = None
     constraint_sources: Mapping[str, str] = field(default_factory=dict)
+    scoped_limits: tuple[ScopedLimit, ...] = ()
+    device_baselines: Mapping[str, Mapping[Resource, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        object.__setattr__(
+            self, "device_baselines",
+            MappingProxyType({d: MappingProxyType(dict(v)) for d, v in self.device_baselines.items()}))
         for name in ("server_baseline", "allowed_devices", "replicas", "constraint_sources"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(
@@ -59,6 +94,9 @@ class PlacementProblem:
         if resource in device_limits:
             return device_limits[resource]
         return device.capacity_of(resource)
+
+    def baseline(self, device: str, resource: Resource) -> float:
+        return self.device_baselines.get(device, self.server_baseline).get(resource, 0.0)
 
 
 class ProofStatus(str, enum.Enum):

@@ -54,6 +54,8 @@ def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> st
     else:
         lines.append(f"plan: {len(plan.admission.admitted)} step(s), each safe with both copies counted")
         lines.extend(f"  {n}. {s.describe()}" for n, s in enumerate(plan.admission.admitted, start=1))
+    if plan.broken_alerts:
+        lines.append(f"alert policies the plan still breaks (alerts never block a rebalance): {', '.join(plan.broken_alerts)}")
     if plan.admission.deferred:
         lines.append("deferred to a later run:")
         lines.extend(f"  {s.describe()}: {why}" for s, why in plan.admission.deferred)
@@ -86,6 +88,7 @@ def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict
         ],
         "safe": moves.safe,
         "reason": moves.reason,
+        "alert_policies_broken": list(plan.broken_alerts),
         "steps": [step(s) for s in plan.admission.admitted],
         "deferred": [{**step(s), "reason": why} for s, why in plan.admission.deferred],
         "relaxation": (

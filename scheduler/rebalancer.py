@@ -30,10 +30,11 @@ from gpupack.scheduler.executor import (
 )
 from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
+from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
+from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.problem import DeviceCountProof, Objective
 from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
-from gpupack.scheduler.solver import solve
 from gpupack.triton_control import ServerEndpoint, TritonControl
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class RebalancePlan:
     target: Placement
     moves: MovePlan
     admission: Admission
+    broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
     proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
 
 
@@ -131,19 +133,24 @@ class Rebalancer:
         fleet = self._read_fleet(inputs)
         inputs = inputs.with_fleet(fleet)
         violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
-        problem = inputs.problem(fleet, policies)
-        budget = Budget.from_problem(problem)
+        constraints = inputs.constraints(fleet, policies)
+        models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
+        problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
+        broken: tuple[str, ...] = ()
         proof = None
         if violations:
-            result = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds)
-            target, proof = result.placement, result.proof
-            moves = plan_moves(fleet.placement, target, budget)
+            planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
+                                 self.settings.solve_time_limit_seconds, current=fleet.placement)
+            problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
+            proof = planned.result.proof
+            moves = plan_moves(fleet.placement, target, Budget.from_problem(problem))
         else:
             target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
+        budget = Budget.from_problem(problem)
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission, proof)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, proof)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from gpupack.exporter.daemon import TRITON_POLL_SECONDS, Exporter
+from gpupack.exporter.families import ALL_FAMILIES, FamilySelection
 from gpupack.exporter.settings import ExporterSettings, ServerConfig
 from gpupack.testing import TritonServer
 from gpupack.testing.tritonserver import free_port
@@ -31,7 +32,8 @@ def server_config(server: TritonServer, **overrides: Any) -> ServerConfig:
 
 
 def exporter_settings(servers: Sequence[ServerConfig], state_dir: Path, *, sample_hz: float = 20.0,
-                      window_seconds: float = 7 * 86400.0, backends: tuple[str, ...] = ("host",)) -> ExporterSettings:
+                      window_seconds: float = 7 * 86400.0, backends: tuple[str, ...] = ("host",),
+                      families: FamilySelection = ALL_FAMILIES) -> ExporterSettings:
     return ExporterSettings(
         listen_host="127.0.0.1",
         listen_port=free_port(),
@@ -40,6 +42,7 @@ def exporter_settings(servers: Sequence[ServerConfig], state_dir: Path, *, sampl
         sample_interval_seconds=1.0 / sample_hz,
         peak_window_seconds=window_seconds,
         state_dir=state_dir,
+        families=families,
     )
 
 

@@ -9,11 +9,11 @@ import pytest
 
 from gpupack.cli import main
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
-from gpupack.scheduler import plan_cli
+from gpupack.scheduler import plan_cli, planning
 from gpupack.scheduler.bounds import device_lower_bound
 from gpupack.scheduler.colgen import column_generation, declines
 from gpupack.scheduler.instance import compile_problem
-from gpupack.scheduler.problem import Objective, PlacementProblem, ProofStatus
+from gpupack.scheduler.problem import Objective, PlacementProblem, ProofStatus, ScopedLimit
 from gpupack.scheduler.solver import Strategy, solve
 
 MEM, UTIL = Resource.GPU_MEMORY, Resource.GPU_UTILIZATION
@@ -69,12 +69,20 @@ def test_column_generation_declines_rules_it_does_not_model(rules, named):
 
 def test_column_generation_declines_problem_fields_it_was_not_written_for():
     @dataclasses.dataclass(frozen=True)
-    class WithScopedLimits(PlacementProblem):
-        scoped_limits: tuple = ()
+    class WithFutureRules(PlacementProblem):
+        future_rules: tuple = ()
 
     base = packing(LP_BEATS_COMBINATORIAL)
-    problem = WithScopedLimits(base.devices, base.models, scoped_limits=("only-llms",))
+    problem = WithFutureRules(base.devices, base.models, future_rules=("only-llms",))
+    assert "future rules" in declines(compile_problem(problem), (Objective.MIN_DEVICES,))
+
+
+def test_column_generation_declines_scoped_limits():
+    base = packing(LP_BEATS_COMBINATORIAL)
+    scoped = ScopedLimit("llms-on-a-device", MEM, {"m0": 29.0, "m1": 30.0}, {d.name: 40.0 for d in base.devices})
+    problem = dataclasses.replace(base, scoped_limits=(scoped,))
     assert "scoped limits" in declines(compile_problem(problem), (Objective.MIN_DEVICES,))
+    assert solve(problem).device_count >= 6
 
 
 def test_declined_problem_is_still_solved_and_its_proof_names_the_reason_when_unproven():
@@ -112,6 +120,7 @@ def test_time_limit_is_one_budget_shared_by_both_plans(capsys, tmp_path, monkeyp
         return result
 
     monkeypatch.setattr(plan_cli, "solve", recording_solve)
+    monkeypatch.setattr(planning, "solve", recording_solve)  # the plan under the policies
     policy = tmp_path / "p.yaml"
     policy.write_text("policies:\n  - {name: memory-80, resource: gpu_memory, max: 80%}\n")
     args = ["plan", "--profile", SEED, "--device-memory", "16GiB", "--policies", str(policy), "--time-limit", "4s"]
