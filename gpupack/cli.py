@@ -16,7 +16,7 @@ from gpupack.errors import ExitStatus, GpupackError
 # Subcommand -> module defining ``configure(parser)`` and ``run(args, config) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("gpupack.exporter.cli", "run the exporter daemon: per-model GPU memory/utilisation, peaks, /metrics"),
-    "rules": ("gpupack.rules.cli", "check, evaluate and export capacity policies"),
+    "rules": ("gpupack.closedloop.rules_command", "check, evaluate and export capacity policies"),
     "plan": ("gpupack.scheduler.plan_cli", "compute the best placement of models on devices"),
     "rebalance": ("gpupack.scheduler.rebalance_cli", "move models to the planned placement, safely"),
     "profile": ("gpupack.profiler.cli", "measure models' requirements across batch sizes and concurrency"),

@@ -294,7 +294,8 @@ class LockSpec:
 
 
 LOCK_SETTING = Setting("lock", LockSpec.parse, None,
-                       "file:PATH (default: rebalance.lock in the state dir) or lease:NAME (a Kubernetes Lease)")
+                       "one scheduler at a time: file:PATH (default: rebalance.lock in the state dir) or lease:NAME "
+                       "(a Kubernetes Lease; needs POD_NAME, POD_NAMESPACE)", "SPEC")
 
 
 def lock_factory(spec: LockSpec | None, state_dir: Path, environ: Mapping[str, str]) -> LockFactory:
