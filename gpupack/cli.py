@@ -90,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config: ConfigFile | None = load_config_file(args.config) if args.config else None
-        return int(args._module.run(args, config))
+        status = int(args._module.run(args, config))
+        sys.stdout.flush()  # here, so that a reader gone away is seen below, not at exit
+        return status
+    except BrokenPipeError:
+        # `gpupack ... | head`: the reader has what it wanted. Python would report the unflushed
+        # rest at exit; point stdout at /dev/null so that nothing is left to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except GpupackError as e:
         print(f"gpupack {args.command}: error: {e}", file=sys.stderr)
         return int(e.exit_status)
