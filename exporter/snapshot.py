@@ -6,7 +6,6 @@ Triton and never see a half-written sample.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
@@ -53,14 +52,9 @@ class SnapshotHolder:
 
     def __init__(self, initial: Snapshot) -> None:
         self._snapshot = initial
-        self._first_sample = threading.Event()
 
     def get(self) -> Snapshot:
         return self._snapshot
 
     def swap(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._first_sample.set()
-
-    def wait_for_sample(self, timeout_seconds: float) -> bool:
-        return self._first_sample.wait(timeout_seconds)

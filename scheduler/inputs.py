@@ -76,12 +76,6 @@ class FleetInputs:
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
         return baseline
 
-    def servers_of(self, device: str) -> tuple[str, ...]:
-        for entry in self.devices:
-            if entry.device.name == device:
-                return entry.servers
-        return ()
-
     def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
         """A model without a memory peak is unknown, not free: planning it as 0 bytes could overfill a GPU."""
         where = f" on {server}" if server else ""

@@ -15,6 +15,7 @@ from gpupack.config import ConfigFile, Setting, resolve_settings
 from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
+from gpupack.rules.loader import load_policies_if_given
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.rules.compiled import compile_policies
 from gpupack.scheduler.constraints import build_problem, fleet_for
@@ -54,16 +55,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
     profile = load_profile(args.profile)
-    policies = _load_policies(settings["policies"])
+    policies = load_policies_if_given(settings["policies"])
     devices = _devices(settings, profile, policies)
     fleet = fleet_for(profile.models, devices, profile.server_baseline)
-    planned = plan_under(compile_policies(policies or PolicySet(), fleet), profile.models, devices,
+    planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
                          profile.server_baseline, settings["objective"], settings["time_limit"],
                          soft_alerts=args.soft_alerts)
     problem, result = planned.problem, planned.result
     cost = None
-    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept))
-                                if policies else None)
+    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept)))
     if relaxed is not None:
         full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
         cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], settings["time_limit"]))
@@ -83,15 +83,8 @@ def _objectives(text: str) -> tuple[Objective, ...]:
         raise ValueError(f"{e} (known: {', '.join(o.value for o in Objective)})") from None
 
 
-def _load_policies(path: str | None) -> PolicySet | None:
-    if path is None:
-        return None
-    from gpupack.rules.loader import load_policies
 
-    return load_policies(path)
-
-
-def _devices(settings: dict, profile: Profile, policies: PolicySet | None) -> tuple[Device, ...]:
+def _devices(settings: dict, profile: Profile, policies: PolicySet) -> tuple[Device, ...]:
     if settings["devices_file"]:
         if settings["device_memory"] is not None or settings["devices"] is not None:
             raise InputError("--devices-file describes the devices itself: drop --device-memory and --devices")
@@ -100,17 +93,15 @@ def _devices(settings: dict, profile: Profile, policies: PolicySet | None) -> tu
         raise InputError("say what the devices are: --device-memory SIZE [--devices N], or --devices-file FILE")
     count = settings["devices"]
     if count is None:
-        replicas = max([1] + [getattr(p, "count", 1) for p in (policies.policies if policies else ())])
+        replicas = max([1] + [getattr(p, "count", 1) for p in policies.policies])
         count = max(1, len(profile.models) * replicas)
     elif count < 1:
         raise InputError("--devices: must be at least 1")
     return identical_devices(count, settings["device_memory"])
 
 
-def _at_full_capacity(policies: PolicySet | None) -> tuple[tuple[str, ...], PolicySet] | None:
+def _at_full_capacity(policies: PolicySet) -> tuple[tuple[str, ...], PolicySet] | None:
     """The policies with every capacity limit below 100% raised to 100%, or None if there is none."""
-    if policies is None:
-        return None
     tight = [p for p in policies.of_type(CapacityPolicy) if p.max_bytes is not None or p.max_ratio - p.headroom_ratio < 1]
     if not tight:
         return None

@@ -17,7 +17,7 @@ from typing import Sequence
 from gpupack.config import ConfigFile, resolve_settings
 from gpupack.errors import ExitStatus, InputError
 from gpupack.exporter.settings import ServerConfig, load_servers
-from gpupack.rules.policy import PolicySet
+from gpupack.rules.loader import load_policies_if_given
 from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
 from gpupack.scheduler.rebalance_report import render_json, render_outcome, render_table
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     rebalancer = Rebalancer(
         servers,
         inputs,
-        _load_policies(settings["policies"]),
+        load_policies_if_given(settings["policies"]),
         RebalanceSettings(
             state_dir=Path(settings["state_dir"]),
             max_moves=settings["max_moves"],
@@ -90,10 +90,3 @@ def scheduler_endpoints(servers: Sequence[ServerConfig]) -> list[ServerEndpoint]
         endpoints.append(ServerEndpoint(server.name, server.url))
     return endpoints
 
-
-def _load_policies(path: str | None) -> PolicySet:
-    if path is None:
-        return PolicySet()
-    from gpupack.rules.loader import load_policies  # noqa: PLC0415 - jsonschema only when policies are given
-
-    return load_policies(path)

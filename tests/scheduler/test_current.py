@@ -82,7 +82,7 @@ def test_exporter_gives_devices_gpu_indices_and_the_highest_peak_per_model(expor
     assert inputs.gpus.device("multi", 1) == "GPU-bbbb"
     # The peak recorded before the model moved still counts: it is the model's, not the device's.
     assert inputs.footprints["llm"][Resource.GPU_MEMORY] == 30 * 2**30
-    assert inputs.servers_of("GPU-aaaa") == ("multi",)
+    assert inputs.devices[0].servers == ("multi",)
 
 
 def test_one_server_over_several_gpus_is_rebalanced_by_reloading_onto_gpu_indices(
