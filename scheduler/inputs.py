@@ -15,7 +15,7 @@ from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
-from gpupack.rules.peaks_source import PrometheusSource, get_json
+from gpupack.rules.peaks_source import ExporterSource, PrometheusSource
 from gpupack.rules.policy import PolicySet
 from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
 from gpupack.scheduler.constraints import problem_from
@@ -94,10 +94,10 @@ class ExporterInputs:
     timeout_seconds: float = 10.0
 
     def __call__(self) -> FleetInputs:
-        endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        document = get_json(endpoint, self.timeout_seconds)
-        snapshot = snapshot_from_json(document, endpoint)
-        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=endpoint)
+        source = ExporterSource(self.url, self.timeout_seconds)  # the rules engine's source, one fetch
+        document = source.document()
+        snapshot = snapshot_from_json(document, source.endpoint)
+        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=source.endpoint)
 
 
 def _gpu_index(document: Mapping[str, Any]) -> GpuIndex:
