@@ -203,6 +203,8 @@ def _pin(policy: Allowed, s: _Series) -> tuple[str, dict[str, str], str]:
     if policy.to.servers:
         outside.append(f'({loaded} unless on(device) group by (device) '
                        f'(gpupack_server_unattributed_memory_peak_bytes{{server=~"{glob_to_regex(policy.to.servers)}"}}))')
+    if not outside:
+        raise NotExpressible("it pins to every device, so it cannot be violated")
     model = _example(models, "m")
     device = _example((), "", avoid=policy.to.devices) if policy.to.devices else "GPU-0"
     server = _example((), "", avoid=policy.to.servers) if policy.to.servers else "triton-0"

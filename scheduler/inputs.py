@@ -14,13 +14,11 @@ from typing import Any, Mapping, Sequence
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
+from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
 from gpupack.rules.peaks_source import ExporterSource, PrometheusSource
 from gpupack.rules.policy import PolicySet
-from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
-from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
-from gpupack.scheduler.problem import PlacementProblem
 from gpupack.triton_control import ServerEndpoint
 
 
@@ -54,11 +52,6 @@ class FleetInputs:
         )
         return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds)
 
-    def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
-        """Every loaded model, on these devices, under these policies, starting from today."""
-        return problem_from(self.constraints(fleet, policies), self.models(fleet), [d.device for d in self.devices],
-                            self.server_baseline(), current=fleet.placement)
-
     def constraints(self, fleet: FleetView, policies: PolicySet) -> Constraints:
         """The policies on these devices, each knowing its servers and baseline, for these models."""
         return compile_policies(policies, Fleet(
@@ -66,6 +59,7 @@ class FleetInputs:
             tuple(m.model for m in self.models(fleet))))
 
     def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
+        """Every loaded model with its peaks: what the rebalancer places."""
         return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
 
     def server_baseline(self) -> dict[Resource, float]:

@@ -13,7 +13,6 @@ import pytest
 
 from gpupack.domain import Placement, Resource
 from gpupack.errors import InputError
-from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.audit import AuditLog
 from gpupack.scheduler.current import FleetView, GpuIndex, LoadedModel, devices_of
 from gpupack.scheduler.executor import MultiGpuExecutor, StepContext
@@ -105,4 +104,4 @@ def test_a_loaded_model_without_a_memory_peak_is_refused_not_planned_as_free(exp
     with pytest.raises(InputError, match="model 'llm' is loaded on multi but has no recorded memory peak"):
         only_utilization.snapshot(fleet)
     with pytest.raises(InputError, match="model 'llm' is loaded but has no recorded memory peak"):
-        only_utilization.problem(fleet, PolicySet(()))
+        only_utilization.models(fleet)
