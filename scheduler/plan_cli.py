@@ -20,6 +20,7 @@ from gpupack.config import ConfigFile, Setting, resolve_settings
 from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
+from gpupack.rules.loader import load_policies_if_given
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.rules.compiled import compile_policies
 from gpupack.scheduler.constraints import build_problem, fleet_for
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     started = _command_started(settings["time_limit"])
     deadline = started + settings["time_limit"] - RESERVE_SECONDS
     profile = load_profile(args.profile)
-    policies = _load_policies(settings["policies"])
+    policies = load_policies_if_given(settings["policies"])
     if args.demand or args.demand_from_prometheus:
         from gpupack.scheduler.demand_cli import run_demand
 
@@ -85,13 +86,12 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     fleet = fleet_for(profile.models, devices, profile.server_baseline)
     share = PLAN_SHARE if _at_full_capacity(policies) is not None else 1.0
     startup_seconds = time.monotonic() - started
-    planned = plan_under(compile_policies(policies or PolicySet(), fleet), profile.models, devices,
+    planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
                          profile.server_baseline, settings["objective"], _left(deadline) * share,
                          soft_alerts=args.soft_alerts)
     problem, result = planned.problem, planned.result
     cost = None
-    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept))
-                                if policies else None)
+    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept)))
     if relaxed is not None:
         full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
         cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], _left(deadline)))
@@ -124,15 +124,7 @@ def _objectives(text: str) -> tuple[Objective, ...]:
         raise ValueError(f"{e} (known: {', '.join(o.value for o in Objective)})") from None
 
 
-def _load_policies(path: str | None) -> PolicySet | None:
-    if path is None:
-        return None
-    from gpupack.rules.loader import load_policies
-
-    return load_policies(path)
-
-
-def _devices(settings: dict, profile: Profile, policies: PolicySet | None,
+def _devices(settings: dict, profile: Profile, policies: PolicySet,
              default_count: int | None = None) -> tuple[Device, ...]:
     if settings["devices_file"]:
         if settings["device_memory"] is not None or settings["devices"] is not None:
@@ -144,17 +136,15 @@ def _devices(settings: dict, profile: Profile, policies: PolicySet | None,
     if count is None and default_count is not None:
         count = default_count
     elif count is None:
-        replicas = max([1] + [getattr(p, "count", 1) for p in (policies.policies if policies else ())])
+        replicas = max([1] + [getattr(p, "count", 1) for p in policies.policies])
         count = max(1, len(profile.models) * replicas)
     elif count < 1:
         raise InputError("--devices: must be at least 1")
     return identical_devices(count, settings["device_memory"])
 
 
-def _at_full_capacity(policies: PolicySet | None) -> tuple[tuple[str, ...], PolicySet] | None:
+def _at_full_capacity(policies: PolicySet) -> tuple[tuple[str, ...], PolicySet] | None:
     """The policies with every capacity limit below 100% raised to 100%, or None if there is none."""
-    if policies is None:
-        return None
     tight = [p for p in policies.of_type(CapacityPolicy) if p.max_bytes is not None or p.max_ratio - p.headroom_ratio < 1]
     if not tight:
         return None

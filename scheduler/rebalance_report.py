@@ -70,6 +70,8 @@ def render_outcome(outcome: RebalanceOutcome) -> str:
     text = f"applied {done} of {len(outcome.plan.admission.admitted)} step(s)"
     if failed:
         text += f"; stopped at a failed step: {failed[0].error}"
+    if outcome.stopped:
+        text += f"; stopped: {outcome.stopped}"
     return text + "\n"
 
 
@@ -102,6 +104,7 @@ def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict
             {**step(o.step), "succeeded": o.succeeded, "seconds": round(o.seconds, 3), "error": o.error}
             for o in outcome.steps
         ]
+        document["stopped"] = outcome.stopped
     return document
 
 

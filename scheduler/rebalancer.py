@@ -34,7 +34,7 @@ from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.problem import DeviceCountProof, Objective
-from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
+from gpupack.scheduler.safety import Admission, Cooldowns, Lock, LockFactory, LockLostError, admit, lock_factory
 from gpupack.triton_control import ServerEndpoint, TritonControl
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,12 @@ class StepOutcome:
 class RebalanceOutcome:
     plan: RebalancePlan
     steps: tuple[StepOutcome, ...] = field(default_factory=tuple)
+    stopped: str = ""  # why the run stopped before its remaining steps (the lock was lost)
 
     @property
     def succeeded(self) -> bool:
-        return all(s.succeeded for s in self.steps) and (self.plan.moves.safe or not self.plan.violations)
+        return (all(s.succeeded for s in self.steps) and not self.stopped
+                and (self.plan.moves.safe or not self.plan.violations))
 
 
 class Rebalancer:
@@ -154,22 +156,22 @@ class Rebalancer:
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
-        with self.lock():
+        with self.lock() as held:
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
-            return self._execute(plan)
+            return self._execute(plan, held)
 
     def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:
         """Entry point for the rules engine: plan and act under the lock, if anything is violated."""
         if not violations:
             return None
-        with self.lock():
+        with self.lock() as held:
             described = [f"{v.policy} on {v.device or v.model}" if isinstance(v, Result) else str(v) for v in violations]
             self.audit.record("rebalance_requested", violations=described)
-            return self._execute(self.plan(policies))
+            return self._execute(self.plan(policies), held)
 
-    def _execute(self, plan: RebalancePlan) -> RebalanceOutcome:
+    def _execute(self, plan: RebalancePlan, held: Lock) -> RebalanceOutcome:
         admitted = plan.admission.admitted
         self.audit.record(
             "run_started",
@@ -181,8 +183,16 @@ class Rebalancer:
         )
         executor = self._executor(plan)
         outcomes: list[StepOutcome] = []
+        stopped = ""
         for number, step in enumerate(admitted, start=1):
             self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
+            try:
+                held.ensure_held()  # another scheduler may act once ours is gone: not one more step
+            except LockLostError as e:
+                stopped = str(e)
+                self.audit.record("lock_lost", error=stopped, steps_left=len(admitted) - len(outcomes))
+                self.progress(f"[{number}/{len(admitted)}] stopped: {e}")
+                break
             started = time.monotonic()
             try:
                 executor.execute(step)
@@ -199,7 +209,7 @@ class Rebalancer:
         not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
         if not_run:
             self.state.count_moves("deferred", not_run)
-        outcome = RebalanceOutcome(plan, tuple(outcomes))
+        outcome = RebalanceOutcome(plan, tuple(outcomes), stopped)
         if outcome.succeeded:
             self.state.mark_success(self.clock())
         self._read_fleet(plan.inputs)
