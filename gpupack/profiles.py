@@ -125,7 +125,8 @@ def _from_document(document: Any, path: str) -> Profile:
 
 
 def _footprint(row: LineDict, name: str, path: str, where: str, require_model: bool) -> ModelFootprint:
-    known = set(_FIELD_ORDER) | ({"points"} if require_model else set())
+    # "configs" (every configuration a search measured) is tolerated here, not read: one chosen peak per model.
+    known = set(_FIELD_ORDER) | ({"points", "configs"} if require_model else set())
     _reject_unknown(row, known if require_model else known - {"model"}, path, where + ".")
     if require_model and not name:
         raise InputError("missing model name", path=path, line=row.line, field=f"{where}.model")
