@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean gpu-bundle gpu-check-dry
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/bootstrap.sh
@@ -19,5 +19,19 @@ test: $(STAMP)
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
+# The GPU check (scripts/gpu-check.sh): its wheel folder for the device machine, and its non-GPU
+# parts run here, with the NVML steps skipped.
+gpu-bundle: $(STAMP)
+	PYTHON=$(BIN)/python sh scripts/gpu-bundle.sh
+
+gpu-check-dry: gpu-bundle
+	PYTHON=$(BIN)/python bash scripts/gpu-check.sh --dry
+
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# The images (gpupack, a CPU-only Triton, Prometheus+Alertmanager) and the CPU-only stack, up and
+# detached, with podman; `sh deploy/podman/stack.sh down` takes it down. See deploy/README.md.
+.PHONY: containers
+containers: $(STAMP)
+	sh deploy/podman/stack.sh build up

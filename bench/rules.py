@@ -8,6 +8,8 @@ the same process over the same capacity policies, and its values are checked aga
 
 from __future__ import annotations
 
+import fnmatch
+
 import random
 import time
 
@@ -91,7 +93,7 @@ def naive_capacity(snapshot: PeaksSnapshot, policies: list[CapacityPolicy],
                 continue
             total = device.server_baseline.get(policy.resource, 0.0)
             for model in placement.models_on(device.device.name):
-                if policy.selector.matches_model(model):
+                if not policy.selector.models or any(fnmatch.fnmatchcase(model, p) for p in policy.selector.models):
                     total += peaks[model][policy.resource]
             values[(policy.name, device.device.name)] = total
     return values

@@ -3,7 +3,9 @@
 - prometheus/rules/gpupack-policies.rules.yaml (+ its promtool tests): ``gpupack rules
   export-prometheus`` over policies.yaml;
 - kubernetes/policies.yaml: a copy of policies.yaml (kustomize only reads files below its folder);
-- kubernetes/prometheusrule-*.yaml: each plain rule file wrapped as a Prometheus Operator object.
+- kubernetes/prometheusrule-*.yaml: each plain rule file wrapped as a Prometheus Operator object;
+- cpu/rules/gpupack-policies.rules.yaml (+ tests): the same export over cpu/policies.yaml, the CPU-only
+  stack's policies.
 
 Tests fail when a committed file differs from what this writes.
 """
@@ -20,6 +22,7 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent
 RULES = DEPLOY / "prometheus" / "rules"
 KUBERNETES = DEPLOY / "kubernetes"
+CPU = DEPLOY / "cpu"
 RULE_SETS = ("gpupack-health", "gpupack-policies")
 
 
@@ -37,14 +40,19 @@ def prometheus_rule(name: str, rules_text: str) -> str:
     return header + yaml.safe_dump(document, sort_keys=False, width=120)
 
 
+def export_prometheus(policies: Path, rules: Path) -> None:
+    subprocess.run([sys.executable, "-m", "gpupack", "rules", "export-prometheus", f"--policies={policies}",
+                    str(rules / "gpupack-policies.rules.yaml")], check=True)
+
+
 def main() -> int:
-    subprocess.run([sys.executable, "-m", "gpupack", "rules", "export-prometheus",
-                    f"--policies={DEPLOY / 'policies.yaml'}", str(RULES / "gpupack-policies.rules.yaml")], check=True)
+    export_prometheus(DEPLOY / "policies.yaml", RULES)
+    export_prometheus(CPU / "policies.yaml", CPU / "rules")
     shutil.copyfile(DEPLOY / "policies.yaml", KUBERNETES / "policies.yaml")
     for name in RULE_SETS:
         (KUBERNETES / f"prometheusrule-{name}.yaml").write_text(
             prometheus_rule(name, (RULES / f"{name}.rules.yaml").read_text()))
-    print(f"regenerated policy alerts, kubernetes/policies.yaml and {len(RULE_SETS)} PrometheusRules")
+    print(f"regenerated policy alerts (deploy/ and cpu/), kubernetes/policies.yaml and {len(RULE_SETS)} PrometheusRules")
     return 0
 
 

@@ -266,6 +266,9 @@ class Attributor:
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
         server_pids = set(host.processes) if host else set()
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
+        stubs_of_model: dict[ModelKey, list[int]] = defaultdict(list)  # not a scan of every stub per model
+        for pid, model_key in stub_of.items():
+            stubs_of_model[model_key].append(pid)
         readings, not_loaded = _with_backend_only_models(triton, host.backends if host else ())
         placement: dict[ModelKey, set[str]] = defaultdict(set)
         for gpu in gpus:
@@ -298,7 +301,7 @@ class Attributor:
             found = []
             for reading in on_gpu:
                 key = (reading.model, reading.version)
-                pids = [pid for pid, k in stub_of.items() if k == key and pid in gpu.process_memory_bytes]
+                pids = [pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes]
                 memory, source = self._memory(inputs.server, reading, uuid, "GPU", gpu.index,
                                               [gpu.process_memory_bytes[p] for p in pids])
                 sm = [gpu.process_sm_ratio[p] for p in pids if p in gpu.process_sm_ratio]

@@ -10,7 +10,7 @@ import signal
 import threading
 
 from gpupack.config import ConfigFile
-from gpupack.exporter.daemon import Exporter, settle_heap
+from gpupack.exporter.daemon import Exporter, settle_heap, shorten_switch_interval
 from gpupack.exporter.settings import BACKENDS, load_settings
 
 log = logging.getLogger(__name__)
@@ -24,15 +24,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--listen", metavar="HOST:PORT", help="where to serve /metrics (default: 0.0.0.0:9478)")
     parser.add_argument("--state-dir", metavar="DIR", help="where peaks are kept (default: ~/.local/state/gpupack/exporter)")
     parser.add_argument("--sample-hz", metavar="N", help="samples per second (default: 5)")
+    parser.add_argument("--metrics", metavar="FAMILY,...",
+                        help="series families to export, names or globs such as 'gpupack_device_*' (default: all)")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     flags = {"servers": args.servers, "backend": args.backend, "listen": args.listen,
-             "state_dir": args.state_dir, "sample_hz": args.sample_hz}
+             "state_dir": args.state_dir, "sample_hz": args.sample_hz, "metrics": args.metrics}
     settings = load_settings(config, os.environ, flags)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+    shorten_switch_interval()
     with Exporter(settings) as exporter:
         settle_heap()
         log.info("serving %s/metrics for %s (backends: %s, %.3g samples/s, peaks in %s)", exporter.url,

@@ -1,7 +1,8 @@
-"""HTTP: ``/metrics`` (Prometheus text), ``/api/v1/peaks`` (JSON), ``/healthz``.
+"""HTTP: ``/metrics`` (Prometheus text or OpenMetrics, gzip when asked), ``/api/v1/peaks`` (JSON),
+``/healthz``.
 
-Every handler reads the current snapshot once and renders it (``/metrics`` at most once per
-snapshot); none touches a source.
+``/metrics`` sends a body the render thread has already made; the other handlers read the current
+snapshot once. None touches a source.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
-from gpupack.exporter.collector import MetricsPage
+from gpupack.exporter.pages import PageRenderer
 from gpupack.exporter.peaks_api import peaks_document
 from gpupack.exporter.snapshot import Snapshot
 
@@ -21,9 +20,9 @@ from gpupack.exporter.snapshot import Snapshot
 class ExporterHttpServer:
     """Binds at construction (so a taken port fails before anything starts), serves on a thread."""
 
-    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], page: MetricsPage,
+    def __init__(self, host: str, port: int, snapshot: Callable[[], Snapshot], pages: PageRenderer,
                  healthy: Callable[[], bool]) -> None:
-        handler = _handler_class(page, snapshot, healthy)
+        handler = _handler_class(pages, snapshot, healthy)
         self._httpd = ThreadingHTTPServer((host, port), handler)
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="gpupack-http", daemon=True)
@@ -42,7 +41,7 @@ class ExporterHttpServer:
         self._thread.join()
 
 
-def _handler_class(page: MetricsPage, snapshot: Callable[[], Snapshot],
+def _handler_class(pages: PageRenderer, snapshot: Callable[[], Snapshot],
                    healthy: Callable[[], bool]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -51,7 +50,9 @@ def _handler_class(page: MetricsPage, snapshot: Callable[[], Snapshot],
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, page.body(snapshot()))
+                content_type, body, gzipped = pages.respond(self.headers.get("Accept"),
+                                                            self.headers.get("Accept-Encoding"))
+                self._send(200, content_type, body, "gzip" if gzipped else None)
             elif path == "/api/v1/peaks":
                 self._send(200, "application/json", json.dumps(peaks_document(snapshot())).encode())
             elif path == "/healthz":
@@ -60,9 +61,11 @@ def _handler_class(page: MetricsPage, snapshot: Callable[[], Snapshot],
             else:
                 self._send(404, "text/plain", b"not found: try /metrics, /api/v1/peaks or /healthz\n")
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
+        def _send(self, status: int, content_type: str, body: bytes, encoding: str | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            if encoding:
+                self.send_header("Content-Encoding", encoding)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

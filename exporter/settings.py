@@ -7,12 +7,14 @@ the server list is parsed here because its errors must name the item and line in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from gpupack.config import ConfigFile, Setting, default_state_dir, parse_listen, resolve_settings
 from gpupack.errors import InputError
+from gpupack.exporter.families import ALL_FAMILIES, FamilySelection, parse_family_selection
 from gpupack.profiles import Profile, load_profile
 from gpupack.units import UnitError, parse_bytes, parse_duration
 from gpupack.yamlfile import LineDict, LineList
@@ -32,6 +34,23 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class ModelFilter:
+    """Which of a server's models get Prometheus series (globs; an empty allowlist allows all).
+
+    Only the exposition is filtered: attribution, peaks and /api/v1/peaks still cover every model,
+    so a denied model's memory is neither lost nor counted as the server's own.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def exports(self, model: str) -> bool:
+        if self.allow and not any(fnmatchcase(model, pattern) for pattern in self.allow):
+            return False
+        return not any(fnmatchcase(model, pattern) for pattern in self.deny)
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """One Triton server to watch. ``url`` is ``http(s)://host:port`` for HTTP, ``host:port`` for gRPC."""
 
@@ -44,6 +63,7 @@ class ServerConfig:
     timeout_seconds: float = 2.0
     tls: TlsConfig | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    models: ModelFilter = ModelFilter()
 
     @property
     def port(self) -> int | None:
@@ -60,6 +80,7 @@ class ExporterSettings:
     peak_window_seconds: float
     state_dir: Path
     profile: Profile | None = None  # model peaks for models nothing on the machine measures
+    families: FamilySelection = ALL_FAMILIES  # the series families /metrics carries
 
 
 def _backends(value: Any) -> tuple[str, ...]:
@@ -99,6 +120,8 @@ SETTINGS = (
     Setting("peak_window", _window, 7 * 86400.0, "how long peaks are kept"),
     Setting("state_dir", str, None, "directory of the peak database"),
     Setting("profile", str, None, "profile file (gpupack profile) whose model peaks stand in for models nothing measures"),
+    Setting("metrics", parse_family_selection, ALL_FAMILIES,
+            "series families to export: names or globs, comma-separated or a list (default: all)"),
 )
 
 
@@ -118,6 +141,7 @@ def load_settings(config: ConfigFile | None, environ: Mapping[str, str], flags: 
         peak_window_seconds=values["peak_window"],
         state_dir=Path(values["state_dir"] or default_state_dir("exporter")),
         profile=load_profile(values["profile"]) if values["profile"] else None,
+        families=values["metrics"],
     )
 
 
@@ -158,7 +182,7 @@ def _server_from_pair(text: str, origin: str) -> ServerConfig:
         raise InputError(f"{origin}: {name.strip()}: {e}") from e
 
 
-_SERVER_KEYS = ("name", "url", "protocol", "metrics_url", "pid", "memory_budget", "timeout", "tls", "headers")
+_SERVER_KEYS = ("name", "url", "protocol", "metrics_url", "pid", "memory_budget", "timeout", "tls", "headers", "models")
 
 
 def _server_from_mapping(item: LineDict, path: str, where: str) -> ServerConfig:
@@ -180,7 +204,8 @@ def _server_from_mapping(item: LineDict, path: str, where: str) -> ServerConfig:
         raise fail("url", str(e)) from e
     parsed: dict[str, Any] = {}
     for key, parse in (("pid", _pid), ("memory_budget", parse_bytes), ("timeout", parse_duration),
-                       ("metrics_url", lambda v: _url(str(v), "http")), ("tls", _tls), ("headers", _headers)):
+                       ("metrics_url", lambda v: _url(str(v), "http")), ("tls", _tls), ("headers", _headers),
+                       ("models", _model_filter)):
         if key in item:
             try:
                 parsed[key] = parse(item[key])
@@ -196,6 +221,7 @@ def _server_from_mapping(item: LineDict, path: str, where: str) -> ServerConfig:
         timeout_seconds=parsed.get("timeout", 2.0),
         tls=parsed.get("tls"),
         headers=parsed.get("headers", {}),
+        models=parsed.get("models", ModelFilter()),
     )
 
 
@@ -232,6 +258,22 @@ def _headers(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError("must be a mapping of header name to value")
     return {str(k): str(v) for k, v in value.items()}
+
+
+def _model_filter(value: Any) -> ModelFilter:
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping with allow and/or deny: lists of model name globs")
+    unknown = set(value) - {"allow", "deny"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (known: allow, deny)")
+    lists = {}
+    for key in ("allow", "deny"):
+        items = value.get(key, [])
+        items = [items] if isinstance(items, str) else items
+        if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+            raise ValueError(f"{key}: must be a list of model name globs")
+        lists[key] = tuple(items)
+    return ModelFilter(lists["allow"], lists["deny"])
 
 
 def _unique(servers: tuple[ServerConfig, ...], origin: str) -> tuple[ServerConfig, ...]:

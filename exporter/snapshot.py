@@ -6,10 +6,9 @@ Triton and never see a half-written sample.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
 from gpupack.exporter.attribution import DeviceUsage, ModelUsage
 from gpupack.exporter.peaks import PeakKey, SeriesKey
@@ -53,14 +52,16 @@ class SnapshotHolder:
 
     def __init__(self, initial: Snapshot) -> None:
         self._snapshot = initial
-        self._first_sample = threading.Event()
+        self._listeners: list[Callable[[], None]] = []
 
     def get(self) -> Snapshot:
         return self._snapshot
 
+    def on_swap(self, listener: Callable[[], None]) -> None:
+        """``listener`` is called after each swap, on the sampler's thread: it must only signal."""
+        self._listeners.append(listener)
+
     def swap(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._first_sample.set()
-
-    def wait_for_sample(self, timeout_seconds: float) -> bool:
-        return self._first_sample.wait(timeout_seconds)
+        for listener in self._listeners:
+            listener()

@@ -4,6 +4,10 @@ A profile is YAML or JSON (``server_baseline`` plus a ``models`` list) or CSV (o
 and a row whose ``model`` is ``server_baseline``). Sizes and ratios may carry units ("309MB",
 "80%"); inside gpupack they are bytes and ratios 0-1. Model peaks exclude the server baseline,
 which every device pays once. Every error names file:line:field.
+
+A model may also carry ``configs``: every configuration the profiler's search measured, each with
+its memory peak and its points by throughput (``gpupack.model_configs``). A model without them is
+one configuration whose single point is its peak; ``Profile.configs_of`` gives either the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import yaml
 
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import InputError
+from gpupack.model_configs import POINT_RESOURCES, ConfigPoint, ModelConfig, config_document, single_point_config
 from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_ratio
 from gpupack.yamlfile import LineDict, LineList, load_yaml_text
 
@@ -33,6 +38,23 @@ _DETAIL_FIELDS: dict[str, Callable[[Any], Any]] = {
     "latency_p99_seconds": parse_duration,
 }
 _FIELD_ORDER = ("model", *_DETAIL_FIELDS, *_PEAK_FIELDS)
+_CONFIG_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "name": lambda v: _non_empty(str(v)),
+    "instance_count": parse_count,
+    "max_batch_size": parse_count,
+    "dynamic_batching": lambda v: _boolean(v),
+    "max_queue_delay_seconds": parse_duration,
+    "peak_gpu_memory_bytes": parse_bytes,
+}
+_POINT_FIELDS: dict[str, Callable[[Any], Any]] = {
+    "concurrency": parse_count,
+    "request_rate_per_second": lambda v: _non_negative(float(v)),
+    "throughput_per_second": lambda v: _non_negative(float(v)),
+    "latency_p50_seconds": parse_duration,
+    "latency_p99_seconds": parse_duration,
+    **{r.profile_field: parse_ratio for r in POINT_RESOURCES},
+}
+_BREAKDOWN = "latency_breakdown_seconds"
 
 
 @dataclass(frozen=True)
@@ -40,10 +62,16 @@ class Profile:
     server_baseline: Mapping[Resource, float]
     models: tuple[ModelFootprint, ...]
     points: Mapping[str, tuple[ModelFootprint, ...]] = field(default_factory=dict)  # model -> every measured point
+    configs: Mapping[str, tuple[ModelConfig, ...]] = field(default_factory=dict)  # model -> searched configurations
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server_baseline", MappingProxyType(dict(self.server_baseline)))
         object.__setattr__(self, "points", MappingProxyType(dict(self.points)))
+        object.__setattr__(self, "configs", MappingProxyType(dict(self.configs)))
+
+    def configs_of(self, model: ModelFootprint) -> tuple[ModelConfig, ...]:
+        """The model's searched configurations, or the one its peak describes."""
+        return self.configs.get(model.model) or (single_point_config(model),)
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -69,7 +97,9 @@ def write_profile(profile: Profile, path: str | Path) -> None:
         BASELINE: _peak_fields(profile.server_baseline),
         "models": [
             dict(_row(m), **({"points": [_row(p, with_model=False) for p in profile.points[m.model]]}
-                             if profile.points.get(m.model) else {}))
+                             if profile.points.get(m.model) else {}),
+                 **({"configs": [config_document(c) for c in profile.configs[m.model]]}
+                    if profile.configs.get(m.model) else {}))
             for m in profile.models
         ],
     }
@@ -104,7 +134,7 @@ def _from_document(document: Any, path: str) -> Profile:
     rows = document["models"]
     if not isinstance(rows, LineList):
         raise InputError("must be a list of models", path=path, line=document.line_of("models"), field="models")
-    models, points, seen = [], {}, set()
+    models, points, configs, seen = [], {}, {}, set()
     for index, row in enumerate(rows):
         where = f"models[{index}]"
         row = _mapping(row, path, rows.item_lines[index], where)
@@ -121,11 +151,57 @@ def _from_document(document: Any, path: str) -> Profile:
                        f"{where}.points[{k}]", require_model=False)
             for k, p in enumerate(raw_points)
         )
-    return Profile(_peaks(baseline, path, BASELINE), tuple(models), {m: p for m, p in points.items() if p})
+        if "configs" in row:
+            configs[model.model] = _configs(row["configs"], path, row.line_of("configs"), f"{where}.configs")
+    return Profile(_peaks(baseline, path, BASELINE), tuple(models), {m: p for m, p in points.items() if p}, configs)
+
+
+def _configs(raw: Any, path: str, line: int, where: str) -> tuple[ModelConfig, ...]:
+    if not isinstance(raw, LineList) or not raw:
+        raise InputError("must be a non-empty list of configurations", path=path, line=line, field=where)
+    configs, names = [], set()
+    for index, item in enumerate(raw):
+        at = f"{where}[{index}]"
+        row = _mapping(item, path, raw.item_lines[index], at)
+        _reject_unknown(row, set(_CONFIG_FIELDS) | {"points"}, path, at + ".")
+        values = _fields(row, _CONFIG_FIELDS, path, at, required=("name", "peak_gpu_memory_bytes", "points"))
+        if values["name"] in names:
+            raise InputError(f"configuration {values['name']!r} appears twice", path=path, line=row.line_of("name"),
+                             field=f"{at}.name")
+        names.add(values["name"])
+        raw_points = row["points"]
+        if not isinstance(raw_points, LineList) or not raw_points:
+            raise InputError("must be a non-empty list of measured points", path=path, line=row.line_of("points"),
+                             field=f"{at}.points")
+        points = [_point(_mapping(p, path, raw_points.item_lines[k], f"{at}.points[{k}]"), path, f"{at}.points[{k}]")
+                  for k, p in enumerate(raw_points)]
+        values["peak_gpu_memory_bytes"] = float(values["peak_gpu_memory_bytes"])
+        configs.append(ModelConfig(points=tuple(sorted(points, key=lambda p: p.throughput_per_second or 0.0)), **values))
+    return tuple(configs)
+
+
+def _point(row: LineDict, path: str, where: str) -> ConfigPoint:
+    _reject_unknown(row, set(_POINT_FIELDS) | {_BREAKDOWN}, path, where + ".")
+    values = _fields(row, _POINT_FIELDS, path, where, required=("throughput_per_second",))
+    peaks = {r: values.pop(r.profile_field) for r in POINT_RESOURCES if r.profile_field in values}
+    breakdown = {}
+    if row.get(_BREAKDOWN) is not None:
+        raw = _mapping(row[_BREAKDOWN], path, row.line_of(_BREAKDOWN), f"{where}.{_BREAKDOWN}")
+        breakdown = {str(k): float(_parse(parse_duration, v, path, raw.line_of(k), f"{where}.{_BREAKDOWN}.{k}"))
+                     for k, v in raw.items()}
+    return ConfigPoint(peaks=peaks, latency_breakdown_seconds=breakdown, **values)
+
+
+def _fields(row: LineDict, parsers: Mapping[str, Callable[[Any], Any]], path: str, where: str,
+            required: tuple[str, ...]) -> dict[str, Any]:
+    for key in required:
+        if row.get(key) is None:
+            raise InputError("missing", path=path, line=row.line, field=f"{where}.{key}")
+    return {key: _parse(parse, row[key], path, row.line_of(key), f"{where}.{key}")
+            for key, parse in parsers.items() if row.get(key) is not None}
 
 
 def _footprint(row: LineDict, name: str, path: str, where: str, require_model: bool) -> ModelFootprint:
-    # "configs" (every configuration a search measured) is tolerated here, not read: one chosen peak per model.
     known = set(_FIELD_ORDER) | ({"points", "configs"} if require_model else set())
     _reject_unknown(row, known if require_model else known - {"model"}, path, where + ".")
     if require_model and not name:
@@ -171,6 +247,18 @@ def _reject_unknown(row: LineDict, known: set[str], path: str, prefix: str) -> N
 def _non_negative(value: float) -> float:
     if value < 0:
         raise ValueError(f"{value!r} is negative")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{value!r} is not true or false")
     return value
 
 

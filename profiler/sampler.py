@@ -24,16 +24,26 @@ CPU_RATE_WINDOW_SECONDS = 0.25
 
 @dataclass(frozen=True)
 class Peaks:
-    """Highest values seen; ``None`` when the probe cannot tell (never reported as zero)."""
+    """Highest values seen; ``None`` when the probe cannot tell (never reported as zero).
+
+    ``backend_memory_bytes`` is what the server's model backend processes (Python-backend stubs)
+    held together, apart from the server's own process: the memory a model has processes of its
+    own for. The server process grows by a few MiB on its first loads and requests (a backend's
+    library, thread arenas) and keeps it after the model leaves; charged to the model as part of
+    "device minus baseline", that growth put every model on a fresh server ~4 MiB above its
+    process's high-water mark.
+    """
 
     memory_bytes: int | None = None
     utilization_ratio: float | None = None
     memory_bandwidth_utilization_ratio: float | None = None
+    backend_memory_bytes: int | None = None
 
     def merge(self, other: "Peaks") -> "Peaks":
         return Peaks(_max(self.memory_bytes, other.memory_bytes),
                      _max(self.utilization_ratio, other.utilization_ratio),
-                     _max(self.memory_bandwidth_utilization_ratio, other.memory_bandwidth_utilization_ratio))
+                     _max(self.memory_bandwidth_utilization_ratio, other.memory_bandwidth_utilization_ratio),
+                     _max(self.backend_memory_bytes, other.backend_memory_bytes))
 
 
 _N = TypeVar("_N", int, float)
@@ -52,7 +62,8 @@ class Probe(Protocol):
 
 
 class HostProbe:
-    """A CPU-only server: memory is its process tree's RSS, utilisation its CPU share."""
+    """A CPU-only server: memory is its process tree's RSS (and its backend processes' apart),
+    utilisation its CPU share."""
 
     def __init__(self, source: HostSource) -> None:
         self._source = source
@@ -63,7 +74,9 @@ class HostProbe:
         self._history.append(reading)
         while len(self._history) > 1 and reading.taken_at_seconds - self._history[1].taken_at_seconds >= CPU_RATE_WINDOW_SECONDS:
             self._history.popleft()
-        return Peaks(memory_bytes=reading.tree_rss_bytes, utilization_ratio=self._cpu_ratio(reading))
+        backends = [reading.processes[b.pid].rss_bytes for b in reading.backends if b.pid in reading.processes]
+        return Peaks(memory_bytes=reading.tree_rss_bytes, utilization_ratio=self._cpu_ratio(reading),
+                     backend_memory_bytes=sum(backends) if backends else None)
 
     def _cpu_ratio(self, reading: HostReading) -> float | None:
         oldest = self._history[0]

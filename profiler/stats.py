@@ -96,7 +96,7 @@ class PointResult:
     throughput_per_second: float  # inferences/s, client side
     triton_throughput_per_second: float  # the same window by Triton's inference_count
     latencies: Latencies | None
-    peak_memory_bytes: int | None  # above the server baseline
+    peak_memory_bytes: int | None  # its backend processes' (else the device's above the server baseline)
     peak_utilization_ratio: float | None
     peak_memory_bandwidth_utilization_ratio: float | None
     errors: tuple[str, ...] = ()
@@ -146,12 +146,20 @@ def measure_point(
         throughput_per_second=window.success_count * window.batch_size / seconds if seconds > 0 else 0.0,
         triton_throughput_per_second=served.inference_count / seconds if seconds > 0 else 0.0,
         latencies=latencies,
-        peak_memory_bytes=_above(peaks.memory_bytes, baseline.memory_bytes),
+        peak_memory_bytes=_model_memory(peaks, baseline),
         peak_utilization_ratio=peaks.utilization_ratio,
         peak_memory_bandwidth_utilization_ratio=peaks.memory_bandwidth_utilization_ratio,
         errors=window.error_messages,
         server_latency=ServerLatency.of(served),
     )
+
+
+def _model_memory(peaks: Peaks, baseline: Peaks) -> int | None:
+    """A model with backend processes of its own is charged what they held (per process); one
+    without (an in-process backend, or a GPU seen only whole) what the device held above the baseline."""
+    if peaks.backend_memory_bytes is not None:
+        return peaks.backend_memory_bytes
+    return _above(peaks.memory_bytes, baseline.memory_bytes)
 
 
 def _above(value: int | None, baseline: int | None) -> int | None:

@@ -12,26 +12,28 @@ A value that is not known never reads as ok: a stale device is ``unknown``; miss
 from __future__ import annotations
 
 import enum
-import fnmatch
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import numpy as np
 
 from gpupack.domain import Device, Placement, Resource
-from gpupack.rules.peaks import PeaksSnapshot
-from gpupack.rules.policy import (
-    AntiAffinityPolicy,
-    CapacityPolicy,
-    FleetPolicy,
-    ModelLimitPolicy,
-    PinPolicy,
-    Policy,
-    PolicySet,
-    ReplicasPolicy,
-    Selector,
+from gpupack.rules.compiled import (
+    Allowed,
+    AntiAffinity,
+    Capacity,
+    Constraint,
+    Constraints,
+    Fleet,
+    FleetDevice,
+    FleetMax,
+    ModelLimit,
+    Replicas,
+    Throughput,
+    compile_policies,
 )
+from gpupack.rules.peaks import PeaksSnapshot
+from gpupack.rules.policy import Policy, PolicySet
 
 
 class Status(str, enum.Enum):
@@ -63,38 +65,49 @@ class Evaluation:
 
 def evaluate(snapshot: PeaksSnapshot, policies: PolicySet, placement: Placement | None = None) -> Evaluation:
     """Judge every policy; ``placement`` defaults to what the snapshot says is loaded now."""
-    index = _Index(snapshot, snapshot.placement() if placement is None else placement)
+    placement = snapshot.placement() if placement is None else placement
+    constraints = compile_policies(policies, fleet_of(snapshot, placement))
+    return Evaluation(judge(snapshot, constraints, placement), {p.name: p for p in policies.policies})
+
+
+def judge(snapshot: PeaksSnapshot, constraints: Constraints, placement: Placement) -> tuple[Result, ...]:
+    """One result per constraint x device (or model), in constraint order."""
+    index = _Index(snapshot, constraints.fleet, placement)
     results: list[Result] = []
-    for policy in policies.policies:
-        results.extend(_EVALUATORS[type(policy)](index, policy))
-    return Evaluation(tuple(results), {p.name: p for p in policies.policies})
+    for constraint in constraints.items:
+        results.extend(_EVALUATORS[type(constraint)](index, constraint))
+    return tuple(results)
+
+
+def fleet_of(snapshot: PeaksSnapshot, placement: Placement) -> Fleet:
+    """The snapshot's devices, then any device the placement uses that the source does not know
+    (no labels, no servers: every policy on it is unknown), and every model either names."""
+    known = {d.device.name for d in snapshot.devices}
+    devices = [FleetDevice(d.device, d.servers, d.server_baseline) for d in snapshot.devices]
+    devices += [FleetDevice(Device(name, {})) for name in placement.devices_used() if name not in known]
+    models = sorted({m.model for m in snapshot.models} | set(placement.assignments))
+    return Fleet(tuple(devices), tuple(models), snapshot.demand_per_second, snapshot.copy_capacity_per_second)
 
 
 class _Index:
     """The snapshot as positions and arrays, built once per evaluation."""
 
-    def __init__(self, snapshot: PeaksSnapshot, placement: Placement) -> None:
-        devices = {d.device.name: d for d in snapshot.devices}
-        placed_devices = [name for name in placement.devices_used() if name not in devices]
-        self.device_names = [*devices, *placed_devices]  # placed on a device the source does not know
-        self.known_devices = len(devices)
-        self.devices = [d.device for d in devices.values()] + [Device(name, {}) for name in placed_devices]
-        self.device_servers = [d.servers for d in devices.values()] + [() for _ in placed_devices]
-        self.device_unknown = np.array(
-            [d.stale or any(s in snapshot.down_servers for s in d.servers) for d in devices.values()]
-            + [True] * len(placed_devices), dtype=bool)
-        self.baselines = [d.server_baseline for d in devices.values()] + [{} for _ in placed_devices]
+    def __init__(self, snapshot: PeaksSnapshot, fleet: Fleet, placement: Placement) -> None:
+        self.known_devices = len(snapshot.devices)
+        self.device_names = [d.device.name for d in fleet.devices]
+        self.devices = [d.device for d in fleet.devices]
+        unknown = [d.stale or any(s in snapshot.down_servers for s in d.servers) for d in snapshot.devices]
+        self.device_unknown = np.array(unknown + [True] * (len(fleet.devices) - len(unknown)), dtype=bool)
         footprints = snapshot.footprints()
-        self.model_names = sorted(set(footprints) | set(placement.assignments))
-        model_position = {name: i for i, name in enumerate(self.model_names)}
-        device_position = {name: i for i, name in enumerate(self.device_names)}
+        self.model_names = list(fleet.models)
+        self.model_position = {name: i for i, name in enumerate(self.model_names)}
+        self.device_position = {name: i for i, name in enumerate(self.device_names)}
         pairs = sorted(placement.pairs())
-        self.pair_model = np.array([model_position[m] for m, _ in pairs], dtype=np.int64)
-        self.pair_device = np.array([device_position[d] for _, d in pairs], dtype=np.int64)
+        self.pair_model = np.array([self.model_position[m] for m, _ in pairs], dtype=np.int64)
+        self.pair_device = np.array([self.device_position[d] for _, d in pairs], dtype=np.int64)
         self._footprints = footprints
         self._peaks: dict[Resource, np.ndarray] = {}
-        self._device_masks: dict[tuple, np.ndarray] = {}
-        self._model_masks: dict[tuple, np.ndarray] = {}
+        self._model_masks: dict[int, np.ndarray] = {}
 
     def peaks(self, resource: Resource) -> np.ndarray:
         """Each model's peak; NaN where the source had no reading."""
@@ -103,35 +116,22 @@ class _Index:
                 [self._footprints.get(m, {}).get(resource, np.nan) for m in self.model_names], dtype=float)
         return self._peaks[resource]
 
-    def capacity(self, resource: Resource) -> np.ndarray:
-        return np.array([d.capacity.get(resource, np.nan if resource.is_bytes else 1.0) for d in self.devices])
+    def device_mask(self, devices: Iterable[str]) -> np.ndarray:
+        mask = np.zeros(len(self.device_names), dtype=bool)
+        mask[[self.device_position[d] for d in devices]] = True
+        return mask
 
-    def baseline(self, resource: Resource) -> np.ndarray:
-        # A source that reports no baseline for a resource (e.g. utilisation) means the server
-        # alone costs nothing measurable there.
-        return np.array([b.get(resource, 0.0) for b in self.baselines])
+    def model_mask(self, models: frozenset[str] | None) -> np.ndarray:
+        if models is None:
+            return np.ones(len(self.model_names), dtype=bool)
+        if id(models) not in self._model_masks:
+            mask = np.zeros(len(self.model_names), dtype=bool)
+            mask[[self.model_position[m] for m in models if m in self.model_position]] = True
+            self._model_masks[id(models)] = mask
+        return self._model_masks[id(models)]
 
-    def device_mask(self, selector: Selector) -> np.ndarray:
-        key = (selector.devices, tuple(sorted(selector.device_labels.items())), selector.servers)
-        if key not in self._device_masks:
-            names, servers = _glob(selector.devices), _glob(selector.servers)
-            self._device_masks[key] = np.array([
-                (names is None or bool(names.match(device.name)))
-                and all(device.labels.get(k) == v for k, v in selector.device_labels.items())
-                and (servers is None or any(servers.match(s) for s in device_servers))
-                for device, device_servers in zip(self.devices, self.device_servers)
-            ], dtype=bool)
-        return self._device_masks[key]
-
-    def model_mask(self, patterns: tuple[str, ...]) -> np.ndarray:
-        if patterns not in self._model_masks:
-            regex = _glob(patterns)
-            self._model_masks[patterns] = np.array(
-                [regex is None or bool(regex.match(m)) for m in self.model_names], dtype=bool)
-        return self._model_masks[patterns]
-
-    def pairs_in_scope(self, selector: Selector, model_patterns: tuple[str, ...]) -> np.ndarray:
-        return self.model_mask(model_patterns)[self.pair_model] & self.device_mask(selector)[self.pair_device]
+    def pairs_in_scope(self, devices: Iterable[str], models: frozenset[str] | None) -> np.ndarray:
+        return self.model_mask(models)[self.pair_model] & self.device_mask(devices)[self.pair_device]
 
     def models_by_device(self, pair_mask: np.ndarray, device_mask: np.ndarray) -> dict[int, tuple[str, ...]]:
         """The models of the chosen pairs on the chosen devices, in one pass over the pairs."""
@@ -142,117 +142,143 @@ class _Index:
         return {device: tuple(models) for device, models in grouped.items()}
 
 
-def _glob(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    """One compiled regex for a list of globs; None means 'no filter'."""
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-
-
-def _capacity(index: _Index, policy: CapacityPolicy) -> list[Result]:
-    devices = len(index.device_names)
-    in_scope = index.pairs_in_scope(Selector(), policy.selector.models)
-    peaks = index.peaks(policy.resource)[index.pair_model[in_scope]]
+def _capacity(index: _Index, constraint: Capacity) -> list[Result]:
+    n = len(index.device_names)
+    in_scope = index.model_mask(constraint.models)[index.pair_model]
+    peaks = index.peaks(constraint.resource)[index.pair_model[in_scope]]
     missing = np.isnan(peaks)
     placed_on = index.pair_device[in_scope]
-    known_sum = np.bincount(placed_on, weights=np.where(missing, 0.0, peaks), minlength=devices)
-    any_missing = np.bincount(placed_on, weights=missing, minlength=devices) > 0
-    value = index.baseline(policy.resource) + known_sum
-    capacity = index.capacity(policy.resource)
-    if policy.max_bytes is not None:
-        limit = np.full(devices, float(policy.max_bytes))
-    else:
-        limit = (policy.max_ratio - policy.headroom_ratio) * capacity  # type: ignore[operator]
+    known_sum = np.bincount(placed_on, weights=np.where(missing, 0.0, peaks), minlength=n)
+    any_missing = np.bincount(placed_on, weights=missing, minlength=n) > 0
+    scope = np.array([index.device_position[d] for d in constraint.devices], dtype=np.int64)
+    limit = np.array(constraint.limits, dtype=float).reshape(-1)
+    value = np.array(constraint.baselines, dtype=float).reshape(-1) + known_sum[scope]
+    capacity = np.array([index.devices[i].capacity.get(constraint.resource, np.nan if constraint.resource.is_bytes
+                                                        else 1.0) for i in scope.tolist()], dtype=float)
     over = value > limit  # False where the limit is NaN (capacity unknown)
-    unknown = index.device_unknown | np.isnan(limit) | (any_missing & ~over)
+    unknown = index.device_unknown[scope] | np.isnan(limit) | (any_missing[scope] & ~over)
     headroom = (limit - value) / capacity
-    scope = index.device_mask(policy.selector)
-    involved = index.models_by_device(in_scope, scope & over & ~unknown)
+    over_mask = np.zeros(n, dtype=bool)
+    over_mask[scope[over & ~unknown]] = True
+    involved = index.models_by_device(in_scope, over_mask)
     rows = []
-    unknown_list, over_list = unknown.tolist(), over.tolist()
-    value_list, limit_list, headroom_list = value.tolist(), limit.tolist(), headroom.tolist()
-    for i in np.flatnonzero(scope).tolist():
-        if unknown_list[i]:
-            rows.append(Result(policy.name, index.device_names[i], "", Status.UNKNOWN))
+    for k, i in enumerate(scope.tolist()):
+        if unknown[k]:
+            rows.append(Result(constraint.origin.policy, index.device_names[i], "", Status.UNKNOWN))
             continue
-        status = Status.VIOLATED if over_list[i] else Status.OK
-        rows.append(Result(policy.name, index.device_names[i], "", status, value_list[i], limit_list[i],
-                           headroom_list[i], involved.get(i, ())))
+        status = Status.VIOLATED if over[k] else Status.OK
+        rows.append(Result(constraint.origin.policy, index.device_names[i], "", status, float(value[k]),
+                           float(limit[k]), float(headroom[k]), involved.get(i, ())))
     return rows
 
 
-def _model_limit(index: _Index, policy: ModelLimitPolicy) -> list[Result]:
-    in_scope = index.pairs_in_scope(policy.selector, policy.selector.models)
+def _model_limit(index: _Index, constraint: ModelLimit) -> list[Result]:
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
     models, devices = index.pair_model[in_scope].tolist(), index.pair_device[in_scope].tolist()
-    peaks = index.peaks(policy.resource)[index.pair_model[in_scope]].tolist()
+    peaks = index.peaks(constraint.resource)[index.pair_model[in_scope]].tolist()
     rows = []
     for model, device, peak in zip(models, devices, peaks):
         if peak != peak:  # NaN: no reading for this model
             status, value = Status.UNKNOWN, None
         else:
-            status, value = (Status.VIOLATED if peak > policy.max_value else Status.OK), peak
-        rows.append(Result(policy.name, index.device_names[device], index.model_names[model], status, value,
-                           policy.max_value))
+            status, value = (Status.VIOLATED if peak > constraint.max_value else Status.OK), peak
+        rows.append(Result(constraint.origin.policy, index.device_names[device], index.model_names[model], status,
+                           value, constraint.max_value))
     return rows
 
 
-def _fleet(index: _Index, policy: FleetPolicy) -> list[Result]:
-    in_scope = index.pairs_in_scope(policy.selector, policy.selector.models)
+def _fleet(index: _Index, constraint: FleetMax) -> list[Result]:
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
     used = len(np.unique(index.pair_device[in_scope]))
-    if used > policy.max_devices:
+    if used > constraint.max_devices:
         status = Status.VIOLATED
-    elif index.device_unknown[index.device_mask(policy.selector)].any():
+    elif index.device_unknown[index.device_mask(constraint.devices)].any():
         status = Status.UNKNOWN  # a down server's devices may host more models than we can see
     else:
         status = Status.OK
-    return [Result(policy.name, "", "", status, float(used), float(policy.max_devices))]
+    return [Result(constraint.origin.policy, "", "", status, float(used), float(constraint.max_devices))]
 
 
-def _pin(index: _Index, policy: PinPolicy) -> list[Result]:
-    allowed = index.device_mask(policy.to)
+def _pin(index: _Index, constraint: Allowed) -> list[Result]:
+    allowed = index.device_mask(constraint.devices)
     rows = []
-    for p in np.flatnonzero(index.pairs_in_scope(policy.selector, policy.selector.models)):
+    for p in np.flatnonzero(index.pairs_in_scope(constraint.scope, constraint.models)):
         device = index.pair_device[p]
         if device >= index.known_devices:
             status = Status.UNKNOWN  # the source does not know this device, nor its labels
         else:
             status = Status.OK if allowed[device] else Status.VIOLATED
-        rows.append(Result(policy.name, index.device_names[device], index.model_names[index.pair_model[p]], status))
+        rows.append(Result(constraint.origin.policy, index.device_names[device],
+                           index.model_names[index.pair_model[p]], status))
     return rows
 
 
-def _anti_affinity(index: _Index, policy: AntiAffinityPolicy) -> list[Result]:
-    in_scope = index.pairs_in_scope(policy.selector, policy.models)
+def _anti_affinity(index: _Index, constraint: AntiAffinity) -> list[Result]:
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
     counts = np.bincount(index.pair_device[in_scope], minlength=len(index.device_names))
-    scope = index.device_mask(policy.selector)
+    scope = index.device_mask(constraint.devices)
     involved = index.models_by_device(in_scope, scope & (counts > 1))
     rows = []
     for i in np.flatnonzero(scope).tolist():
         over = counts[i] > 1
         status = Status.VIOLATED if over else (Status.UNKNOWN if index.device_unknown[i] else Status.OK)
-        rows.append(Result(policy.name, index.device_names[i], "", status, float(counts[i]), 1.0,
+        rows.append(Result(constraint.origin.policy, index.device_names[i], "", status, float(counts[i]), 1.0,
                            models=involved.get(i, ())))
     return rows
 
 
-def _replicas(index: _Index, policy: ReplicasPolicy) -> list[Result]:
-    in_scope = index.pairs_in_scope(policy.selector, policy.selector.models)
+def _replicas(index: _Index, constraint: Replicas) -> list[Result]:
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
     counts = np.bincount(index.pair_model[in_scope], minlength=len(index.model_names))
-    scope_unknown = bool(index.device_unknown[index.device_mask(policy.selector)].any())
+    scope_unknown = bool(index.device_unknown[index.device_mask(constraint.devices)].any())
     rows = []
-    for m in np.flatnonzero(index.model_mask(policy.selector.models)):
-        short = counts[m] < policy.count
+    for m in np.flatnonzero(index.model_mask(constraint.models)):
+        short = counts[m] < constraint.count
         status = (Status.UNKNOWN if scope_unknown else Status.VIOLATED) if short else Status.OK
-        rows.append(Result(policy.name, "", index.model_names[m], status, float(counts[m]), float(policy.count)))
+        rows.append(Result(constraint.origin.policy, "", index.model_names[m], status, float(counts[m]),
+                           float(constraint.count)))
     return rows
 
 
-# Each key's evaluator takes that policy type (hence Any: a dict cannot say so per key).
-_EVALUATORS: dict[type[Policy], Callable[[_Index, Any], list[Result]]] = {
-    CapacityPolicy: _capacity,
-    ModelLimitPolicy: _model_limit,
-    FleetPolicy: _fleet,
-    PinPolicy: _pin,
-    AntiAffinityPolicy: _anti_affinity,
-    ReplicasPolicy: _replicas,
+def _throughput(index: _Index, constraint: Throughput) -> list[Result]:
+    """Per model: the capacity of its copies on the scope's devices against what it must serve.
+
+    ``headroom_ratio`` is capacity beyond the requirement as a share of it; a model without
+    demand or copy capacity is unknown, and so is one whose copies sit on a device that cannot be
+    judged now (it may be serving or not).
+    """
+    in_scope = index.pairs_in_scope(constraint.devices, constraint.models)
+    copies = np.bincount(index.pair_model[in_scope], minlength=len(index.model_names))
+    unjudged = np.bincount(index.pair_model[in_scope], weights=index.device_unknown[index.pair_device[in_scope]],
+                           minlength=len(index.model_names)) > 0
+    rows = []
+    for m in np.flatnonzero(index.model_mask(constraint.models)).tolist():
+        model = index.model_names[m]
+        if model not in constraint.required_per_second or unjudged[m]:
+            rows.append(Result(constraint.origin.policy, "", model, Status.UNKNOWN))
+            continue
+        required = constraint.required_per_second[model]
+        capacity = float(copies[m]) * constraint.copy_capacity_per_second[model]
+        needed = constraint.copies_needed(model)
+        over = constraint.over_per_second.get(model)
+        if capacity < required * (1 - 1e-9):
+            status, limit = Status.VIOLATED, required
+        elif over is not None and capacity > over and needed is not None and copies[m] > needed:
+            status, limit = Status.VIOLATED, over
+        else:
+            status, limit = Status.OK, required
+        headroom = capacity / required - 1 if required > 0 else None
+        rows.append(Result(constraint.origin.policy, "", model, status, capacity, limit, headroom))
+    return rows
+
+
+# Each key's evaluator takes that constraint type (hence Any: a dict cannot say so per key).
+_EVALUATORS: dict[type[Constraint], Callable[[_Index, Any], list[Result]]] = {
+    Capacity: _capacity,
+    ModelLimit: _model_limit,
+    FleetMax: _fleet,
+    Allowed: _pin,
+    AntiAffinity: _anti_affinity,
+    Replicas: _replicas,
+    Throughput: _throughput,
 }

@@ -25,6 +25,7 @@ from gpupack.rules.policy import (
     ReplicasPolicy,
     Selector,
     Severity,
+    ThroughputPolicy,
 )
 from gpupack.rules.schema import validate_document
 from gpupack.units import UnitError, parse_bytes, parse_duration, parse_ratio
@@ -48,6 +49,11 @@ def load_policies(path: str | Path) -> PolicySet:
     _check_unique_names(policies)
     _check_pins_agree(policies)
     return PolicySet(tuple(policies))
+
+
+def load_policies_if_given(path: str | Path | None) -> PolicySet:
+    """The policies at ``path``, or none at all (an empty set) when no path is given."""
+    return PolicySet() if path is None else load_policies(path)
 
 
 def _load_file(path: Path) -> list[Policy]:
@@ -100,6 +106,12 @@ class _Builder:
 
     def resource_policy(self, common: dict[str, Any]) -> Policy:
         raw = self.raw
+        if raw["resource"] == "throughput":
+            return self.throughput_policy(common)
+        if "min" in raw:
+            raise self.error("min", "min applies to resource: throughput only; a device limit is a max")
+        if "max" not in raw:
+            raise self.error("resource", "needs max in the same policy")
         resource = Resource.parse(raw["resource"])
         if raw.get("per", "device") == "model":
             if "headroom" in raw:
@@ -120,6 +132,21 @@ class _Builder:
         if headroom_ratio >= max_ratio:
             raise self.error("headroom", f"headroom {raw['headroom']} leaves no room under max {raw['max']}")
         return CapacityPolicy(**common, resource=resource, max_ratio=max_ratio, headroom_ratio=headroom_ratio)
+
+    def throughput_policy(self, common: dict[str, Any]) -> ThroughputPolicy:
+        """Ratios of demand, so above 100% is meaningful (``max: 300%``: three times what is needed)."""
+        raw = self.raw
+        if "min" not in raw:
+            raise self.error("resource", "needs min in the same policy (e.g. min: 100%)")
+        if raw.get("per", "model") != "model":
+            raise self.error("per", "throughput is judged per model")
+        ratios = {key: self.parse(key, parse_ratio) for key in ("min", "max", "headroom") if key in raw}
+        if ratios["min"] <= 0:
+            raise self.error("min", "must be above 0%")
+        if "max" in ratios and ratios["max"] <= ratios["min"]:
+            raise self.error("max", f"max {raw['max']} must be above min {raw['min']}")
+        return ThroughputPolicy(**common, min_ratio=ratios["min"], max_ratio=ratios.get("max"),
+                                headroom_ratio=ratios.get("headroom", 0.0))
 
     def ratio(self, key: str, resource: Resource) -> float:
         value = self.raw[key]

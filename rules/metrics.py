@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gpupack.rules.evaluator import Evaluation, Status
+from gpupack.rules.policy import ThroughputPolicy
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,25 @@ class RulesCollector(Collector):
             "gpupack_policy_headroom_ratio",
             "Share of the device's capacity left under a capacity policy's limit; negative when over.",
             labels=["policy", "device"])
+        throughput = GaugeMetricFamily(
+            "gpupack_policy_throughput_ratio",
+            "What a model's copies serve over what its throughput policy requires (demand x headroom x min); "
+            "below 1 the policy is violated, far above 1 for a long while capacity can be consolidated.",
+            labels=["policy", "model"])
         if state.evaluation is not None and state.source_up:
             policies = state.evaluation.policies
             for r in state.evaluation.results:
                 if r.status is Status.VIOLATED:
                     violation.add_metric([r.policy, r.device, r.model, policies[r.policy].severity.value], 1)
-                if r.headroom_ratio is not None and r.status is not Status.UNKNOWN:
+                if r.headroom_ratio is None or r.status is Status.UNKNOWN:
+                    continue
+                if isinstance(policies[r.policy], ThroughputPolicy):
+                    throughput.add_metric([r.policy, r.model], 1 + r.headroom_ratio)
+                else:
                     headroom.add_metric([r.policy, r.device], r.headroom_ratio)
         yield violation
         yield headroom
+        yield throughput
         if state.evaluation_duration_seconds is not None:
             yield GaugeMetricFamily("gpupack_rules_evaluation_duration_seconds",
                                     "Time the last evaluation took, fetch included.",

@@ -52,6 +52,9 @@ class PeaksSnapshot:
     window_seconds: float = 0.0
     generated_at_seconds: float = 0.0
     down_servers: frozenset[str] = frozenset()  # devices these serve are unknown
+    # What throughput policies weigh (see gpupack.rules.demand_source); empty: unknown.
+    demand_per_second: Mapping[str, float] = field(default_factory=dict)  # model -> peak request rate
+    copy_capacity_per_second: Mapping[str, float] = field(default_factory=dict)  # model -> one copy's most
 
     def placement(self) -> Placement:
         """Today's placement: where each model is loaded now (unloaded entries are history)."""

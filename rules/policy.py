@@ -1,17 +1,17 @@
 """Validated, frozen policy objects: what the YAML policy language means once parsed.
 
-The loader (``gpupack.rules.loader``) is the only producer; the evaluator and the scheduler are
-consumers and never see raw YAML.
+The loader (``gpupack.rules.loader``) is the only producer; ``gpupack.rules.compiled`` is the
+only reader: it matches selectors against a fleet and hands the evaluator, the scheduler and the
+PromQL export the same typed constraints.
 """
 
 from __future__ import annotations
 
 import enum
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Mapping, Union
 
-from gpupack.domain import Device, Resource
+from gpupack.domain import Resource
 
 
 class Severity(str, enum.Enum):
@@ -33,18 +33,6 @@ class Selector:
     device_labels: Mapping[str, str] = field(default_factory=dict)  # e.g. {"class": "A100-80GB"}
     servers: tuple[str, ...] = ()  # globs on server names
     models: tuple[str, ...] = ()  # globs on model names
-
-    def matches_device(self, device: Device, server: str | None = None) -> bool:
-        if self.devices and not any(fnmatch.fnmatchcase(device.name, pattern) for pattern in self.devices):
-            return False
-        if any(device.labels.get(key) != value for key, value in self.device_labels.items()):
-            return False
-        if self.servers and (server is None or not any(fnmatch.fnmatchcase(server, p) for p in self.servers)):
-            return False
-        return True
-
-    def matches_model(self, model: str) -> bool:
-        return not self.models or any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
 
 @dataclass(frozen=True)
@@ -77,12 +65,6 @@ class CapacityPolicy(PolicyCommon):
     max_bytes: int | None = None
     headroom_ratio: float = 0.0
 
-    def limit_for(self, device: Device) -> float:
-        """The absolute limit in the resource's base unit on this device."""
-        if self.max_bytes is not None:
-            return float(self.max_bytes)
-        assert self.max_ratio is not None
-        return (self.max_ratio - self.headroom_ratio) * device.capacity_of(self.resource)
 
 
 @dataclass(frozen=True)
@@ -119,7 +101,23 @@ class ReplicasPolicy(PolicyCommon):
     count: int = 1
 
 
-Policy = Union[CapacityPolicy, ModelLimitPolicy, FleetPolicy, PinPolicy, AntiAffinityPolicy, ReplicasPolicy]
+@dataclass(frozen=True)
+class ThroughputPolicy(PolicyCommon):
+    """The copies of each selected model together serve at least ``min_ratio`` x its demand x
+    (1 + ``headroom_ratio``); with ``max_ratio``, a model whose capacity is above that many times
+    its demand while it runs more copies than it needs is over-provisioned (a consolidation signal).
+
+    Demand is the peak of Triton's own request rate over the rules engine's window; a copy's
+    capacity is the profile's ``throughput_per_second``. Ratios may exceed 1.
+    """
+
+    min_ratio: float = 1.0
+    max_ratio: float | None = None
+    headroom_ratio: float = 0.0
+
+
+Policy = Union[CapacityPolicy, ModelLimitPolicy, FleetPolicy, PinPolicy, AntiAffinityPolicy, ReplicasPolicy,
+               ThroughputPolicy]
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Policies as Prometheus alerting rules over the exporter's series, with ``promtool test rules`` cases.
 
-The PromQL mirrors the evaluator: per device, the server's baseline peak plus the peaks of the
+Each rule is written from the policy's compiled constraint (``gpupack.rules.compiled``), the form
+the evaluator judges and the scheduler plans under; the PromQL mirrors the evaluator: per device, the server's baseline peak plus the peaks of the
 models loaded there now (``and on(...) gpupack_model_memory_bytes`` keeps only loaded models).
 Alerts follow kube-prometheus: CamelCase names, ``for:``, ``severity``, ``summary``,
 ``description``, ``runbook_url``. A policy the exporter's series cannot express (device labels,
@@ -20,17 +21,18 @@ from typing import Any, Callable
 import yaml
 
 from gpupack.domain import Resource
-from gpupack.rules.policy import (
-    AntiAffinityPolicy,
-    CapacityPolicy,
-    FleetPolicy,
-    ModelLimitPolicy,
-    PinPolicy,
-    Policy,
-    PolicySet,
-    ReplicasPolicy,
-    Selector,
+from gpupack.rules.compiled import (
+    Allowed,
+    AntiAffinity,
+    Capacity,
+    Constraint,
+    FleetMax,
+    ModelLimit,
+    Replicas,
+    Throughput,
+    compile_policies,
 )
+from gpupack.rules.policy import PolicySet, Selector
 
 GROUP = "gpupack-policies"
 DEFAULT_RUNBOOK = "https://github.com/gpupack/gpupack/blob/main/rules/README.md#runbook"
@@ -53,8 +55,8 @@ class Export:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (policy, why)
 
 
-def alert_name(policy: Policy) -> str:
-    return "Gpupack" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", policy.name))
+def alert_name(policy: str) -> str:
+    return "Gpupack" + "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", policy))
 
 
 def glob_to_regex(patterns: tuple[str, ...]) -> str:
@@ -126,15 +128,16 @@ class _Series:
         self.items.append({"series": f"{name}{{{label_text}}}", "values": values})
 
 
-def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
-    device = _example(policy.selector.devices, "GPU-0")
-    server = _example(policy.selector.servers, "triton-0")
-    model_labels = {"server": server, "model": _example(policy.selector.models, "model-a"), "version": "1",
+def _capacity(policy: Capacity, s: _Series) -> tuple[str, dict[str, str], str]:
+    selector = policy.origin.scope
+    device = _example(selector.devices, "GPU-0")
+    server = _example(selector.servers, "triton-0")
+    model_labels = {"server": server, "model": _example(selector.models, "model-a"), "version": "1",
                     "device": device}
     # As in the evaluator, a device's usage is every server's baseline there plus every selected
     # model loaded there, whichever server loaded it; ``servers`` only chooses the devices judged
     # (those a selected server runs on), so a shared GPU is judged whole.
-    on_devices = replace(policy.selector, servers=())
+    on_devices = replace(selector, servers=())
     peaks = _loaded_peaks(policy.resource, on_devices)
     if policy.resource.is_bytes:
         usage = (f"sum by (device) ({peaks} or "
@@ -142,7 +145,7 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
         if policy.max_bytes is not None:
             limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
         else:
-            ratio = policy.max_ratio - policy.headroom_ratio  # type: ignore[operator]
+            ratio = policy.max_ratio or 0.0  # None only beside max_bytes
             limit, capacity = f"on(device) ({ratio:g} * gpupack_device_memory_total_bytes)", 1e10
             shown = f"{ratio * 100:g}% of its memory"
         s.add("gpupack_device_memory_total_bytes", {"device": device}, capacity, capacity)
@@ -150,13 +153,13 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
         s.add(_PEAK_SERIES[policy.resource], model_labels, 100, capacity)
         what = "the server baseline plus the peaks of its loaded models exceed"
     else:
-        ratio = policy.max_ratio - policy.headroom_ratio  # type: ignore[operator]
+        ratio = policy.max_ratio or 0.0  # None only beside max_bytes
         usage, limit, shown = f"sum by (device) ({peaks})", f"{ratio:g}", f"{ratio * 100:g}% {policy.resource.value}"
         s.add(_PEAK_SERIES[policy.resource], model_labels, ratio / 2, 1.5)
         what = "the peaks of its loaded models exceed"
-    if policy.selector.servers:
+    if selector.servers:
         # A server's baseline series names each device it runs on, models loaded or not.
-        selected = _matchers(policy.selector, with_models=False)
+        selected = _matchers(selector, with_models=False)
         usage = f"({usage} and on(device) group by (device) (gpupack_server_unattributed_memory_peak_bytes{selected}))"
         if not policy.resource.is_bytes:
             s.add("gpupack_server_unattributed_memory_peak_bytes", {"server": server, "device": device}, 0, 0)
@@ -164,36 +167,46 @@ def _capacity(policy: CapacityPolicy, s: _Series) -> tuple[str, dict[str, str], 
     return f"{usage} > {limit}", {"device": device}, f"On device {{{{ $labels.device }}}} {what} {shown}."
 
 
-def _model_limit(policy: ModelLimitPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+def _model_limit(policy: ModelLimit, s: _Series) -> tuple[str, dict[str, str], str]:
+    selector = policy.origin.scope
     series = _PEAK_SERIES.get(policy.resource)
     if series is None:
         raise NotExpressible(f"the exporter has no per-model {policy.resource.value} series")
-    labels = {"server": _example(policy.selector.servers, "triton-0"), "model": _example(policy.selector.models, "model-a"),
-              "version": "1", "device": _example(policy.selector.devices, "GPU-0")}
+    labels = {"server": _example(selector.servers, "triton-0"), "model": _example(selector.models, "model-a"),
+              "version": "1", "device": _example(selector.devices, "GPU-0")}
     s.add(series, labels, policy.max_value / 2, policy.max_value * 2)
-    expr = f"max by (model, device) ({series}{_matchers(policy.selector)}) > {policy.max_value:g}"
+    expr = f"max by (model, device) ({series}{_matchers(selector)}) > {policy.max_value:g}"
     return expr, {"model": labels["model"], "device": labels["device"]}, (
         f"Model {{{{ $labels.model }}}} on {{{{ $labels.device }}}} peaks above its limit of {policy.max_value:g}.")
 
 
-def _fleet(policy: FleetPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+def _fleet(policy: FleetMax, s: _Series) -> tuple[str, dict[str, str], str]:
+    selector = policy.origin.scope
     for d in range(policy.max_devices + 1):
-        device = _example(policy.selector.devices, "GPU-0") + f"-{d}"
-        labels = {"server": _example(policy.selector.servers, "triton-0"), "model": _example(policy.selector.models, "m"),
+        device = _example(selector.devices, "GPU-0") + f"-{d}"
+        labels = {"server": _example(selector.servers, "triton-0"), "model": _example(selector.models, "m"),
                   "version": "1", "device": device, "source": "process"}
         s.add(LOADED, labels, None if d == policy.max_devices else 1, 1)
-    expr = f"count(count by (device) ({LOADED}{_matchers(policy.selector)})) > {policy.max_devices}"
+    expr = f"count(count by (device) ({LOADED}{_matchers(selector)})) > {policy.max_devices}"
     return expr, {}, f"Models are loaded on more than {policy.max_devices} devices."
 
 
-def _pin(policy: PinPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
+def _pin(policy: Allowed, s: _Series) -> tuple[str, dict[str, str], str]:
+    models = policy.origin.scope.models
     if policy.to.device_labels:
         raise NotExpressible("it pins to device labels, which are not in the exporter's series")
+    # As in the evaluator, a pin to servers allows the devices those servers run on (each has a
+    # baseline series there), whichever server on the device loaded the model.
+    loaded = f'{LOADED}{{model=~"{glob_to_regex(models)}"}}'
     outside = []
-    for label, globs in (("device", policy.to.devices), ("server", policy.to.servers)):
-        if globs:
-            outside.append(f'{LOADED}{{model=~"{glob_to_regex(policy.selector.models)}", {label}!~"{glob_to_regex(globs)}"}}')
-    model = _example(policy.selector.models, "m")
+    if policy.to.devices:
+        outside.append(f'{LOADED}{{model=~"{glob_to_regex(models)}", device!~"{glob_to_regex(policy.to.devices)}"}}')
+    if policy.to.servers:
+        outside.append(f'({loaded} unless on(device) group by (device) '
+                       f'(gpupack_server_unattributed_memory_peak_bytes{{server=~"{glob_to_regex(policy.to.servers)}"}}))')
+    if not outside:
+        raise NotExpressible("it pins to every device, so it cannot be violated")
+    model = _example(models, "m")
     device = _example((), "", avoid=policy.to.devices) if policy.to.devices else "GPU-0"
     server = _example((), "", avoid=policy.to.servers) if policy.to.servers else "triton-0"
     s.add(LOADED, {"server": server, "model": model, "version": "1", "device": device, "source": "process"}, None, 1)
@@ -202,55 +215,68 @@ def _pin(policy: PinPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
         "Model {{ $labels.model }} is loaded on {{ $labels.device }}, outside the devices it is pinned to.")
 
 
-def _anti_affinity(policy: AntiAffinityPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
-    device = _example(policy.selector.devices, "GPU-0")
-    for position, glob in enumerate(policy.models[:2]):
+def _anti_affinity(policy: AntiAffinity, s: _Series) -> tuple[str, dict[str, str], str]:
+    selector = policy.origin.scope  # its models are the anti-affinity globs
+    device = _example(selector.devices, "GPU-0")
+    for position, glob in enumerate(selector.models[:2]):
         labels = {"server": "triton-0", "model": _example((glob,), "m") + f"{position}" * ("*" in glob),
                   "version": "1", "device": device, "source": "process"}
         s.add(LOADED, labels, 1 if position == 0 else None, 1)
-    selector = Selector(devices=policy.selector.devices, servers=policy.selector.servers, models=policy.models)
     expr = f"count by (device) (count by (device, model) ({LOADED}{_matchers(selector)})) > 1"
-    return expr, {"device": device}, f"Device {{{{ $labels.device }}}} runs more than one of: {', '.join(policy.models)}."
+    return expr, {"device": device}, f"Device {{{{ $labels.device }}}} runs more than one of: {', '.join(selector.models)}."
 
 
-def _replicas(policy: ReplicasPolicy, s: _Series) -> tuple[str, dict[str, str], str]:
-    model = _example(policy.selector.models, "m")
+def _replicas(policy: Replicas, s: _Series) -> tuple[str, dict[str, str], str]:
+    selector = policy.origin.scope
+    model = _example(selector.models, "m")
     for d in range(policy.count - 1):
         s.add(LOADED, {"server": "triton-0", "model": model, "version": "1", "device": f"GPU-{d}", "source": "process"},
               None, 1)
     if policy.count == 1:
         raise NotExpressible("one replica is what any loaded model has")
-    expr = f"count by (model) (count by (model, device) ({LOADED}{_matchers(policy.selector)})) < {policy.count}"
+    expr = f"count by (model) (count by (model, device) ({LOADED}{_matchers(selector)})) < {policy.count}"
     return expr, {"model": model}, f"Model {{{{ $labels.model }}}} runs on fewer than {policy.count} devices."
 
 
-# Each key's builder takes that policy type (hence Any: a dict cannot say so per key).
-_BUILDERS: dict[type[Policy], Callable[[Any, _Series], tuple[str, dict[str, str], str]]] = {
-    CapacityPolicy: _capacity, ModelLimitPolicy: _model_limit, FleetPolicy: _fleet, PinPolicy: _pin,
-    AntiAffinityPolicy: _anti_affinity, ReplicasPolicy: _replicas}
+def _throughput(policy: Throughput, s: _Series) -> tuple[str, dict[str, str], str]:
+    raise NotExpressible("a copy's capacity comes from the profile, not from any exported series; alert on the "
+                         "rules engine's gpupack_policy_violation and gpupack_policy_throughput_ratio instead")
+
+
+# Each key's builder takes that constraint type (hence Any: a dict cannot say so per key).
+_BUILDERS: dict[type[Constraint], Callable[[Any, _Series], tuple[str, dict[str, str], str]]] = {
+    Capacity: _capacity, ModelLimit: _model_limit, FleetMax: _fleet, Allowed: _pin,
+    AntiAffinity: _anti_affinity, Replicas: _replicas, Throughput: _throughput}
+
+
+def alert_rule(constraint: Constraint, series: "_Series | None" = None) -> tuple[dict[str, Any], dict[str, str], str]:
+    """The alerting rule of one constraint, the labels its test alert carries and its description
+    template; raises :class:`NotExpressible`."""
+    origin = constraint.origin
+    expr, labels, description = _BUILDERS[type(constraint)](constraint, series or _Series(_START_MINUTE + 1))
+    annotations = {"summary": f"Policy {origin.policy} is violated.", "description": description,
+                   "runbook_url": origin.runbook_url or DEFAULT_RUNBOOK}
+    rule = {"alert": alert_name(origin.policy), "expr": expr, "for": f"{origin.for_seconds:g}s",
+            "labels": {"severity": origin.severity.value, "policy": origin.policy}, "annotations": annotations}
+    return rule, labels, description
 
 
 def build_export(policies: PolicySet) -> Export:
     export = Export()
-    for policy in policies.policies:
-        for_minutes = math.ceil(policy.for_seconds / 60)
-        series = _Series(_START_MINUTE + for_minutes + 5)
+    for constraint in compile_policies(policies).items:
+        origin = constraint.origin
+        series = _Series(_START_MINUTE + math.ceil(origin.for_seconds / 60) + 5)
         try:
-            expr, labels, description = _BUILDERS[type(policy)](policy, series)
+            rule, labels, description = alert_rule(constraint, series)
         except NotExpressible as e:
-            export.skipped.append((policy.name, str(e)))
+            export.skipped.append((origin.policy, str(e)))
             continue
-        summary = f"Policy {policy.name} is violated."
-        annotations = {"summary": summary, "description": description,
-                       "runbook_url": policy.runbook_url or DEFAULT_RUNBOOK}
-        export.rules.append({"alert": alert_name(policy), "expr": expr, "for": f"{policy.for_seconds:g}s",
-                             "labels": {"severity": policy.severity.value, "policy": policy.name},
-                             "annotations": annotations})
-        expected = {"exp_labels": {"severity": policy.severity.value, "policy": policy.name, **labels},
-                    "exp_annotations": {**annotations, "description": _render(description, labels)}}
+        export.rules.append(rule)
+        expected = {"exp_labels": {**rule["labels"], **labels},
+                    "exp_annotations": {**rule["annotations"], "description": _render(description, labels)}}
         export.tests.append({"interval": "1m", "input_series": series.items, "alert_rule_test": [
-            {"eval_time": f"{_START_MINUTE - 1}m", "alertname": alert_name(policy), "exp_alerts": []},
-            {"eval_time": f"{series.minutes}m", "alertname": alert_name(policy), "exp_alerts": [expected]},
+            {"eval_time": f"{_START_MINUTE - 1}m", "alertname": rule["alert"], "exp_alerts": []},
+            {"eval_time": f"{series.minutes}m", "alertname": rule["alert"], "exp_alerts": [expected]},
         ]})
     return export
 

@@ -7,7 +7,15 @@ from typing import Any, TextIO
 
 from gpupack.domain import Resource
 from gpupack.rules.evaluator import Evaluation, Result
-from gpupack.rules.policy import AntiAffinityPolicy, CapacityPolicy, FleetPolicy, ModelLimitPolicy, Policy, ReplicasPolicy
+from gpupack.rules.policy import (
+    AntiAffinityPolicy,
+    CapacityPolicy,
+    FleetPolicy,
+    ModelLimitPolicy,
+    Policy,
+    ReplicasPolicy,
+    ThroughputPolicy,
+)
 from gpupack.units import format_bytes, format_percent
 
 _COLUMNS = ("POLICY", "SEVERITY", "DEVICE", "MODEL", "VALUE", "LIMIT", "HEADROOM", "STATUS")
@@ -21,6 +29,8 @@ def _show(value: float | None, policy: Policy) -> str:
     if value is None:
         return "-"
     resource = _resource_of(policy)
+    if isinstance(policy, ThroughputPolicy):
+        return f"{value:.3g}/s"
     if resource is None:
         return f"{value:.0f}" if isinstance(policy, (FleetPolicy, ReplicasPolicy, AntiAffinityPolicy)) else "-"
     return format_bytes(value) if resource.is_bytes else format_percent(value)
@@ -49,6 +59,8 @@ def result_record(result: Result, policy: Policy) -> dict[str, Any]:
     resource = _resource_of(policy)
     if resource is not None:
         record["resource"] = resource.value
+    elif isinstance(policy, ThroughputPolicy):
+        record["resource"] = "throughput"  # value and limit in inferences per second
     for key in ("value", "limit", "headroom_ratio"):
         value = getattr(result, key)
         if value is not None:

@@ -73,10 +73,19 @@ class _Steps:
         triton.probe(model)
 
     def wait_gone(self, triton: TritonControl, model: str, deadline: float) -> None:
+        """Until the server says the model is not ready; a server that stops answering raises."""
         while triton.is_ready(model):
             if self.context.clock() >= deadline:
                 raise TritonControlError(f"{triton.endpoint.name}: {model} still loaded after the step timeout")
             self.context.sleep(_POLL_SECONDS)
+
+
+def serving(triton: TritonControl, model: str) -> bool | None:
+    """For the audit trail of a step that went wrong: None when the server does not answer."""
+    try:
+        return triton.is_ready(model)
+    except TritonControlError:
+        return None
 
 
 class ServerPerDeviceExecutor(_Steps):
@@ -110,7 +119,7 @@ class ServerPerDeviceExecutor(_Steps):
             self._roll_back(step, target, e)
         source_serving = None
         if step.source is not None:
-            source_serving = self.triton(self._server(step.source), deadline).is_ready(step.model)
+            source_serving = serving(self.triton(self._server(step.source), deadline), step.model)
         self.event("target_ready", step, server=target.endpoint.name, source_serving=source_serving)
         self.context.progress(f"  {step.model} ready on {step.target} ({target.endpoint.name})")
         if step.source is not None and self.context.drain_seconds > 0:
@@ -124,7 +133,7 @@ class ServerPerDeviceExecutor(_Steps):
             source.unload(step.model)
             self.wait_gone(source, step.model, deadline)
         except TritonControlError as e:
-            self.event("step_failed", step, error=str(e), source_serving=source.is_ready(step.model))
+            self.event("step_failed", step, error=str(e), source_serving=serving(source, step.model))
             raise StepFailedError(f"{step.describe()}: {e}; the model may be loaded on both devices") from e
         self.event("source_unloaded", step, server=source.endpoint.name)
 
@@ -135,9 +144,8 @@ class ServerPerDeviceExecutor(_Steps):
         except TritonControlError:
             target_cleared = False
         source_serving = (
-            self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds).is_ready(
-                step.model
-            )
+            serving(self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds),
+                    step.model)
             if step.source is not None
             else None
         )
@@ -187,9 +195,9 @@ class MultiGpuExecutor(_Steps):
             self.wait_serving(triton, step.model, deadline)
         except TritonControlError as e:
             # Triton keeps the previous instances when a reload fails: nothing to undo but to check.
-            serving = triton.is_ready(step.model)
-            self.event("step_failed", step, error=str(e), source_serving=serving)
-            where = f"; {step.model} still serving on {step.source}" if serving else ""
+            still = serving(triton, step.model)
+            self.event("step_failed", step, error=str(e), source_serving=still)
+            where = f"; {step.model} still serving on {step.source}" if still else ""
             raise StepFailedError(f"{step.describe()}: {e}{where}") from e
         self.placement = Placement({**self.placement.assignments, step.model: devices})
         self.event("step_succeeded", step, instance_group=config["instance_group"])

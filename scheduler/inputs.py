@@ -7,19 +7,19 @@ placement with exactly the evaluator the rules engine uses, and hands the solver
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.profiles import load_profile
+from gpupack.rules.demand_source import ObservedDemand, copy_capacities
+from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
-from gpupack.rules.peaks_source import PrometheusSource, get_json
+from gpupack.rules.peaks_source import ExporterSource, PrometheusSource
 from gpupack.rules.policy import PolicySet
-from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
-from gpupack.scheduler.problem import PlacementProblem
 from gpupack.triton_control import ServerEndpoint
 
 
@@ -30,6 +30,9 @@ class FleetInputs:
     gpus: GpuIndex = GpuIndex()
     default_capacity: Mapping[Resource, float] | None = None  # for devices only the servers reveal
     origin: str = ""
+    # What throughput policies weigh, as in PeaksSnapshot: each model's demand and one copy's capacity.
+    demand_per_second: Mapping[str, float] = field(default_factory=dict)
+    copy_capacity_per_second: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "footprints", MappingProxyType(dict(self.footprints)))
@@ -51,23 +54,27 @@ class FleetInputs:
         models = tuple(
             ModelPeaks(m.model, m.device, self._peaks(m.model, m.server), m.server, m.version) for m in fleet.models
         )
-        return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds)
+        return PeaksSnapshot(self.devices, models, generated_at_seconds=fleet.generated_at_seconds,
+                             demand_per_second=self.demand_per_second,
+                             copy_capacity_per_second=self.copy_capacity_per_second)
 
-    def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
-        """Every loaded model, on these devices, under these policies, starting from today."""
-        placement = fleet.placement
-        models = [ModelFootprint(model, self._peaks(model, "")) for model in sorted(placement.assignments)]
+    def constraints(self, fleet: FleetView, policies: PolicySet) -> Constraints:
+        """The policies on these devices, each knowing its servers and baseline, for these models."""
+        return compile_policies(policies, Fleet(
+            tuple(FleetDevice(d.device, d.servers, d.server_baseline) for d in self.devices),
+            tuple(m.model for m in self.models(fleet)), self.demand_per_second, self.copy_capacity_per_second))
+
+    def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
+        """Every loaded model with its peaks: what the rebalancer places."""
+        return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
+
+    def server_baseline(self) -> dict[Resource, float]:
+        """The largest baseline of any device: what a device the source does not list is assumed to cost."""
         baseline: dict[Resource, float] = {}
-        for device in self.devices:  # one baseline for all devices: the largest, to stay on the safe side
+        for device in self.devices:
             for resource, value in device.server_baseline.items():
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
-        return build_problem(models, [d.device for d in self.devices], baseline, policies, current=placement)
-
-    def servers_of(self, device: str) -> tuple[str, ...]:
-        for entry in self.devices:
-            if entry.device.name == device:
-                return entry.servers
-        return ()
+        return baseline
 
     def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
         """A model without a memory peak is unknown, not free: planning it as 0 bytes could overfill a GPU."""
@@ -87,10 +94,10 @@ class ExporterInputs:
     timeout_seconds: float = 10.0
 
     def __call__(self) -> FleetInputs:
-        endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        document = get_json(endpoint, self.timeout_seconds)
-        snapshot = snapshot_from_json(document, endpoint)
-        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=endpoint)
+        source = ExporterSource(self.url, self.timeout_seconds)  # the rules engine's source, one fetch
+        document = source.document()
+        snapshot = snapshot_from_json(document, source.endpoint)
+        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=source.endpoint)
 
 
 def _gpu_index(document: Mapping[str, Any]) -> GpuIndex:
@@ -146,4 +153,18 @@ class ProfileInputs:
             DevicePeaks(Device(cpu_device(s.name), capacity), (s.name,), profile.server_baseline) for s in self.servers
         )
         footprints = {m.model: m.peaks for m in profile.models}
-        return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path)
+        return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path,
+                           copy_capacity_per_second=copy_capacities(profile))
+
+
+@dataclass(frozen=True)
+class DemandInputs:
+    """Any of the inputs above, plus what throughput policies weigh (demand, copy capacities), so
+    a plan made for a throughput violation has as many copies as the demand needs."""
+
+    inputs: Callable[[], FleetInputs]
+    demand: ObservedDemand
+
+    def __call__(self) -> FleetInputs:
+        return replace(self.inputs(), demand_per_second=self.demand(),
+                       copy_capacity_per_second=dict(self.demand.copy_capacity_per_second))

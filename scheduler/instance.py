@@ -30,7 +30,7 @@ def from_units(resource: Resource, value: float) -> float:
 @dataclass(frozen=True)
 class Instance:
     problem: PlacementProblem
-    resources: tuple[Resource, ...]  # the constrained ones
+    resources: tuple[Resource | None, ...]  # per column: the constrained ones, then scoped limits' (None: a count)
     demand: np.ndarray  # [model, resource] int64
     capacity: np.ndarray  # [device, resource] int64: limit - baseline (negative: unusable)
     bounded: np.ndarray  # [device, resource] bool: False where the limit is infinite
@@ -41,6 +41,7 @@ class Instance:
     groups: tuple[np.ndarray, ...]  # anti-affinity groups as model indices
     current: frozenset[tuple[int, int]]  # (model, device) pairs of problem.current
     max_devices: int | None = None
+    columns: tuple[str, ...] = ()  # per column: "" for a device's own limit, else the scoped limit's policy
 
     @property
     def n_models(self) -> int:
@@ -67,6 +68,8 @@ class Instance:
 
 
 def compile_problem(problem: PlacementProblem) -> Instance:
+    """Columns are the device-wide limits per resource, then one per scoped limit (only its models
+    count there, and only its devices are limited); the solvers treat every column alike."""
     models, devices = problem.models, problem.devices
     model_index = {m.model: i for i, m in enumerate(models)}
     device_index = {d.name: j for j, d in enumerate(devices)}
@@ -74,22 +77,33 @@ def compile_problem(problem: PlacementProblem) -> Instance:
     resources = tuple(
         r for r in Resource if r in present and any(math.isfinite(problem.limit(d, r)) for d in devices)
     )
+    scoped = problem.scoped_limits
+    columns: list[Resource | None] = [*resources, *(s.resource for s in scoped)]
     demand = np.array(
-        [[to_units(r, m.peak(r)) for r in resources] for m in models], dtype=np.int64
-    ).reshape(len(models), len(resources))
-    baseline = np.array([to_units(r, problem.server_baseline.get(r, 0.0)) for r in resources], dtype=np.int64)
+        [[to_units(r, m.peak(r)) for r in resources] + [_units(s.resource, s.demand.get(m.model, 0.0)) for s in scoped]
+         for m in models], dtype=np.int64
+    ).reshape(len(models), len(columns))
+    baseline = np.array([to_units(r, problem.server_baseline.get(r, 0.0)) for r in resources] + [0] * len(scoped),
+                        dtype=np.int64)
     bounded = np.array(
-        [[math.isfinite(problem.limit(d, r)) for r in resources] for d in devices], dtype=bool
-    ).reshape(len(devices), len(resources))
+        [[math.isfinite(problem.limit(d, r)) for r in resources] + [d.name in s.limits for s in scoped]
+         for d in devices], dtype=bool
+    ).reshape(len(devices), len(columns))
     unbounded = int(demand.sum()) + 1 if demand.size else 1
+
+    def room(j: int, k: int) -> int:
+        device = devices[j]
+        if not bounded[j, k]:
+            return unbounded
+        if k < len(resources):
+            r = resources[k]
+            return to_units(r, problem.limit(device, r)) - to_units(r, problem.baseline(device.name, r))
+        limit = scoped[k - len(resources)]
+        return _units(limit.resource, limit.limits[device.name]) - _units(limit.resource, limit.baselines.get(device.name, 0.0))
+
     capacity = np.array(
-        [
-            [to_units(r, problem.limit(d, r)) if bounded[j, k] else unbounded for k, r in enumerate(resources)]
-            for j, d in enumerate(devices)
-        ],
-        dtype=np.int64,
-    ).reshape(len(devices), len(resources))
-    capacity[bounded] -= np.broadcast_to(baseline, capacity.shape)[bounded]
+        [[room(j, k) for k in range(len(columns))] for j in range(len(devices))], dtype=np.int64
+    ).reshape(len(devices), len(columns))
     allowed = _fits_alone(demand, capacity)
     for model, names in problem.allowed_devices.items():
         if model in model_index:
@@ -107,7 +121,7 @@ def compile_problem(problem: PlacementProblem) -> Instance:
     )
     return Instance(
         problem=problem,
-        resources=resources,
+        resources=tuple(columns),
         demand=demand,
         capacity=capacity,
         bounded=bounded,
@@ -118,7 +132,13 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         groups=tuple(g for g in groups if len(g) > 1),
         current=current,
         max_devices=problem.max_devices,
+        columns=tuple([""] * len(resources) + [s.name for s in scoped]),
     )
+
+
+def _units(resource: Resource | None, value: float) -> int:
+    """A count column (anti-affinity on some devices) is in whole models."""
+    return int(round(value)) if resource is None else to_units(resource, value)
 
 
 def _fits_alone(demand: np.ndarray, capacity: np.ndarray) -> np.ndarray:
@@ -138,6 +158,6 @@ def device_totals(problem: PlacementProblem, placement: Placement) -> dict[str, 
             hosted.setdefault(device, []).append(by_name[model])
     resources = [r for r in Resource if r in problem.server_baseline or any(r in m.peaks for m in problem.models)]
     return {
-        d.name: {r: problem.server_baseline.get(r, 0.0) + sum(m.peak(r) for m in hosted[d.name]) for r in resources}
+        d.name: {r: problem.baseline(d.name, r) + sum(m.peak(r) for m in hosted[d.name]) for r in resources}
         for d in problem.devices if d.name in hosted
     }

@@ -90,11 +90,19 @@ class RebalanceCollector(Collector):
 
 
 def placement_document(snapshot: RebalanceSnapshot) -> dict[str, Any]:
-    """The ``/api/v1/placement`` JSON: where each model is, for routers and dashboards."""
+    """The ``/api/v1/placement`` JSON: where each model is, for routers and dashboards.
+
+    ``traffic_share`` is each copy's part of its model version's traffic: copies split demand
+    evenly, as the demand planner sized them; a server's share is the sum of its copies'.
+    """
+    copies: dict[tuple[str, str], int] = {}
+    for m in snapshot.placement:
+        copies[m.model, m.version] = copies.get((m.model, m.version), 0) + 1
     return {
         "read_at_seconds": snapshot.placement_read_at_seconds,
         "models": [
-            {"server": m.server, "model": m.model, "version": m.version, "device": m.device}
+            {"server": m.server, "model": m.model, "version": m.version, "device": m.device,
+             "traffic_share": 1 / copies[m.model, m.version]}
             for m in snapshot.placement
         ],
     }

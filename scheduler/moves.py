@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
 from gpupack.domain import Placement, Resource
-from gpupack.scheduler.problem import PlacementProblem
+from gpupack.scheduler.problem import Dimension, PlacementProblem
 from gpupack.units import format_bytes, format_percent
 
 _TOLERANCE = 1e-9
@@ -51,30 +51,46 @@ class Step:
 
 @dataclass(frozen=True)
 class Budget:
-    """What each device may hold and what each model costs, in base units."""
+    """What each device may hold and what each model costs, in base units.
 
-    limits: Mapping[str, Mapping[Resource, float]]  # device -> resource -> absolute limit
-    peaks: Mapping[str, Mapping[Resource, float]]  # model -> resource -> peak (baseline excluded)
-    server_baseline: Mapping[Resource, float] = field(default_factory=dict)  # once per busy device
+    A scoped limit (only some models count) is one more dimension beside the resources. A
+    device whose server baseline differs from ``server_baseline`` has its limits shifted by the
+    difference, so that ``usage`` can add one baseline everywhere.
+    """
+
+    limits: Mapping[str, Mapping[Dimension, float]]  # device -> dimension -> absolute limit
+    peaks: Mapping[str, Mapping[Dimension, float]]  # model -> dimension -> peak (baseline excluded)
+    server_baseline: Mapping[Dimension, float] = field(default_factory=dict)  # once per busy device
+    # model -> the fewest copies that must serve it at every step (replicas, throughput policies)
+    min_copies: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_problem(cls, problem: PlacementProblem) -> "Budget":
         """The limits the solver placed under, so a plan's steps and its target agree."""
         resources = {r for m in problem.models for r in m.peaks} | set(problem.server_baseline)
-        limits: dict[str, dict[Resource, float]] = {}
+        limits: dict[str, dict[Dimension, float]] = {}
         for device in problem.devices:
             known = set(device.capacity) | set(problem.limits.get(device.name, {}))
             limits[device.name] = {
                 resource: problem.limit(device, resource)
+                + problem.server_baseline.get(resource, 0.0) - problem.baseline(device.name, resource)
                 for resource in resources | known
                 if resource in known or not resource.is_bytes  # unknown memory: the solver has none either
             }
-        peaks = {m.model: dict(m.peaks) for m in problem.models}
-        return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(dict(problem.server_baseline)))
+            for scoped in problem.scoped_limits:
+                if device.name in scoped.limits:
+                    limits[device.name][scoped] = scoped.limits[device.name] - scoped.baselines.get(device.name, 0.0)
+        peaks: dict[str, dict[Dimension, float]] = {m.model: {r: v for r, v in m.peaks.items()} for m in problem.models}
+        for scoped in problem.scoped_limits:
+            for model, amount in scoped.demand.items():
+                peaks.setdefault(model, {})[scoped] = amount
+        baseline: dict[Dimension, float] = {r: v for r, v in problem.server_baseline.items()}
+        return cls(MappingProxyType(limits), MappingProxyType(peaks), MappingProxyType(baseline),
+                   MappingProxyType(dict(problem.replicas)))
 
-    def usage(self, models: Iterable[str]) -> dict[Resource, float]:
+    def usage(self, models: Iterable[str]) -> dict[Dimension, float]:
         models = list(models)
-        totals: dict[Resource, float] = {}
+        totals: dict[Dimension, float] = {}
         if models:
             totals.update(self.server_baseline)
         for model in models:
@@ -82,7 +98,7 @@ class Budget:
                 totals[resource] = totals.get(resource, 0.0) + value
         return totals
 
-    def excess(self, device: str, usage: Mapping[Resource, float]) -> dict[Resource, float]:
+    def excess(self, device: str, usage: Mapping[Dimension, float]) -> dict[Dimension, float]:
         """How far each resource of ``usage`` is over the device's limit (empty when within)."""
         limits = self.limits.get(device, {})
         return {
@@ -122,7 +138,7 @@ class _State:
     def models_on(self, device: str) -> set[str]:
         return self.contents.get(device, set())
 
-    def usage_with(self, device: str, model: str) -> dict[Resource, float]:
+    def usage_with(self, device: str, model: str) -> dict[Dimension, float]:
         """The device's usage once ``model`` has arrived (and before anything leaves)."""
         used = dict(self.used.get(device, {}))
         if not self.models_on(device):
@@ -158,6 +174,10 @@ def _problem(state: _State, step: Step) -> str | None:
     if step.source is not None and step.model not in state.models_on(step.source):
         return f"{step.model} is not on {step.source}"
     if step.target is None:
+        copies = sum(step.model in models for models in state.contents.values())
+        needed = state.budget.min_copies.get(step.model, 0)
+        if copies - 1 < needed:
+            return f"unloading {step.model} would leave {copies - 1} of the {needed} copies its demand needs"
         return None
     if step.model in state.models_on(step.target):
         return f"{step.model} is already on {step.target}"

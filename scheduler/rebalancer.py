@@ -30,10 +30,11 @@ from gpupack.scheduler.executor import (
 )
 from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
+from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
-from gpupack.scheduler.problem import Objective
-from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
-from gpupack.scheduler.solver import solve
+from gpupack.scheduler.planning import plan_under
+from gpupack.scheduler.problem import DeviceCountProof, Objective
+from gpupack.scheduler.safety import Admission, Cooldowns, Lock, LockFactory, LockLostError, admit, lock_factory
 from gpupack.triton_control import ServerEndpoint, TritonControl
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,8 @@ class RebalancePlan:
     target: Placement
     moves: MovePlan
     admission: Admission
+    broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
+    proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,12 @@ class StepOutcome:
 class RebalanceOutcome:
     plan: RebalancePlan
     steps: tuple[StepOutcome, ...] = field(default_factory=tuple)
+    stopped: str = ""  # why the run stopped before its remaining steps (the lock was lost)
 
     @property
     def succeeded(self) -> bool:
-        return all(s.succeeded for s in self.steps) and (self.plan.moves.safe or not self.plan.violations)
+        return (all(s.succeeded for s in self.steps) and not self.stopped
+                and (self.plan.moves.safe or not self.plan.violations))
 
 
 class Rebalancer:
@@ -130,36 +135,43 @@ class Rebalancer:
         fleet = self._read_fleet(inputs)
         inputs = inputs.with_fleet(fleet)
         violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
-        problem = inputs.problem(fleet, policies)
-        budget = Budget.from_problem(problem)
+        constraints = inputs.constraints(fleet, policies)
+        models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
+        problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
+        broken: tuple[str, ...] = ()
+        proof = None
         if violations:
-            target = solve(problem, OBJECTIVES, self.settings.solve_time_limit_seconds).placement
-            moves = plan_moves(fleet.placement, target, budget)
+            planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
+                                 self.settings.solve_time_limit_seconds, current=fleet.placement)
+            problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
+            proof = planned.result.proof
+            moves = plan_moves(fleet.placement, target, Budget.from_problem(problem))
         else:
             target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
+        budget = Budget.from_problem(problem)
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, proof)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
-        with self.lock():
+        with self.lock() as held:
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
-            return self._execute(plan)
+            return self._execute(plan, held)
 
     def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:
         """Entry point for the rules engine: plan and act under the lock, if anything is violated."""
         if not violations:
             return None
-        with self.lock():
+        with self.lock() as held:
             described = [f"{v.policy} on {v.device or v.model}" if isinstance(v, Result) else str(v) for v in violations]
             self.audit.record("rebalance_requested", violations=described)
-            return self._execute(self.plan(policies))
+            return self._execute(self.plan(policies), held)
 
-    def _execute(self, plan: RebalancePlan) -> RebalanceOutcome:
+    def _execute(self, plan: RebalancePlan, held: Lock) -> RebalanceOutcome:
         admitted = plan.admission.admitted
         self.audit.record(
             "run_started",
@@ -167,11 +179,20 @@ class Rebalancer:
             steps=[s.describe() for s in admitted],
             deferred=[f"{s.describe()}: {why}" for s, why in plan.admission.deferred],
             safe=plan.moves.safe,
+            device_count_proof=plan.proof.as_dict() if plan.proof is not None else None,
         )
         executor = self._executor(plan)
         outcomes: list[StepOutcome] = []
+        stopped = ""
         for number, step in enumerate(admitted, start=1):
             self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
+            try:
+                held.ensure_held()  # another scheduler may act once ours is gone: not one more step
+            except LockLostError as e:
+                stopped = str(e)
+                self.audit.record("lock_lost", error=stopped, steps_left=len(admitted) - len(outcomes))
+                self.progress(f"[{number}/{len(admitted)}] stopped: {e}")
+                break
             started = time.monotonic()
             try:
                 executor.execute(step)
@@ -188,7 +209,7 @@ class Rebalancer:
         not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
         if not_run:
             self.state.count_moves("deferred", not_run)
-        outcome = RebalanceOutcome(plan, tuple(outcomes))
+        outcome = RebalanceOutcome(plan, tuple(outcomes), stopped)
         if outcome.succeeded:
             self.state.mark_success(self.clock())
         self._read_fleet(plan.inputs)

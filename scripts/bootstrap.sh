@@ -1,7 +1,9 @@
 #!/bin/sh
 # Creates the virtual environment the Makefile targets use, installing Debian packages first when
 # they are missing: promtool/prometheus/alertmanager (tests check exposition and rules with them)
-# and libpython for the Triton Python-backend stub, which embeds this Python's minor version.
+# and libpython for the Triton Python-backend stub, which embeds this Python's minor version;
+# podman, runc and mmdebstrap for the container suite (deploy/podman/: the base image is built from
+# Debian's packages, runc because crun fails on cgroups in hybrid mode).
 set -eu
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
@@ -10,6 +12,9 @@ py_version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.versio
 missing=""
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"
 command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$missing prometheus-alertmanager"
+command -v podman >/dev/null 2>&1 || missing="$missing podman"
+command -v runc >/dev/null 2>&1 || missing="$missing runc"
+command -v mmdebstrap >/dev/null 2>&1 || missing="$missing mmdebstrap"
 ldconfig -p 2>/dev/null | grep -q "libpython${py_version}\.so\.1" || missing="$missing libpython${py_version}"
 "$PYTHON" -m venv --help >/dev/null 2>&1 && "$PYTHON" -c 'import ensurepip' 2>/dev/null || missing="$missing python${py_version}-venv"
 

@@ -56,12 +56,15 @@ def test_every_shipped_alert_has_a_passing_promtool_unit_test() -> None:
     assert alerts and set(alerts) <= tested
 
 
-def test_shipped_policy_alerts_are_what_export_prometheus_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policies_dir, rules_dir", [(DEPLOY, RULES_DIR), (DEPLOY / "cpu", DEPLOY / "cpu" / "rules")],
+                         ids=["deploy", "cpu-stack"])
+def test_shipped_policy_alerts_are_what_export_prometheus_writes(tmp_path: Path, policies_dir: Path,
+                                                                 rules_dir: Path) -> None:
     exported = tmp_path / "gpupack-policies.rules.yaml"
-    result = gpupack("rules", "export-prometheus", f"--policies={DEPLOY / 'policies.yaml'}", exported)
+    result = gpupack("rules", "export-prometheus", f"--policies={policies_dir / 'policies.yaml'}", exported)
     assert result.returncode == 0, result.stderr
     for name in ("gpupack-policies.rules.yaml", "gpupack-policies.rules.test.yaml"):
-        assert (tmp_path / name).read_text() == (RULES_DIR / name).read_text(), f"run 'python deploy/sync.py' ({name})"
+        assert (tmp_path / name).read_text() == (rules_dir / name).read_text(), f"run 'python deploy/sync.py' ({name})"
 
 
 def test_shipped_policies_pass_gpupack_rules_check() -> None:

@@ -24,6 +24,7 @@ from gpupack.exporter.settings import load_settings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+CPU_COMPOSE = yaml.safe_load((DEPLOY / "cpu" / "compose.yaml").read_text())
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 
@@ -35,6 +36,8 @@ def exec_start(unit: Path) -> list[str]:
 def gpupack_command_lines() -> dict[str, list[str]]:
     lines = {f"compose {name}": service["command"] for name, service in COMPOSE["services"].items()
              if service.get("image", "").startswith("gpupack")}
+    lines.update({f"cpu compose {name}": service["command"] for name, service in CPU_COMPOSE["services"].items()
+                  if service["image"] == "localhost/gpupack:latest"})
     for manifest in ("exporter-daemonset.yaml", "rules-deployment.yaml"):
         pod = yaml.safe_load((DEPLOY / "kubernetes" / manifest).read_text())["spec"]["template"]["spec"]
         lines[f"kubernetes {manifest}"] = pod["containers"][0]["args"]
@@ -96,3 +99,12 @@ def test_example_host_configuration_is_accepted_by_the_exporter() -> None:
     settings = load_settings(load_config_file(DEPLOY / "systemd" / "gpupack.yaml"), {}, {})
     assert [(s.name, s.url) for s in settings.servers] == [("triton-0", "http://127.0.0.1:8000")]
     assert settings.peak_window_seconds == 7 * 86400
+
+
+def test_cpu_stack_configuration_is_accepted_and_agrees_with_its_prometheus() -> None:
+    settings = load_settings(load_config_file(DEPLOY / "cpu" / "gpupack.yaml"), {}, {})
+    prometheus = yaml.safe_load((DEPLOY / "cpu" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prometheus["scrape_configs"]}
+    assert targets["gpupack-exporter"] == f"{settings.listen_host}:{settings.listen_port}"
+    assert [s.name for s in settings.servers] == ["triton-0", "triton-1"]
+    assert CPU_COMPOSE["services"]["exporter"]["pid"] == "host"

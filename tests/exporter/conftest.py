@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from gpupack.exporter.daemon import TRITON_POLL_SECONDS, Exporter
+from gpupack.exporter.families import ALL_FAMILIES, FamilySelection
 from gpupack.exporter.settings import ExporterSettings, ServerConfig
 from gpupack.testing import TritonServer
 from gpupack.testing.tritonserver import free_port
@@ -31,7 +32,8 @@ def server_config(server: TritonServer, **overrides: Any) -> ServerConfig:
 
 
 def exporter_settings(servers: Sequence[ServerConfig], state_dir: Path, *, sample_hz: float = 20.0,
-                      window_seconds: float = 7 * 86400.0, backends: tuple[str, ...] = ("host",)) -> ExporterSettings:
+                      window_seconds: float = 7 * 86400.0, backends: tuple[str, ...] = ("host",),
+                      families: FamilySelection = ALL_FAMILIES) -> ExporterSettings:
     return ExporterSettings(
         listen_host="127.0.0.1",
         listen_port=free_port(),
@@ -40,6 +42,7 @@ def exporter_settings(servers: Sequence[ServerConfig], state_dir: Path, *, sampl
         sample_interval_seconds=1.0 / sample_hz,
         peak_window_seconds=window_seconds,
         state_dir=state_dir,
+        families=families,
     )
 
 
@@ -49,7 +52,10 @@ def running_exporter(servers: Sequence[TritonServer | ServerConfig], state_dir: 
     configs = [s if isinstance(s, ServerConfig) else server_config(s) for s in servers]
     exporter = Exporter(exporter_settings(configs, state_dir, **kwargs), triton_poll_seconds=triton_poll_seconds).start()
     try:
-        assert exporter.holder.wait_for_sample(10), "the exporter took no sample in 10 s"
+        deadline = time.monotonic() + 10
+        while exporter.holder.get().last_collect_timestamp_seconds is None:
+            assert time.monotonic() < deadline, "the exporter took no sample in 10 s"
+            time.sleep(0.05)
         yield exporter
     finally:
         exporter.shutdown()

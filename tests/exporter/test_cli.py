@@ -28,6 +28,10 @@ GPUPACK = [sys.executable, "-m", "gpupack"]
         ("exporter:\n  listen: nowhere\n", "config.yaml:2: exporter.listen: "),
         ("exporter:\n  backend: [cuda]\n", "config.yaml:2: exporter.backend: unknown backend 'cuda'"),
         ("exporter:\n  colour: blue\n", "config.yaml:2: exporter.colour: unknown setting"),
+        ("exporter:\n  metrics: [gpupack_model_memory_bytes, gpupack_nope]\n",
+         "config.yaml:2: exporter.metrics: 'gpupack_nope' matches no series family"),
+        ("exporter:\n  servers:\n    - name: a\n      url: http://127.0.0.1:1\n      models: {only: [bert]}\n",
+         "config.yaml:5: exporter.servers[0].models: unknown key 'only'"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_field_and_exit_2(tmp_path, capsys, config_text, message):
@@ -38,6 +42,26 @@ def test_bad_config_is_one_line_naming_the_field_and_exit_2(tmp_path, capsys, co
     assert status == 2
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "state").exists()  # nothing was started
+
+
+def test_a_metrics_flag_naming_no_family_is_one_line_and_exit_2(tmp_path, capsys):
+    status = main(["exporter", "--server", "a=http://127.0.0.1:1", "--metrics", "gpupack_gpu_*",
+                   "--state-dir", str(tmp_path / "state")])
+    err = capsys.readouterr().err
+    assert status == 2 and "--metrics: 'gpupack_gpu_*' matches no series family" in err and err.count("\n") == 1
+    assert not (tmp_path / "state").exists()
+
+
+def test_a_servers_model_lists_in_the_config_are_read_once_into_its_filter(tmp_path):
+    from gpupack.config import load_config_file
+    from gpupack.exporter.settings import ModelFilter, load_settings
+
+    config = tmp_path / "config.yaml"
+    config.write_text("exporter:\n  metrics: gpupack_model_*\n  servers:\n    - name: a\n      url: http://127.0.0.1:1\n"
+                      "      models:\n        allow: [resnet*, bert]\n        deny: ['*_canary']\n")
+    settings = load_settings(load_config_file(config), {}, {})
+    assert settings.servers[0].models == ModelFilter(("resnet*", "bert"), ("*_canary",))
+    assert "gpupack_model_memory_bytes" in settings.families and "gpupack_server_up" not in settings.families
 
 
 def test_a_taken_port_is_an_input_error_and_nothing_starts(tmp_path, capsys):

@@ -84,11 +84,12 @@ def test_a_model_nothing_else_measures_gets_its_load_delta():
     assert (model.memory_bytes, model.memory_source) == (3 * GIB, "load_delta")
 
 
-def test_our_fast_exposition_is_byte_for_byte_prometheus_clients():
+def test_our_fast_exposition_is_byte_for_byte_prometheus_clients_in_both_formats():
     from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
     from gpupack.exporter.collector import SnapshotCollector
-    from gpupack.exporter.exposition import text_format
+    from gpupack.exporter.exposition import render_once
     from gpupack.exporter.snapshot import ServerState, Snapshot
 
     gpu = FakeGpu("GPU-a", processes={1: 5 * GIB, 20: 3 * GIB}, sm_percent={20: 30})
@@ -103,4 +104,6 @@ def test_our_fast_exposition_is_byte_for_byte_prometheus_clients():
     collector = SnapshotCollector(lambda: snap)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
-    assert text_format(collector.collect()) == generate_latest(registry)
+    ours = render_once(collector.collect())
+    assert ours.text == generate_latest(registry)
+    assert ours.openmetrics == generate_openmetrics(registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psutil
@@ -59,8 +60,24 @@ def test_a_300ms_spike_between_two_rare_scrapes_is_in_the_peak(start_triton, exp
     exporter = exporter_factory([server], sample_hz=5)
     resident = wait_until(lambda: _current(exporter.url, "spiky"))["current"]["gpu_memory"]
     time.sleep(0.5)
-    _infer(server, "spiky")  # holds 2 x 64 MiB more for 300 ms, between our two scrapes
-    time.sleep(0.5)
+    # Meanwhile a scraper asks for OpenMetrics + gzip back to back, so the render thread renders
+    # and compresses every page it may while the sampler is meant to catch the spike.
+    stop = threading.Event()
+
+    def scrape() -> None:
+        with requests.Session() as session:
+            while not stop.is_set():
+                session.get(f"{exporter.url}/metrics", timeout=5, headers={
+                    "Accept": "application/openmetrics-text;version=1.0.0", "Accept-Encoding": "gzip"})
+
+    scraper = threading.Thread(target=scrape, daemon=True)
+    scraper.start()
+    try:
+        _infer(server, "spiky")  # holds 2 x 64 MiB more for 300 ms, between our two scrapes
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        scraper.join()
     entry = model_entry(peaks(exporter.url), "spiky")
     assert entry["peaks"]["gpu_memory"] >= resident + 100 * MIB
     assert entry["current"]["gpu_memory"] < resident + 32 * MIB  # the spike is over; only the peak kept it

@@ -1,7 +1,8 @@
-"""Model repositories for the profiler's suites: footprints large enough to measure within 10%.
+"""Model repositories for the profiler's suites.
 
-Each model's backend process (the Python-backend stub) costs about 45 MiB of its own on top of
-its configured footprint; at 600 MiB and more that is under 8%.
+A model's truth is its backend process's own high-water mark (``VmHWM``, watched with
+:class:`gpupack.testing.highwater.BackendWatch`), exact for a one-process model: the stub's own
+~45 MiB included, so small footprints are checked as tightly as large ones.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ SEARCHED = [
     SampleModel("batchy", 32 * MIB, compute_seconds=0.004, item_compute_seconds=0.0004),
     SampleModel("light", 16 * MIB, compute_seconds=0.001, item_compute_seconds=0.0002),
 ]
+IDLE = SampleModel("idle", 0)  # the stub alone: where the server's own growth would show most
 
 
 @pytest.fixture(scope="session")
 def profile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_model_repository(tmp_path_factory.mktemp("profile-models"), [*PROFILED, SMALL, SPIKY, BROKEN, *SEARCHED])
+    return write_model_repository(tmp_path_factory.mktemp("profile-models"),
+                                  [*PROFILED, SMALL, SPIKY, BROKEN, IDLE, *SEARCHED])
 
 
 def gpupack(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

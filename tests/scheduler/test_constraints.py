@@ -73,7 +73,7 @@ def test_contradictory_pins_name_both_policies():
         PinPolicy(name="on-t4", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "T4"})),
         PinPolicy(name="on-a100", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "A100"})),
     ))
-    with pytest.raises(InfeasibleError, match="model bert: pins policies on-t4, on-a100 leave no device"):
+    with pytest.raises(InfeasibleError, match="model bert: no device it may run on is left by policies on-t4, on-a100"):
         solve(build_problem(MODELS, DEVICES, {}, policies))
 
 
@@ -84,3 +84,45 @@ def test_fleet_limit_below_the_bound_names_the_policy():
     ))
     with pytest.raises(InfeasibleError, match="at least 3 devices, but only 2 are allowed by policy two-gpus"):
         solve(build_problem(MODELS, DEVICES, {}, policies))
+
+
+GIB = 2**30
+BW = Resource.MEMORY_BANDWIDTH_UTILIZATION
+
+
+def _seg_cls_case():
+    """The issue's case: a bandwidth limit that counts only the seg_* models."""
+    models = tuple(ModelFootprint(f"seg_{k}", {MEM: 3 * GIB, BW: 0.45}) for k in range(6)) + tuple(
+        ModelFootprint(f"cls_{k}", {MEM: 2 * GIB, BW: 0.60}) for k in range(6))
+    devices = tuple(Device(f"gpu-{k}", {MEM: 16 * GIB}) for k in range(12))
+    policy = CapacityPolicy(name="seg-bandwidth", resource=BW, max_ratio=1.0, selector=Selector(models=("seg_*",)))
+    return models, devices, PolicySet((policy,))
+
+
+def test_capacity_policy_scoped_to_models_counts_only_those_models_and_plans_three_devices_proven():
+    from gpupack.rules.evaluator import Status, evaluate
+    from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot
+
+    models, devices, policies = _seg_cls_case()
+    result = solve(build_problem(models, devices, {}, policies))
+    assert (result.device_count, result.lower_bound, result.optimal) == (3, 3, True)
+    snapshot = PeaksSnapshot(tuple(DevicePeaks(d) for d in devices),
+                             tuple(ModelPeaks(m.model, "", m.peaks) for m in models))
+    judged = evaluate(snapshot, policies, result.placement)
+    assert judged.results and not judged.violations
+    assert all(r.status is Status.OK for r in judged.results)
+
+
+def test_server_scoped_capacity_and_pins_to_servers_use_the_servers_on_each_device():
+    devices = (Device("gpu-a", {MEM: 16 * GB}), Device("gpu-b", {MEM: 16 * GB}), Device("gpu-c", {MEM: 16 * GB}))
+    servers = {"gpu-a": ("triton-a",), "gpu-b": ("triton-b",), "gpu-c": ("triton-b", "triton-c")}
+    models = (ModelFootprint("x", {MEM: 3 * GB}), ModelFootprint("y", {MEM: 3 * GB}), ModelFootprint("z", {MEM: 3 * GB}))
+    policies = PolicySet((
+        CapacityPolicy(name="a-small", max_bytes=4 * GB, selector=Selector(servers=("triton-a",))),
+        PinPolicy(name="z-on-c", selector=Selector(models=("z",)), to=Selector(servers=("triton-c",))),
+    ))
+    problem = build_problem(models, devices, {}, policies, servers=servers)
+    assert problem.limit(devices[0], MEM) == 4 * GB and problem.allowed_devices["z"] == {"gpu-c"}
+    result = solve(problem)
+    assert result.placement.assignments["z"] == ("gpu-c",)
+    assert len(result.placement.models_on("gpu-a")) <= 1
