@@ -14,7 +14,7 @@ from gpupack.profiler.checkpoint import Checkpoint
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.guard import Guard
 from gpupack.profiler.loadgen import LoadGenerator
-from gpupack.profiler.output import to_search_profile, write_search_profile
+from gpupack.profiler.output import to_search_profile
 from gpupack.profiler.rank import Constraints, rank
 from gpupack.profiler.report import ProgressLine
 from gpupack.profiler.sampler import Probe
@@ -22,6 +22,7 @@ from gpupack.profiler.search import ConfigSearch
 from gpupack.profiler.search_report import ModelRanking, format_search_summary, write_configs_csv
 from gpupack.profiler.sweep import SweepPlan
 from gpupack.profiler.variants import SearchSpace, batchings, write_config
+from gpupack.profiles import write_profile
 
 # Doubling from 1: the ramp stops at saturation or the budget long before the end.
 SEARCH_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -62,8 +63,7 @@ def run_search(values: dict[str, Any], resume: bool, address: str, probe_factory
     print(format_search_summary(search.searches, rankings, values["top"], values["objective"]))
     recommended = {model: r.ranked[0] for model, r in rankings.items() if r.ranked}
     if result.baseline is not None:
-        profile, configs = to_search_profile(result, search.searches, recommended)
-        write_search_profile(profile, configs, values["out"])
+        write_profile(to_search_profile(result, search.searches, recommended), values["out"])
         print(f"wrote {values['out']}", file=sys.stderr)
     if values["out_repository"]:
         for model, ranked in recommended.items():

@@ -15,14 +15,14 @@ from tritonclient.grpc import model_config_pb2
 from gpupack.profiler.checkpoint import Checkpoint
 from gpupack.profiler.control import ModelLoadError
 from gpupack.profiler.loadgen import LoadWindow, ModelSignature
-from gpupack.profiler.output import config_entry, to_search_profile, write_search_profile
+from gpupack.profiler.output import model_config, to_search_profile
 from gpupack.profiler.rank import Constraints, MeasuredConfig, rank
 from gpupack.profiler.sampler import Peaks
 from gpupack.profiler.search import ConfigSearch, exhaustive, hill_climb, stop_reason
 from gpupack.profiler.stats import PointResult, TritonCounters, measure_point
 from gpupack.profiler.sweep import SweepPlan
 from gpupack.profiler.variants import Batching, SearchSpace, Variant, batchings, config_pbtxt
-from gpupack.profiles import load_profile
+from gpupack.profiles import load_profile, write_profile
 
 MIB = 2**20
 BASE = {"name": "m", "backend": "python", "max_batch_size": 8,
@@ -118,7 +118,7 @@ def test_profile_carries_every_config_with_exactly_the_agreed_fields_and_plan_re
     ranked, _ = rank([good, off], Constraints())
     out = tmp_path / "profile.yaml"
 
-    write_search_profile(*to_search_profile(result, {"m": search}, {"m": ranked[0]}), out)  # type: ignore[arg-type]
+    write_profile(to_search_profile(result, {"m": search}, {"m": ranked[0]}), out)  # type: ignore[arg-type]
 
     entry = yaml.safe_load(out.read_text())["models"][0]
     assert entry["throughput_per_second"] == 350
@@ -127,12 +127,14 @@ def test_profile_carries_every_config_with_exactly_the_agreed_fields_and_plan_re
                        "peak_gpu_memory_bytes", "points"}
     assert set(plain) == set(on) - {"max_queue_delay_seconds"} and plain["dynamic_batching"] is False
     assert set(on["points"][0]) == {"concurrency", "throughput_per_second", "latency_p50_seconds",
-                                    "latency_p99_seconds", "peak_gpu_utilization_ratio"}
+                                    "latency_p99_seconds", "peak_gpu_utilization_ratio", "latency_breakdown_seconds"}
+    assert set(on["points"][0]["latency_breakdown_seconds"]) == {"queue", "compute_input", "compute_infer",
+                                                                 "compute_output"}
     assert [p["throughput_per_second"] for p in on["points"]] == [200, 340, 350]
     assert on["max_queue_delay_seconds"] == 0.0005 and on["peak_gpu_memory_bytes"] == 100 * MIB
     profile = load_profile(out)
     assert [m.model for m in profile.models] == ["m"] and profile.models[0].concurrency == 2
-    assert config_entry(good) == on
+    assert profile.configs["m"][0] == model_config(good)
 
 
 @dataclass
