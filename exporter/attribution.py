@@ -92,6 +92,7 @@ class LoadDeltaTracker:
         self._loaded: dict[tuple[str, str], frozenset[ModelKey]] = {}
         self._used_before: dict[tuple[str, str], int] = {}
         self._deltas: dict[tuple[str, str, str, str], int] = {}
+        self.version = 0  # rises whenever a delta is set or dropped
 
     def observe(self, server: str, device: str, used_bytes: int, loaded: Iterable[ModelKey]) -> None:
         key, now = (server, device), frozenset(loaded)
@@ -100,10 +101,12 @@ class LoadDeltaTracker:
             new = now - before
             if len(new) == 1 and key in self._used_before:
                 (model, version), delta = next(iter(new)), used_bytes - self._used_before[key]
-                if delta > 0:
+                if delta > 0 and self._deltas.get((server, model, version, device)) != delta:
                     self._deltas[(server, model, version, device)] = delta
+                    self.version += 1
             for model, version in before - now:
-                self._deltas.pop((server, model, version, device), None)
+                if self._deltas.pop((server, model, version, device), None) is not None:
+                    self.version += 1
         self._loaded[key], self._used_before[key] = now, used_bytes
 
     def delta_bytes(self, server: str, model: ModelKey, device: str) -> int | None:
@@ -178,6 +181,7 @@ class Attributor:
     def __init__(self, profile: Profile | None = None) -> None:
         self.load_deltas = LoadDeltaTracker()
         self._profile_memory_bytes = _profile_memory(profile)
+        self._plans: dict[str, _ServerPlan] = {}
 
     def attribute(self, servers: Iterable[ServerInputs], gpus: tuple[GpuReading, ...], host_devices: bool) -> Attribution:
         """``host_devices``: export a ``cpu:<server>`` device per server with a host reading."""
@@ -262,9 +266,41 @@ class Attributor:
     def _gpus(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...]) -> tuple[list[ModelUsage], dict[tuple[str, str], int]]:
         triton, host = inputs.triton, inputs.host
         assert triton is not None
+        server_pids = frozenset(host.processes) if host else frozenset()
+        plan = self._plans.get(inputs.server)
+        if plan is None or not plan.fits(inputs, gpus, server_pids, self.load_deltas.version):
+            plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids)
+        if inputs.triton_is_new:
+            for gpu_plan in plan.gpus:
+                gpu = gpu_plan.gpu
+                if gpu.memory_used_bytes is not None:
+                    self.load_deltas.observe(inputs.server, gpu.device, gpu.memory_used_bytes,
+                                             [p.key for p in gpu_plan.placed if p.unmeasured.loaded])
+            if plan.load_deltas_version != self.load_deltas.version:  # fallback memories may have changed
+                plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids)
+        by_uuid = {g.device: g for g in gpus}
+        models: list[ModelUsage] = []
+        remainders: dict[tuple[str, str], int] = {}
+        for gpu_plan in plan.gpus:
+            gpu = by_uuid[gpu_plan.gpu.device]
+            found = gpu_plan.usage(gpu)
+            models += found
+            attributed = sum(m.memory_bytes or 0 for m in found)
+            if server_pids:
+                own = sum(b for pid, b in gpu.process_memory_bytes.items() if pid in server_pids)
+                remainders[(inputs.server, gpu.device)] = max(0, own - attributed)
+            elif gpu.memory_used_bytes is not None:
+                # Without PIDs (a remote server) the device's whole use is the best bound there is.
+                remainders[(inputs.server, gpu.device)] = max(0, gpu.memory_used_bytes - attributed)
+        return models, remainders
+
+    def _plan(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int]) -> "_ServerPlan":
+        """Which models are on which of the server's GPUs, and what measures each: all that only
+        changes with a Triton poll, a backend process or a load delta, worked out once for them."""
+        triton, host = inputs.triton, inputs.host
+        assert triton is not None
         by_uuid = {g.device: g for g in gpus}
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
-        server_pids = set(host.processes) if host else set()
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
         stubs_of_model: dict[ModelKey, list[int]] = defaultdict(list)  # not a scan of every stub per model
         for pid, model_key in stub_of.items():
@@ -290,30 +326,94 @@ class Attributor:
             if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
                 placement[key] = set(server_gpus)
         shares = _compute_shares(triton, inputs.previous_triton)
-        models: list[ModelUsage] = []
-        remainders: dict[tuple[str, str], int] = {}
+        plans = []
         for uuid in sorted(server_gpus):
             gpu = by_uuid[uuid]
-            on_gpu = [r for r in readings if uuid in placement[(r.model, r.version)]]
-            if gpu.memory_used_bytes is not None and inputs.triton_is_new:
-                self.load_deltas.observe(inputs.server, uuid, gpu.memory_used_bytes,
-                                         [(r.model, r.version) for r in on_gpu if (r.model, r.version) not in not_loaded])
-            found = []
-            for reading in on_gpu:
+            placed = []
+            for reading in readings:
                 key = (reading.model, reading.version)
-                pids = [pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes]
-                memory, source = self._memory(inputs.server, reading, uuid, "GPU", gpu.index,
-                                              [gpu.process_memory_bytes[p] for p in pids])
-                sm = [gpu.process_sm_ratio[p] for p in pids if p in gpu.process_sm_ratio]
-                found.append(ModelUsage(inputs.server, reading.model, reading.version, uuid, memory, source,
-                                        sum(sm) if sm else None, "process" if sm else None, key not in not_loaded))
-            found = _apportion(found, gpu.utilization_ratio, shares)
-            models += found
-            attributed = sum(m.memory_bytes or 0 for m in found)
-            if server_pids:
-                own = sum(b for pid, b in gpu.process_memory_bytes.items() if pid in server_pids)
-                remainders[(inputs.server, uuid)] = max(0, own - attributed)
-            elif gpu.memory_used_bytes is not None:
-                # Without PIDs (a remote server) the device's whole use is the best bound there is.
-                remainders[(inputs.server, uuid)] = max(0, gpu.memory_used_bytes - attributed)
-        return models, remainders
+                if uuid not in placement[key]:
+                    continue
+                pids = tuple(pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes)
+                memory, source = (None, None) if pids else self._memory(inputs.server, reading, uuid, "GPU", gpu.index, [])
+                placed.append(_Placed(key, pids, ModelUsage(inputs.server, reading.model, reading.version, uuid,
+                                                            memory, source, loaded=key not in not_loaded)))
+            plans.append(_GpuPlan(gpu, tuple(placed), shares))
+        return _ServerPlan(triton, inputs.previous_triton, _backend_key(host), server_pids,
+                           _gpu_key(gpus), self.load_deltas.version, tuple(plans))
+
+
+def _backend_key(host: HostReading | None) -> tuple[tuple[int, str, str], ...]:
+    return tuple((b.pid, b.model, b.version) for b in host.backends) if host else ()
+
+
+def _gpu_key(gpus: tuple[GpuReading, ...]) -> tuple[tuple[str, int, str, frozenset[int]], ...]:
+    return tuple((g.device, g.index, g.kind, frozenset(g.process_memory_bytes)) for g in gpus)
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """One model on one GPU: its backend processes there, and its usage when none measures it."""
+
+    key: ModelKey
+    pids: tuple[int, ...]
+    unmeasured: ModelUsage  # memory from Triton, a load delta or a profile; no utilisation yet
+
+
+class _GpuPlan:
+    """The models on one GPU. When no process of theirs is on it, memory is the same from sample to
+    sample and only the apportioned utilisation moves: the split is worked out once, and the usages
+    of the last sample are handed on while the GPU's utilisation does not change."""
+
+    def __init__(self, gpu: GpuReading, placed: tuple[_Placed, ...], shares: Mapping[ModelKey, float]) -> None:
+        self.gpu, self.placed, self._shares = gpu, placed, shares
+        self._measured = any(p.pids for p in placed)
+        picked = [p.key in shares for p in placed]
+        total = sum(shares[p.key] for p, pick in zip(placed, picked) if pick)
+        self._split = [(shares[p.key] / total if total > 0 else 0.0) if pick else None for p, pick in zip(placed, picked)]
+        self._last: tuple[float | None, list[ModelUsage]] | None = None
+
+    def usage(self, gpu: GpuReading) -> list[ModelUsage]:
+        if self._measured:
+            return self._measured_usage(gpu)
+        if self._last is not None and self._last[0] == gpu.utilization_ratio:
+            return self._last[1]
+        left = gpu.utilization_ratio
+        if left is None:
+            found = [p.unmeasured for p in self.placed]
+        else:
+            left = max(0.0, left)
+            found = [p.unmeasured if share is None else
+                     ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
+                                left * share, "apportioned", m.loaded)
+                     for p, share in zip(self.placed, self._split) for m in (p.unmeasured,)]
+        self._last = (gpu.utilization_ratio, found)
+        return found
+
+    def _measured_usage(self, gpu: GpuReading) -> list[ModelUsage]:
+        found = []
+        for p in self.placed:
+            m = p.unmeasured
+            if p.pids:
+                sm = [gpu.process_sm_ratio[pid] for pid in p.pids if pid in gpu.process_sm_ratio]
+                m = ModelUsage(m.server, m.model, m.version, m.device, sum(gpu.process_memory_bytes[pid] for pid in p.pids),
+                               "process", sum(sm) if sm else None, "process" if sm else None, m.loaded)
+            found.append(m)
+        return _apportion(found, gpu.utilization_ratio, self._shares)
+
+
+@dataclass(frozen=True)
+class _ServerPlan:
+    triton: TritonReading
+    previous_triton: TritonReading | None
+    backends: tuple[tuple[int, str, str], ...]
+    server_pids: frozenset[int]
+    gpus_key: tuple[tuple[str, int, str, frozenset[int]], ...]
+    load_deltas_version: int
+    gpus: tuple[_GpuPlan, ...]
+
+    def fits(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int],
+             load_deltas_version: int) -> bool:
+        return (self.triton is inputs.triton and self.previous_triton is inputs.previous_triton
+                and self.load_deltas_version == load_deltas_version and self.server_pids == server_pids
+                and self.backends == _backend_key(inputs.host) and self.gpus_key == _gpu_key(gpus))

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gpupack.domain import Resource
 from gpupack.errors import InputError
-from gpupack.exporter.attribution import Attribution, Attributor, ServerInputs
+from gpupack.exporter.attribution import Attribution, Attributor, ModelUsage, ServerInputs
 from gpupack.exporter.collector import SnapshotCollector
 from gpupack.exporter.pages import PageRenderer
 from gpupack.exporter.peaks import SERVER_MODEL, PeakKey, PeakStore
@@ -108,6 +108,9 @@ class Sampler:
         self._triton_before: dict[str, TritonReading] = {}
         self._last_loaded: dict[str, frozenset[tuple[str, str, str, str]]] = {}
         self._last_devices: dict[str, tuple] = {}
+        self._recorded_models: tuple[ModelUsage, ...] = ()
+        self._recorded_ids: set[int] = set()
+        self._recorded_bucket: int | None = None
 
     def sample(self) -> Snapshot:
         started = time.perf_counter()
@@ -150,18 +153,29 @@ class Sampler:
         )
 
     def _record(self, attribution: Attribution, now: float) -> None:
+        # A usage handed on unchanged from the last sample (the attributor reuses them while their
+        # inputs stand still) was recorded then, in this same bucket: only the others are looked at.
+        bucket = self.store.bucket_start_seconds(now)
+        recorded_ids = self._recorded_ids if bucket == self._recorded_bucket else set()
         values: list[tuple[PeakKey, float]] = []
+        sources = []
         for m in attribution.models:
+            if id(m) in recorded_ids:
+                continue
             if m.memory_bytes is not None:
                 values.append(((m.server, m.model, m.version, m.device, _MEMORY), float(m.memory_bytes)))
             if m.utilization_ratio is not None:
                 values.append(((m.server, m.model, m.version, m.device, _UTILIZATION), m.utilization_ratio))
+            if m.memory_source:
+                sources.append(((m.server, m.model, m.version, m.device), m.memory_source))
         for (server, device), remainder in attribution.unattributed_memory_bytes.items():
             values.append(((server, SERVER_MODEL, "", device, _MEMORY), float(remainder)))
         self.store.record(values, now)
-        self.store.record_sources(((m.server, m.model, m.version, m.device), m.memory_source)
-                                  for m in attribution.models if m.memory_source)
+        self.store.record_sources(sources)
         self.store.flush()
+        # The ids stay valid while the snapshot's tuple keeps these usages alive.
+        self._recorded_models, self._recorded_bucket = attribution.models, bucket
+        self._recorded_ids = {id(m) for m in attribution.models}
 
     def _snapshot(self, attribution: Attribution, now: float, duration_seconds: float) -> Snapshot:
         previous = self.holder.get()
