@@ -20,17 +20,17 @@ whole model for the rest of the peak window.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from gpupack.domain import Resource
+from gpupack.exporter.gpu_plan import GpuPlan, Placed, ServerPlan, backend_key, gpu_key, triton_layout
 from gpupack.exporter.sources.host import HostReading
 from gpupack.exporter.sources.nvml import GpuReading
 from gpupack.exporter.sources.triton import ModelReading, TritonReading
+from gpupack.exporter.usage import DeviceUsage, ModelKey, ModelUsage, apportion, compute_shares
 from gpupack.profiles import Profile
 from gpupack.triton_processes import BackendProcess
-
-ModelKey = tuple[str, str]  # (model, version)
 
 
 @dataclass(frozen=True)
@@ -44,34 +44,6 @@ class ServerInputs:
     previous_host: HostReading | None = None
     triton_is_new: bool = True  # Triton is polled less often than devices are sampled
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceUsage:
-    device: str
-    kind: str  # gpu, mig, cpu
-    name: str
-    index: int | None
-    servers: tuple[str, ...]
-    capacity_bytes: int | None
-    memory_used_bytes: int | None
-    utilization_ratio: float | None = None
-    memory_bandwidth_utilization_ratio: float | None = None
-    power_watts: float | None = None
-    temperature_celsius: float | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)  # a thousand or more per sample: no per-instance dict
-class ModelUsage:
-    server: str
-    model: str
-    version: str
-    device: str
-    memory_bytes: int | None = None
-    memory_source: str | None = None
-    utilization_ratio: float | None = None
-    utilization_source: str | None = None
-    loaded: bool = True  # False: Triton does not list it READY (loading, unloading), yet its process holds memory
 
 
 @dataclass(frozen=True)
@@ -128,36 +100,6 @@ def _cpu_rates(host: HostReading, previous: HostReading | None) -> dict[int, flo
     return rates
 
 
-def _compute_shares(triton: TritonReading | None, previous: TritonReading | None) -> dict[ModelKey, float]:
-    """Each model's compute seconds in the last Triton interval (models present in both readings)."""
-    if triton is None or previous is None:
-        return {}
-    before = {(m.model, m.version): m.compute_seconds for m in previous.models}
-    return {
-        (m.model, m.version): max(0.0, m.compute_seconds - before[(m.model, m.version)])
-        for m in triton.models
-        if (m.model, m.version) in before
-    }
-
-
-def _apportion(models: list[ModelUsage], device_ratio: float | None, shares: Mapping[ModelKey, float]) -> list[ModelUsage]:
-    """Give models without a measured utilisation their compute-time share of what is left."""
-    if device_ratio is None:
-        return models
-    measured = sum(m.utilization_ratio or 0.0 for m in models if m.utilization_source == "process")
-    left = max(0.0, device_ratio - measured)
-    unmeasured = [m.utilization_source is None and (m.model, m.version) in shares for m in models]
-    total = sum(shares[(m.model, m.version)] for m, pick in zip(models, unmeasured) if pick)
-    result = []
-    for m, pick in zip(models, unmeasured):
-        if pick:
-            share = shares[(m.model, m.version)] / total if total > 0 else 0.0
-            # Not dataclasses.replace: it introspects the fields, and this runs per model per sample.
-            m = ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
-                           left * share, "apportioned", m.loaded)
-        result.append(m)
-    return result
-
 
 def _with_backend_only_models(triton: TritonReading, backends: Iterable[BackendProcess]) -> tuple[list[ModelReading], set[ModelKey]]:
     """Triton's READY models, plus a bare reading for each model only a backend process names
@@ -181,7 +123,7 @@ class Attributor:
     def __init__(self, profile: Profile | None = None) -> None:
         self.load_deltas = LoadDeltaTracker()
         self._profile_memory_bytes = _profile_memory(profile)
-        self._plans: dict[str, _ServerPlan] = {}
+        self._plans: dict[str, ServerPlan] = {}
 
     def attribute(self, servers: Iterable[ServerInputs], gpus: tuple[GpuReading, ...], host_devices: bool) -> Attribution:
         """``host_devices``: export a ``cpu:<server>`` device per server with a host reading."""
@@ -238,7 +180,7 @@ class Attributor:
                 ratio, ratio_source = sum(rates.get(p, 0.0) for p in stubs[key]), "process"
             found.append(ModelUsage(inputs.server, reading.model, reading.version, host.device,
                                     memory, memory_source, ratio, ratio_source, key not in not_loaded))
-        found = _apportion(found, device_ratio, _compute_shares(triton, inputs.previous_triton))
+        found = apportion(found, device_ratio, compute_shares(triton, inputs.previous_triton))
         device = DeviceUsage(
             device=host.device, kind="cpu", name="host", index=None, servers=(inputs.server,),
             capacity_bytes=host.capacity_bytes, memory_used_bytes=used, utilization_ratio=device_ratio,
@@ -268,21 +210,21 @@ class Attributor:
         assert triton is not None
         server_pids = frozenset(host.processes) if host else frozenset()
         plan = self._plans.get(inputs.server)
-        if plan is None or not plan.fits(inputs, gpus, server_pids, self.load_deltas.version):
-            plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids)
+        if plan is None or not plan.fits(triton, inputs.previous_triton, host, gpus, server_pids, self.load_deltas.version):
+            plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids, plan)
+        by_uuid = {g.device: g for g in gpus}
         if inputs.triton_is_new:
             for gpu_plan in plan.gpus:
-                gpu = gpu_plan.gpu
-                if gpu.memory_used_bytes is not None:
-                    self.load_deltas.observe(inputs.server, gpu.device, gpu.memory_used_bytes,
+                used = by_uuid[gpu_plan.device].memory_used_bytes
+                if used is not None:
+                    self.load_deltas.observe(inputs.server, gpu_plan.device, used,
                                              [p.key for p in gpu_plan.placed if p.unmeasured.loaded])
             if plan.load_deltas_version != self.load_deltas.version:  # fallback memories may have changed
                 plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids)
-        by_uuid = {g.device: g for g in gpus}
         models: list[ModelUsage] = []
         remainders: dict[tuple[str, str], int] = {}
         for gpu_plan in plan.gpus:
-            gpu = by_uuid[gpu_plan.gpu.device]
+            gpu = by_uuid[gpu_plan.device]
             found = gpu_plan.usage(gpu)
             models += found
             attributed = sum(m.memory_bytes or 0 for m in found)
@@ -294,11 +236,20 @@ class Attributor:
                 remainders[(inputs.server, gpu.device)] = max(0, gpu.memory_used_bytes - attributed)
         return models, remainders
 
-    def _plan(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int]) -> "_ServerPlan":
+    def _plan(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int],
+              old: ServerPlan | None = None) -> ServerPlan:
         """Which models are on which of the server's GPUs, and what measures each: all that only
-        changes with a Triton poll, a backend process or a load delta, worked out once for them."""
+        changes with a Triton poll, a backend process or a load delta, worked out once for them.
+        A poll that only moved the models' statistics keeps the placements and changes the shares."""
         triton, host = inputs.triton, inputs.host
         assert triton is not None
+        layout = triton_layout(triton)
+        keys = (backend_key(host), server_pids, gpu_key(gpus), self.load_deltas.version)
+        if old is not None and old.layout == layout and (old.backends, old.server_pids, old.gpus_key,
+                                                         old.load_deltas_version) == keys:
+            shares = compute_shares(triton, inputs.previous_triton)
+            return ServerPlan(triton, inputs.previous_triton, *keys, layout,
+                               tuple(GpuPlan(g.device, g.placed, shares) for g in old.gpus))
         by_uuid = {g.device: g for g in gpus}
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
@@ -325,7 +276,7 @@ class Attributor:
             key = (reading.model, reading.version)
             if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
                 placement[key] = set(server_gpus)
-        shares = _compute_shares(triton, inputs.previous_triton)
+        shares = compute_shares(triton, inputs.previous_triton)
         plans = []
         for uuid in sorted(server_gpus):
             gpu = by_uuid[uuid]
@@ -336,84 +287,7 @@ class Attributor:
                     continue
                 pids = tuple(pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes)
                 memory, source = (None, None) if pids else self._memory(inputs.server, reading, uuid, "GPU", gpu.index, [])
-                placed.append(_Placed(key, pids, ModelUsage(inputs.server, reading.model, reading.version, uuid,
+                placed.append(Placed(key, pids, ModelUsage(inputs.server, reading.model, reading.version, uuid,
                                                             memory, source, loaded=key not in not_loaded)))
-            plans.append(_GpuPlan(gpu, tuple(placed), shares))
-        return _ServerPlan(triton, inputs.previous_triton, _backend_key(host), server_pids,
-                           _gpu_key(gpus), self.load_deltas.version, tuple(plans))
-
-
-def _backend_key(host: HostReading | None) -> tuple[tuple[int, str, str], ...]:
-    return tuple((b.pid, b.model, b.version) for b in host.backends) if host else ()
-
-
-def _gpu_key(gpus: tuple[GpuReading, ...]) -> tuple[tuple[str, int, str, frozenset[int]], ...]:
-    return tuple((g.device, g.index, g.kind, frozenset(g.process_memory_bytes)) for g in gpus)
-
-
-@dataclass(frozen=True, slots=True)
-class _Placed:
-    """One model on one GPU: its backend processes there, and its usage when none measures it."""
-
-    key: ModelKey
-    pids: tuple[int, ...]
-    unmeasured: ModelUsage  # memory from Triton, a load delta or a profile; no utilisation yet
-
-
-class _GpuPlan:
-    """The models on one GPU. When no process of theirs is on it, memory is the same from sample to
-    sample and only the apportioned utilisation moves: the split is worked out once, and the usages
-    of the last sample are handed on while the GPU's utilisation does not change."""
-
-    def __init__(self, gpu: GpuReading, placed: tuple[_Placed, ...], shares: Mapping[ModelKey, float]) -> None:
-        self.gpu, self.placed, self._shares = gpu, placed, shares
-        self._measured = any(p.pids for p in placed)
-        picked = [p.key in shares for p in placed]
-        total = sum(shares[p.key] for p, pick in zip(placed, picked) if pick)
-        self._split = [(shares[p.key] / total if total > 0 else 0.0) if pick else None for p, pick in zip(placed, picked)]
-        self._last: tuple[float | None, list[ModelUsage]] | None = None
-
-    def usage(self, gpu: GpuReading) -> list[ModelUsage]:
-        if self._measured:
-            return self._measured_usage(gpu)
-        if self._last is not None and self._last[0] == gpu.utilization_ratio:
-            return self._last[1]
-        left = gpu.utilization_ratio
-        if left is None:
-            found = [p.unmeasured for p in self.placed]
-        else:
-            left = max(0.0, left)
-            found = [p.unmeasured if share is None else
-                     ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
-                                left * share, "apportioned", m.loaded)
-                     for p, share in zip(self.placed, self._split) for m in (p.unmeasured,)]
-        self._last = (gpu.utilization_ratio, found)
-        return found
-
-    def _measured_usage(self, gpu: GpuReading) -> list[ModelUsage]:
-        found = []
-        for p in self.placed:
-            m = p.unmeasured
-            if p.pids:
-                sm = [gpu.process_sm_ratio[pid] for pid in p.pids if pid in gpu.process_sm_ratio]
-                m = ModelUsage(m.server, m.model, m.version, m.device, sum(gpu.process_memory_bytes[pid] for pid in p.pids),
-                               "process", sum(sm) if sm else None, "process" if sm else None, m.loaded)
-            found.append(m)
-        return _apportion(found, gpu.utilization_ratio, self._shares)
-
-
-@dataclass(frozen=True)
-class _ServerPlan:
-    triton: TritonReading
-    previous_triton: TritonReading | None
-    backends: tuple[tuple[int, str, str], ...]
-    server_pids: frozenset[int]
-    gpus_key: tuple[tuple[str, int, str, frozenset[int]], ...]
-    load_deltas_version: int
-    gpus: tuple[_GpuPlan, ...]
-
-    def fits(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int],
-             load_deltas_version: int) -> bool:
-        return (self.triton is inputs.triton and self.previous_triton is inputs.previous_triton
-                and self.load_deltas_version == load_deltas_version and self.server_pids == server_pids
-                and self.backends == _backend_key(inputs.host) and self.gpus_key == _gpu_key(gpus))
+            plans.append(GpuPlan(uuid, tuple(placed), shares))
+        return ServerPlan(triton, inputs.previous_triton, *keys, layout, tuple(plans))

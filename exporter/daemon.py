@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from gpupack.domain import Resource
 from gpupack.errors import InputError
-from gpupack.exporter.attribution import Attribution, Attributor, ModelUsage, ServerInputs
+from gpupack.exporter.attribution import Attribution, Attributor, ServerInputs
 from gpupack.exporter.collector import SnapshotCollector
 from gpupack.exporter.pages import PageRenderer
 from gpupack.exporter.peaks import SERVER_MODEL, PeakKey, PeakStore
@@ -31,6 +31,7 @@ from gpupack.exporter.sources import SourceError
 from gpupack.exporter.sources.host import HostReading, HostSource
 from gpupack.exporter.sources.nvml import NvmlDoor, NvmlSource
 from gpupack.exporter.sources.triton import TritonClient, TritonReading, TritonSource
+from gpupack.exporter.usage import ModelUsage
 
 log = logging.getLogger(__name__)
 
