@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -112,6 +112,9 @@ class Sampler:
         self._recorded_models: tuple[ModelUsage, ...] = ()
         self._recorded_ids: set[int] = set()
         self._recorded_bucket: int | None = None
+        self._models_handed_on = False
+        self._loaded_now: dict[str, frozenset[tuple[str, str, str, str]]] = {}
+        self._loaded_all: frozenset[tuple[str, str, str, str]] = frozenset()
 
     def sample(self) -> Snapshot:
         started = time.perf_counter()
@@ -175,19 +178,27 @@ class Sampler:
         self.store.record_sources(sources)
         self.store.flush()
         # The ids stay valid while the snapshot's tuple keeps these usages alive.
-        self._recorded_models, self._recorded_bucket = attribution.models, bucket
-        self._recorded_ids = {id(m) for m in attribution.models}
+        ids = {id(m) for m in attribution.models}
+        self._models_handed_on = ids == self._recorded_ids
+        self._recorded_models, self._recorded_bucket, self._recorded_ids = attribution.models, bucket, ids
 
     def _snapshot(self, attribution: Attribution, now: float, duration_seconds: float) -> Snapshot:
         previous = self.holder.get()
         up = {name: poller.up for name, poller in self.pollers.items()}
-        loaded = {(m.server, m.model, m.version, m.device) for m in attribution.models if m.loaded}
+        if not self._models_handed_on:  # the same usages as the last sample: the same loaded series
+            loaded_by_server: dict[str, set[tuple[str, str, str, str]]] = defaultdict(set)
+            for m in attribution.models:
+                if m.loaded:
+                    loaded_by_server[m.server].add((m.server, m.model, m.version, m.device))
+            self._loaded_now = {server: frozenset(keys) for server, keys in loaded_by_server.items()}
+            self._loaded_all = frozenset().union(*self._loaded_now.values())
+        loaded = self._loaded_all
         devices = list(attribution.devices)
         stale: set[str] = set()
         present = {d.device for d in devices}
         for server in self.settings.servers:
             if up[server.name]:
-                self._last_loaded[server.name] = frozenset(k for k in loaded if k[0] == server.name)
+                self._last_loaded[server.name] = self._loaded_now.get(server.name, frozenset())
                 self._last_devices[server.name] = tuple(d for d in devices if server.name in d.servers)
                 continue
             # A server that is down keeps showing its last known models and devices, marked stale.
