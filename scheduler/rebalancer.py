@@ -12,10 +12,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from gpupack.domain import Placement
 from gpupack.errors import GpupackError, InputError
+from gpupack.model_configs import ModelConfig
 from gpupack.rules.evaluator import Result, evaluate
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.audit import AuditLog
@@ -31,6 +32,7 @@ from gpupack.scheduler.executor import (
 from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
 from gpupack.scheduler.constraints import problem_from
+from gpupack.scheduler.demand_rebalance import plan_configurations
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.problem import Objective
@@ -67,6 +69,7 @@ class RebalancePlan:
     moves: MovePlan
     admission: Admission
     broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
+    configs: Mapping[str, str] = field(default_factory=dict)  # model -> configuration, when planned for demand
 
 
 @dataclass(frozen=True)
@@ -136,18 +139,25 @@ class Rebalancer:
         models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
         problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
         broken: tuple[str, ...] = ()
-        if violations:
+        budget, configs = Budget.from_problem(problem), {}  # type: Budget, Mapping[str, str]
+        reconfigured = plan_configurations(inputs, fleet, constraints, OBJECTIVES,
+                                           self.settings.solve_time_limit_seconds) if violations else None
+        if reconfigured is not None:
+            problem, target, configs, budget = (reconfigured.problem, reconfigured.placement, reconfigured.configs,
+                                                reconfigured.budget)
+            moves = plan_moves(fleet.placement, target, budget, configs)
+        elif violations:
             planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
                                  self.settings.solve_time_limit_seconds, current=fleet.placement)
             problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
-            moves = plan_moves(fleet.placement, target, Budget.from_problem(problem))
+            budget = Budget.from_problem(problem)
+            moves = plan_moves(fleet.placement, target, budget)
         else:
             target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
-        budget = Budget.from_problem(problem)
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, configs)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
@@ -216,8 +226,14 @@ class Rebalancer:
             self.settings.drain_seconds,
             progress=self.progress,
             control=self.control,
+            configs=_profiled_configs(plan.inputs),
         )
         return build_executor(plan.inputs, plan.fleet.placement, self.servers, context)
+
+
+def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:
+    searched = inputs.profile.configs if inputs.profile is not None else {}
+    return {model: {c.name: c for c in configs} for model, configs in searched.items()}
 
 
 def build_executor(

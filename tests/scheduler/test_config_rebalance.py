@@ -1,0 +1,100 @@
+"""A rebalance that changes a model's configuration on real Triton, make-before-break.
+
+One CPU-only server runs ``small`` with one instance; the profile says one instance serves 10/s
+and two serve 20/s. With 15/s of demand and nowhere to put a second copy, the demand planner
+picks two instances: the copy is reloaded in place with a config override while requests keep
+being answered, and Triton's config endpoint then reports two instances.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import requests
+
+from gpupack.rules.loader import load_policies
+from gpupack.scheduler.inputs import FleetInputs, ProfileInputs
+from gpupack.scheduler.moves import Step
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.triton_control import ServerEndpoint, TritonControl
+
+from tests.deploy.promstack import wait_for
+from tests.scheduler.test_throughput_loop import BODY, POLICIES
+
+pytestmark = pytest.mark.triton
+
+MIB = 2**20
+PROFILE = """\
+server_baseline: {peak_gpu_memory_bytes: 64MiB}
+models:
+  - model: small
+    peak_gpu_memory_bytes: 48MiB
+    throughput_per_second: 10
+    configs:
+      - {name: one-instance, instance_count: 1, peak_gpu_memory_bytes: 48MiB, points: [{throughput_per_second: 10}]}
+      - {name: two-instances, instance_count: 2, peak_gpu_memory_bytes: 96MiB, points: [{throughput_per_second: 20}]}
+"""
+
+
+class Prober:
+    """Inferences back to back in a thread, counting the answered and the failed."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.answered, self.failed = url, 0, []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set():
+                try:
+                    session.post(f"{self.url}/v2/models/small/infer", json=BODY, timeout=10).raise_for_status()
+                    self.answered += 1
+                except requests.RequestException as e:
+                    self.failed.append(str(e))
+
+    def __enter__(self) -> "Prober":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self.thread.join(timeout=15)
+
+
+def test_demand_beyond_one_instance_reloads_the_copy_with_two_instances_while_it_serves(
+    start_triton, tmp_path: Path
+) -> None:
+    t0 = start_triton(name="t0", models=["small"])
+    (tmp_path / "profile.yaml").write_text(PROFILE)
+    (tmp_path / "policies.yaml").write_text(POLICIES)
+    servers = [ServerEndpoint("t0", t0.http_url)]
+    profile_inputs = ProfileInputs(str(tmp_path / "profile.yaml"), servers, 1024 * MIB)
+
+    def inputs() -> FleetInputs:
+        return replace(profile_inputs(), demand_per_second={"small": 15.0})
+
+    rebalancer = Rebalancer(servers, inputs, load_policies(tmp_path / "policies.yaml"),
+                            RebalanceSettings(state_dir=tmp_path / "state", cooldown_seconds=0.0, drain_seconds=0.0))
+    plan = rebalancer.plan()
+    assert [v.policy for v in plan.violations] == ["serve-demand"]
+    assert plan.moves.steps == (Step("small", "cpu:t0", "cpu:t0", config="two-instances"),)
+
+    with Prober(t0.http_url) as prober:
+        wait_for(lambda: prober.answered > 0, 10, "the model answering before the reload")
+        before = prober.answered
+        outcome = rebalancer.apply(plan)
+        answered_during = prober.answered - before
+    assert outcome.succeeded, [s.error for s in outcome.steps]
+    print(f"{answered_during} inferences answered during the reload, {len(prober.failed)} failed")
+    assert prober.failed == [] and answered_during > 0
+    config = TritonControl(servers[0]).model_config("small")
+    assert [g["count"] for g in config["instance_group"]] == [2]
+    assert t0.ready_models() == ["small"]
+    # Read back from Triton, the copy runs two-instances and serves 20/s: demand is met.
+    after = rebalancer.plan()
+    assert after.violations == () and after.moves.steps == ()
+    assert after.inputs.copy_capacity_per_second["small"] == 20.0
