@@ -165,6 +165,8 @@ class Rebalancer:
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
+            if plan.inputs.loaded_configs(now) != plan.inputs.loaded_configs(plan.fleet):
+                raise StalePlanError("a model's configuration changed since the plan was made; run again to re-plan")
             return self._execute(plan)
 
     def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:

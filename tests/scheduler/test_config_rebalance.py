@@ -18,7 +18,7 @@ import requests
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.inputs import FleetInputs, ProfileInputs
 from gpupack.scheduler.moves import Step
-from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings, StalePlanError
 from gpupack.triton_control import ServerEndpoint, TritonControl
 
 from tests.deploy.promstack import wait_for
@@ -94,6 +94,8 @@ def test_demand_beyond_one_instance_reloads_the_copy_with_two_instances_while_it
     config = TritonControl(servers[0]).model_config("small")
     assert [g["count"] for g in config["instance_group"]] == [2]
     assert t0.ready_models() == ["small"]
+    with pytest.raises(StalePlanError, match="configuration changed since the plan was made"):
+        rebalancer.apply(plan)  # the same placement, but no longer the configuration it was planned from
     # Read back from Triton, the copy runs two-instances and serves 20/s: demand is met.
     after = rebalancer.plan()
     assert after.violations == () and after.moves.steps == ()
