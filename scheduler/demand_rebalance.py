@@ -55,9 +55,12 @@ def plan_configurations(
     if profile is None or not set(required) & set(profile.configs) & loaded:
         return None
     models, devices = inputs.models(fleet), [d.device for d in inputs.devices]
-    # The demand planner sizes copy counts itself; the throughput policies' own count is one configuration's.
+    # The demand planner sizes copy counts itself; the throughput policies' own count is one
+    # configuration's, so only their pins are kept.
     others = Constraints(constraints.fleet, tuple(c for c in constraints.items if not isinstance(c, Throughput)))
-    base = problem_from(others, models, devices, inputs.server_baseline(), current=fleet.placement)
+    base = dataclasses.replace(
+        problem_from(constraints, models, devices, inputs.server_baseline(), current=fleet.placement),
+        replicas=problem_from(others, models, devices, inputs.server_baseline()).replicas)
     planned, base = _unknown_demand_kept(inputs, fleet, base, set(required))
     demands = [ModelDemand(m.model, required.get(m.model, 0.0)) for m in planned.models]
     demand = plan_for_demand(planned, demands, base, (Objective.MIN_DEVICES,), time_limit_seconds / 2)

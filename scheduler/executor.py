@@ -215,7 +215,8 @@ class MultiGpuExecutor(_Steps):
         deadline = self.context.clock() + self.context.step_timeout_seconds
         triton = self.triton(self._server_of(step), deadline)
         kept = [*self.placement.assignments.get(step.model, ()), step.target]
-        devices = tuple(sorted({d for d in kept if d is not None and d != step.source}))
+        leaving = step.source if step.kind != "reconfigure" else None
+        devices = tuple(sorted({d for d in kept if d is not None and d != leaving}))
         self.event("step_started", step, mode="multi-gpu", server=triton.endpoint.name)
         try:
             config = dict(triton.model_config(step.model))

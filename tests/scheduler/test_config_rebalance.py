@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from gpupack.domain import Placement
+from gpupack.model_configs import ConfigPoint, ModelConfig
 from gpupack.rules.loader import load_policies
+from gpupack.scheduler.audit import AuditLog
+from gpupack.scheduler.executor import GpuSlot, MultiGpuExecutor, StepContext
 from gpupack.scheduler.inputs import FleetInputs, ProfileInputs
 from gpupack.scheduler.moves import Step
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings, StalePlanError
@@ -100,3 +104,20 @@ def test_demand_beyond_one_instance_reloads_the_copy_with_two_instances_while_it
     after = rebalancer.plan()
     assert after.violations == () and after.moves.steps == ()
     assert after.inputs.copy_capacity_per_second["small"] == 20.0
+
+
+def test_one_server_over_several_devices_reloads_a_copy_in_its_new_configuration_where_it_is(
+    start_triton, tmp_path: Path
+) -> None:
+    server = start_triton(name="multi", models=["small"])
+    slot = GpuSlot(ServerEndpoint("multi", server.http_url), {"kind": "KIND_CPU"})
+    two = ModelConfig("two-instances", 96 * MIB, (ConfigPoint(20.0, {}),), instance_count=2, max_batch_size=4)
+    context = StepContext(AuditLog(tmp_path / "audit.jsonl"), configs={"small": {"two-instances": two}})
+    executor = MultiGpuExecutor({"slot-1": slot}, Placement({"small": ("slot-1",)}), context)
+    with Prober(server.http_url) as prober:
+        wait_for(lambda: prober.answered > 0, 10, "the model answering before the reload")
+        executor.execute(Step("small", "slot-1", "slot-1", config="two-instances"))
+    assert prober.failed == []
+    config = TritonControl(slot.server).model_config("small")
+    assert [(g["kind"], g["count"]) for g in config["instance_group"]] == [("KIND_CPU", 2)]
+    assert config["max_batch_size"] == 4 and executor.placement == Placement({"small": ("slot-1",)})
