@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Sequence
 
 from gpupack.domain import Placement
 from gpupack.errors import GpupackError, InputError
@@ -69,7 +69,6 @@ class RebalancePlan:
     moves: MovePlan
     admission: Admission
     broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
-    configs: Mapping[str, str] = field(default_factory=dict)  # model -> configuration, when planned for demand
 
 
 @dataclass(frozen=True)
@@ -139,13 +138,12 @@ class Rebalancer:
         models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
         problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
         broken: tuple[str, ...] = ()
-        budget, configs = Budget.from_problem(problem), {}  # type: Budget, Mapping[str, str]
+        budget = Budget.from_problem(problem)
         reconfigured = plan_configurations(inputs, fleet, constraints, OBJECTIVES,
                                            self.settings.solve_time_limit_seconds) if violations else None
         if reconfigured is not None:
-            problem, target, configs, budget = (reconfigured.problem, reconfigured.placement, reconfigured.configs,
-                                                reconfigured.budget)
-            moves = plan_moves(fleet.placement, target, budget, configs)
+            problem, target, budget = reconfigured.problem, reconfigured.placement, reconfigured.budget
+            moves = plan_moves(fleet.placement, target, budget, reconfigured.configs)
         elif violations:
             planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
                                  self.settings.solve_time_limit_seconds, current=fleet.placement)
@@ -157,7 +155,7 @@ class Rebalancer:
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, configs)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
