@@ -105,8 +105,8 @@ def test_a_rebalance_reconfigures_the_model_short_of_demand_and_keeps_one_whose_
     two = {"instance_group": [{"kind": "KIND_CPU", "count": 2}]}
     fleet = FleetView((LoadedModel("t0", "busy", "1", "cpu:t0", {"instance_group": [{"count": 1}]}),
                        LoadedModel("t0", "quiet", "1", "cpu:t0", two)), 0.0)
-    inputs = replace(ProfileInputs(str(tmp_path / "profile.yaml"), [ServerEndpoint("t0", "http://127.0.0.1:1")], 2**30)(),
-                     demand_per_second={"busy": 15.0}).with_fleet(fleet)
+    from_profile = ProfileInputs(str(tmp_path / "profile.yaml"), [ServerEndpoint("t0", "http://127.0.0.1:1")], 2**30)
+    inputs = replace(from_profile(), demand_per_second={"busy": 15.0}).with_fleet(fleet)
     assert inputs.copy_capacity_per_second == {"busy": 10.0, "quiet": 20.0}  # from what is loaded
     planned = plan_configurations(inputs, fleet, inputs.constraints(fleet, load_policies(tmp_path / "policies.yaml")),
                                   OBJECTIVES, 5.0)

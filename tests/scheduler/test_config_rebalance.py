@@ -19,7 +19,7 @@ from gpupack.domain import Placement
 from gpupack.model_configs import ConfigPoint, ModelConfig
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.audit import AuditLog
-from gpupack.scheduler.executor import GpuSlot, MultiGpuExecutor, StepContext
+from gpupack.scheduler.executor import GpuSlot, MultiGpuExecutor, ServerPerDeviceExecutor, StepContext, StepFailedError
 from gpupack.scheduler.inputs import FleetInputs, ProfileInputs
 from gpupack.scheduler.moves import Step
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings, StalePlanError
@@ -121,3 +121,16 @@ def test_one_server_over_several_devices_reloads_a_copy_in_its_new_configuration
     config = TritonControl(slot.server).model_config("small")
     assert [(g["kind"], g["count"]) for g in config["instance_group"]] == [("KIND_CPU", 2)]
     assert config["max_batch_size"] == 4 and executor.placement == Placement({"small": ("slot-1",)})
+
+
+def test_a_configuration_triton_refuses_leaves_the_old_one_serving(start_triton, tmp_path: Path) -> None:
+    server = start_triton(name="t0", models=["small"])
+    refused = ModelConfig("refused", 48 * MIB, (ConfigPoint(10.0, {}),), max_batch_size=-1)
+    context = StepContext(AuditLog(tmp_path / "audit.jsonl"), configs={"small": {"refused": refused}})
+    executor = ServerPerDeviceExecutor({"cpu:t0": ServerEndpoint("t0", server.http_url)}, context)
+    with Prober(server.http_url) as prober, pytest.raises(StepFailedError, match="still serving on cpu:t0"):
+        wait_for(lambda: prober.answered > 0, 10, "the model answering before the reload")
+        executor.execute(Step("small", "cpu:t0", "cpu:t0", config="refused"))
+    assert prober.failed == [] and server.ready_models() == ["small"]
+    config = TritonControl(ServerEndpoint("t0", server.http_url)).model_config("small")
+    assert [g["count"] for g in config["instance_group"]] == [1]
