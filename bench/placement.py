@@ -2,7 +2,10 @@
 
 Prints, for the article's case studies, random fleets of 100, 1,000 and 5,000 models with three
 resources, and the 1-D bin-packing instances in ../shared/bench-data/bpp1d (known optima): devices
-used, lower bound, gap, time for gpupack's solver and for plain first-fit-decreasing.
+used, lower bound, proof status, time for gpupack's solver and for plain first-fit-decreasing.
+Then how often random fleets of 100 and 250 models are proven optimal, and a per-class table of
+the 1-D instances for the solver and for its classic strategy (before column generation), both
+measured in this run with the command's default time limit.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
 from gpupack.scheduler.problem import PlacementProblem
-from gpupack.scheduler.solver import solve
+from gpupack.scheduler.plan_cli import SETTINGS as PLAN_SETTINGS
+from gpupack.scheduler.solver import Strategy, solve
 
 ROOT = Path(__file__).resolve().parent.parent
 BPP_DIR = ROOT.parent / "shared" / "bench-data" / "bpp1d"
@@ -68,36 +72,68 @@ def bpp_case(path: Path) -> PlacementProblem:
     return PlacementProblem(devices=tuple(devices), models=tuple(models))
 
 
-def run_case(name: str, problem: PlacementProblem, time_limit: float, target: str, optimum: int | None = None) -> dict:
+def run_case(
+    name: str, problem: PlacementProblem, time_limit: float, target: str, optimum: int | None = None,
+    strategy: Strategy = Strategy.PORTFOLIO,
+) -> dict:
     started = time.perf_counter()
     instance = compile_problem(problem)
     ffd = first_fit_decreasing(instance)
     ffd_seconds = time.perf_counter() - started
     ffd_count = len({d for ds in (ffd or {}).values() for d in ds})
-    result = solve(problem, time_limit_seconds=time_limit)
+    result = solve(problem, time_limit_seconds=time_limit, strategy=strategy)
     reference = optimum if optimum is not None else result.lower_bound
     return {
         "case": name, "models": len(problem.models), "devices": result.device_count, "bound": reference,
         "gap": (result.device_count - reference) / reference, "optimal": result.optimal, "seconds": result.solve_seconds,
         "method": result.method, "ffd": ffd_count, "ffd_seconds": ffd_seconds, "target": target,
+        "proof": result.proof.status.value if result.proof else "", "lower_bound": result.lower_bound,
     }
 
 
 def print_rows(title: str, rows: list[dict], bound_name: str) -> None:
     print(f"\n{title}")
-    print(f"{'case':34} {'models':>6} {'devices':>7} {bound_name:>7} {'gap':>6} {'proven':>6} {'time':>8} "
-          f"{'method':>20} {'FFD':>5} {'FFD time':>8}  target")
+    print(f"{'case':34} {'models':>6} {'devices':>7} {bound_name:>7} {'gap':>6} {'proof':>13} {'time':>8} "
+          f"{'method':>30} {'FFD':>5} {'FFD time':>8}  target")
     for r in rows:
-        print(f"{r['case']:34} {r['models']:6} {r['devices']:7} {r['bound']:7} {r['gap']:6.1%} {str(r['optimal']):>6} "
-              f"{r['seconds'] * 1000:6.0f}ms {r['method']:>20} {r['ffd']:5} {r['ffd_seconds'] * 1000:6.0f}ms  {r['target']}")
+        print(f"{r['case']:34} {r['models']:6} {r['devices']:7} {r['bound']:7} {r['gap']:6.1%} {r['proof']:>13} "
+              f"{r['seconds'] * 1000:6.0f}ms {r['method']:>30} {r['ffd']:5} {r['ffd_seconds'] * 1000:6.0f}ms  {r['target']}")
     worse = [r["case"] for r in rows if r["devices"] > r["ffd"]]
     print(f"worse than first-fit-decreasing: {', '.join(worse) or 'never'}")
 
 
+def proof_rates(sizes: tuple[int, ...], seeds: int, time_limit: float) -> None:
+    """How often a random 3-resource fleet is proven optimal, and how long that took."""
+    print("\nRandom 3-resource fleets: proven optimal (target: < 10 s wherever the LP bound closes the gap)")
+    for n in sizes:
+        rows = [run_case(f"fleet {n} seed {s}", random_fleet(n, s), time_limit, "") for s in range(1, seeds + 1)]
+        proven = [r for r in rows if r["proof"] == "optimal"]
+        worst = max((r["seconds"] for r in proven), default=0.0)
+        gaps = [r["devices"] - r["lower_bound"] for r in rows if r["proof"] != "optimal"]
+        print(f"{n:5} models: {len(proven)}/{len(rows)} proven optimal, slowest proof {worst:.2f} s; "
+              f"unproven gaps (devices): {gaps or 'none'}; worse than FFD: {sum(r['devices'] > r['ffd'] for r in rows)}")
+
+
+def class_table(rows: dict[Strategy, list[dict]], classes: dict[str, str]) -> None:
+    """Per class: optimum hits, mean gap to the optimum, worst time, for each strategy."""
+    print(f"\n{'class':18} {'n':>3}  " + "  ".join(f"{s.value + ' hits':>15} {'mean gap':>8} {'worst':>7}" for s in rows))
+    present = {classes[r["case"]] for results in rows.values() for r in results}
+    for name in sorted(present) + ["all"]:
+        line = ""
+        for strategy, results in rows.items():
+            picked = [r for r in results if name == "all" or classes[r["case"]] == name]
+            hits = sum(r["gap"] == 0 for r in picked)
+            line += (f"  {hits:>8}/{len(picked):<3} ({hits / len(picked):4.0%}) {np.mean([r['gap'] for r in picked]):8.2%} "
+                     f"{max(r['seconds'] for r in picked):6.1f}s")
+        print(f"{name:18} {len(picked):3}" + line)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-limit", type=float, default=1.5, help="solver time limit per case, seconds")
-    parser.add_argument("--quick", action="store_true", help="skip the 1-D instances")
+    parser.add_argument("--time-limit", type=float, default=1.5, help="solver time limit per fleet case, seconds")
+    parser.add_argument("--quick", action="store_true", help="skip the 1-D instances and the proof rates")
+    parser.add_argument("--seeds", type=int, default=5, help="random fleets per size for the proof rates")
+    parser.add_argument("--only", metavar="TEXT", help="run only the 1-D instances whose name contains TEXT")
     args = parser.parse_args()
     rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
     targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}
@@ -105,17 +141,23 @@ def main() -> None:
     print_rows("Placement (bound: gpupack's lower bound)", rows, "bound")
     if args.quick or not BPP_DIR.is_dir():
         return
+    default_limit = next(s.default for s in PLAN_SETTINGS if s.key == "time_limit")
+    proof_rates((100, 250), args.seeds, default_limit)
     with (BPP_DIR / "OPTIMA.tsv").open() as f:
-        optima = {row["instance"]: int(row["optimum"]) for row in csv.DictReader(f, delimiter="\t") if row["optimum"]}
-    bpp_rows = []
-    for path in sorted(BPP_DIR.glob("*.txt")):
-        bound = device_lower_bound(compile_problem(bpp_case(path)))
-        row = run_case(path.stem, bpp_case(path), args.time_limit, f"bound {bound}", optima.get(path.stem))
-        bpp_rows.append(row)
-    print_rows("1-D bin packing (bound: known optimum)", bpp_rows, "optimum")
-    gaps = np.array([r["gap"] for r in bpp_rows])
-    print(f"{len(bpp_rows)} instances: {int((gaps == 0).sum())} at the optimum, mean gap {gaps.mean():.2%}, "
-          f"max gap {gaps.max():.2%}, proven optimal {sum(r['optimal'] for r in bpp_rows)}")
+        table = [row for row in csv.DictReader(f, delimiter="\t") if row["optimum"]]
+    optima = {row["instance"]: int(row["optimum"]) for row in table}
+    classes = {row["instance"]: row["class"] for row in table}
+    paths = [p for p in sorted(BPP_DIR.glob("*.txt")) if p.stem in optima and (not args.only or args.only in p.stem)]
+    by_strategy: dict[Strategy, list[dict]] = {}
+    for strategy in Strategy:
+        by_strategy[strategy] = [
+            run_case(p.stem, bpp_case(p), default_limit, f"bound {device_lower_bound(compile_problem(bpp_case(p)))}",
+                     optima[p.stem], strategy)
+            for p in paths
+        ]
+        print_rows(f"1-D bin packing, {strategy.value} strategy (bound: known optimum)", by_strategy[strategy], "optimum")
+    print(f"\n1-D bin packing per class, time limit {default_limit:g} s (the command's default)")
+    class_table(by_strategy, classes)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Triton and never see a half-written sample.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -53,7 +52,6 @@ class SnapshotHolder:
 
     def __init__(self, initial: Snapshot) -> None:
         self._snapshot = initial
-        self._first_sample = threading.Event()
         self._listeners: list[Callable[[], None]] = []
 
     def get(self) -> Snapshot:
@@ -65,9 +63,5 @@ class SnapshotHolder:
 
     def swap(self, snapshot: Snapshot) -> None:
         self._snapshot = snapshot
-        self._first_sample.set()
         for listener in self._listeners:
             listener()
-
-    def wait_for_sample(self, timeout_seconds: float) -> bool:
-        return self._first_sample.wait(timeout_seconds)

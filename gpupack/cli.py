@@ -16,7 +16,7 @@ from gpupack.errors import ExitStatus, GpupackError
 # Subcommand -> module defining ``configure(parser)`` and ``run(args, config) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("gpupack.exporter.cli", "run the exporter daemon: per-model GPU memory/utilisation, peaks, /metrics"),
-    "rules": ("gpupack.rules.cli", "check, evaluate and export capacity policies"),
+    "rules": ("gpupack.closedloop.rules_command", "check, evaluate and export capacity policies"),
     "plan": ("gpupack.scheduler.plan_cli", "compute the best placement of models on devices"),
     "rebalance": ("gpupack.scheduler.rebalance_cli", "move models to the planned placement, safely"),
     "profile": ("gpupack.profiler.cli", "measure models' requirements across batch sizes and concurrency"),
@@ -90,7 +90,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         config: ConfigFile | None = load_config_file(args.config) if args.config else None
-        return int(args._module.run(args, config))
+        status = int(args._module.run(args, config))
+        sys.stdout.flush()  # here, so that a reader gone away is seen below, not at exit
+        return status
+    except BrokenPipeError:
+        # `gpupack ... | head`: the reader has what it wanted. Python would report the unflushed
+        # rest at exit; point stdout at /dev/null so that nothing is left to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a command stopped by a closed pipe
     except GpupackError as e:
         print(f"gpupack {args.command}: error: {e}", file=sys.stderr)
         return int(e.exit_status)

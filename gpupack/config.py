@@ -24,6 +24,7 @@ class Setting:
     parse: Callable[[Any], Any]
     default: Any = None
     help: str = ""
+    metavar: str = ""  # for its command-line flag, when it has one
 
     def env_name(self, section: str) -> str:
         return f"GPUPACK_{section}_{self.key}".upper().replace("-", "_")

@@ -109,10 +109,9 @@ class TritonControl:
         return dict(entries[0])
 
     def is_ready(self, model: str) -> bool:
-        try:
-            return bool(self._call(f"checking {model}", "is_model_ready", model))
-        except TritonControlError:
-            return False
+        """Whether the server says the model is ready; a server that does not answer raises
+        :class:`TritonControlError`, since silence says nothing about the model."""
+        return bool(self._call(f"checking {model}", "is_model_ready", model))
 
     def probe(self, model: str) -> None:
         """One inference with zero-filled inputs shaped from the model's metadata."""

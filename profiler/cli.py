@@ -22,9 +22,12 @@ from gpupack.profiler.choose import Limits, choose_point
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator
 from gpupack.profiler.output import to_profile
+from gpupack.profiler.rank import OBJECTIVES
 from gpupack.profiler.report import ProgressLine, format_summary
 from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
+from gpupack.profiler.search import STRATEGIES
 from gpupack.profiler.sweep import Sweep, SweepPlan
+from gpupack.profiler.variants import INSTANCE_KINDS
 from gpupack.profiles import write_profile
 from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration
 
@@ -56,6 +59,34 @@ def _backend(value: Any) -> str:
     return str(value)
 
 
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return str(value)
+    return parse
+
+
+def _on_off(value: Any) -> tuple[bool, ...]:
+    words = {"off": False, "on": True}
+    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    if not items or any(item not in words for item in items):
+        raise ValueError(f"{value!r} is not a list of off and on")
+    return tuple(dict.fromkeys(words[item] for item in items))
+
+
+def _durations(value: Any) -> tuple[float, ...]:
+    return tuple(dict.fromkeys(parse_duration(item.strip()) for item in str(value).split(",") if item.strip()))
+
+
+def _kinds(value: Any) -> tuple[str, ...]:
+    items = [item.strip().lower() for item in str(value).split(",") if item.strip()]
+    unknown = [item for item in items if item not in INSTANCE_KINDS]
+    if not items or unknown:
+        raise ValueError(f"{value!r}: instance kinds are {', '.join(INSTANCE_KINDS)}")
+    return tuple(dict.fromkeys(INSTANCE_KINDS[item] for item in items))
+
+
 def _default_backend() -> str:
     return "nvml" if Path("/proc/driver/nvidia/version").exists() else "host"
 
@@ -64,7 +95,7 @@ SETTINGS = (
     Setting("model_repository", str, None),
     Setting("models", _names, None),
     Setting("batch", _positive_ints, (1,)),
-    Setting("concurrency", _positive_ints, (1,)),
+    Setting("concurrency", _positive_ints, None),
     Setting("server", str, None),
     Setting("duration", parse_duration, 10.0),
     Setting("warmup", parse_duration, 2.0),
@@ -73,7 +104,18 @@ SETTINGS = (
     Setting("out", str, "profile.yaml"),
     Setting("report", str, None),
     Setting("backend", _backend, None),
+    Setting("search", _choice(*STRATEGIES), None),
+    Setting("instances", _positive_ints, (1, 2, 4)),
+    Setting("instance_kind", _kinds, None),
+    Setting("max_batch", _positive_ints, (1, 4, 8)),
+    Setting("dynamic_batching", _on_off, (False, True)),
+    Setting("max_queue_delay", _durations, (0.0,)),
+    Setting("min_throughput", lambda v: float(v), None),
+    Setting("objective", _choice(*OBJECTIVES), "throughput"),
+    Setting("top", parse_count, 3),
+    Setting("out_repository", str, None),
 )
+LEGACY_CONCURRENCY = (1,)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -85,13 +127,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(default: start one over --model-repository)")
     parser.add_argument("--duration", metavar="10s", help="measurement window per point (default: 10s)")
     parser.add_argument("--warmup", metavar="2s", help="load before each window, not measured (default: 2s)")
-    parser.add_argument("--latency-bound", metavar="50ms",
-                        help="stop raising concurrency once p99 passes this; such points are not chosen")
-    parser.add_argument("--memory-limit", metavar="4GiB", help="choose no point whose peak memory is above this")
+    parser.add_argument("--latency-budget", "--latency-bound", dest="latency_bound", metavar="20ms",
+                        help="p99 budget: stop raising concurrency once p99 passes it; such points are not chosen")
+    parser.add_argument("--max-memory", "--memory-limit", dest="memory_limit", metavar="4GiB",
+                        help="choose no point (or config) whose peak memory is above this")
     parser.add_argument("--out", metavar="FILE", help="profile to write, .yaml/.json/.csv (default: profile.yaml)")
     parser.add_argument("--report", metavar="DIR", help="also write points.csv and plots here")
     parser.add_argument("--backend", help="host (psutil, CPU-only servers) or nvml (GPUs); "
                         "default: nvml with an NVIDIA driver, else host")
+    search = parser.add_argument_group("configuration search (with --search)")
+    search.add_argument("--search", help="exhaustive (every config) or quick (hill-climbing); without it, "
+                        "the model's own config is swept over --batch x --concurrency")
+    search.add_argument("--instances", metavar="1,2,4", help="instance counts to try (default: 1,2,4)")
+    search.add_argument("--instance-kind", metavar="cpu,gpu", help="instance kinds to try (default: the model's own)")
+    search.add_argument("--max-batch", metavar="1,4,8", help="max_batch_size values to try (default: 1,4,8)")
+    search.add_argument("--dynamic-batching", metavar="off,on", help="dynamic batching settings to try (default: off,on)")
+    search.add_argument("--max-queue-delay", metavar="0s,1ms", help="dynamic batching's max queue delays to try (default: 0s)")
+    search.add_argument("--min-throughput", metavar="N", help="recommend no config below N inferences/s")
+    search.add_argument("--objective", help="throughput (default) or throughput-per-gib")
+    search.add_argument("--top", metavar="N", help="configs to list per model (default: 3)")
+    search.add_argument("--out-repository", metavar="DIR", help="write each model's chosen config.pbtxt here")
+    search.add_argument("--resume", action="store_true", help="continue an interrupted search from its checkpoint")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
@@ -100,6 +156,15 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         raise InputError("no model to profile (give --models a,b,c)")
     if not values["server"] and not values["model_repository"]:
         raise InputError("give --server URL, or --model-repository DIR to start a server over")
+    if values["search"]:
+        from gpupack.profiler.search_cli import run_search  # noqa: PLC0415 - one path or the other
+
+        with _server(values["server"], values["model_repository"]) as (address, pid):
+            return run_search(values, bool(args.resume), address,
+                              _probe_factory(values["backend"] or _default_backend(), address, pid))
+    if args.resume:
+        raise InputError("--resume continues a configuration search: give --search too")
+    values["concurrency"] = values["concurrency"] or LEGACY_CONCURRENCY
     plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
                      values["warmup"], values["latency_bound"])
     limits = Limits(values["latency_bound"], values["memory_limit"])

@@ -46,9 +46,10 @@ class ServerControl:
     def ready_models(self) -> list[str]:
         return sorted(self._answer("list models", self._triton.ready_models))
 
-    def load(self, model: str) -> None:
+    def load(self, model: str, config: dict | None = None) -> None:
+        """Load as the repository has it, or with ``config`` in place of its config.pbtxt."""
         try:
-            self._triton.load(model)
+            self._triton.load(model, config)
         except TritonControlError as e:
             if not self.live():
                 raise ServerGoneError(f"server {self.address} stopped answering while loading {model}") from e

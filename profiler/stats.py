@@ -24,6 +24,9 @@ class PointStatus(str, enum.Enum):
     OVER_LATENCY_BOUND = "over_latency_bound"  # p99 above --latency-bound: the sweep stops here
 
 
+_STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
 @dataclass(frozen=True)
 class TritonCounters:
     """A model's cumulative counters from ``/v2/models/<m>/stats``."""
@@ -31,6 +34,7 @@ class TritonCounters:
     success_count: int  # requests
     fail_count: int
     inference_count: int  # batch elements
+    stage_nanoseconds: tuple[int, ...] = (0, 0, 0, 0)  # cumulative, per stage of _STAGES
 
     @classmethod
     def from_statistics(cls, stats: Mapping[str, Any]) -> "TritonCounters":
@@ -39,11 +43,31 @@ class TritonCounters:
             success_count=int(inference.get("success", {}).get("count", 0)),
             fail_count=int(inference.get("fail", {}).get("count", 0)),
             inference_count=int(stats.get("inference_count", 0)),
+            stage_nanoseconds=tuple(int(inference.get(stage, {}).get("ns", 0)) for stage in _STAGES),
         )
 
     def __sub__(self, other: "TritonCounters") -> "TritonCounters":
         return TritonCounters(self.success_count - other.success_count, self.fail_count - other.fail_count,
-                              self.inference_count - other.inference_count)
+                              self.inference_count - other.inference_count,
+                              tuple(a - b for a, b in zip(self.stage_nanoseconds, other.stage_nanoseconds)))
+
+
+@dataclass(frozen=True)
+class ServerLatency:
+    """Where a request's time went inside Triton, mean per request over a window (its statistics)."""
+
+    queue_seconds: float
+    compute_input_seconds: float
+    compute_infer_seconds: float
+    compute_output_seconds: float
+
+    @classmethod
+    def of(cls, served: TritonCounters) -> "ServerLatency | None":
+        if served.success_count <= 0:
+            return None
+        queue, compute_input, compute_infer, compute_output = (
+            ns / served.success_count / 1e9 for ns in served.stage_nanoseconds)
+        return cls(queue, compute_input, compute_infer, compute_output)
 
 
 @dataclass(frozen=True)
@@ -76,6 +100,7 @@ class PointResult:
     peak_utilization_ratio: float | None
     peak_memory_bandwidth_utilization_ratio: float | None
     errors: tuple[str, ...] = ()
+    server_latency: ServerLatency | None = None
 
     @property
     def throughput_difference_ratio(self) -> float | None:
@@ -125,6 +150,7 @@ def measure_point(
         peak_utilization_ratio=peaks.utilization_ratio,
         peak_memory_bandwidth_utilization_ratio=peaks.memory_bandwidth_utilization_ratio,
         errors=window.error_messages,
+        server_latency=ServerLatency.of(served),
     )
 
 

@@ -11,36 +11,34 @@ rebalance` policies to the scheduler, which plans from the same peak source: it 
 (--dry-run, the default) or carries it out (--apply), under the scheduler's lock, limits and
 cooldowns (the `rebalance:` settings, shared with `gpupack rebalance`), and serves /api/v1/placement
 beside /metrics. A request that is skipped, fails or leaves moves deferred is asked again later.
+
+This module knows nothing of the scheduler: ``gpupack.closedloop.rules_command`` adds its flags
+and hands :func:`run` an ``acting`` factory.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from prometheus_client import make_wsgi_app
 
 from gpupack.config import ConfigFile, Setting, parse_listen, resolve_settings
 from gpupack.errors import ExitStatus, InputError
-from gpupack.rules.demand_source import observed_demand, with_demand
+from gpupack.rules.demand_source import with_demand, with_loaded_capacities
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.loader import load_policies
-from gpupack.rules.loop import PolicyFile, RulesEngine
+from gpupack.rules.loop import Acting, PolicyFile, RulesEngine
 from gpupack.rules.peaks_source import SOURCES, build_source
 from gpupack.rules.prometheus_export import build_export, write_export
 from gpupack.rules.report import write_json, write_table
 from gpupack.rules.transitions import ViolationTracker
 from gpupack.units import parse_duration
-
-if TYPE_CHECKING:
-    from gpupack.scheduler.inputs import FleetInputs
-    from gpupack.scheduler.rebalancer import Rebalancer
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +101,12 @@ def _add_settings(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
 _SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement",
                 "demand_from_prometheus", "demand_window")
 _RUN_KEYS = (*_SOURCE_KEYS, "interval", "listen")
-# The scheduler's own settings (section `rebalance`, GPUPACK_REBALANCE_*), shared with `gpupack
-# rebalance`; resolved with its definitions in _rebalancer(), imported only when 'run' needs them.
-_REBALANCE_FLAGS = (
-    ("max_moves", "N", "most move steps per run (default: no limit)"),
-    ("cooldown", "DURATION", "a moved model stays put this long (default: 10m)"),
-    ("step_timeout", "DURATION", "per-step limit before rollback (default: 60s)"),
-    ("drain", "DURATION", "keep both copies this long before unloading the source (default: 5s)"),
-    ("state_dir", "DIR", "lock, cooldowns and audit log (default: ~/.local/state/gpupack)"),
-    ("device_memory", "SIZE", "memory of each server's device, with --source profile"),
-    ("lock", "SPEC", "one scheduler at a time: file:PATH (default: rebalance.lock in the state dir) or "
-                     "lease:NAME (a Kubernetes Lease; needs POD_NAME, POD_NAMESPACE)"),
-)
+# What acts on rebalance policies, given the resolved settings, the flags, the config file and
+# the current policies: None when there is nothing to manage.
+ActingFactory = Callable[[dict[str, Any], argparse.Namespace, "ConfigFile | None", Callable[[], Any]], "Acting | None"]
 
 
-def _add_run_settings(parser: argparse.ArgumentParser) -> None:
+def _add_run_settings(parser: argparse.ArgumentParser, add_acting_flags: Callable[[argparse.ArgumentParser], None]) -> None:
     """The loop's settings, and what it needs to act on ``rebalance`` policies."""
     _add_settings(parser, _RUN_KEYS)
     parser.add_argument("--server", dest="servers", action="append", default=argparse.SUPPRESS, metavar="NAME=URL",
@@ -128,14 +117,13 @@ def _add_run_settings(parser: argparse.ArgumentParser) -> None:
                       help="carry out rebalance plans (env: GPUPACK_RULES_APPLY)")
     mode.add_argument("--dry-run", dest="apply", action="store_const", const=False, default=argparse.SUPPRESS,
                       help="log rebalance plans, change nothing (the default)")
-    for key, metavar, help_text in _REBALANCE_FLAGS:
-        parser.add_argument(f"--{key.replace('_', '-')}", metavar=metavar, default=argparse.SUPPRESS,
-                            help=f"{help_text} (env: GPUPACK_REBALANCE_{key.upper()})")
+    add_acting_flags(parser)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
+def configure(parser: argparse.ArgumentParser,
+              add_acting_flags: Callable[[argparse.ArgumentParser], None] = lambda parser: None) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    _add_run_settings(parser)
+    _add_run_settings(parser, add_acting_flags)
     commands = parser.add_subparsers(dest="rules_command", metavar="ACTION")
     check = commands.add_parser("check", help="validate a policy file or directory; exit 2 on the first error")
     check.add_argument("file", metavar="FILE")
@@ -148,7 +136,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     export.add_argument("--tests", metavar="FILE", help="promtool unit tests to write (default: FILE with .test.yaml)")
     _add_settings(export, ("policies",))
     run_parser = commands.add_parser("run", help="evaluate every interval and serve /metrics (the default)")
-    _add_run_settings(run_parser)
+    _add_run_settings(run_parser, add_acting_flags)
 
 
 def _settings(args: argparse.Namespace, config: ConfigFile | None) -> dict[str, Any]:
@@ -159,7 +147,7 @@ def _settings(args: argparse.Namespace, config: ConfigFile | None) -> dict[str, 
     return settings
 
 
-def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
+def run(args: argparse.Namespace, config: ConfigFile | None, acting: ActingFactory | None = None) -> int:
     command = args.rules_command
     if command == "check":
         policies = load_policies(args.file)
@@ -174,7 +162,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         evaluation = evaluate(with_demand(build_source(settings), settings)(), load_policies(settings["policies"]))
         (write_json if args.format == "json" else write_table)(evaluation, sys.stdout)
         return ExitStatus.FAILURE if evaluation.violations else ExitStatus.OK
-    return _run_loop(settings, args, config)
+    return _run_loop(settings, args, config, acting)
 
 
 def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
@@ -187,21 +175,19 @@ def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
     return ExitStatus.OK
 
 
-def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> int:
+def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None,
+              acting: ActingFactory | None) -> int:
     policy_file = PolicyFile(settings["policies"])
     source = with_demand(build_source(settings), settings)  # its settings are checked before the scheduler's
-    rebalancer = _rebalancer(settings, args, config)
-    if rebalancer is None:
+    actor = acting(settings, args, config, policy_file.current) if acting is not None else None
+    if actor is None:
         engine = RulesEngine(source, policy_file.current)
-        app = make_wsgi_app  # the rules metrics alone
+        app: Callable[..., Any] = make_wsgi_app  # the rules metrics alone
     else:
-        from gpupack.rules.rebalance_trigger import RebalanceTrigger  # noqa: PLC0415 - the scheduler, only here
-        from gpupack.scheduler.metrics import make_wsgi_app as scheduler_app  # noqa: PLC0415
-
-        trigger = RebalanceTrigger(rebalancer, policy_file.current, apply=settings["apply"])
-        engine = RulesEngine(source, policy_file.current, tracker=ViolationTracker(trigger),
-                             refresh_placement=rebalancer.refresh_placement)
-        app = functools.partial(scheduler_app, rebalancer.state)  # + its metrics and /api/v1/placement
+        engine = RulesEngine(with_loaded_capacities(source, actor.copy_capacity_per_second), policy_file.current,
+                             tracker=ViolationTracker(actor.request_rebalance),
+                             refresh_placement=actor.refresh_placement)
+        app = actor.app
     # APScheduler logs each run at INFO and each run skipped behind a slow one (a fetch, a move) at
     # WARNING; one evaluation at a time is the design, not news.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -210,45 +196,3 @@ def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: Config
     host, port = settings["listen"]
     engine.serve(settings["interval"], host, port, app)
     return ExitStatus.OK
-
-
-def _rebalancer(settings: dict[str, Any], args: argparse.Namespace, config: ConfigFile | None) -> Rebalancer | None:
-    """The in-process scheduler for ``rebalance`` policies, or None without servers to manage."""
-    from gpupack.exporter.settings import load_servers  # noqa: PLC0415 - the scheduler's imports, only for 'run'
-    from gpupack.scheduler.inputs import DemandInputs, ExporterInputs, ProfileInputs, PrometheusInputs  # noqa: PLC0415
-    from gpupack.scheduler.rebalance_cli import SETTINGS as REBALANCE_SETTINGS  # noqa: PLC0415
-    from gpupack.scheduler.rebalance_cli import scheduler_endpoints  # noqa: PLC0415
-    from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings  # noqa: PLC0415
-    from gpupack.scheduler.safety import lock_factory  # noqa: PLC0415
-
-    endpoints = scheduler_endpoints(load_servers(config, os.environ, {"servers": getattr(args, "servers", None)},
-                                                 section=SECTION))
-    if not endpoints:
-        return None
-    rebalance = resolve_settings("rebalance", REBALANCE_SETTINGS, config, os.environ, vars(args))
-    if settings["source"] == "exporter":
-        inputs: Callable[[], FleetInputs] = ExporterInputs(settings["exporter_url"])
-    elif settings["source"] == "prometheus":
-        inputs = PrometheusInputs(settings["prometheus_url"], settings["window"])
-    else:
-        if rebalance["device_memory"] is None:
-            raise InputError("--source profile with servers needs --device-memory (the memory of each server's device)")
-        inputs = ProfileInputs(settings["profile"], endpoints, rebalance["device_memory"])
-    demand = observed_demand(settings)
-    if demand is not None:
-        inputs = DemandInputs(inputs, demand)
-    state_dir = Path(rebalance["state_dir"])
-    return Rebalancer(
-        endpoints,
-        inputs,
-        load_policies(settings["policies"]),
-        RebalanceSettings(
-            state_dir=state_dir,
-            max_moves=rebalance["max_moves"],
-            cooldown_seconds=rebalance["cooldown"],
-            step_timeout_seconds=rebalance["step_timeout"],
-            drain_seconds=rebalance["drain"],
-            lock=lock_factory(rebalance["lock"], state_dir, os.environ),
-        ),
-        progress=lambda line: log.info("rebalance: %s", line),
-    )

@@ -51,6 +51,11 @@ def load_policies(path: str | Path) -> PolicySet:
     return PolicySet(tuple(policies))
 
 
+def load_policies_if_given(path: str | Path | None) -> PolicySet:
+    """The policies at ``path``, or none at all (an empty set) when no path is given."""
+    return PolicySet() if path is None else load_policies(path)
+
+
 def _load_file(path: Path) -> list[Policy]:
     data = load_yaml_file(path)
     if data is None:

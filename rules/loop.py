@@ -12,10 +12,10 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -28,11 +28,24 @@ from gpupack.rules.loader import load_policies
 from gpupack.rules.metrics import RulesCollector, RulesState
 from gpupack.rules.peaks_source import PeaksSource
 from gpupack.rules.policy import PolicySet
-from gpupack.rules.transitions import ViolationTracker
+from gpupack.rules.transitions import RebalanceRequest, ViolationTracker
 
 log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict, Callable], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class Acting:
+    """What acts on ``rebalance`` policies, as the rules engine sees it: the small interface the
+    scheduler is handed through (wired in ``gpupack.closedloop``, above both packages)."""
+
+    request_rebalance: RebalanceRequest
+    refresh_placement: Callable[[], object]
+    app: Callable[..., WsgiApp]  # like prometheus_client's make_wsgi_app(registry): /metrics and the actor's pages
+    # What one copy of each model serves in the configuration it is loaded in now, as the actor last
+    # read the fleet; empty where it knows no better than the profile.
+    copy_capacity_per_second: Callable[[], Mapping[str, float]] = dict
 
 
 class PolicyFile:

@@ -40,9 +40,16 @@ class ExporterSource:
     url: str
     timeout_seconds: float = 5.0
 
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url.rstrip('/')}/api/v1/peaks"
+
+    def document(self) -> Any:
+        """The raw answer, for a reader that needs more than the snapshot (the scheduler: GPU indices)."""
+        return get_json(self.endpoint, self.timeout_seconds)
+
     def __call__(self) -> PeaksSnapshot:
-        endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        return snapshot_from_json(get_json(endpoint, self.timeout_seconds), endpoint)
+        return snapshot_from_json(self.document(), self.endpoint)
 
 
 @dataclass(frozen=True)

@@ -195,10 +195,17 @@ def _pin(policy: Allowed, s: _Series) -> tuple[str, dict[str, str], str]:
     models = policy.origin.scope.models
     if policy.to.device_labels:
         raise NotExpressible("it pins to device labels, which are not in the exporter's series")
+    # As in the evaluator, a pin to servers allows the devices those servers run on (each has a
+    # baseline series there), whichever server on the device loaded the model.
+    loaded = f'{LOADED}{{model=~"{glob_to_regex(models)}"}}'
     outside = []
-    for label, globs in (("device", policy.to.devices), ("server", policy.to.servers)):
-        if globs:
-            outside.append(f'{LOADED}{{model=~"{glob_to_regex(models)}", {label}!~"{glob_to_regex(globs)}"}}')
+    if policy.to.devices:
+        outside.append(f'{LOADED}{{model=~"{glob_to_regex(models)}", device!~"{glob_to_regex(policy.to.devices)}"}}')
+    if policy.to.servers:
+        outside.append(f'({loaded} unless on(device) group by (device) '
+                       f'(gpupack_server_unattributed_memory_peak_bytes{{server=~"{glob_to_regex(policy.to.servers)}"}}))')
+    if not outside:
+        raise NotExpressible("it pins to every device, so it cannot be violated")
     model = _example(models, "m")
     device = _example((), "", avoid=policy.to.devices) if policy.to.devices else "GPU-0"
     server = _example((), "", avoid=policy.to.servers) if policy.to.servers else "triton-0"

@@ -149,7 +149,10 @@ def solve_exact(
 
 
 def _trim(instance: Instance, device_class: list[int], hint: Assignment | None, primary: Objective) -> list[int]:
-    """When devices (or cost) come first, no solution needs more of a class than the hint's whole count."""
+    """When devices (or cost) come first, no solution needs more of a class than the hint's whole
+    count; under a fleet-size limit, none needs more than the limit of interchangeable devices."""
+    if instance.max_devices is not None:
+        device_class = device_class[: instance.max_devices]
     if hint is None or primary not in (Objective.MIN_DEVICES, Objective.MIN_COST):
         return device_class
     used = {d for ds in hint.values() for d in ds}

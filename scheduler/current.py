@@ -57,9 +57,6 @@ class FleetView:
     def placement(self) -> Placement:
         return Placement.from_pairs((m.model, m.device) for m in self.models)
 
-    def servers_of(self, model: str, device: str) -> list[str]:
-        return sorted(m.server for m in self.models if m.model == model and m.device == device)
-
 
 def devices_of(server: str, config: Mapping[str, Any], gpus: GpuIndex) -> list[str]:
     """The devices one model's instances run on, from its (complete) config."""

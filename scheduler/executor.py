@@ -91,10 +91,19 @@ class _Steps:
         return triton_override(loaded, known[step.config])
 
     def wait_gone(self, triton: TritonControl, model: str, deadline: float) -> None:
+        """Until the server says the model is not ready; a server that stops answering raises."""
         while triton.is_ready(model):
             if self.context.clock() >= deadline:
                 raise TritonControlError(f"{triton.endpoint.name}: {model} still loaded after the step timeout")
             self.context.sleep(_POLL_SECONDS)
+
+
+def serving(triton: TritonControl, model: str) -> bool | None:
+    """For the audit trail of a step that went wrong: None when the server does not answer."""
+    try:
+        return triton.is_ready(model)
+    except TritonControlError:
+        return None
 
 
 class ServerPerDeviceExecutor(_Steps):
@@ -136,9 +145,9 @@ class ServerPerDeviceExecutor(_Steps):
             self.wait_serving(target, step.model, deadline)
         except TritonControlError as e:
             if step.kind == "reconfigure":  # Triton kept the old configuration: nothing to undo
-                serving = target.is_ready(step.model)
-                self.event("step_failed", step, error=str(e), source_serving=serving)
-                where = f"; {step.model} still serving on {step.source}" if serving else ""
+                still_serving = target.is_ready(step.model)
+                self.event("step_failed", step, error=str(e), source_serving=still_serving)
+                where = f"; {step.model} still serving on {step.source}" if still_serving else ""
                 raise StepFailedError(f"{step.describe()}: {e}{where}") from e
             self._roll_back(step, target, e)
         if step.kind == "reconfigure":
@@ -147,7 +156,7 @@ class ServerPerDeviceExecutor(_Steps):
             return
         source_serving = None
         if step.source is not None:
-            source_serving = self.triton(self._server(step.source), deadline).is_ready(step.model)
+            source_serving = serving(self.triton(self._server(step.source), deadline), step.model)
         self.event("target_ready", step, server=target.endpoint.name, source_serving=source_serving)
         self.context.progress(f"  {step.model} ready on {step.target} ({target.endpoint.name})")
         if step.source is not None and self.context.drain_seconds > 0:
@@ -161,7 +170,7 @@ class ServerPerDeviceExecutor(_Steps):
             source.unload(step.model)
             self.wait_gone(source, step.model, deadline)
         except TritonControlError as e:
-            self.event("step_failed", step, error=str(e), source_serving=source.is_ready(step.model))
+            self.event("step_failed", step, error=str(e), source_serving=serving(source, step.model))
             raise StepFailedError(f"{step.describe()}: {e}; the model may be loaded on both devices") from e
         self.event("source_unloaded", step, server=source.endpoint.name)
 
@@ -172,9 +181,8 @@ class ServerPerDeviceExecutor(_Steps):
         except TritonControlError:
             target_cleared = False
         source_serving = (
-            self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds).is_ready(
-                step.model
-            )
+            serving(self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds),
+                    step.model)
             if step.source is not None
             else None
         )
@@ -226,9 +234,9 @@ class MultiGpuExecutor(_Steps):
             self.wait_serving(triton, step.model, deadline)
         except TritonControlError as e:
             # Triton keeps the previous instances when a reload fails: nothing to undo but to check.
-            serving = triton.is_ready(step.model)
-            self.event("step_failed", step, error=str(e), source_serving=serving)
-            where = f"; {step.model} still serving on {step.source}" if serving else ""
+            still = serving(triton, step.model)
+            self.event("step_failed", step, error=str(e), source_serving=still)
+            where = f"; {step.model} still serving on {step.source}" if still else ""
             raise StepFailedError(f"{step.describe()}: {e}{where}") from e
         self.placement = Placement({**self.placement.assignments, step.model: devices})
         self.event("step_succeeded", step, instance_group=config["instance_group"])

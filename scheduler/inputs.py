@@ -16,15 +16,13 @@ from gpupack.errors import InputError
 from gpupack.model_configs import DEFAULT_CONFIG_NAME
 from gpupack.profiles import Profile, load_profile
 from gpupack.rules.demand_source import ObservedDemand, copy_capacities
-from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
-from gpupack.rules.peaks_source import PrometheusSource, get_json
-from gpupack.rules.policy import PolicySet
 from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
+from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
+from gpupack.rules.peaks_source import ExporterSource, PrometheusSource
+from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.config_override import loaded_config
-from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
 from gpupack.scheduler.demand_cost import capacity_per_second
-from gpupack.scheduler.problem import PlacementProblem
 from gpupack.triton_control import ServerEndpoint
 
 
@@ -54,7 +52,7 @@ class FleetInputs:
                 named[(m.model, m.device)] = match.name if match is not None else DEFAULT_CONFIG_NAME
         return named
 
-    def _loaded_capacities(self, fleet: FleetView) -> dict[str, float]:
+    def loaded_capacities(self, fleet: FleetView) -> dict[str, float]:
         """One copy's capacity per model, from what is loaded: the least of its copies', so a
         throughput policy never counts a copy as serving more than it can."""
         capacities = dict(self.copy_capacity_per_second)
@@ -74,7 +72,7 @@ class FleetInputs:
         take each copy's capacity from the configuration it is loaded in."""
         inputs = self
         if self.profile is not None and self.profile.configs:
-            inputs = replace(self, copy_capacity_per_second=self._loaded_capacities(fleet))
+            inputs = replace(self, copy_capacity_per_second=self.loaded_capacities(fleet))
         known = {d.device.name for d in self.devices}
         baseline = self.devices[0].server_baseline if self.devices else {}
         added = []
@@ -94,11 +92,6 @@ class FleetInputs:
                              demand_per_second=self.demand_per_second,
                              copy_capacity_per_second=self.copy_capacity_per_second)
 
-    def problem(self, fleet: FleetView, policies: PolicySet) -> PlacementProblem:
-        """Every loaded model, on these devices, under these policies, starting from today."""
-        return problem_from(self.constraints(fleet, policies), self.models(fleet), [d.device for d in self.devices],
-                            self.server_baseline(), current=fleet.placement)
-
     def constraints(self, fleet: FleetView, policies: PolicySet) -> Constraints:
         """The policies on these devices, each knowing its servers and baseline, for these models."""
         return compile_policies(policies, Fleet(
@@ -106,6 +99,7 @@ class FleetInputs:
             tuple(m.model for m in self.models(fleet)), self.demand_per_second, self.copy_capacity_per_second))
 
     def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
+        """Every loaded model with its peaks: what the rebalancer places."""
         return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
 
     def server_baseline(self) -> dict[Resource, float]:
@@ -115,12 +109,6 @@ class FleetInputs:
             for resource, value in device.server_baseline.items():
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
         return baseline
-
-    def servers_of(self, device: str) -> tuple[str, ...]:
-        for entry in self.devices:
-            if entry.device.name == device:
-                return entry.servers
-        return ()
 
     def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
         """A model without a memory peak is unknown, not free: planning it as 0 bytes could overfill a GPU."""
@@ -140,10 +128,10 @@ class ExporterInputs:
     timeout_seconds: float = 10.0
 
     def __call__(self) -> FleetInputs:
-        endpoint = f"{self.url.rstrip('/')}/api/v1/peaks"
-        document = get_json(endpoint, self.timeout_seconds)
-        snapshot = snapshot_from_json(document, endpoint)
-        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=endpoint)
+        source = ExporterSource(self.url, self.timeout_seconds)  # the rules engine's source, one fetch
+        document = source.document()
+        snapshot = snapshot_from_json(document, source.endpoint)
+        return FleetInputs(snapshot.devices, snapshot.footprints(), _gpu_index(document), origin=source.endpoint)
 
 
 def _gpu_index(document: Mapping[str, Any]) -> GpuIndex:

@@ -2,6 +2,8 @@
 
 When the policies include capacity limits below 100%, the plan is also solved at 100% of capacity
 and the output says what the limits cost in devices (the article's "80% rule" question).
+``--time-limit`` bounds the whole command: the plan under the policies gets PLAN_SHARE of it and
+the plan at 100% what is left, and the output says where the time went.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
+
+import psutil
 
 from gpupack.config import ConfigFile, Setting, resolve_settings
 from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
+from gpupack.rules.loader import load_policies_if_given
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.rules.compiled import compile_policies
 from gpupack.scheduler.constraints import build_problem, fleet_for
 from gpupack.scheduler.devices_file import identical_devices, load_devices
-from gpupack.scheduler.plan_report import CapacityPolicyCost, render_json, render_table
+from gpupack.scheduler.plan_report import CapacityPolicyCost, TimeBudget, render_json, render_table
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.solver import Objective, solve
 from gpupack.units import parse_bytes, parse_duration
@@ -34,6 +40,12 @@ SETTINGS = (
     Setting("time_limit", parse_duration, 10.0),
 )
 
+# The plan under the policies is the answer; the one at 100% only prices the policies.
+PLAN_SHARE = 0.6
+# Kept back from the time limit for building the second problem, writing the output and exiting
+# (unloading OR-Tools and HiGHS takes most of a second on a busy machine).
+RESERVE_SECONDS = 1.0
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", required=True, metavar="FILE", help="profile (YAML, JSON or CSV) of the models to place")
@@ -46,7 +58,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices-file", metavar="FILE", help="YAML list of devices of different sizes and costs")
     parser.add_argument("--objective", metavar="LIST",
                         help=f"comma-separated, applied in order: {', '.join(o.value for o in Objective)} (default: min-devices,balance)")
-    parser.add_argument("--time-limit", metavar="DURATION", help="solver time limit, e.g. 10s (default: 10s)")
+    parser.add_argument("--time-limit", metavar="DURATION", help="time limit for the whole command, both solves included, e.g. 10s (default: 10s)")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--demand", metavar="FILE",
                         help="plan for traffic: YAML of {model, rate_per_second, latency_p99_seconds} per model")
@@ -62,31 +74,47 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
+    started = _command_started(settings["time_limit"])
+    deadline = started + settings["time_limit"] - RESERVE_SECONDS
     profile = load_profile(args.profile)
-    policies = _load_policies(settings["policies"])
+    policies = load_policies_if_given(settings["policies"])
     if args.demand or args.demand_from_prometheus:
         from gpupack.scheduler.demand_cli import run_demand
 
         return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count))
     devices = _devices(settings, profile, policies)
     fleet = fleet_for(profile.models, devices, profile.server_baseline)
-    planned = plan_under(compile_policies(policies or PolicySet(), fleet), profile.models, devices,
-                         profile.server_baseline, settings["objective"], settings["time_limit"],
+    share = PLAN_SHARE if _at_full_capacity(policies) is not None else 1.0
+    startup_seconds = time.monotonic() - started
+    planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
+                         profile.server_baseline, settings["objective"], _left(deadline) * share,
                          soft_alerts=args.soft_alerts)
     problem, result = planned.problem, planned.result
     cost = None
-    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept))
-                                if policies else None)
+    relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept)))
     if relaxed is not None:
         full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
-        cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], settings["time_limit"]))
+        cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], _left(deadline)))
     render = render_json if args.format == "json" else render_table
-    sys.stdout.write(render(result, cost, planned.broken_alerts))
+    sys.stdout.write(render(result, cost, planned.broken_alerts, TimeBudget(settings["time_limit"], startup_seconds)))
     if args.plot:
         from gpupack.scheduler.plot import plot_placement  # matplotlib only when asked
 
         plot_placement(problem, result, args.plot)
     return 0
+
+
+def _command_started(time_limit_seconds: float) -> float:
+    """When this command started, on the monotonic clock: at process start, since importing
+    OR-Tools and HiGHS alone takes seconds on a busy machine; but when the process is older than
+    the limit (plan called in-process, as tests do), at the call."""
+    now = time.monotonic()
+    age = time.time() - psutil.Process().create_time()
+    return now - age if 0 <= age < time_limit_seconds else now
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.05)
 
 
 def _objectives(text: str) -> tuple[Objective, ...]:
@@ -96,15 +124,7 @@ def _objectives(text: str) -> tuple[Objective, ...]:
         raise ValueError(f"{e} (known: {', '.join(o.value for o in Objective)})") from None
 
 
-def _load_policies(path: str | None) -> PolicySet | None:
-    if path is None:
-        return None
-    from gpupack.rules.loader import load_policies
-
-    return load_policies(path)
-
-
-def _devices(settings: dict, profile: Profile, policies: PolicySet | None,
+def _devices(settings: dict, profile: Profile, policies: PolicySet,
              default_count: int | None = None) -> tuple[Device, ...]:
     if settings["devices_file"]:
         if settings["device_memory"] is not None or settings["devices"] is not None:
@@ -116,17 +136,15 @@ def _devices(settings: dict, profile: Profile, policies: PolicySet | None,
     if count is None and default_count is not None:
         count = default_count
     elif count is None:
-        replicas = max([1] + [getattr(p, "count", 1) for p in (policies.policies if policies else ())])
+        replicas = max([1] + [getattr(p, "count", 1) for p in policies.policies])
         count = max(1, len(profile.models) * replicas)
     elif count < 1:
         raise InputError("--devices: must be at least 1")
     return identical_devices(count, settings["device_memory"])
 
 
-def _at_full_capacity(policies: PolicySet | None) -> tuple[tuple[str, ...], PolicySet] | None:
+def _at_full_capacity(policies: PolicySet) -> tuple[tuple[str, ...], PolicySet] | None:
     """The policies with every capacity limit below 100% raised to 100%, or None if there is none."""
-    if policies is None:
-        return None
     tight = [p for p in policies.of_type(CapacityPolicy) if p.max_bytes is not None or p.max_ratio - p.headroom_ratio < 1]
     if not tight:
         return None

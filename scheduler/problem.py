@@ -99,6 +99,52 @@ class PlacementProblem:
         return self.device_baselines.get(device, self.server_baseline).get(resource, 0.0)
 
 
+class ProofStatus(str, enum.Enum):
+    OPTIMAL = "optimal"  # the device count equals a proven lower bound
+    GAP = "gap"  # the best proven lower bound is below the device count
+    NOT_ATTEMPTED = "not-attempted"  # the device count was not minimised, so nothing to prove
+
+
+@dataclass(frozen=True)
+class DeviceCountProof:
+    """What is known about a device count: proven, or how far from which bound, or why unproven.
+
+    ``bound_source`` names what proved the bound: "combinatorial" (scheduler/bounds.py), "lp"
+    (column generation) or "cp-sat". ``note`` says why a stronger proof was not attempted.
+    """
+
+    status: ProofStatus
+    device_count: int
+    lower_bound: int
+    bound_source: str
+    note: str = ""
+
+    @property
+    def gap_devices(self) -> int:
+        return self.device_count - self.lower_bound
+
+    @property
+    def gap_ratio(self) -> float:
+        return self.gap_devices / self.lower_bound if self.lower_bound else 0.0
+
+    def describe(self) -> str:
+        if self.status is ProofStatus.OPTIMAL:
+            text = f"proven optimal by the {self.bound_source} bound"
+        elif self.status is ProofStatus.GAP:
+            text = f"gap {self.gap_devices} ({self.gap_ratio:.1%}) to the {self.bound_source} lower bound {self.lower_bound}"
+        else:
+            text = f"no proof attempted, lower bound {self.lower_bound}"
+        return f"{text}; {self.note}" if self.note else text
+
+    def as_dict(self) -> dict[str, object]:
+        """For JSON and the audit log: base units, the gap as a ratio 0-1."""
+        return {
+            "status": self.status.value, "device_count": self.device_count, "lower_bound": self.lower_bound,
+            "bound_source": self.bound_source, "gap_devices": self.gap_devices,
+            "gap_ratio": round(self.gap_ratio, 6), "note": self.note,
+        }
+
+
 @dataclass(frozen=True)
 class PlacementResult:
     placement: Placement
@@ -107,5 +153,7 @@ class PlacementResult:
     lower_bound: int  # on the number of devices
     optimal: bool  # every objective proven optimal
     solve_seconds: float
-    method: str  # "first-fit-decreasing", "local-search" or "cp-sat": what found the placement
+    method: str  # "first-fit-decreasing", "column-generation", "local-search" or "cp-sat": what found it
     moves: int | None  # new (model, device) pairs compared with problem.current, when given
+    proof: DeviceCountProof | None = None
+    seconds_by_phase: Mapping[str, float] = field(default_factory=dict)  # where solve_seconds went

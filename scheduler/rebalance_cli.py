@@ -14,29 +14,16 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from gpupack.config import ConfigFile, Setting, default_state_dir, resolve_settings
+from gpupack.config import ConfigFile, resolve_settings
 from gpupack.errors import ExitStatus, InputError
 from gpupack.exporter.settings import ServerConfig, load_servers
-from gpupack.rules.policy import PolicySet
+from gpupack.rules.loader import load_policies_if_given
 from gpupack.scheduler.inputs import ExporterInputs, ProfileInputs
 from gpupack.scheduler.rebalance_report import render_json, render_outcome, render_table
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
-from gpupack.scheduler.safety import LOCK_SETTING, lock_factory
+from gpupack.scheduler.rebalance_settings import SETTINGS, add_safety_flags
+from gpupack.scheduler.safety import lock_factory
 from gpupack.triton_control import ServerEndpoint
-from gpupack.units import parse_bytes, parse_count, parse_duration
-
-
-SETTINGS = (
-    Setting("policies", str, help="policy YAML file or directory"),
-    Setting("exporter", str, help="exporter URL serving /api/v1/peaks"),
-    Setting("device_memory", parse_bytes, help="memory of each device, with --profile"),
-    Setting("max_moves", parse_count, help="most move steps per run (default: no limit)"),
-    Setting("cooldown", parse_duration, 600.0, help="time a moved model stays put"),
-    Setting("step_timeout", parse_duration, 60.0, help="longest a step may take before it is rolled back"),
-    Setting("drain", parse_duration, 5.0, help="both copies serve this long before the source is unloaded"),
-    Setting("state_dir", str, default_state_dir(), help="lock, cooldowns and audit log"),
-    LOCK_SETTING,
-)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,17 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--exporter", metavar="URL", help="take peaks, devices and baselines from this exporter")
     source.add_argument("--profile", metavar="FILE", help="take peaks from a profile file (needs --device-memory)")
-    parser.add_argument("--device-memory", metavar="SIZE",
-                        help="with --profile: memory of each server's device, e.g. 16GiB")
     parser.add_argument("--policies", metavar="FILE", help="policies to enforce (default: device capacity only)")
     parser.add_argument("--apply", action="store_true", help="carry out the plan (default: only print it)")
-    parser.add_argument("--max-moves", metavar="N", help="most move steps per run (default: no limit)")
-    parser.add_argument("--cooldown", metavar="DURATION", help="a moved model stays put this long (default: 10m)")
-    parser.add_argument("--step-timeout", metavar="DURATION", help="per-step limit before rollback (default: 60s)")
-    parser.add_argument("--drain", metavar="DURATION",
-                        help="keep both copies this long before unloading the source (default: 5s)")
-    parser.add_argument("--state-dir", metavar="DIR",
-                        help="lock, cooldowns and audit log (default: ~/.local/state/gpupack)")
+    add_safety_flags(parser)
     parser.add_argument("--format", choices=["table", "json"], default="table")
 
 
@@ -73,7 +52,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     rebalancer = Rebalancer(
         servers,
         inputs,
-        _load_policies(settings["policies"]),
+        load_policies_if_given(settings["policies"]),
         RebalanceSettings(
             state_dir=Path(settings["state_dir"]),
             max_moves=settings["max_moves"],
@@ -111,10 +90,3 @@ def scheduler_endpoints(servers: Sequence[ServerConfig]) -> list[ServerEndpoint]
         endpoints.append(ServerEndpoint(server.name, server.url))
     return endpoints
 
-
-def _load_policies(path: str | None) -> PolicySet:
-    if path is None:
-        return PolicySet()
-    from gpupack.rules.loader import load_policies  # noqa: PLC0415 - jsonschema only when policies are given
-
-    return load_policies(path)

@@ -41,6 +41,8 @@ def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> st
     else:
         lines.append("violations:")
         lines.extend(f"  {_violation(v, policies)}" for v in plan.violations)
+    if plan.proof is not None:
+        lines.append(f"target: {plan.proof.device_count} devices ({plan.proof.describe()})")
     moves = plan.moves
     if not moves.safe:
         lines.append(f"no safe plan: {moves.reason}")
@@ -68,6 +70,8 @@ def render_outcome(outcome: RebalanceOutcome) -> str:
     text = f"applied {done} of {len(outcome.plan.admission.admitted)} step(s)"
     if failed:
         text += f"; stopped at a failed step: {failed[0].error}"
+    if outcome.stopped:
+        text += f"; stopped: {outcome.stopped}"
     return text + "\n"
 
 
@@ -94,12 +98,14 @@ def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict
             {"description": moves.relaxation.description, "steps": [step(s) for s in moves.relaxation.steps]}
             if moves.relaxation else None
         ),
+        "device_count_proof": plan.proof.as_dict() if plan.proof is not None else None,
     }
     if outcome is not None:
         document["applied"] = [
             {**step(o.step), "succeeded": o.succeeded, "seconds": round(o.seconds, 3), "error": o.error}
             for o in outcome.steps
         ]
+        document["stopped"] = outcome.stopped
     return document
 
 

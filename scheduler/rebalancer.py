@@ -35,8 +35,8 @@ from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.demand_rebalance import plan_configurations
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.planning import plan_under
-from gpupack.scheduler.problem import Objective
-from gpupack.scheduler.safety import Admission, Cooldowns, LockFactory, admit, lock_factory
+from gpupack.scheduler.problem import DeviceCountProof, Objective
+from gpupack.scheduler.safety import Admission, Cooldowns, Lock, LockFactory, LockLostError, admit, lock_factory
 from gpupack.triton_control import ServerEndpoint, TritonControl
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,7 @@ class RebalancePlan:
     moves: MovePlan
     admission: Admission
     broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
+    proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
 
 
 @dataclass(frozen=True)
@@ -83,10 +84,12 @@ class StepOutcome:
 class RebalanceOutcome:
     plan: RebalancePlan
     steps: tuple[StepOutcome, ...] = field(default_factory=tuple)
+    stopped: str = ""  # why the run stopped before its remaining steps (the lock was lost)
 
     @property
     def succeeded(self) -> bool:
-        return all(s.succeeded for s in self.steps) and (self.plan.moves.safe or not self.plan.violations)
+        return (all(s.succeeded for s in self.steps) and not self.stopped
+                and (self.plan.moves.safe or not self.plan.violations))
 
 
 class Rebalancer:
@@ -106,6 +109,7 @@ class Rebalancer:
         self.policies = policies
         self.settings = settings
         self.state = state or RebalanceState()
+        self._copy_capacity_per_second: dict[str, float] = {}
         self.progress = progress
         self.control = control
         self.clock = clock
@@ -117,7 +121,12 @@ class Rebalancer:
         timeout_seconds = self.settings.step_timeout_seconds
         fleet = read_fleet(self.servers, inputs.gpus, lambda e: self.control(e, timeout_seconds), self.clock)
         self.state.publish_placement(fleet)
+        self._copy_capacity_per_second = inputs.loaded_capacities(fleet)
         return fleet
+
+    def loaded_copy_capacities(self) -> dict[str, float]:
+        """What one copy of each model serves in the configuration it was loaded in at the last read."""
+        return self._copy_capacity_per_second
 
     def refresh_placement(self) -> FleetView:
         """Read and publish where every model is now, for ``/api/v1/placement`` between runs."""
@@ -139,6 +148,7 @@ class Rebalancer:
         problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
         broken: tuple[str, ...] = ()
         budget = Budget.from_problem(problem)
+        proof = None
         reconfigured = plan_configurations(inputs, fleet, constraints, OBJECTIVES,
                                            self.settings.solve_time_limit_seconds) if violations else None
         if reconfigured is not None:
@@ -148,6 +158,7 @@ class Rebalancer:
             planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
                                  self.settings.solve_time_limit_seconds, current=fleet.placement)
             problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
+            proof = planned.result.proof
             budget = Budget.from_problem(problem)
             moves = plan_moves(fleet.placement, target, budget)
         else:
@@ -155,28 +166,28 @@ class Rebalancer:
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken)
+        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, proof)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
-        with self.lock():
+        with self.lock() as held:
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
             if plan.inputs.loaded_configs(now) != plan.inputs.loaded_configs(plan.fleet):
                 raise StalePlanError("a model's configuration changed since the plan was made; run again to re-plan")
-            return self._execute(plan)
+            return self._execute(plan, held)
 
     def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:
         """Entry point for the rules engine: plan and act under the lock, if anything is violated."""
         if not violations:
             return None
-        with self.lock():
+        with self.lock() as held:
             described = [f"{v.policy} on {v.device or v.model}" if isinstance(v, Result) else str(v) for v in violations]
             self.audit.record("rebalance_requested", violations=described)
-            return self._execute(self.plan(policies))
+            return self._execute(self.plan(policies), held)
 
-    def _execute(self, plan: RebalancePlan) -> RebalanceOutcome:
+    def _execute(self, plan: RebalancePlan, held: Lock) -> RebalanceOutcome:
         admitted = plan.admission.admitted
         self.audit.record(
             "run_started",
@@ -184,11 +195,20 @@ class Rebalancer:
             steps=[s.describe() for s in admitted],
             deferred=[f"{s.describe()}: {why}" for s, why in plan.admission.deferred],
             safe=plan.moves.safe,
+            device_count_proof=plan.proof.as_dict() if plan.proof is not None else None,
         )
         executor = self._executor(plan)
         outcomes: list[StepOutcome] = []
+        stopped = ""
         for number, step in enumerate(admitted, start=1):
             self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
+            try:
+                held.ensure_held()  # another scheduler may act once ours is gone: not one more step
+            except LockLostError as e:
+                stopped = str(e)
+                self.audit.record("lock_lost", error=stopped, steps_left=len(admitted) - len(outcomes))
+                self.progress(f"[{number}/{len(admitted)}] stopped: {e}")
+                break
             started = time.monotonic()
             try:
                 executor.execute(step)
@@ -205,7 +225,7 @@ class Rebalancer:
         not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
         if not_run:
             self.state.count_moves("deferred", not_run)
-        outcome = RebalanceOutcome(plan, tuple(outcomes))
+        outcome = RebalanceOutcome(plan, tuple(outcomes), stopped)
         if outcome.succeeded:
             self.state.mark_success(self.clock())
         self._read_fleet(plan.inputs)

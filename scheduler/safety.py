@@ -24,11 +24,10 @@ import re
 import socket
 import threading
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import requests
 
@@ -49,6 +48,10 @@ class LockHeldError(GpupackError):
 
 class StateError(GpupackError):
     """The state directory cannot be used."""
+
+
+class LockLostError(GpupackError):
+    """The lock was lost while acting: another scheduler may be moving models now."""
 
 
 class FileLock:
@@ -75,6 +78,9 @@ class FileLock:
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.time():.0f}\n".encode(), 0)
         self._fd = fd
 
+    def ensure_held(self) -> None:
+        """A file lock held by an open descriptor cannot be taken away."""
+
     def release(self) -> None:
         if self._fd is None:
             return
@@ -91,7 +97,18 @@ class FileLock:
         self.release()
 
 
-LockFactory = Callable[[], AbstractContextManager[object]]
+class Lock(Protocol):
+    """What the rebalancer holds while it acts, and asks before every step whether it still does."""
+
+    def __enter__(self) -> "Lock": ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def ensure_held(self) -> None:
+        """Raise :class:`LockLostError` once the lock can no longer be trusted to be ours."""
+
+
+LockFactory = Callable[[], Lock]
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,8 @@ class LeaseLock:
         self._write = threading.Lock()
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        self._lost = threading.Event()
+        self._renewed_monotonic = 0.0  # when the API server last accepted our write
 
     @property
     def _collection(self) -> str:
@@ -179,6 +198,8 @@ class LeaseLock:
                 taken["spec"]["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
             self._lease = self._send("PUT", f"{self._collection}/{self.name}", taken)
         self._stop.clear()
+        self._lost.clear()
+        self._renewed_monotonic = time.monotonic()
         self._renewer = threading.Thread(target=self._renew_until_released, name=f"lease-{self.name}", daemon=True)
         self._renewer.start()
 
@@ -209,12 +230,22 @@ class LeaseLock:
                 renewed["spec"] = {**renewed.get("spec", {}), "renewTime": _micro_time(self._clock())}
                 try:
                     self._lease = self._send("PUT", f"{self._collection}/{self.name}", renewed)
+                    self._renewed_monotonic = time.monotonic()
                 except LockHeldError:
                     log.error("lost %s while acting: another scheduler took it over", self._where)
                     self._lease = None
+                    self._lost.set()
                     return
                 except GpupackError as e:
                     log.warning("could not renew %s, retrying: %s", self._where, e)
+
+    def ensure_held(self) -> None:
+        """Lost to another scheduler, or not renewed for a whole lease duration (so another may
+        have taken it over): either way, stop acting."""
+        if self._lost.is_set():
+            raise LockLostError(f"lost {self._where}: another scheduler took it over")
+        if time.monotonic() - self._renewed_monotonic > self.lease_duration_seconds:
+            raise LockLostError(f"{self._where} not renewed for {self.lease_duration_seconds}s: it may have expired")
 
     def _expired(self, spec: Mapping[str, Any], now: float) -> bool:
         try:
@@ -263,7 +294,8 @@ class LockSpec:
 
 
 LOCK_SETTING = Setting("lock", LockSpec.parse, None,
-                       "file:PATH (default: rebalance.lock in the state dir) or lease:NAME (a Kubernetes Lease)")
+                       "one scheduler at a time: file:PATH (default: rebalance.lock in the state dir) or lease:NAME "
+                       "(a Kubernetes Lease; needs POD_NAME, POD_NAMESPACE)", "SPEC")
 
 
 def lock_factory(spec: LockSpec | None, state_dir: Path, environ: Mapping[str, str]) -> LockFactory:

@@ -1,29 +1,47 @@
-"""Placement: heuristic first, a lower bound to prove it, then local search and CP-SAT when the
-bound does not.
+"""Placement: a portfolio of heuristic, column generation, local search and CP-SAT, within one
+time budget, and a proof status for the device count it returns.
 
-When fewest devices (or least cost) come first, a local search closes devices one at a time,
-stopping at the lower bound; it finds far better packings than CP-SAT on hard fleets within the
-same time. Small and medium fleets then go to CP-SAT for the rest of the time (hinted by the best
-placement so far, so a timeout never loses it); the search stops early when it stalls, since on
-small fleets CP-SAT then often proves the optimum. Fleets too large for the exact model get the
-search's placement with the bound beside it, so the gap is always visible.
+First-fit-decreasing gives a placement at once, and the combinatorial bounds (bounds.py) often
+prove it. When they do not and the problem is plain packing on identical devices, column
+generation (colgen.py) computes the LP bound, which proves the optimum on nearly every classic
+instance, and dives through the LP to a placement that usually meets it. A local search then
+closes devices one at a time, stopping at the bound. Once the device count is proven, CP-SAT only
+optimises the remaining objectives (headroom, moves) on that many devices; otherwise small and
+medium fleets go to CP-SAT for the rest of the time, hinted by the best placement so far. Fleets
+too large for the exact model get the best placement found with the bound beside it, so the gap is
+always visible. Problems with rules column generation does not model (pins, anti-affinity,
+replicas, a fleet-size limit, devices of different sizes) go the CP-SAT way, and the proof says so.
+
+``Strategy.CLASSIC`` is the solver as it was before column generation, kept so that benchmarks
+measure the portfolio against it in the same run.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
+from contextlib import contextmanager
 
 from gpupack.scheduler.bounds import device_lower_bound
+from gpupack.scheduler.colgen import column_generation, declines
 from gpupack.scheduler.constraints import explain_infeasible, explain_unsolved
 from gpupack.scheduler.cpsat import solve_exact
 from gpupack.scheduler.heuristic import Assignment, best_heuristic, keep_current
 from gpupack.scheduler.instance import Instance, compile_problem, device_totals
 from gpupack.scheduler.local_search import reduce_devices
-from gpupack.scheduler.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
+from gpupack.scheduler.problem import (
+    DeviceCountProof,
+    InfeasibleError,
+    Objective,
+    PlacementProblem,
+    PlacementResult,
+    ProofStatus,
+)
 
-__all__ = ["InfeasibleError", "Objective", "PlacementProblem", "PlacementResult", "solve"]
+__all__ = ["InfeasibleError", "Objective", "PlacementProblem", "PlacementResult", "Strategy", "solve"]
 
 # Above this many (model, device) decisions the exact model takes longer to build than it helps.
 EXACT_MAX_PAIRS = 60_000
@@ -31,44 +49,122 @@ EXACT_MAX_PAIRS = 60_000
 # PATIENCE_SHARE of it without progress: on small fleets CP-SAT then often proves the optimum.
 SEARCH_SHARE = 0.5
 PATIENCE_SHARE = 0.2
+# Column generation gets this share of what is left after a quick local search; a second local
+# search (and CP-SAT) shares the rest.
+COLGEN_SHARE = 0.7
+QUICK_SEARCH_SHARE = 0.1  # the local search before column generation, at most
+COUNTING = (Objective.MIN_DEVICES, Objective.MIN_COST)
+# Where column generation applies, CP-SAT still searches the count of small fleets (it proves them
+# at once); building its model costs about BUILD_SECONDS_PER_PAIR, which must fit what is left.
+COUNT_BY_CP_SAT_MAX_PAIRS = 5_000
+BUILD_SECONDS_PER_PAIR = 4e-5
+
+
+class Strategy(str, enum.Enum):
+    PORTFOLIO = "portfolio"
+    CLASSIC = "classic"  # heuristic, local search, CP-SAT: no LP bound, no separate count proof
+
+
+class _Clock:
+    """The budget's deadline, and how long each phase took."""
+
+    def __init__(self, time_limit_seconds: float):
+        self.started = time.perf_counter()
+        self.deadline = self.started + time_limit_seconds
+        self.seconds_by_phase: dict[str, float] = {}
+
+    def remaining(self) -> float:
+        return self.deadline - time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds_by_phase[name] = self.seconds_by_phase.get(name, 0.0) + time.perf_counter() - begun
 
 
 def solve(
     problem: PlacementProblem,
     objectives: Sequence[Objective] = (Objective.MIN_DEVICES,),
     time_limit_seconds: float = 10.0,
+    strategy: Strategy = Strategy.PORTFOLIO,
 ) -> PlacementResult:
     """The best placement for ``objectives`` (applied lexicographically) found within the time limit.
 
     Raises :class:`InfeasibleError` naming the models and policies when no placement exists.
     """
-    started = time.perf_counter()
+    clock = _Clock(time_limit_seconds)
     objectives = tuple(dict.fromkeys(objectives)) or (Objective.MIN_DEVICES,)
-    instance = compile_problem(problem)
-    bound = device_lower_bound(instance)
-    reason = explain_infeasible(instance, bound)
+    primary = objectives[0]
+    with clock.phase("bounds"):
+        instance = compile_problem(problem)
+        bound, source = device_lower_bound(instance), "combinatorial"
+        reason = explain_infeasible(instance, bound)
     if reason:
         raise InfeasibleError(reason)
-    hint = best_heuristic(instance, keep=[keep_current(instance)] if instance.current else ())
+    with clock.phase("first-fit-decreasing"):
+        hint = best_heuristic(instance, keep=[keep_current(instance)] if instance.current else ())
     assignment, method, optimal = hint, "first-fit-decreasing", False
-    exact = _pairs(instance, hint, objectives[0]) <= EXACT_MAX_PAIRS
-    if hint is not None and _devices(hint) > bound and objectives[0] in (Objective.MIN_DEVICES, Objective.MIN_COST):
-        remaining = time_limit_seconds - (time.perf_counter() - started)
-        deadline = time.perf_counter() + remaining * (SEARCH_SHARE if exact else 1.0)
-        patience = remaining * PATIENCE_SHARE if exact else math.inf
-        searched = reduce_devices(instance, hint, bound, deadline, patience)
+    note = declines(instance, objectives) if strategy is Strategy.PORTFOLIO else "classic strategy: no LP bound"
+    priced = hint is not None and _devices(hint) > bound and primary in COUNTING and not note
+    if priced and hint is not None:
+        # A short local search first: on fleets it often reaches the combinatorial bound at once.
+        remaining = clock.remaining()
+        with clock.phase("local-search"):
+            searched = reduce_devices(
+                instance, hint, bound, time.perf_counter() + remaining * QUICK_SEARCH_SHARE,
+                remaining * QUICK_SEARCH_SHARE / 2,
+            )
         if _devices(searched) < _devices(hint):
             hint, assignment, method = searched, searched, "local-search"
-    if hint is not None and _devices(hint) == bound and objectives == (Objective.MIN_DEVICES,):
+        priced = _devices(hint) > bound
+    if priced and hint is not None:
+        with clock.phase("column-generation"):
+            outcome = column_generation(
+                instance, hint, time.monotonic() + clock.remaining() * COLGEN_SHARE, _devices(hint)
+            )
+        if outcome.lp_bound > bound:
+            bound, source = outcome.lp_bound, "lp"
+        if not outcome.converged:
+            note = "column generation stopped at the time limit before the LP converged"
+        found = outcome.assignment
+        if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
+            hint, assignment, method = found, found, "column-generation"
+    exact = _pairs(instance, hint, primary) <= EXACT_MAX_PAIRS
+    if priced and hint is not None:
+        # Column generation ran: a CP-SAT search for the count rarely beats it, and building the
+        # model for a large fleet alone can outlast the budget.
+        exact = _pairs(instance, hint, primary) <= COUNT_BY_CP_SAT_MAX_PAIRS
+    if hint is not None and _devices(hint) > bound and primary in COUNTING:
+        remaining = clock.remaining()
+        deadline = time.perf_counter() + remaining * (SEARCH_SHARE if exact else 1.0)
+        patience = remaining * PATIENCE_SHARE if exact else math.inf
+        with clock.phase("local-search"):
+            searched = reduce_devices(instance, hint, bound, deadline, patience)
+        if _devices(searched) < _devices(hint):
+            hint, assignment, method = searched, searched, "local-search"
+    count_proven = hint is not None and _devices(hint) == bound and primary in COUNTING
+    if count_proven and objectives == (Objective.MIN_DEVICES,):
         optimal = True
-    elif exact:
-        remaining = time_limit_seconds - (time.perf_counter() - started)
-        outcome = solve_exact(instance, objectives, max(remaining, 0.1), hint)
-        if outcome.infeasible:
-            raise InfeasibleError(explain_unsolved(instance, proven=True))
-        if outcome.assignment is not None:
-            assignment, method, optimal = outcome.assignment, "cp-sat", outcome.proven
-        bound = max(bound, outcome.device_bound)
+    elif exact or (count_proven and strategy is Strategy.PORTFOLIO):
+        # With the count proven, CP-SAT only has the later objectives left, on that many devices.
+        pinned = strategy is Strategy.PORTFOLIO and count_proven and primary is Objective.MIN_DEVICES
+        rest = objectives[1:] if pinned else objectives
+        target = dataclasses.replace(instance, max_devices=bound) if pinned else instance
+        pairs = instance.n_models * bound if pinned else _pairs(instance, hint, primary)
+        affordable = strategy is Strategy.CLASSIC or pairs * BUILD_SECONDS_PER_PAIR < clock.remaining() / 2
+        if rest and affordable and pairs <= EXACT_MAX_PAIRS:
+            with clock.phase("cp-sat"):
+                outcome_cp = solve_exact(target, rest, max(clock.remaining(), 0.1), hint)
+            if outcome_cp.infeasible:
+                raise InfeasibleError(explain_unsolved(instance, proven=True))
+            if outcome_cp.assignment is not None:
+                assignment, optimal = outcome_cp.assignment, outcome_cp.proven
+                method = "cp-sat" if method == "first-fit-decreasing" or not pinned else f"{method}+cp-sat"
+            if outcome_cp.device_bound > bound:
+                bound, source = outcome_cp.device_bound, "cp-sat"
     if assignment is None or not _within_max_devices(instance, assignment):
         raise InfeasibleError(explain_unsolved(instance, proven=False))
     if objectives == (Objective.MIN_DEVICES,) and _devices(assignment) == bound:
@@ -80,10 +176,21 @@ def solve(
         device_count=_devices(assignment),
         lower_bound=bound,
         optimal=optimal,
-        solve_seconds=time.perf_counter() - started,
+        solve_seconds=time.perf_counter() - clock.started,
         method=method,
         moves=len(placement.pairs() - problem.current.pairs()) if problem.current is not None else None,
+        proof=_proof(primary, _devices(assignment), bound, source, note),
+        seconds_by_phase=clock.seconds_by_phase,
     )
+
+
+def _proof(primary: Objective, count: int, bound: int, source: str, note: str) -> DeviceCountProof:
+    if primary not in COUNTING:
+        why = f"{primary.value} comes first, so the device count is not minimised"
+        return DeviceCountProof(ProofStatus.NOT_ATTEMPTED, count, bound, source, why)
+    if count <= bound:
+        return DeviceCountProof(ProofStatus.OPTIMAL, count, bound, source)
+    return DeviceCountProof(ProofStatus.GAP, count, bound, source, note)
 
 
 def _devices(assignment: Assignment) -> int:
@@ -92,7 +199,7 @@ def _devices(assignment: Assignment) -> int:
 
 def _pairs(instance: Instance, hint: Assignment | None, primary: Objective) -> int:
     """How many (model, device) decisions the exact model will have, once trimmed to the hint."""
-    if hint is None or primary not in (Objective.MIN_DEVICES, Objective.MIN_COST):
+    if hint is None or primary not in COUNTING:
         return instance.n_models * instance.n_devices
     return instance.n_models * min(instance.n_devices, _devices(hint))
 

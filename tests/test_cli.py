@@ -1,7 +1,9 @@
 """The command line as a user meets it: help, version, and one-line errors with exit 2."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,19 @@ def test_config_file_can_come_from_the_environment(tmp_path):
     result = gpupack("demo", env={**os.environ, "GPUPACK_CONFIG": str(missing)})
     assert result.returncode == 2
     assert str(missing) in result.stderr
+
+
+@pytest.mark.parametrize("command", [
+    ["plan", "--profile", "examples/seed-profile.yaml", "--device-memory", "16GiB", "--format", "json"],
+    ["rules", "check", "rules/examples"],
+])
+def test_output_into_a_closed_pipe_ends_quietly(command: list[str]) -> None:
+    """`gpupack ... | head`: the reader leaves early; no BrokenPipeError traceback follows."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        result = subprocess.run([sys.executable, "-m", "gpupack", *command], stdout=write_end,
+                                stderr=subprocess.PIPE, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr

@@ -50,3 +50,17 @@ def test_a_server_that_is_not_there_is_named_and_not_live() -> None:
     with pytest.raises(TritonControlError, match=r"^gone \(http://127\.0\.0\.1:\d+\): unloading m: "):
         control.unload("m")
     assert not control.is_live()
+
+
+def test_a_server_that_does_not_answer_is_not_a_model_that_unloaded(tmp_path) -> None:
+    """Silence says nothing about the model: waiting for it to be gone must fail, not succeed."""
+    from gpupack.scheduler.audit import AuditLog
+    from gpupack.scheduler.executor import ServerPerDeviceExecutor, StepContext
+
+    gone = ServerEndpoint("gone", f"http://127.0.0.1:{free_port()}")
+    control = TritonControl(gone, timeout_seconds=5)
+    with pytest.raises(TritonControlError, match=r"^gone \(http://127\.0\.0\.1:\d+\): checking m: "):
+        control.is_ready("m")
+    executor = ServerPerDeviceExecutor({"cpu:gone": gone}, StepContext(AuditLog(tmp_path / "audit.jsonl")))
+    with pytest.raises(TritonControlError, match="checking m"):
+        executor.wait_gone(control, "m", deadline=float("inf"))

@@ -4,11 +4,19 @@ Copied into a model repository as ``<model>/1/model.py`` by ``gpupack.testing.mo
 Triton's stub, never imported by gpupack. Parameters in ``config.pbtxt`` set the truth that
 attribution and peak recording are checked against:
 
-- ``footprint_bytes``: memory held while loaded (GPU memory on a KIND_GPU instance when CuPy or
-  PyTorch is importable, host memory otherwise);
+- ``footprint_bytes``: memory held while loaded, per instance (GPU memory on a KIND_GPU instance
+  when CuPy or PyTorch is importable, host memory otherwise): each instance is its own stub
+  process, so memory grows with ``instance_group.count`` as a real model's weights do;
 - ``spike_factor`` / ``spike_seconds``: during each inference, hold footprint x (factor - 1) more
   for that long;
-- ``compute_seconds``: CPU (or GPU) time burnt per request, for utilisation.
+- ``compute_seconds``: CPU time burnt per call of ``execute`` (one batch, however many requests
+  Triton's dynamic batcher put in it): the fixed cost of a batch, for utilisation;
+- ``item_compute_seconds``: CPU time burnt per batch element on top, so a batch of n costs
+  ``compute_seconds + n x item_compute_seconds`` and dynamic batching pays as it does on a real
+  model.
+
+The cost is burnt as CPU time of the executing thread, not wall time: instances (separate
+processes) run in parallel up to the machine's cores and no further, like a real device.
 """
 
 import json
@@ -70,6 +78,7 @@ class TritonPythonModel:
         self.spike_factor = _parameter(config, "spike_factor", 1.0)
         self.spike_seconds = _parameter(config, "spike_seconds", 0.0)
         self.compute_seconds = _parameter(config, "compute_seconds", 0.0)
+        self.item_compute_seconds = _parameter(config, "item_compute_seconds", 0.0)
         if _parameter(config, "fail_to_load", 0):
             raise pb_utils.TritonModelException("configured with fail_to_load")
         if args.get("model_instance_kind") == "GPU":
@@ -83,16 +92,16 @@ class TritonPythonModel:
         if self.spike_factor > 1.0 and self.spike_seconds > 0:
             spike = self.memory.allocate(self.footprint_bytes * (self.spike_factor - 1.0))
         started = time.monotonic()
-        while time.monotonic() - started < self.compute_seconds:
+        inputs = [pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy() for request in requests]
+        items = sum(values.shape[0] if values.ndim > 1 else 1 for values in inputs)
+        cost_seconds = self.compute_seconds + items * self.item_compute_seconds
+        cpu_started = time.thread_time()
+        while time.thread_time() - cpu_started < cost_seconds:
             pass
         if spike is not None:
             time.sleep(max(0.0, self.spike_seconds - (time.monotonic() - started)))
             del spike
-        responses = []
-        for request in requests:
-            values = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", values * 2)]))
-        return responses
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", values * 2)]) for values in inputs]
 
     def finalize(self):
         self.resident = None

@@ -31,12 +31,14 @@ class SampleModel:
     footprint_bytes: int
     spike_factor: float = 1.0
     spike_seconds: float = 0.0
-    compute_seconds: float = 0.0
+    compute_seconds: float = 0.0  # per batch (one execute call)
+    item_compute_seconds: float = 0.0  # per batch element, on top
     fail_to_load: bool = False  # initialize() raises: a load that Triton reports as failed
     instance_kind: str = "KIND_CPU"
     instance_count: int = 1
     max_batch_size: int = 8
     input_width: int = 16
+    dynamic_batching: bool = False
 
     def config_pbtxt(self) -> str:
         parameters = {
@@ -44,6 +46,7 @@ class SampleModel:
             "spike_factor": repr(self.spike_factor),
             "spike_seconds": repr(self.spike_seconds),
             "compute_seconds": repr(self.compute_seconds),
+            "item_compute_seconds": repr(self.item_compute_seconds),
             "fail_to_load": "1" if self.fail_to_load else "0",
         }
         parameter_text = "\n".join(
@@ -55,6 +58,7 @@ max_batch_size: {self.max_batch_size}
 input [ {{ name: "INPUT0", data_type: TYPE_FP32, dims: [ {self.input_width} ] }} ]
 output [ {{ name: "OUTPUT0", data_type: TYPE_FP32, dims: [ {self.input_width} ] }} ]
 instance_group [ {{ kind: {self.instance_kind}, count: {self.instance_count} }} ]
+{"dynamic_batching { }" if self.dynamic_batching else ""}
 {parameter_text}
 """
 

@@ -52,7 +52,10 @@ def running_exporter(servers: Sequence[TritonServer | ServerConfig], state_dir: 
     configs = [s if isinstance(s, ServerConfig) else server_config(s) for s in servers]
     exporter = Exporter(exporter_settings(configs, state_dir, **kwargs), triton_poll_seconds=triton_poll_seconds).start()
     try:
-        assert exporter.holder.wait_for_sample(10), "the exporter took no sample in 10 s"
+        deadline = time.monotonic() + 10
+        while exporter.holder.get().last_collect_timestamp_seconds is None:
+            assert time.monotonic() < deadline, "the exporter took no sample in 10 s"
+            time.sleep(0.05)
         yield exporter
     finally:
         exporter.shutdown()

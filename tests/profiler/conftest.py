@@ -25,12 +25,18 @@ PROFILED = [
 SMALL = SampleModel("small", 32 * MIB)
 SPIKY = SampleModel("spiky", 64 * MIB, spike_factor=4.0, spike_seconds=0.2)
 BROKEN = SampleModel("broken", 0, fail_to_load=True)
+# For the configuration search: a fixed cost per batch and a small one per item, so batching pays.
+SEARCHED = [
+    SampleModel("batchy", 32 * MIB, compute_seconds=0.004, item_compute_seconds=0.0004),
+    SampleModel("light", 16 * MIB, compute_seconds=0.001, item_compute_seconds=0.0002),
+]
 IDLE = SampleModel("idle", 0)  # the stub alone: where the server's own growth would show most
 
 
 @pytest.fixture(scope="session")
 def profile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_model_repository(tmp_path_factory.mktemp("profile-models"), [*PROFILED, SMALL, SPIKY, BROKEN, IDLE])
+    return write_model_repository(tmp_path_factory.mktemp("profile-models"),
+                                  [*PROFILED, SMALL, SPIKY, BROKEN, IDLE, *SEARCHED])
 
 
 def gpupack(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:

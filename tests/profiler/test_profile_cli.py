@@ -85,8 +85,10 @@ def test_on_a_fresh_server_a_model_is_charged_its_own_high_water_mark_not_the_se
     assert peak == pytest.approx(high_water.highest[IDLE.name], rel=0.02)
 
 
-def test_model_that_fails_to_load_is_reported_and_skipped(profile_repository: Path, tmp_path: Path) -> None:
-    out = tmp_path / "profile.yaml"
+def test_model_that_fails_to_load_is_reported_and_skipped(
+    triton_installation: object, profile_repository: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "profile.yaml"  # triton_installation: skipped, not failed, where there is no tritonserver
 
     # No --server: the profiler starts its own over the repository.
     result = gpupack("profile", "--model-repository", str(profile_repository), "--backend", "host",

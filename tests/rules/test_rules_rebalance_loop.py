@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gpupack.rules.evaluator import Result, Status
 from gpupack.rules.loader import load_policies
-from gpupack.rules.rebalance_trigger import RebalanceTrigger
+from gpupack.closedloop.trigger import RebalanceTrigger
 from gpupack.rules.transitions import RequestOutcome
 from gpupack.scheduler.inputs import ProfileInputs
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings

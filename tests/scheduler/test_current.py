@@ -13,7 +13,6 @@ import pytest
 
 from gpupack.domain import Placement, Resource
 from gpupack.errors import InputError
-from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.audit import AuditLog
 from gpupack.scheduler.current import FleetView, GpuIndex, LoadedModel, devices_of
 from gpupack.scheduler.executor import MultiGpuExecutor, StepContext
@@ -82,7 +81,7 @@ def test_exporter_gives_devices_gpu_indices_and_the_highest_peak_per_model(expor
     assert inputs.gpus.device("multi", 1) == "GPU-bbbb"
     # The peak recorded before the model moved still counts: it is the model's, not the device's.
     assert inputs.footprints["llm"][Resource.GPU_MEMORY] == 30 * 2**30
-    assert inputs.servers_of("GPU-aaaa") == ("multi",)
+    assert inputs.devices[0].servers == ("multi",)
 
 
 def test_one_server_over_several_gpus_is_rebalanced_by_reloading_onto_gpu_indices(
@@ -105,4 +104,4 @@ def test_a_loaded_model_without_a_memory_peak_is_refused_not_planned_as_free(exp
     with pytest.raises(InputError, match="model 'llm' is loaded on multi but has no recorded memory peak"):
         only_utilization.snapshot(fleet)
     with pytest.raises(InputError, match="model 'llm' is loaded but has no recorded memory peak"):
-        only_utilization.problem(fleet, PolicySet(()))
+        only_utilization.models(fleet)

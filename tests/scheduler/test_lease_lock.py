@@ -224,3 +224,41 @@ def test_gpupack_rebalance_takes_the_same_lock_setting(tmp_path: Path) -> None:
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GPUPACK_REBALANCE_LOCK": "lease:gpupack-scheduler"})
     assert result.returncode == 2
     assert "lock lease:gpupack-scheduler needs POD_NAME and POD_NAMESPACE" in result.stderr
+
+
+@pytest.mark.triton
+def test_a_lease_lost_during_a_run_stops_the_rebalancer_before_its_next_step(
+    api: KubernetesApi, fake: FakeLeaseApi, start_crowded_fleet: Callable[..., Any], tmp_path: Path
+) -> None:
+    from gpupack.rules.loader import load_policies
+    from gpupack.scheduler.audit import read_audit
+    from gpupack.scheduler.inputs import ProfileInputs
+    from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
+    from gpupack.triton_control import ServerEndpoint
+
+    from tests.conftest import CROWDING_PROFILE, REBALANCE_AT_80_PERCENT
+
+    a, b = start_crowded_fleet("a", "b")
+    (tmp_path / "profile.yaml").write_text(CROWDING_PROFILE)
+    (tmp_path / "policies.yaml").write_text(REBALANCE_AT_80_PERCENT)
+    servers = [ServerEndpoint("a", a.http_url), ServerEndpoint("b", b.http_url)]
+    lock = contender(api, "pod-a", lease_duration_seconds=1)  # renews every third of a second
+
+    def another_pod_takes_the_lease(line: str) -> None:
+        if line.startswith("[1/"):  # announced, not yet run
+            fake.write("pod-b")
+            deadline = time.monotonic() + 10
+            while not lock._lost.is_set() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    rebalancer = Rebalancer(
+        servers, ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * 2**20),
+        load_policies(tmp_path / "policies.yaml"),
+        RebalanceSettings(state_dir=tmp_path / "state", drain_seconds=0.2, lock=lambda: lock),
+        progress=another_pod_takes_the_lease)
+    outcome = rebalancer.request(["gpu-memory-80 on cpu:a"])
+    assert outcome is not None and not outcome.succeeded and outcome.steps == ()
+    assert "lost Lease gpupack/gpupack-scheduler" in outcome.stopped
+    assert a.ready_models() == ["large-a", "large-b"] and b.ready_models() == []
+    assert any(e["event"] == "lock_lost" for e in read_audit(tmp_path / "state" / "audit.jsonl"))
+    assert fake.holder() == "pod-b"

@@ -28,7 +28,6 @@ def test_case_study_1_memory_only_needs_four_devices_proven(capsys):
     document = json.loads(out)
     assert status == 0
     assert (document["device_count"], document["lower_bound"], document["optimal"]) == (4, 4, True)
-    assert document["solve_seconds"] < 0.1
     placed = sorted(m for d in document["devices"] for m in d["models"])
     assert len(placed) == 9
     assert all(d["totals"]["gpu_memory_bytes"] <= 16 * 2**30 for d in document["devices"])

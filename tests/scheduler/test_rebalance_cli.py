@@ -62,8 +62,13 @@ def test_two_large_models_on_one_device_are_reported_then_split_by_apply(
     assert "[1/1] move" in applied.stderr and "ready on cpu:b" in applied.stderr
     assert sorted(a.ready_models() + b.ready_models()) == ["large-a", "large-b"]
     assert b.ready_models() == [step["model"]]
-    ready = next(e for e in read_audit(files["state"] / "audit.jsonl") if e["event"] == "target_ready")
+    assert document["device_count_proof"]["status"] == "not-attempted"  # fewest moves come first
+    events = read_audit(files["state"] / "audit.jsonl")
+    ready = next(e for e in events if e["event"] == "target_ready")
     assert ready["source_serving"] is True
+    started = next(e for e in events if e["event"] == "run_started")
+    assert started["device_count_proof"]["status"] == "not-attempted"
+    assert "min-moves comes first" in started["device_count_proof"]["note"]
 
     after = gpupack(*common)
     assert after.returncode == 0 and "violations: none" in after.stdout

@@ -23,7 +23,7 @@ from gpupack.rules.demand_source import DemandSource, ObservedDemand, copy_capac
 from gpupack.rules.evaluator import Evaluation, Result, Status
 from gpupack.rules.loader import load_policies
 from gpupack.rules.loop import RulesEngine
-from gpupack.rules.rebalance_trigger import RebalanceTrigger
+from gpupack.closedloop.trigger import RebalanceTrigger
 from gpupack.rules.transitions import ViolationTracker
 from gpupack.profiles import load_profile
 from gpupack.scheduler.inputs import DemandInputs, ProfileInputs

@@ -1,4 +1,4 @@
-"""What the rules engine does when a ``rebalance`` policy is violated and it knows the servers.
+"""What the closed loop does when a ``rebalance`` policy is violated and the rules engine knows the servers.
 
 Dry run (the default) logs the plan the scheduler would carry out and changes nothing; ``apply``
 has the scheduler carry it out, under its lock. Neither may stop the loop: a lock held by another
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class RebalanceTrigger:
-    """A ``request_rebalance`` for :class:`~gpupack.rules.transitions.ViolationTracker`."""
+    """A ``request_rebalance`` for :class:`~gpupack.rules.transitions.ViolationTracker`, made by the scheduler."""
 
     def __init__(self, rebalancer: Rebalancer, policies: Callable[[], PolicySet], apply: bool) -> None:
         self.rebalancer, self.policies, self.apply = rebalancer, policies, apply

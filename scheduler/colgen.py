@@ -1,0 +1,310 @@
+"""Column generation (Gilmore-Gomory) on identical devices: the LP bound that proves optimality
+where the combinatorial bounds cannot, and a dive through the LP that turns it into a placement.
+
+Models with the same demand vector form one item type. The master LP covers every type's count by
+device patterns at one device each; its dual prices each type, and the pricing problem (a bounded,
+multi-dimensional knapsack, :mod:`gpupack.scheduler.knapsack`) finds the pattern worth most at
+those prices. On nearly every classic bin-packing instance the rounded-up LP value is the optimum
+(the IRUP property), which is why this bound proves packings that the volume, L2 and dual-feasible
+bounds leave open. Before the LP converges, Farley's bound (LP value / best pattern's worth) is
+already valid, so a run stopped early still proves what it can.
+
+The placement comes from diving (residual rounding): the patterns the LP uses at one or more full
+devices are fixed, or else the one it uses most; the LP is re-solved on what is left with every
+column kept, until every model is placed. The master LP is HiGHS (``highspy``): it re-solves from
+the last basis as columns are added and row bounds lowered, which a dive does thousands of times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import highspy
+from highspy._core import _Highs
+import numpy as np
+
+from gpupack.scheduler.heuristic import Assignment
+from gpupack.scheduler.instance import Instance
+from gpupack.scheduler.knapsack import best_pattern
+from gpupack.scheduler.problem import Objective
+
+# A column enters only if its reduced cost is below -REDUCED_COST_TOLERANCE, and LP values this
+# close to an integer round to it: HiGHS's default tolerances are 1e-7.
+REDUCED_COST_TOLERANCE = 1e-7
+ROUNDING_TOLERANCE = 1e-6
+# Above this many distinct demand vectors (a large fleet of 3-resource models: every one distinct)
+# the pricing problem gets slow and the local search uses the time better.
+MAX_ITEM_TYPES = 700
+MAX_BACKTRACKS = 200  # undone dive steps, before the dive goes on regardless
+SMOOTHING = 0.8  # weight of the best dual so far in the prices the pricing problem sees
+# PlacementProblem fields that column generation honours (capacity limits, the baseline), checks
+# on the compiled instance (pins, anti-affinity, replicas, fleet size), or that restrict nothing.
+MODELLED_FIELDS = {
+    "devices", "models", "server_baseline", "limits", "current", "constraint_sources",
+    "allowed_devices", "anti_affinity", "replicas", "max_devices",
+    "device_baselines",  # in the instance's capacity: devices with different baselines differ in size
+}
+
+
+@dataclass(frozen=True)
+class ItemTypes:
+    """Models grouped by demand vector: ``demand[t]`` is the vector, ``members[t]`` the models."""
+
+    demand: np.ndarray  # [type, resource] int64
+    counts: np.ndarray  # [type] int64
+    members: tuple[np.ndarray, ...]
+    capacity: np.ndarray  # [resource] int64, the same on every device
+
+
+@dataclass(frozen=True)
+class ColgenOutcome:
+    lp_bound: int  # a proven lower bound on devices: ceil of the LP value, or of Farley's bound
+    lp_value: float  # the master LP's value when it stopped (an upper bound on the LP optimum)
+    converged: bool  # True: lp_bound is ceil(LP optimum); False: stopped early by the deadline
+    assignment: Assignment | None  # the dive's placement; None when the incumbent already met the bound
+    columns: int  # patterns generated
+
+
+def declines(instance: Instance, objectives: Sequence[Objective]) -> str:
+    """Why column generation cannot model this problem ("" when it can): it knows identical
+    devices and capacity limits only. Any rule it does not know, including problem fields added
+    after it was written, sends the problem to CP-SAT, which models them all."""
+    problem, reasons = instance.problem, []
+    if objectives[0] is Objective.MIN_COST and len(set(instance.cost.tolist())) > 1:
+        reasons.append("devices of different costs")
+    if len(np.unique(instance.capacity, axis=0)) > 1:
+        reasons.append("devices of different sizes or limits")
+    if (instance.replicas > 1).any():
+        reasons.append("replicas")
+    if not instance.allowed.all():
+        reasons.append("pins")
+    if instance.groups:
+        reasons.append("anti-affinity")
+    if instance.max_devices is not None:
+        reasons.append("a fleet-size limit")
+    distinct = len(np.unique(instance.demand, axis=0))
+    if distinct > MAX_ITEM_TYPES:
+        reasons.append(f"more than {MAX_ITEM_TYPES} distinct models within the time limit (the local search does better)")
+    fields = {f.name: f for f in dataclasses.fields(problem)}
+    for name in fields.keys() - MODELLED_FIELDS:
+        if getattr(problem, name) != _default(fields[name]):
+            reasons.append(f"{name.replace('_', ' ')} rules")
+    if not reasons:
+        return ""
+    return f"no LP bound: column generation does not take {', '.join(dict.fromkeys(reasons))}"
+
+
+def _default(f: dataclasses.Field) -> object:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def item_types(instance: Instance) -> ItemTypes:
+    """Only for problems :func:`declines` accepts."""
+    demand, inverse, counts = np.unique(instance.demand, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    members = tuple(np.flatnonzero(inverse == t) for t in range(len(demand)))
+    return ItemTypes(demand.astype(np.int64), counts.astype(np.int64), members, instance.capacity[0].copy())
+
+
+class _Master:
+    """The restricted master LP: one row per item type (covered at least ``residual`` times), one
+    column per pattern, each costing one device."""
+
+    def __init__(self, types: ItemTypes, columns: list[np.ndarray]):
+        self.types = types
+        # The raw binding: highspy.Highs prints a banner on stdout (which would corrupt `plan
+        # --format json`) and routes every solver callback through Python.
+        self.highs = _Highs()
+        self.highs.setOptionValue("output_flag", False)
+        self.highs.setOptionValue("presolve", "off")  # presolve would discard the warm basis
+        self.highs.setOptionValue("simplex_strategy", 4)  # primal: a new column keeps the basis primal feasible
+        inf = highspy.kHighsInf
+        for count in types.counts:
+            self.highs.addRow(float(count), inf, 0, np.array([], dtype=np.int32), np.array([], dtype=np.float64))
+        self.columns: list[np.ndarray] = []
+        self.known: set[bytes] = set()
+        for column in columns:
+            self.add(column)
+
+    def add(self, pattern: np.ndarray) -> bool:
+        key = pattern.tobytes()
+        if key in self.known:
+            return False
+        self.known.add(key)
+        rows = np.flatnonzero(pattern).astype(np.int32)
+        self.highs.addCol(1.0, 0.0, highspy.kHighsInf, len(rows), rows, pattern[rows].astype(np.float64))
+        self.columns.append(pattern)
+        return True
+
+    def set_residual(self, residual: np.ndarray) -> None:
+        for t, count in enumerate(residual):
+            self.highs.changeRowBounds(t, float(count), highspy.kHighsInf)
+
+    def usage(self) -> np.ndarray:
+        return np.asarray(self.highs.getSolution().col_value)
+
+    def solve(self) -> tuple[float, np.ndarray, np.ndarray]:
+        self.highs.run()
+        solution = self.highs.getSolution()
+        value = self.highs.getInfo().objective_function_value
+        return value, np.asarray(solution.col_value), np.maximum(np.asarray(solution.row_dual), 0.0)
+
+
+def column_generation(
+    instance: Instance, seed: Assignment | None, deadline: float, incumbent_devices: int | None = None
+) -> ColgenOutcome:
+    """The LP bound on devices and a placement from diving, both within ``deadline`` (monotonic).
+
+    ``seed``'s devices become the first columns. The root LP stops as soon as its bound, rounded
+    up, can no longer change or reaches ``incumbent_devices``; the dive is skipped when the
+    incumbent already meets the bound.
+    """
+    types = item_types(instance)
+    master = _Master(types, _initial_columns(instance, types, seed))
+    residual = types.counts.copy()
+    value, bound, converged = _generate(master, residual, deadline, settle_early=True, stop_at=incumbent_devices)
+    lp_bound = max(bound, 1) if types.counts.sum() else 0
+    if incumbent_devices is not None and incumbent_devices <= lp_bound:
+        return ColgenOutcome(lp_bound, value, converged, None, len(master.columns))
+    assignment = _to_assignment(types, _dive(master, residual, deadline, lp_bound))
+    return ColgenOutcome(lp_bound, value, converged, assignment, len(master.columns))
+
+
+def _generate(
+    master: _Master, residual: np.ndarray, deadline: float, settle_early: bool = False, stop_at: int | None = None
+) -> tuple[float, int, bool]:
+    """Price columns into the master until the LP is optimal (or, with ``settle_early``, until its
+    rounded bound can no longer change or reaches ``stop_at``).
+
+    Prices are smoothed towards the best dual seen so far (Wentges 1997): plain duals jump between
+    extreme points and cost several times the iterations. Every price vector priced gives a valid
+    bound (covered counts at those prices, over the best pattern's worth). Returns the LP value,
+    the best bound rounded up, and whether the LP converged.
+    """
+    types, best_bound, center, center_bound = master.types, 0, None, 0.0
+    limits = np.minimum(residual, _fit_alone(types))
+    wanted = 1.0 + REDUCED_COST_TOLERANCE
+    while True:
+        value, _, duals = master.solve()
+        prices = duals if center is None else SMOOTHING * center + (1 - SMOOTHING) * duals
+        while True:
+            priced = best_pattern(types.demand, prices, limits, types.capacity, deadline - time.monotonic(), wanted)
+            if math.isfinite(priced.bound) and priced.bound > 0:
+                bound = float(residual @ prices) / priced.bound
+                if bound > center_bound:
+                    center, center_bound = prices, bound
+                best_bound = max(best_bound, math.ceil(bound - ROUNDING_TOLERANCE))
+            gain = float(duals @ priced.pattern)
+            if gain > wanted or prices is duals:
+                break
+            prices = duals  # smoothed prices found nothing the LP lacks: price at its own duals
+        if gain <= wanted and priced.bound <= wanted:
+            return value, max(best_bound, math.ceil(value - ROUNDING_TOLERANCE)), True
+        settled = best_bound >= math.ceil(value - ROUNDING_TOLERANCE)
+        reached = stop_at is not None and best_bound >= stop_at
+        if (settle_early and (settled or reached)) or time.monotonic() > deadline or gain <= wanted:
+            return value, best_bound, settled
+        if not master.add(priced.pattern):
+            # The pricing's rounded prices found a column already in: the LP is optimal to within them.
+            return value, max(best_bound, math.ceil(value - ROUNDING_TOLERANCE)), True
+
+
+def _dive(master: _Master, residual: np.ndarray, deadline: float, target: int) -> list[np.ndarray]:
+    """Fix the patterns the LP uses fully (or the one it uses most) and re-solve the rest.
+
+    When the devices fixed plus the rest's LP bound exceed ``target``, this dive can no longer
+    reach it: the last step is undone, and at that depth its patterns are not fixed again (a
+    limited-discrepancy backtrack). What the deadline leaves unplaced goes first fit.
+    """
+    steps: list[tuple[list[np.ndarray], list[int]]] = []  # (patterns fixed, their columns)
+    tried: list[set[int]] = [set()]  # per depth: columns whose fixing failed there
+    residual, devices, backtracks = residual.copy(), 0, 0
+    while residual.any() and time.monotonic() < deadline:
+        master.set_residual(residual)
+        value = _generate(master, residual, deadline)[0]
+        usage = np.where(np.isin(np.arange(len(master.columns)), list(tried[-1])), 0.0, master.usage())
+        failed = devices + math.ceil(value - ROUNDING_TOLERANCE) > target or not usage.any()
+        if steps and failed and backtracks < MAX_BACKTRACKS:
+            undone, columns = steps.pop()
+            for pattern in undone:
+                residual += pattern
+            devices -= len(undone)
+            backtracks += 1
+            tried.pop()
+            tried[-1].update(columns)
+            continue
+        if not usage.any():
+            usage = master.usage()
+        chosen = [(k, math.floor(u + ROUNDING_TOLERANCE)) for k, u in enumerate(usage) if u >= 1 - ROUNDING_TOLERANCE]
+        if not chosen:
+            chosen = [(int(np.argmax(usage)), 1)]
+        step: list[np.ndarray] = []
+        for k, copies in sorted(chosen, key=lambda kc: -usage[kc[0]]):
+            for _ in range(copies):
+                pattern = np.minimum(master.columns[k], residual)
+                if not pattern.any():
+                    break
+                step.append(pattern)
+                residual -= pattern
+        steps.append((step, [k for k, _ in chosen]))
+        tried.append(set())
+        devices += len(step)
+    fixed = [pattern for step, _ in steps for pattern in step]
+    return fixed + _first_fit(master.types, residual) if residual.any() else fixed
+
+
+def _first_fit(types: ItemTypes, residual: np.ndarray) -> list[np.ndarray]:
+    """What the deadline leaves unplaced, biggest type first, each on the first device with room."""
+    order = np.argsort(-(types.demand / np.maximum(types.capacity, 1)).max(axis=1), kind="stable")
+    total = int(residual.sum())
+    patterns = np.zeros((total, len(residual)), dtype=np.int64)
+    rooms = np.tile(types.capacity, (total, 1))
+    opened = 0
+    for t in order:
+        for _ in range(int(residual[t])):
+            fits = np.flatnonzero(np.all(rooms[:opened] >= types.demand[t], axis=1))
+            k = int(fits[0]) if len(fits) else opened
+            opened = max(opened, k + 1)
+            patterns[k, t] += 1
+            rooms[k] -= types.demand[t]
+    return list(patterns[:opened])
+
+
+def _fit_alone(types: ItemTypes) -> np.ndarray:
+    """How many of each type one device holds, by its tightest resource."""
+    with np.errstate(divide="ignore"):
+        per_resource = np.where(types.demand > 0, types.capacity // np.maximum(types.demand, 1), np.iinfo(np.int64).max)
+    return per_resource.min(axis=1)
+
+
+def _initial_columns(instance: Instance, types: ItemTypes, seed: Assignment | None) -> list[np.ndarray]:
+    """One column per type (as many as fit alone), which keeps the master feasible, plus the seed's devices."""
+    limits = np.minimum(types.counts, _fit_alone(types))
+    columns = [np.where(np.arange(len(types.counts)) == t, limits[t], 0).astype(np.int64) for t in range(len(limits))]
+    if seed is not None:
+        type_of = np.empty(instance.n_models, dtype=np.int64)
+        for t, members in enumerate(types.members):
+            type_of[members] = t
+        by_device: dict[int, np.ndarray] = {}
+        for i, devices in seed.items():
+            for d in devices:
+                by_device.setdefault(d, np.zeros(len(types.counts), dtype=np.int64))[type_of[i]] += 1
+        columns += list(by_device.values())
+    return columns
+
+
+def _to_assignment(types: ItemTypes, patterns: list[np.ndarray]) -> Assignment:
+    """Patterns to models on devices 0, 1, ... (the devices are interchangeable)."""
+    queues = [list(members) for members in types.members]
+    assignment: Assignment = {}
+    for device, pattern in enumerate(patterns):
+        for t in np.flatnonzero(pattern):
+            for _ in range(int(pattern[t])):
+                assignment[int(queues[t].pop())] = [device]
+    return assignment
