@@ -82,4 +82,5 @@ def build_acting(settings: dict[str, Any], args: argparse.Namespace, config: Con
         progress=lambda line: log.info("rebalance: %s", line),
     )
     trigger = RebalanceTrigger(rebalancer, policies, apply=settings["apply"])
-    return Acting(trigger, rebalancer.refresh_placement, functools.partial(scheduler_app, rebalancer.state))
+    return Acting(trigger, rebalancer.refresh_placement, functools.partial(scheduler_app, rebalancer.state),
+                  rebalancer.loaded_copy_capacities)

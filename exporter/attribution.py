@@ -20,17 +20,17 @@ whole model for the rest of the peak window.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from gpupack.domain import Resource
+from gpupack.exporter.gpu_plan import GpuPlan, Placed, ServerPlan, backend_key, gpu_key, triton_layout
 from gpupack.exporter.sources.host import HostReading
 from gpupack.exporter.sources.nvml import GpuReading
 from gpupack.exporter.sources.triton import ModelReading, TritonReading
+from gpupack.exporter.usage import DeviceUsage, ModelKey, ModelUsage, apportion, compute_shares
 from gpupack.profiles import Profile
 from gpupack.triton_processes import BackendProcess
-
-ModelKey = tuple[str, str]  # (model, version)
 
 
 @dataclass(frozen=True)
@@ -44,34 +44,6 @@ class ServerInputs:
     previous_host: HostReading | None = None
     triton_is_new: bool = True  # Triton is polled less often than devices are sampled
 
-
-@dataclass(frozen=True, slots=True)
-class DeviceUsage:
-    device: str
-    kind: str  # gpu, mig, cpu
-    name: str
-    index: int | None
-    servers: tuple[str, ...]
-    capacity_bytes: int | None
-    memory_used_bytes: int | None
-    utilization_ratio: float | None = None
-    memory_bandwidth_utilization_ratio: float | None = None
-    power_watts: float | None = None
-    temperature_celsius: float | None = None
-    labels: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)  # a thousand or more per sample: no per-instance dict
-class ModelUsage:
-    server: str
-    model: str
-    version: str
-    device: str
-    memory_bytes: int | None = None
-    memory_source: str | None = None
-    utilization_ratio: float | None = None
-    utilization_source: str | None = None
-    loaded: bool = True  # False: Triton does not list it READY (loading, unloading), yet its process holds memory
 
 
 @dataclass(frozen=True)
@@ -92,6 +64,7 @@ class LoadDeltaTracker:
         self._loaded: dict[tuple[str, str], frozenset[ModelKey]] = {}
         self._used_before: dict[tuple[str, str], int] = {}
         self._deltas: dict[tuple[str, str, str, str], int] = {}
+        self.version = 0  # rises whenever a delta is set or dropped
 
     def observe(self, server: str, device: str, used_bytes: int, loaded: Iterable[ModelKey]) -> None:
         key, now = (server, device), frozenset(loaded)
@@ -100,10 +73,12 @@ class LoadDeltaTracker:
             new = now - before
             if len(new) == 1 and key in self._used_before:
                 (model, version), delta = next(iter(new)), used_bytes - self._used_before[key]
-                if delta > 0:
+                if delta > 0 and self._deltas.get((server, model, version, device)) != delta:
                     self._deltas[(server, model, version, device)] = delta
+                    self.version += 1
             for model, version in before - now:
-                self._deltas.pop((server, model, version, device), None)
+                if self._deltas.pop((server, model, version, device), None) is not None:
+                    self.version += 1
         self._loaded[key], self._used_before[key] = now, used_bytes
 
     def delta_bytes(self, server: str, model: ModelKey, device: str) -> int | None:
@@ -124,36 +99,6 @@ def _cpu_rates(host: HostReading, previous: HostReading | None) -> dict[int, flo
             rates[pid] = max(0.0, usage.cpu_seconds - before.cpu_seconds) / (elapsed * host.cores)
     return rates
 
-
-def _compute_shares(triton: TritonReading | None, previous: TritonReading | None) -> dict[ModelKey, float]:
-    """Each model's compute seconds in the last Triton interval (models present in both readings)."""
-    if triton is None or previous is None:
-        return {}
-    before = {(m.model, m.version): m.compute_seconds for m in previous.models}
-    return {
-        (m.model, m.version): max(0.0, m.compute_seconds - before[(m.model, m.version)])
-        for m in triton.models
-        if (m.model, m.version) in before
-    }
-
-
-def _apportion(models: list[ModelUsage], device_ratio: float | None, shares: Mapping[ModelKey, float]) -> list[ModelUsage]:
-    """Give models without a measured utilisation their compute-time share of what is left."""
-    if device_ratio is None:
-        return models
-    measured = sum(m.utilization_ratio or 0.0 for m in models if m.utilization_source == "process")
-    left = max(0.0, device_ratio - measured)
-    unmeasured = [m.utilization_source is None and (m.model, m.version) in shares for m in models]
-    total = sum(shares[(m.model, m.version)] for m, pick in zip(models, unmeasured) if pick)
-    result = []
-    for m, pick in zip(models, unmeasured):
-        if pick:
-            share = shares[(m.model, m.version)] / total if total > 0 else 0.0
-            # Not dataclasses.replace: it introspects the fields, and this runs per model per sample.
-            m = ModelUsage(m.server, m.model, m.version, m.device, m.memory_bytes, m.memory_source,
-                           left * share, "apportioned", m.loaded)
-        result.append(m)
-    return result
 
 
 def _with_backend_only_models(triton: TritonReading, backends: Iterable[BackendProcess]) -> tuple[list[ModelReading], set[ModelKey]]:
@@ -178,6 +123,7 @@ class Attributor:
     def __init__(self, profile: Profile | None = None) -> None:
         self.load_deltas = LoadDeltaTracker()
         self._profile_memory_bytes = _profile_memory(profile)
+        self._plans: dict[str, ServerPlan] = {}
 
     def attribute(self, servers: Iterable[ServerInputs], gpus: tuple[GpuReading, ...], host_devices: bool) -> Attribution:
         """``host_devices``: export a ``cpu:<server>`` device per server with a host reading."""
@@ -234,7 +180,7 @@ class Attributor:
                 ratio, ratio_source = sum(rates.get(p, 0.0) for p in stubs[key]), "process"
             found.append(ModelUsage(inputs.server, reading.model, reading.version, host.device,
                                     memory, memory_source, ratio, ratio_source, key not in not_loaded))
-        found = _apportion(found, device_ratio, _compute_shares(triton, inputs.previous_triton))
+        found = apportion(found, device_ratio, compute_shares(triton, inputs.previous_triton))
         device = DeviceUsage(
             device=host.device, kind="cpu", name="host", index=None, servers=(inputs.server,),
             capacity_bytes=host.capacity_bytes, memory_used_bytes=used, utilization_ratio=device_ratio,
@@ -262,9 +208,50 @@ class Attributor:
     def _gpus(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...]) -> tuple[list[ModelUsage], dict[tuple[str, str], int]]:
         triton, host = inputs.triton, inputs.host
         assert triton is not None
+        server_pids = frozenset(host.processes) if host else frozenset()
+        plan = self._plans.get(inputs.server)
+        if plan is None or not plan.fits(triton, inputs.previous_triton, host, gpus, server_pids, self.load_deltas.version):
+            plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids, plan)
+        by_uuid = {g.device: g for g in gpus}
+        if inputs.triton_is_new:
+            for gpu_plan in plan.gpus:
+                used = by_uuid[gpu_plan.device].memory_used_bytes
+                if used is not None:
+                    self.load_deltas.observe(inputs.server, gpu_plan.device, used,
+                                             [p.key for p in gpu_plan.placed if p.unmeasured.loaded])
+            if plan.load_deltas_version != self.load_deltas.version:  # fallback memories may have changed
+                plan = self._plans[inputs.server] = self._plan(inputs, gpus, server_pids)
+        models: list[ModelUsage] = []
+        remainders: dict[tuple[str, str], int] = {}
+        for gpu_plan in plan.gpus:
+            gpu = by_uuid[gpu_plan.device]
+            found = gpu_plan.usage(gpu)
+            models += found
+            attributed = sum(m.memory_bytes or 0 for m in found)
+            if server_pids:
+                own = sum(b for pid, b in gpu.process_memory_bytes.items() if pid in server_pids)
+                remainders[(inputs.server, gpu.device)] = max(0, own - attributed)
+            elif gpu.memory_used_bytes is not None:
+                # Without PIDs (a remote server) the device's whole use is the best bound there is.
+                remainders[(inputs.server, gpu.device)] = max(0, gpu.memory_used_bytes - attributed)
+        return models, remainders
+
+    def _plan(self, inputs: ServerInputs, gpus: tuple[GpuReading, ...], server_pids: frozenset[int],
+              old: ServerPlan | None = None) -> ServerPlan:
+        """Which models are on which of the server's GPUs, and what measures each: all that only
+        changes with a Triton poll, a backend process or a load delta, worked out once for them.
+        A poll that only moved the models' statistics keeps the placements and changes the shares."""
+        triton, host = inputs.triton, inputs.host
+        assert triton is not None
+        layout = triton_layout(triton)
+        keys = (backend_key(host), server_pids, gpu_key(gpus), self.load_deltas.version)
+        if old is not None and old.layout == layout and (old.backends, old.server_pids, old.gpus_key,
+                                                         old.load_deltas_version) == keys:
+            shares = compute_shares(triton, inputs.previous_triton)
+            return ServerPlan(triton, inputs.previous_triton, *keys, layout,
+                               tuple(GpuPlan(g.device, g.placed, shares) for g in old.gpus))
         by_uuid = {g.device: g for g in gpus}
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
-        server_pids = set(host.processes) if host else set()
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
         stubs_of_model: dict[ModelKey, list[int]] = defaultdict(list)  # not a scan of every stub per model
         for pid, model_key in stub_of.items():
@@ -289,31 +276,18 @@ class Attributor:
             key = (reading.model, reading.version)
             if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
                 placement[key] = set(server_gpus)
-        shares = _compute_shares(triton, inputs.previous_triton)
-        models: list[ModelUsage] = []
-        remainders: dict[tuple[str, str], int] = {}
+        shares = compute_shares(triton, inputs.previous_triton)
+        plans = []
         for uuid in sorted(server_gpus):
             gpu = by_uuid[uuid]
-            on_gpu = [r for r in readings if uuid in placement[(r.model, r.version)]]
-            if gpu.memory_used_bytes is not None and inputs.triton_is_new:
-                self.load_deltas.observe(inputs.server, uuid, gpu.memory_used_bytes,
-                                         [(r.model, r.version) for r in on_gpu if (r.model, r.version) not in not_loaded])
-            found = []
-            for reading in on_gpu:
+            placed = []
+            for reading in readings:
                 key = (reading.model, reading.version)
-                pids = [pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes]
-                memory, source = self._memory(inputs.server, reading, uuid, "GPU", gpu.index,
-                                              [gpu.process_memory_bytes[p] for p in pids])
-                sm = [gpu.process_sm_ratio[p] for p in pids if p in gpu.process_sm_ratio]
-                found.append(ModelUsage(inputs.server, reading.model, reading.version, uuid, memory, source,
-                                        sum(sm) if sm else None, "process" if sm else None, key not in not_loaded))
-            found = _apportion(found, gpu.utilization_ratio, shares)
-            models += found
-            attributed = sum(m.memory_bytes or 0 for m in found)
-            if server_pids:
-                own = sum(b for pid, b in gpu.process_memory_bytes.items() if pid in server_pids)
-                remainders[(inputs.server, uuid)] = max(0, own - attributed)
-            elif gpu.memory_used_bytes is not None:
-                # Without PIDs (a remote server) the device's whole use is the best bound there is.
-                remainders[(inputs.server, uuid)] = max(0, gpu.memory_used_bytes - attributed)
-        return models, remainders
+                if uuid not in placement[key]:
+                    continue
+                pids = tuple(pid for pid in stubs_of_model.get(key, ()) if pid in gpu.process_memory_bytes)
+                memory, source = (None, None) if pids else self._memory(inputs.server, reading, uuid, "GPU", gpu.index, [])
+                placed.append(Placed(key, pids, ModelUsage(inputs.server, reading.model, reading.version, uuid,
+                                                            memory, source, loaded=key not in not_loaded)))
+            plans.append(GpuPlan(uuid, tuple(placed), shares))
+        return ServerPlan(triton, inputs.previous_triton, *keys, layout, tuple(plans))

@@ -14,7 +14,7 @@ import logging
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -31,6 +31,7 @@ from gpupack.exporter.sources import SourceError
 from gpupack.exporter.sources.host import HostReading, HostSource
 from gpupack.exporter.sources.nvml import NvmlDoor, NvmlSource
 from gpupack.exporter.sources.triton import TritonClient, TritonReading, TritonSource
+from gpupack.exporter.usage import ModelUsage
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,12 @@ class Sampler:
         self._triton_before: dict[str, TritonReading] = {}
         self._last_loaded: dict[str, frozenset[tuple[str, str, str, str]]] = {}
         self._last_devices: dict[str, tuple] = {}
+        self._recorded_models: tuple[ModelUsage, ...] = ()
+        self._recorded_ids: set[int] = set()
+        self._recorded_bucket: int | None = None
+        self._models_handed_on = False
+        self._loaded_now: dict[str, frozenset[tuple[str, str, str, str]]] = {}
+        self._loaded_all: frozenset[tuple[str, str, str, str]] = frozenset()
 
     def sample(self) -> Snapshot:
         started = time.perf_counter()
@@ -150,29 +157,48 @@ class Sampler:
         )
 
     def _record(self, attribution: Attribution, now: float) -> None:
+        # A usage handed on unchanged from the last sample (the attributor reuses them while their
+        # inputs stand still) was recorded then, in this same bucket: only the others are looked at.
+        bucket = self.store.bucket_start_seconds(now)
+        recorded_ids = self._recorded_ids if bucket == self._recorded_bucket else set()
         values: list[tuple[PeakKey, float]] = []
+        sources = []
         for m in attribution.models:
+            if id(m) in recorded_ids:
+                continue
             if m.memory_bytes is not None:
                 values.append(((m.server, m.model, m.version, m.device, _MEMORY), float(m.memory_bytes)))
             if m.utilization_ratio is not None:
                 values.append(((m.server, m.model, m.version, m.device, _UTILIZATION), m.utilization_ratio))
+            if m.memory_source:
+                sources.append(((m.server, m.model, m.version, m.device), m.memory_source))
         for (server, device), remainder in attribution.unattributed_memory_bytes.items():
             values.append(((server, SERVER_MODEL, "", device, _MEMORY), float(remainder)))
         self.store.record(values, now)
-        self.store.record_sources(((m.server, m.model, m.version, m.device), m.memory_source)
-                                  for m in attribution.models if m.memory_source)
+        self.store.record_sources(sources)
         self.store.flush()
+        # The ids stay valid while the snapshot's tuple keeps these usages alive.
+        ids = {id(m) for m in attribution.models}
+        self._models_handed_on = ids == self._recorded_ids
+        self._recorded_models, self._recorded_bucket, self._recorded_ids = attribution.models, bucket, ids
 
     def _snapshot(self, attribution: Attribution, now: float, duration_seconds: float) -> Snapshot:
         previous = self.holder.get()
         up = {name: poller.up for name, poller in self.pollers.items()}
-        loaded = {(m.server, m.model, m.version, m.device) for m in attribution.models if m.loaded}
+        if not self._models_handed_on:  # the same usages as the last sample: the same loaded series
+            loaded_by_server: dict[str, set[tuple[str, str, str, str]]] = defaultdict(set)
+            for m in attribution.models:
+                if m.loaded:
+                    loaded_by_server[m.server].add((m.server, m.model, m.version, m.device))
+            self._loaded_now = {server: frozenset(keys) for server, keys in loaded_by_server.items()}
+            self._loaded_all = frozenset().union(*self._loaded_now.values())
+        loaded = self._loaded_all
         devices = list(attribution.devices)
         stale: set[str] = set()
         present = {d.device for d in devices}
         for server in self.settings.servers:
             if up[server.name]:
-                self._last_loaded[server.name] = frozenset(k for k in loaded if k[0] == server.name)
+                self._last_loaded[server.name] = self._loaded_now.get(server.name, frozenset())
                 self._last_devices[server.name] = tuple(d for d in devices if server.name in d.servers)
                 continue
             # A server that is down keeps showing its last known models and devices, marked stale.

@@ -60,11 +60,13 @@ class PeakStore:
             self._sources[(server, model, version, device)] = source
         self._recompute()
 
-    def _bucket(self, now_seconds: float) -> int:
+    def bucket_start_seconds(self, now_seconds: float) -> int:
+        """The bucket a value recorded now goes into: one already recorded in it cannot rise by being
+        recorded again."""
         return int(now_seconds // self.bucket_seconds) * self.bucket_seconds
 
     def record(self, values: Iterable[tuple[PeakKey, float]], now_seconds: float) -> None:
-        bucket = self._bucket(now_seconds)
+        bucket = self.bucket_start_seconds(now_seconds)
         for key, value in values:
             buckets = self._buckets.setdefault(key, {})
             if value > buckets.get(bucket, float("-inf")):
@@ -108,7 +110,7 @@ class PeakStore:
 
     def _expire(self, now_seconds: float) -> None:
         # A bucket stays while any part of it is inside the window.
-        oldest = self._bucket(now_seconds - self.window_seconds)
+        oldest = self.bucket_start_seconds(now_seconds - self.window_seconds)
         if oldest <= self._oldest_bucket:
             return
         self._oldest_bucket = oldest

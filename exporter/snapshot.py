@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from gpupack.exporter.attribution import DeviceUsage, ModelUsage
+from gpupack.exporter.usage import DeviceUsage, ModelUsage
 from gpupack.exporter.peaks import PeakKey, SeriesKey
 
 

@@ -30,7 +30,7 @@ from prometheus_client import make_wsgi_app
 
 from gpupack.config import ConfigFile, Setting, parse_listen, resolve_settings
 from gpupack.errors import ExitStatus, InputError
-from gpupack.rules.demand_source import with_demand
+from gpupack.rules.demand_source import with_demand, with_loaded_capacities
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.loader import load_policies
 from gpupack.rules.loop import Acting, PolicyFile, RulesEngine
@@ -184,7 +184,8 @@ def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: Config
         engine = RulesEngine(source, policy_file.current)
         app: Callable[..., Any] = make_wsgi_app  # the rules metrics alone
     else:
-        engine = RulesEngine(source, policy_file.current, tracker=ViolationTracker(actor.request_rebalance),
+        engine = RulesEngine(with_loaded_capacities(source, actor.copy_capacity_per_second), policy_file.current,
+                             tracker=ViolationTracker(actor.request_rebalance),
                              refresh_placement=actor.refresh_placement)
         app = actor.app
     # APScheduler logs each run at INFO and each run skipped behind a slow one (a fetch, a move) at

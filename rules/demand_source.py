@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from gpupack.demand import ModelDemand
 from gpupack.errors import InputError
@@ -106,3 +106,12 @@ def with_demand(source: PeaksSource, settings: Mapping[str, Any]) -> PeaksSource
     """``source``, adding demand and copy capacities when ``demand_from_prometheus`` is set."""
     demand = observed_demand(settings)
     return source if demand is None else DemandSource(source, demand)
+
+
+def with_loaded_capacities(source: PeaksSource, loaded: Callable[[], Mapping[str, float]]) -> PeaksSource:
+    """``source``, with each copy's capacity taken from the configuration the scheduler loaded it
+    in: after a reconfigure, the profile's top-level figure would judge the new copies wrongly."""
+    def snapshot() -> PeaksSnapshot:
+        taken = source()
+        return replace(taken, copy_capacity_per_second={**taken.copy_capacity_per_second, **loaded()})
+    return snapshot

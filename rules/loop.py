@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -43,6 +43,9 @@ class Acting:
     request_rebalance: RebalanceRequest
     refresh_placement: Callable[[], object]
     app: Callable[..., WsgiApp]  # like prometheus_client's make_wsgi_app(registry): /metrics and the actor's pages
+    # What one copy of each model serves in the configuration it is loaded in now, as the actor last
+    # read the fleet; empty where it knows no better than the profile.
+    copy_capacity_per_second: Callable[[], Mapping[str, float]] = dict
 
 
 class PolicyFile:

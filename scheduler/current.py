@@ -42,6 +42,8 @@ class LoadedModel:
     model: str
     version: str
     device: str
+    # The config Triton runs it with (instance count, batching), to tell which profiled configuration it is
+    config: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ def read_fleet(
     for endpoint in servers:
         triton = control(endpoint)
         for model, version in sorted(triton.ready_models().items()):
-            for device in devices_of(endpoint.name, triton.model_config(model), gpus):
-                loaded.append(LoadedModel(endpoint.name, model, version, device))
+            config = triton.model_config(model)
+            for device in devices_of(endpoint.name, config, gpus):
+                loaded.append(LoadedModel(endpoint.name, model, version, device, config))
     return FleetView(tuple(loaded), clock())

@@ -9,7 +9,7 @@ import sys
 from typing import Callable
 
 from gpupack.demand import ModelDemand, load_demand
-from gpupack.domain import Device
+from gpupack.scheduler.devices_file import PlannedDevices
 from gpupack.errors import InputError
 from gpupack.profiles import Profile
 from gpupack.rules.policy import PolicySet
@@ -24,7 +24,7 @@ from gpupack.scheduler.problem import Objective
 
 
 def run_demand(args: argparse.Namespace, settings: dict, profile: Profile, policies: PolicySet | None,
-               devices_for: Callable[[int], tuple[Device, ...]]) -> int:
+               devices_for: Callable[[int], PlannedDevices]) -> int:
     demands, origin = _demands(args)
     known = {m.model for m in profile.models}
     for demand in demands:
@@ -33,8 +33,8 @@ def run_demand(args: argparse.Namespace, settings: dict, profile: Profile, polic
     extra = args.extra_copies
     if extra < 0:
         raise InputError("--extra-copies: must be at least 0")
-    devices = devices_for(_most_copies(profile, demands, extra))
-    base = build_problem(profile.models, devices, profile.server_baseline, policies)
+    planned = devices_for(_most_copies(profile, demands, extra))
+    base = build_problem(profile.models, planned.devices, profile.server_baseline, policies, servers=planned.servers)
     objectives, time_limit = settings["objective"], settings["time_limit"]
     plan = plan_for_demand(profile, demands, base, objectives, time_limit, extra)
     primary = objectives[0] if objectives[0] in (Objective.MIN_DEVICES, Objective.MIN_COST) else Objective.MIN_DEVICES

@@ -11,6 +11,11 @@ Two ways a fleet is laid out, two executors:
 
 A step that fails before the source copy is gone is rolled back: the source stays loaded, the
 half-loaded target is unloaded, and :class:`StepFailedError` says what happened.
+
+A step with a configuration loads its copy with a config override (``config_override``) built on
+the config a server already runs the model with; a step that reconfigures a copy in place
+reloads it so, and Triton keeps the old configuration serving until the new one is ready (and
+keeps it entirely when the new one fails to load).
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any, Callable, Mapping, NoReturn, Protocol
 
 from gpupack.domain import Placement
 from gpupack.errors import GpupackError
+from gpupack.model_configs import ModelConfig
 from gpupack.scheduler.audit import AuditLog
+from gpupack.scheduler.config_override import triton_override
 from gpupack.scheduler.moves import Step
 from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
 
@@ -46,6 +53,7 @@ class StepContext:
     drain_seconds: float = 5.0
     progress: Callable[[str], None] = lambda line: None
     control: Callable[[ServerEndpoint, float], TritonControl] = TritonControl
+    configs: Mapping[str, Mapping[str, ModelConfig]] = field(default_factory=dict)  # model -> name -> profiled
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
 
@@ -71,6 +79,16 @@ class _Steps:
                 raise TritonControlError(f"{triton.endpoint.name}: {model} not ready within the step timeout")
             self.context.sleep(_POLL_SECONDS)
         triton.probe(model)
+
+    def override(self, step: Step, loaded: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The config ``step``'s copy loads with, edited from one the model is ``loaded`` with."""
+        if step.config is None:
+            return None
+        known = self.context.configs.get(step.model, {})
+        if step.config not in known:
+            raise StepFailedError(f"{step.describe()}: the profile has no configuration {step.config!r} "
+                                  f"of {step.model}")
+        return triton_override(loaded, known[step.config])
 
     def wait_gone(self, triton: TritonControl, model: str, deadline: float) -> None:
         """Until the server says the model is not ready; a server that stops answering raises."""
@@ -105,18 +123,37 @@ class ServerPerDeviceExecutor(_Steps):
         self.event("step_started", step, mode="server-per-device")
         if step.target is not None:
             self._arrive(step, deadline)
-        if step.source is not None:
+        if step.source is not None and step.kind != "reconfigure":
             self._leave(step, deadline)
         self.event("step_succeeded", step)
+
+    def _loaded_config(self, step: Step, deadline: float) -> dict[str, Any]:
+        """The config of a copy already serving: the source's, else any managed server's."""
+        candidates = [d for d in (step.source, *sorted(self.servers)) if d is not None and d in self.servers]
+        for device in candidates:
+            triton = self.triton(self.servers[device], deadline)
+            if triton.is_ready(step.model):
+                return dict(triton.model_config(step.model))
+        raise StepFailedError(f"{step.describe()}: no server runs {step.model}, so there is no config to change")
 
     def _arrive(self, step: Step, deadline: float) -> None:
         assert step.target is not None
         target = self.triton(self._server(step.target), deadline)
+        override = self.override(step, self._loaded_config(step, deadline)) if step.config is not None else None
         try:
-            target.load(step.model)
+            target.load(step.model, override)
             self.wait_serving(target, step.model, deadline)
         except TritonControlError as e:
+            if step.kind == "reconfigure":  # Triton kept the old configuration: nothing to undo
+                still_serving = target.is_ready(step.model)
+                self.event("step_failed", step, error=str(e), source_serving=still_serving)
+                where = f"; {step.model} still serving on {step.source}" if still_serving else ""
+                raise StepFailedError(f"{step.describe()}: {e}{where}") from e
             self._roll_back(step, target, e)
+        if step.kind == "reconfigure":
+            self.event("target_ready", step, server=target.endpoint.name, config=step.config)
+            self.context.progress(f"  {step.model} serving as {step.config} on {step.target} ({target.endpoint.name})")
+            return
         source_serving = None
         if step.source is not None:
             source_serving = serving(self.triton(self._server(step.source), deadline), step.model)
@@ -186,10 +223,12 @@ class MultiGpuExecutor(_Steps):
         deadline = self.context.clock() + self.context.step_timeout_seconds
         triton = self.triton(self._server_of(step), deadline)
         kept = [*self.placement.assignments.get(step.model, ()), step.target]
-        devices = tuple(sorted({d for d in kept if d is not None and d != step.source}))
+        leaving = step.source if step.kind != "reconfigure" else None
+        devices = tuple(sorted({d for d in kept if d is not None and d != leaving}))
         self.event("step_started", step, mode="multi-gpu", server=triton.endpoint.name)
         try:
             config = dict(triton.model_config(step.model))
+            config = self.override(step, config) or config
             config["instance_group"] = self.instance_groups(config, devices)
             triton.load(step.model, config)
             self.wait_serving(triton, step.model, deadline)

@@ -13,13 +13,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.errors import InputError
-from gpupack.profiles import load_profile
+from gpupack.model_configs import DEFAULT_CONFIG_NAME
+from gpupack.profiles import Profile, load_profile
 from gpupack.rules.demand_source import ObservedDemand, copy_capacities
 from gpupack.rules.compiled import Constraints, Fleet, FleetDevice, compile_policies
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, snapshot_from_json
 from gpupack.rules.peaks_source import ExporterSource, PrometheusSource
 from gpupack.rules.policy import PolicySet
+from gpupack.scheduler.config_override import loaded_config
 from gpupack.scheduler.current import FleetView, GpuIndex, cpu_device
+from gpupack.scheduler.demand_cost import capacity_per_second
 from gpupack.triton_control import ServerEndpoint
 
 
@@ -33,12 +36,43 @@ class FleetInputs:
     # What throughput policies weigh, as in PeaksSnapshot: each model's demand and one copy's capacity.
     demand_per_second: Mapping[str, float] = field(default_factory=dict)
     copy_capacity_per_second: Mapping[str, float] = field(default_factory=dict)
+    profile: Profile | None = None  # where models' searched configurations come from, when planned from one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "footprints", MappingProxyType(dict(self.footprints)))
 
+    def loaded_configs(self, fleet: FleetView) -> dict[tuple[str, str], str]:
+        """(model, device) -> the profiled configuration each copy runs, read back from the config
+        Triton loaded; a copy that matches none of its model's ``configs`` is the profile's default."""
+        searched = self.profile.configs if self.profile is not None else {}
+        named = {}
+        for m in fleet.models:
+            if m.model in searched:
+                match = loaded_config(m.config, searched[m.model])
+                named[(m.model, m.device)] = match.name if match is not None else DEFAULT_CONFIG_NAME
+        return named
+
+    def loaded_capacities(self, fleet: FleetView) -> dict[str, float]:
+        """One copy's capacity per model, from what is loaded: the least of its copies', so a
+        throughput policy never counts a copy as serving more than it can."""
+        capacities = dict(self.copy_capacity_per_second)
+        searched = self.profile.configs if self.profile is not None else {}
+        loaded: dict[str, list[float]] = {}
+        for (model, _), name in self.loaded_configs(fleet).items():
+            config = next((c for c in searched[model] if c.name == name), None)
+            if config is not None:
+                loaded.setdefault(model, []).append(capacity_per_second(config, None))
+            elif model in self.copy_capacity_per_second:
+                loaded.setdefault(model, []).append(self.copy_capacity_per_second[model])
+        capacities.update({model: min(values) for model, values in loaded.items()})
+        return capacities
+
     def with_fleet(self, fleet: FleetView) -> "FleetInputs":
-        """Add the devices the servers use that the source did not list (profiles list none)."""
+        """Add the devices the servers use that the source did not list (profiles list none), and
+        take each copy's capacity from the configuration it is loaded in."""
+        inputs = self
+        if self.profile is not None and self.profile.configs:
+            inputs = replace(self, copy_capacity_per_second=self.loaded_capacities(fleet))
         known = {d.device.name for d in self.devices}
         baseline = self.devices[0].server_baseline if self.devices else {}
         added = []
@@ -47,7 +81,7 @@ class FleetInputs:
                 raise InputError(f"{self.origin}: device {device} (used by the servers) is unknown to the exporter")
             servers = tuple(sorted({m.server for m in fleet.models if m.device == device}))
             added.append(DevicePeaks(Device(device, self.default_capacity), servers, baseline))
-        return replace(self, devices=self.devices + tuple(added)) if added else self
+        return replace(inputs, devices=self.devices + tuple(added)) if added else inputs
 
     def snapshot(self, fleet: FleetView) -> PeaksSnapshot:
         """Today's placement with each model's peaks, for the rules evaluator."""
@@ -154,7 +188,7 @@ class ProfileInputs:
         )
         footprints = {m.model: m.peaks for m in profile.models}
         return FleetInputs(devices, footprints, default_capacity=capacity, origin=self.path,
-                           copy_capacity_per_second=copy_capacities(profile))
+                           copy_capacity_per_second=copy_capacities(profile), profile=profile)
 
 
 @dataclass(frozen=True)

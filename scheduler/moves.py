@@ -9,6 +9,10 @@ subset of its target contents, which fit), so those steps are taken greedily; on
 devices that others must leave first need a search. When no safe order exists, the plan says
 which steps are stuck and proposes the smallest relaxation found: one temporary move through a
 device with room, or else the smallest raise of one device's limit.
+
+A step may also load its copy in another configuration (instance count, batching): on a new
+device, or in place, where Triton keeps the old configuration serving until the new one is
+ready, so the device holds both configurations' peaks while it switches, as it does in a move.
 """
 
 from __future__ import annotations
@@ -27,26 +31,33 @@ _SEARCH_NODES = 20_000
 
 @dataclass(frozen=True)
 class Step:
-    """One model changing devices. ``source`` None adds a replica, ``target`` None drops one."""
+    """One model changing devices. ``source`` None adds a replica, ``target`` None drops one;
+    ``source`` equal to ``target`` reloads the copy there in ``config``."""
 
     model: str
     source: str | None
     target: str | None
     temporary: bool = False  # part of a relaxation: the model goes on to its final device later
+    config: str | None = None  # the profiled configuration the arriving copy runs; None: as the repository has it
 
     @property
     def kind(self) -> str:
         if self.source is None:
             return "load"
+        if self.source == self.target:
+            return "reconfigure"
         return "unload" if self.target is None else "move"
 
     def describe(self) -> str:
         via = " (temporary)" if self.temporary else ""
+        as_config = f" as {self.config}" if self.config is not None else ""
+        if self.kind == "reconfigure":
+            return f"reconfigure {self.model} on {self.target} to {self.config}"
         if self.kind == "load":
-            return f"load {self.model} on {self.target}"
+            return f"load {self.model} on {self.target}{as_config}"
         if self.kind == "unload":
             return f"unload {self.model} from {self.source}"
-        return f"move {self.model} {self.source} -> {self.target}{via}"
+        return f"move {self.model} {self.source} -> {self.target}{as_config}{via}"
 
 
 @dataclass(frozen=True)
@@ -63,6 +74,17 @@ class Budget:
     server_baseline: Mapping[Dimension, float] = field(default_factory=dict)  # once per busy device
     # model -> the fewest copies that must serve it at every step (replicas, throughput policies)
     min_copies: Mapping[str, int] = field(default_factory=dict)
+    # model -> configuration -> peaks of one copy in it; a copy in a configuration not named here costs ``peaks``
+    config_peaks: Mapping[str, Mapping[str, Mapping[Dimension, float]]] = field(default_factory=dict)
+    loaded_configs: Mapping[tuple[str, str], str] = field(default_factory=dict)  # (model, device) -> today's
+    # model -> configuration -> what one copy serves, and model -> what its copies must serve together:
+    # no step takes a model's capacity below that (make-before-break for capacity, across configurations)
+    config_capacity_per_second: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    required_per_second: Mapping[str, float] = field(default_factory=dict)
+
+    def copy_peaks(self, model: str, config: str | None) -> Mapping[Dimension, float]:
+        known = self.config_peaks.get(model, {})
+        return known[config] if config is not None and config in known else self.peaks.get(model, {})
 
     @classmethod
     def from_problem(cls, problem: PlacementProblem) -> "Budget":
@@ -133,55 +155,92 @@ class _State:
         self.contents: dict[str, set[str]] = {}
         for model, device in placement.pairs():
             self.contents.setdefault(device, set()).add(model)
-        self.used = {device: budget.usage(models) for device, models in self.contents.items()}
+        self.configs: dict[tuple[str, str], str | None] = dict(budget.loaded_configs)  # (model, device) -> config
+        self._undo: list[dict[tuple[str, str], str | None]] = []  # the configurations each applied step replaced
+        self.used = {device: self._usage(device) for device in self.contents}
 
     def models_on(self, device: str) -> set[str]:
         return self.contents.get(device, set())
 
-    def usage_with(self, device: str, model: str) -> dict[Dimension, float]:
-        """The device's usage once ``model`` has arrived (and before anything leaves)."""
+    def _usage(self, device: str) -> dict[Dimension, float]:
+        used: dict[Dimension, float] = dict(self.budget.server_baseline) if self.models_on(device) else {}
+        for model in self.models_on(device):
+            for resource, value in self.budget.copy_peaks(model, self.configs.get((model, device))).items():
+                used[resource] = used.get(resource, 0.0) + value
+        return used
+
+    def usage_with(self, device: str, model: str, config: str | None = None) -> dict[Dimension, float]:
+        """The device's usage once ``model`` has arrived in ``config`` (and before anything leaves,
+        an old configuration of it included)."""
         used = dict(self.used.get(device, {}))
         if not self.models_on(device):
             used = dict(self.budget.server_baseline)
-        for resource, value in self.budget.peaks.get(model, {}).items():
+        for resource, value in self.budget.copy_peaks(model, config).items():
             used[resource] = used.get(resource, 0.0) + value
         return used
 
-    def _add(self, device: str, model: str) -> None:
-        self.used[device] = self.usage_with(device, model)
+    def _set(self, device: str, model: str, config: str | None) -> None:
         self.contents.setdefault(device, set()).add(model)
+        self.configs[(model, device)] = config
+        # Recomputed, not adjusted: no drift over a long search.
+        self.used[device] = self._usage(device)
 
     def _remove(self, device: str, model: str) -> None:
         self.contents[device].discard(model)
-        # Recomputed, not subtracted: no drift over a long search.
-        self.used[device] = self.budget.usage(self.contents[device])
+        self.configs.pop((model, device), None)
+        self.used[device] = self._usage(device)
 
     def apply(self, step: Step) -> None:
-        if step.target is not None:
-            self._add(step.target, step.model)
+        touched = {(step.model, d) for d in (step.source, step.target) if d is not None}
+        self._undo.append({key: self.configs.get(key) for key in touched})
         if step.source is not None:
             self._remove(step.source, step.model)
+        if step.target is not None:
+            self._set(step.target, step.model, step.config)
 
     def undo(self, step: Step) -> None:
-        if step.source is not None:
-            self._add(step.source, step.model)
+        replaced = self._undo.pop()
         if step.target is not None:
             self._remove(step.target, step.model)
+        if step.source is not None:
+            self._set(step.source, step.model, replaced[(step.model, step.source)])
+
+
+def _capacity(state: _State, model: str) -> float:
+    capacities = state.budget.config_capacity_per_second.get(model, {})
+    return sum(capacities.get(state.configs.get((model, device)) or "", 0.0)
+               for device, models in state.contents.items() if model in models)
+
+
+def _capacity_problem(state: _State, step: Step) -> str | None:
+    """A step that lowers a model's capacity may not leave it below what the copies must serve."""
+    required = state.budget.required_per_second.get(step.model)
+    if required is None or step.kind == "load":
+        return None
+    before = _capacity(state, step.model)
+    state.apply(step)
+    after = _capacity(state, step.model)
+    state.undo(step)
+    if after < before and after < required * (1 - _TOLERANCE):
+        return f"{step.describe()} would leave {step.model} serving {after:g}/s of the {required:g}/s it must"
+    return None
 
 
 def _problem(state: _State, step: Step) -> str | None:
     """Why ``step`` cannot run now, or None when it is safe."""
     if step.source is not None and step.model not in state.models_on(step.source):
         return f"{step.model} is not on {step.source}"
+    if (capacity := _capacity_problem(state, step)) is not None:
+        return capacity
     if step.target is None:
         copies = sum(step.model in models for models in state.contents.values())
         needed = state.budget.min_copies.get(step.model, 0)
         if copies - 1 < needed:
             return f"unloading {step.model} would leave {copies - 1} of the {needed} copies its demand needs"
         return None
-    if step.model in state.models_on(step.target):
+    if step.model in state.models_on(step.target) and step.kind != "reconfigure":
         return f"{step.model} is already on {step.target}"
-    over = state.budget.excess(step.target, state.usage_with(step.target, step.model))
+    over = state.budget.excess(step.target, state.usage_with(step.target, step.model, step.config))
     if over:
         return f"{step.target} would exceed its {', '.join(sorted(r.value for r in over))} limit"
     return None
@@ -198,17 +257,31 @@ def check_order(current: Placement, steps: Sequence[Step], budget: Budget) -> st
     return None
 
 
-def diff_steps(current: Placement, target: Placement) -> list[Step]:
-    """Unordered steps turning ``current`` into ``target``; models absent from the target stay put."""
+def diff_steps(
+    current: Placement,
+    target: Placement,
+    loaded_configs: Mapping[tuple[str, str], str] | None = None,
+    target_configs: Mapping[str, str] | None = None,
+) -> list[Step]:
+    """Unordered steps turning ``current`` into ``target``; models absent from the target stay put.
+
+    With ``target_configs`` (model -> configuration), arriving copies load in it and a copy that
+    stays where it is but runs another configuration today (``loaded_configs``) is reloaded.
+    """
+    loaded_configs, target_configs = loaded_configs or {}, target_configs or {}
     steps: list[Step] = []
     for model in sorted(target.assignments):
         now = set(current.assignments.get(model, ()))
         wanted = set(target.assignments[model])
         leaving, arriving = sorted(now - wanted), sorted(wanted - now)
+        config = target_configs.get(model)
         for source, destination in zip(leaving, arriving):
-            steps.append(Step(model, source, destination))
+            steps.append(Step(model, source, destination, config=config))
         steps.extend(Step(model, source, None) for source in leaving[len(arriving):])
-        steps.extend(Step(model, None, destination) for destination in arriving[len(leaving):])
+        steps.extend(Step(model, None, destination, config=config) for destination in arriving[len(leaving):])
+        if config is not None:
+            steps.extend(Step(model, device, device, config=config) for device in sorted(now & wanted)
+                         if loaded_configs.get((model, device)) != config)
     return steps
 
 
@@ -272,9 +345,12 @@ class _Search:
         return sorted(ready, key=preference)
 
 
-def plan_moves(current: Placement, target: Placement, budget: Budget) -> MovePlan:
-    """An ordered, safe list of steps from ``current`` to ``target``, or why none exists."""
-    steps = diff_steps(current, target)
+def plan_moves(
+    current: Placement, target: Placement, budget: Budget, target_configs: Mapping[str, str] | None = None
+) -> MovePlan:
+    """An ordered, safe list of steps from ``current`` to ``target`` (its copies in
+    ``target_configs``, from the ``budget``'s loaded ones), or why none exists."""
+    steps = diff_steps(current, target, budget.loaded_configs, target_configs)
     if not steps:
         return MovePlan((), True, reason="the placement already matches the target")
     search = _Search(current, steps, budget)
@@ -309,8 +385,8 @@ def _temporary_move(
             if spare in (stuck.source, stuck.target):
                 continue
             rerouted = [s for s in steps if s != stuck] + [
-                Step(stuck.model, stuck.source, spare, temporary=True),
-                Step(stuck.model, spare, stuck.target),
+                Step(stuck.model, stuck.source, spare, temporary=True, config=stuck.config),
+                Step(stuck.model, spare, stuck.target, config=stuck.config),
             ]
             order = _Search(current, rerouted, budget).run()
             if order is not None:
@@ -318,6 +394,17 @@ def _temporary_move(
                     f"move {stuck.model} to {spare} first, temporarily, then on to {stuck.target}", tuple(order)
                 )
     return None
+
+
+def _usage_with(budget: Budget, step: Step, contents: set[str]) -> dict[Dimension, float]:
+    """The target's usage with ``step``'s copy arrived, the copies there in today's configurations."""
+    assert step.target is not None
+    totals: dict[Dimension, float] = dict(budget.server_baseline)
+    copies = [(m, budget.loaded_configs.get((m, step.target))) for m in contents] + [(step.model, step.config)]
+    for model, config in copies:
+        for resource, value in budget.copy_peaks(model, config).items():
+            totals[resource] = totals.get(resource, 0.0) + value
+    return totals
 
 
 def _limit_raise(
@@ -332,7 +419,7 @@ def _limit_raise(
     for step in blocked:
         if step.target is None:
             continue
-        over = budget.excess(step.target, budget.usage([*stuck_contents.get(step.target, ()), step.model]))
+        over = budget.excess(step.target, _usage_with(budget, step, stuck_contents.get(step.target, set())))
         for resource, amount in over.items():
             limit = budget.limits[step.target][resource]
             candidates.append((amount / limit if limit else float("inf"), step.target, resource, amount))

@@ -17,14 +17,13 @@ import time
 import psutil
 
 from gpupack.config import ConfigFile, Setting, resolve_settings
-from gpupack.domain import Device
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
 from gpupack.rules.loader import load_policies_if_given
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.rules.compiled import compile_policies
 from gpupack.scheduler.constraints import build_problem, fleet_for
-from gpupack.scheduler.devices_file import identical_devices, load_devices
+from gpupack.scheduler.devices_file import PlannedDevices, identical_devices, load_devices
 from gpupack.scheduler.plan_report import CapacityPolicyCost, TimeBudget, render_json, render_table
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.solver import Objective, solve
@@ -82,8 +81,9 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         from gpupack.scheduler.demand_cli import run_demand
 
         return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count))
-    devices = _devices(settings, profile, policies)
-    fleet = fleet_for(profile.models, devices, profile.server_baseline)
+    planned_devices = _devices(settings, profile, policies)
+    devices = planned_devices.devices
+    fleet = fleet_for(profile.models, devices, profile.server_baseline, planned_devices.servers)
     share = PLAN_SHARE if _at_full_capacity(policies) is not None else 1.0
     startup_seconds = time.monotonic() - started
     planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     cost = None
     relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept)))
     if relaxed is not None:
-        full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1])
+        full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1],
+                             servers=planned_devices.servers)
         cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], _left(deadline)))
     render = render_json if args.format == "json" else render_table
     sys.stdout.write(render(result, cost, planned.broken_alerts, TimeBudget(settings["time_limit"], startup_seconds)))
@@ -125,7 +126,7 @@ def _objectives(text: str) -> tuple[Objective, ...]:
 
 
 def _devices(settings: dict, profile: Profile, policies: PolicySet,
-             default_count: int | None = None) -> tuple[Device, ...]:
+             default_count: int | None = None) -> PlannedDevices:
     if settings["devices_file"]:
         if settings["device_memory"] is not None or settings["devices"] is not None:
             raise InputError("--devices-file describes the devices itself: drop --device-memory and --devices")

@@ -77,7 +77,8 @@ def render_outcome(outcome: RebalanceOutcome) -> str:
 
 def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict[str, Any]:
     def step(s: Any) -> dict[str, Any]:
-        return {"model": s.model, "kind": s.kind, "source": s.source, "target": s.target, "temporary": s.temporary}
+        return {"model": s.model, "kind": s.kind, "source": s.source, "target": s.target, "temporary": s.temporary,
+                "config": s.config}
 
     moves = plan.moves
     document: dict[str, Any] = {

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 from gpupack.domain import Placement
 from gpupack.errors import GpupackError, InputError
+from gpupack.model_configs import ModelConfig
 from gpupack.rules.evaluator import Result, evaluate
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.audit import AuditLog
@@ -31,6 +32,7 @@ from gpupack.scheduler.executor import (
 from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
 from gpupack.scheduler.constraints import problem_from
+from gpupack.scheduler.demand_rebalance import plan_configurations
 from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.problem import DeviceCountProof, Objective
@@ -107,6 +109,7 @@ class Rebalancer:
         self.policies = policies
         self.settings = settings
         self.state = state or RebalanceState()
+        self._copy_capacity_per_second: dict[str, float] = {}
         self.progress = progress
         self.control = control
         self.clock = clock
@@ -118,7 +121,12 @@ class Rebalancer:
         timeout_seconds = self.settings.step_timeout_seconds
         fleet = read_fleet(self.servers, inputs.gpus, lambda e: self.control(e, timeout_seconds), self.clock)
         self.state.publish_placement(fleet)
+        self._copy_capacity_per_second = inputs.loaded_capacities(fleet)
         return fleet
+
+    def loaded_copy_capacities(self) -> dict[str, float]:
+        """What one copy of each model serves in the configuration it was loaded in at the last read."""
+        return self._copy_capacity_per_second
 
     def refresh_placement(self) -> FleetView:
         """Read and publish where every model is now, for ``/api/v1/placement`` between runs."""
@@ -139,16 +147,22 @@ class Rebalancer:
         models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
         problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
         broken: tuple[str, ...] = ()
+        budget = Budget.from_problem(problem)
         proof = None
-        if violations:
+        reconfigured = plan_configurations(inputs, fleet, constraints, OBJECTIVES,
+                                           self.settings.solve_time_limit_seconds) if violations else None
+        if reconfigured is not None:
+            problem, target, budget = reconfigured.problem, reconfigured.placement, reconfigured.budget
+            moves = plan_moves(fleet.placement, target, budget, reconfigured.configs)
+        elif violations:
             planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
                                  self.settings.solve_time_limit_seconds, current=fleet.placement)
             problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
             proof = planned.result.proof
-            moves = plan_moves(fleet.placement, target, Budget.from_problem(problem))
+            budget = Budget.from_problem(problem)
+            moves = plan_moves(fleet.placement, target, budget)
         else:
             target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
-        budget = Budget.from_problem(problem)
         admission = admit(
             fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
         )
@@ -160,6 +174,8 @@ class Rebalancer:
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
+            if plan.inputs.loaded_configs(now) != plan.inputs.loaded_configs(plan.fleet):
+                raise StalePlanError("a model's configuration changed since the plan was made; run again to re-plan")
             return self._execute(plan, held)
 
     def request(self, violations: Sequence[object], policies: PolicySet | None = None) -> RebalanceOutcome | None:
@@ -230,8 +246,14 @@ class Rebalancer:
             self.settings.drain_seconds,
             progress=self.progress,
             control=self.control,
+            configs=_profiled_configs(plan.inputs),
         )
         return build_executor(plan.inputs, plan.fleet.placement, self.servers, context)
+
+
+def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:
+    searched = inputs.profile.configs if inputs.profile is not None else {}
+    return {model: {c.name: c for c in configs} for model, configs in searched.items()}
 
 
 def build_executor(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from gpupack.exporter.attribution import ModelUsage
+from gpupack.exporter.usage import ModelUsage
 from gpupack.exporter.collector import SnapshotCollector
 from gpupack.exporter.exposition import ExpositionRenderer, render_once
 from gpupack.exporter.families import FAMILIES, parse_family_selection

@@ -107,3 +107,34 @@ def test_our_fast_exposition_is_byte_for_byte_prometheus_clients_in_both_formats
     ours = render_once(collector.collect())
     assert ours.text == generate_latest(registry)
     assert ours.openmetrics == generate_openmetrics(registry)
+
+
+def test_an_attributor_kept_across_samples_answers_as_a_fresh_one_does_as_the_fleet_moves():
+    """It plans each server once per Triton poll and reuses usages between samples: none of it may
+    hide a GPU's utilisation moving, a poll's new compute times, or a backend process appearing."""
+    gpu = FakeGpu("GPU-a", used_bytes=12 * GIB, processes={1: 5 * GIB}, util_percent=50)
+    source = NvmlSource(NvmlDoor(fake_pynvml([gpu])))
+    group = (InstanceGroup("KIND_GPU", 1, (0,)),)
+
+    def triton(at: float, a_seconds: float, b_seconds: float) -> TritonReading:
+        return TritonReading("t", at, (ModelReading("a", "1", group, compute_seconds=a_seconds,
+                                                    memory_usage=(MemoryUsage("GPU", 0, GIB),)),
+                                       ModelReading("b", "1", group, compute_seconds=b_seconds)))
+
+    kept = Attributor()
+    r0, r1, r2 = triton(0.0, 0.0, 0.0), triton(1.0, 1.0, 3.0), triton(2.0, 3.0, 5.0)
+    steps = [(r1, r0, True, {}), (r1, r0, False, {}), (r2, r1, True, {}), (r2, r1, False, {20: ("b", 0)})]
+    seen = []
+    for util_percent, (now, before, is_new, backends) in zip((50, 80, 80, 60), steps):
+        gpu.util_percent = util_percent
+        gpu.processes = {1: 5 * GIB} | {pid: 2 * GIB for pid in backends}
+        readings = source.read()
+        inputs = [ServerInputs("t", now, before, _host(backends), triton_is_new=is_new)]
+        ours = kept.attribute(inputs, readings, host_devices=False)
+        fresh = Attributor().attribute(inputs, readings, host_devices=False)
+        assert ours.models == fresh.models
+        assert ours.unattributed_memory_bytes == fresh.unattributed_memory_bytes
+        seen.append({m.model: (m.memory_source, m.utilization_ratio) for m in ours.models})
+    assert seen[0]["b"] == (None, 0.5 * 3 / 4) and seen[1]["b"] == (None, 0.8 * 3 / 4)  # the GPU moved
+    assert seen[2]["a"][1] == seen[2]["b"][1] == 0.4  # the poll's compute times moved
+    assert seen[3]["b"][0] == "process"  # its stub appeared

@@ -34,7 +34,8 @@ def test_both_formats_pass_their_judges_on_a_real_scrape(start_triton, exporter_
     promtool = require_binary("promtool")
     server = start_triton(name="a", models=["small"])
     exporter = exporter_factory([server])
-    wait_until(lambda: "gpupack_model_memory_bytes{" in _scrape(exporter.url, TEXT_ACCEPT).text)
+    # Utilisation needs two samples (a CPU-time rate): until then the two scrapes may differ by it.
+    wait_until(lambda: "gpupack_model_utilization_ratio{" in _scrape(exporter.url, TEXT_ACCEPT).text)
     text = _scrape(exporter.url, TEXT_ACCEPT)
     openmetrics = _scrape(exporter.url, OPENMETRICS_ACCEPT)
     assert text.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"

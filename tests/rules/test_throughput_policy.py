@@ -10,6 +10,7 @@ import pytest
 from gpupack.cli import main
 from gpupack.domain import Device, Placement, Resource
 from gpupack.errors import InputError
+from gpupack.rules.demand_source import with_loaded_capacities
 from gpupack.rules.evaluator import Status, evaluate
 from gpupack.rules.loader import load_policies
 from gpupack.rules.metrics import RulesCollector, RulesState
@@ -74,6 +75,15 @@ def test_one_copy_below_demand_times_headroom_is_violated_and_a_second_copy_clea
     assert result.headroom_ratio == pytest.approx(15 / 24 - 1)
     two = evaluate(_snapshot({"small": ["GPU-0", "GPU-1"]}, {"small": 20.0}, {"small": 15.0}), policies)
     assert [(r.status, r.value) for r in two.results] == [(Status.OK, 30.0)]
+
+
+def test_a_copy_reconfigured_by_the_scheduler_is_judged_at_its_loaded_capacity_not_the_profiles(tmp_path):
+    policies = _policies(tmp_path)
+    profiled = lambda: _snapshot({"small": ["GPU-0"]}, {"small": 20.0}, {"small": 15.0})  # noqa: E731
+    assert evaluate(profiled(), policies).results[0].status is Status.VIOLATED
+    # The scheduler reloaded the one copy with two instances: 30/s, read back from Triton.
+    judged = evaluate(with_loaded_capacities(profiled, lambda: {"small": 30.0})(), policies)
+    assert [(r.status, r.value) for r in judged.results] == [(Status.OK, 30.0)]
 
 
 def test_capacity_far_above_demand_with_a_copy_to_spare_is_the_consolidation_signal(tmp_path):

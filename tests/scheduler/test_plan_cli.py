@@ -138,3 +138,29 @@ def test_an_alert_policy_that_cannot_hold_blocks_plan_unless_soft_alerts_and_is_
     assert document["device_count"] == 3 and document["alert_policies_broken"] == ["one-gpu"]
     assert main([*args, "--soft-alerts"]) == 0
     assert "Alert policies this plan breaks (no plan keeps them all): one-gpu." in capsys.readouterr().out
+
+
+def test_a_devices_file_says_which_servers_run_where_so_server_scoped_policies_plan(capsys, tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text("server_baseline: {peak_gpu_memory_bytes: 0}\nmodels:\n"
+                       "  - {model: m1, peak_gpu_memory_bytes: 4GiB}\n  - {model: m2, peak_gpu_memory_bytes: 6GiB}\n")
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: d1, memory: 16GiB, servers: [triton-a]}\n"
+                       "  - {name: d2, memory: 16GiB, servers: [triton-b]}\n")
+    rules = tmp_path / "policies.yaml"
+    rules.write_text("policies:\n"
+                     "  - {name: m1-on-b, selector: {models: [m1]}, pin: {servers: [triton-b]}}\n"
+                     "  - {name: a-small, resource: gpu_memory, max: 30%, selector: {servers: [triton-a]}}\n")
+    status = main(["plan", "--profile", str(profile), "--devices-file", str(devices), "--policies", str(rules),
+                   "--format", "json"])
+    document = json.loads(capsys.readouterr().out)
+    # The pin sends m1 to triton-b's device; 6 GiB is over 30% of triton-a's: both on d2.
+    assert status == 0
+    assert {d["name"]: sorted(d["models"]) for d in document["devices"]} == {"d2": ["m1", "m2"]}
+
+
+def test_servers_in_a_devices_file_name_one_device(capsys, tmp_path):
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: t4, memory: 16GiB, count: 2, servers: [a]}\n")
+    assert main(["plan", "--profile", SEED, "--devices-file", str(devices)]) == 2
+    assert f"{devices}:2: devices[0].servers: servers run on one device" in capsys.readouterr().err
