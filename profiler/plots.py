@@ -23,7 +23,8 @@ from gpupack.profiler.stats import PointResult, PointStatus  # noqa: E402
 from gpupack.profiler.sweep import SweepResult  # noqa: E402
 
 MIB = 2**20
-_CSV_FIELDS = ("model", "batch_size", "concurrency", "request_rate_per_second", "status", "window_seconds", "request_count", "error_count",
+_CSV_FIELDS = ("model", "batch_size", "concurrency", "request_rate_per_second", "late_count", "dropped_count",
+               "status", "window_seconds", "request_count", "error_count",
                "throughput_per_second", "triton_throughput_per_second", "throughput_difference_ratio",
                "latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "peak_memory_bytes",
                "peak_utilization_ratio", "peak_memory_bandwidth_utilization_ratio", "chosen", "errors")
@@ -50,7 +51,8 @@ def _points_csv(path: Path, points: list[PointResult], chosen: Mapping[str, Poin
             lat = p.latencies
             writer.writerow({
                 "model": p.model, "batch_size": p.batch_size, "concurrency": "" if p.concurrency is None else p.concurrency,
-                "request_rate_per_second": _opt(p.request_rate_per_second), "status": p.status.value,
+                "request_rate_per_second": _opt(p.request_rate_per_second),
+                "late_count": p.late_count, "dropped_count": p.dropped_count, "status": p.status.value,
                 "window_seconds": f"{p.window_seconds:.6f}", "request_count": p.request_count,
                 "error_count": p.error_count, "throughput_per_second": f"{p.throughput_per_second:.3f}",
                 "triton_throughput_per_second": f"{p.triton_throughput_per_second:.3f}",

@@ -45,7 +45,8 @@ def _ms(point: object) -> str:
 
 
 CSV_FIELDS = ("model", "config", "instance_count", "max_batch_size", "dynamic_batching", "max_queue_delay_seconds",
-              "concurrency", "request_rate_per_second", "status", "throughput_per_second", "triton_throughput_per_second",
+              "concurrency", "request_rate_per_second", "late_count", "dropped_count", "status",
+              "throughput_per_second", "triton_throughput_per_second",
               "latency_p50_seconds", "latency_p99_seconds", "server_queue_seconds", "server_compute_input_seconds",
               "server_compute_infer_seconds", "server_compute_output_seconds", "peak_memory_bytes",
               "peak_utilization_ratio", "peak_memory_bandwidth_utilization_ratio", "recommended")
@@ -67,6 +68,7 @@ def write_configs_csv(path: Path, searches: Mapping[str, ModelSearch], rankings:
                         "max_queue_delay_seconds": variant.batching.max_queue_delay_seconds if variant.batching.enabled else "",
                         "concurrency": "" if p.concurrency is None else p.concurrency,
                         "request_rate_per_second": _opt(p.request_rate_per_second),
+                        "late_count": p.late_count, "dropped_count": p.dropped_count,
                         "status": p.status.value,
                         "throughput_per_second": f"{p.throughput_per_second:.3f}",
                         "triton_throughput_per_second": f"{p.triton_throughput_per_second:.3f}",

@@ -105,6 +105,7 @@ class PointResult:
     server_latency: ServerLatency | None = None
     request_rate_per_second: float | None = None  # the offered rate, when the load was a rate
     dropped_count: int = 0  # sends the open loop skipped, the server being a whole interval behind
+    late_count: int = 0  # sends the open loop made over half an interval late
 
     @property
     def load(self) -> Load:
@@ -169,6 +170,7 @@ def measure_point(
         server_latency=ServerLatency.of(served),
         request_rate_per_second=window.request_rate_per_second,
         dropped_count=window.dropped_count,
+        late_count=window.late_count,
     )
 
 
