@@ -284,6 +284,19 @@ def test_a_rate_ramp_stops_at_the_first_rate_served_short_and_resumes_keyed_by_r
     assert [(p.concurrency, p.request_rate_per_second, p.throughput_per_second) for p in points] == \
         [(None, 50, 50), (None, 150, 100)]
 
+    # The recommendation stands on a rate served in full: 1000/s was served short (800).
+    best = rank(search.searches["m"].configs, Constraints())[0][0]
+    assert (best.config.name, best.point.request_rate_per_second) == ("i1-b4-dyn-500us", 300)
+
     again: list[FakeLoad] = []
     _search(tmp_path, FakeControl(), again, rates=(50, 150, 300, 1000)).run()
     assert again == []  # every rate point came back from the checkpoint
+
+
+def test_a_config_saturated_at_its_lowest_rate_is_rejected_with_lower_rates_advised() -> None:
+    window = LoadWindow(1, None, 1.0, (0.001,) * 40, 0, (), 100.0, dropped_count=60)
+    point = measure_point("m", window, TritonCounters(0, 0, 0), TritonCounters(40, 0, 40), Peaks(100), Peaks(0))
+
+    _, rejected = rank([_config(1, point)], Constraints())
+
+    assert rejected[0][1] == "saturated already at 100 requests/s: offer lower --request-rate values"
