@@ -4,8 +4,8 @@ The demand planner assumes a copy serving a fraction of a measured point's rate 
 busy (linear from (0, 0) below the first point). This checks it on a real Triton server (CPU-only
 here: utilisation is the server process tree's CPU share, as the profiler measures it): for each
 sample model it finds the highest rate one copy sustains (the profiler's load generator at
-concurrency 1), then sends requests at 25, 50 and 75% of it at fixed times (an open loop on the
-load generator's own connections and request bytes), and prints the measured utilisation beside
+concurrency 1), then sends requests at 25, 50 and 75% of it at fixed times (the load generator's
+open loop, ``run_at_rate``), and prints the measured utilisation beside
 the one the planner would interpolate from the 100% point. The server's idle share is measured
 first and subtracted, as profiles exclude the server baseline. All traffic goes to 127.0.0.1.
 """
@@ -13,7 +13,6 @@ first and subtracted, as profiles exclude the server baseline. All traffic goes 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import tempfile
 import time
 from pathlib import Path
@@ -21,14 +20,13 @@ from pathlib import Path
 import psutil
 
 from gpupack.profiler.control import ServerControl
-from gpupack.profiler.loadgen import LoadGenerator, _connect, signature_from_config
+from gpupack.profiler.loadgen import LoadGenerator, signature_from_config
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 
 MIB = 2**20
 MODELS = (SampleModel("busy-5ms", 16 * MIB, compute_seconds=0.005),
           SampleModel("busy-20ms", 16 * MIB, compute_seconds=0.02))
 FRACTIONS = (0.25, 0.5, 0.75)
-WORKERS = 8  # requests that may be in flight, so that a slow answer never delays the next send
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -51,31 +49,6 @@ def utilization_during(pid: int, work, seconds: float) -> tuple[float, object]:
     return (tree_cpu_seconds(pid) - cpu) / (elapsed * psutil.cpu_count()), result
 
 
-async def paced(generator: LoadGenerator, rate_per_second: float, seconds: float) -> int:
-    """Send at fixed times t_k = start + k / rate; returns how many answered."""
-    errors: list[str] = []
-    connections = [c for c in await asyncio.gather(*(_connect(generator.address, errors) for _ in range(WORKERS))) if c]
-    request = generator._request(1)
-    total = int(rate_per_second * seconds)
-    next_k, answered = 0, 0
-    started = time.perf_counter()
-
-    async def worker(connection) -> None:
-        nonlocal next_k, answered
-        while next_k < total:
-            k, next_k = next_k, next_k + 1
-            await asyncio.sleep(max(0.0, started + k / rate_per_second - time.perf_counter()))
-            if await connection.exchange(request) is None:
-                answered += 1
-
-    try:
-        await asyncio.gather(*(worker(c) for c in connections))
-    finally:
-        for connection in connections:
-            connection.close()
-    return answered
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per point (default: 4)")
@@ -96,7 +69,7 @@ def main() -> None:
             print(f"{model.name:<10} {'100%':>5} {top_rate:>7.1f} {top * 100:>8.1f}% {'(the point)':>13}")
             for fraction in FRACTIONS:
                 rate = top_rate * fraction
-                share, _ = utilization_during(server.pid, lambda: asyncio.run(paced(generator, rate, args.duration)), 0)
+                share, _ = utilization_during(server.pid, lambda: generator.run_at_rate(1, rate, args.duration), 0)
                 measured, interpolated = share - idle, top * fraction
                 print(f"{'':<10} {fraction * 100:>4.0f}% {rate:>7.1f} {measured * 100:>8.1f}% {interpolated * 100:>12.1f}% "
                       f"{(interpolated - measured) * 100:>+6.1f}")

@@ -1,4 +1,4 @@
-"""Parsing and formatting of the quantities users type: sizes, ratios, durations.
+"""Parsing and formatting of the quantities users type: sizes, ratios, durations, rates.
 
 Everything inside gpupack is in base units (bytes, seconds, ratios 0-1); these helpers are the
 only place where ``16GiB``, ``80%`` or ``10s`` become numbers and back again.
@@ -67,6 +67,20 @@ def parse_count(value: str | int) -> int:
     if not text.isdigit() or int(text) < 1:
         raise UnitError(f"{value!r} is not a positive whole number")
     return int(text)
+
+
+def parse_rate(value: str | int | float) -> float:
+    """``20``, ``"20/s"`` or ``"1200/m"`` -> 20.0 per second; zero and negatives are refused."""
+    text = str(value).strip()
+    amount, slash, unit = text.partition("/")
+    factor = _DURATION_SUFFIXES.get(unit.strip().lower() if slash else "s")
+    match = _QUANTITY.match(amount)
+    if factor is None or match is None or match.group(3) or isinstance(value, bool):
+        raise UnitError(f"{value!r} is not a rate (like 20, 20/s or 1200/m)")
+    number = float(match.group(1)) * 10 ** int(match.group(2) or 0) / factor
+    if number <= 0:
+        raise UnitError(f"{value!r} is not a positive rate")
+    return number
 
 
 def parse_ratio(value: str | int | float) -> float:

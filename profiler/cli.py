@@ -29,7 +29,7 @@ from gpupack.profiler.search import STRATEGIES
 from gpupack.profiler.sweep import Sweep, SweepPlan
 from gpupack.profiler.variants import INSTANCE_KINDS
 from gpupack.profiles import write_profile
-from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration
+from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_rate
 
 SECTION = "profile"
 BACKENDS = ("host", "nvml")
@@ -75,6 +75,13 @@ def _on_off(value: Any) -> tuple[bool, ...]:
     return tuple(dict.fromkeys(words[item] for item in items))
 
 
+def _rates(value: Any) -> tuple[float, ...]:
+    rates = tuple(dict.fromkeys(parse_rate(item.strip()) for item in str(value).split(",") if item.strip()))
+    if not rates:
+        raise ValueError(f"{value!r} names no rate")
+    return rates
+
+
 def _durations(value: Any) -> tuple[float, ...]:
     return tuple(dict.fromkeys(parse_duration(item.strip()) for item in str(value).split(",") if item.strip()))
 
@@ -96,6 +103,7 @@ SETTINGS = (
     Setting("models", _names, None),
     Setting("batch", _positive_ints, (1,)),
     Setting("concurrency", _positive_ints, None),
+    Setting("request_rate", _rates, None),
     Setting("server", str, None),
     Setting("duration", parse_duration, 10.0),
     Setting("warmup", parse_duration, 2.0),
@@ -123,6 +131,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--models", metavar="A,B,C", help="models to profile, one at a time")
     parser.add_argument("--batch", metavar="1,2,4", help="batch sizes (default: 1)")
     parser.add_argument("--concurrency", metavar="1,2,4", help="requests in flight (default: 1)")
+    parser.add_argument("--request-rate", metavar="10,20,40", help="instead of --concurrency: requests per second, "
+                        "sent on a fixed schedule (open loop); a ramp stops at the first rate served short")
     parser.add_argument("--server", metavar="URL", help="an idle Triton server in explicit model-control mode "
                         "(default: start one over --model-repository)")
     parser.add_argument("--duration", metavar="10s", help="measurement window per point (default: 10s)")
@@ -156,6 +166,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         raise InputError("no model to profile (give --models a,b,c)")
     if not values["server"] and not values["model_repository"]:
         raise InputError("give --server URL, or --model-repository DIR to start a server over")
+    if values["request_rate"] and values["concurrency"]:
+        raise InputError("give --concurrency or --request-rate, not both: a ramp raises one load")
     if values["search"]:
         from gpupack.profiler.search_cli import run_search  # noqa: PLC0415 - one path or the other
 
@@ -166,7 +178,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         raise InputError("--resume continues a configuration search: give --search too")
     values["concurrency"] = values["concurrency"] or LEGACY_CONCURRENCY
     plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
-                     values["warmup"], values["latency_bound"])
+                     values["warmup"], values["latency_bound"], values["request_rate"] or ())
     limits = Limits(values["latency_bound"], values["memory_limit"])
     backend = values["backend"] or _default_backend()
     with _server(values["server"], values["model_repository"]) as (address, pid):

@@ -63,12 +63,12 @@ def _constraints_text(constraints: Constraints) -> str:
 
 
 def _ranking_table(ranking: ModelRanking) -> str:
-    rows = ["<table><tr><th>config</th><th>rank</th><th>throughput (infer/s)</th><th>concurrency</th>"
+    rows = ["<table><tr><th>config</th><th>rank</th><th>throughput (infer/s)</th><th>load</th>"
             "<th>p99 (ms)</th><th>peak memory (MiB)</th><th>score</th></tr>"]
     for n, ranked in enumerate(ranking.ranked, start=1):
         p99 = ranked.point.latencies.p99_seconds * 1000 if ranked.point.latencies else 0.0
         rows.append(f"<tr class='{'best' if n == 1 else ''}'><td>{html.escape(ranked.config.name)}</td><td>{n}</td>"
-                    f"<td>{ranked.point.throughput_per_second:.1f}</td><td>{ranked.point.concurrency}</td>"
+                    f"<td>{ranked.point.throughput_per_second:.1f}</td><td>{ranked.point.load}</td>"
                     f"<td>{p99:.2f}</td><td>{(ranked.config.peak_memory_bytes or 0) / MIB:.1f}</td>"
                     f"<td>{ranked.score:.1f}</td></tr>")
     for config, reason in ranking.rejected:
@@ -78,7 +78,7 @@ def _ranking_table(ranking: ModelRanking) -> str:
 
 
 def _points_table(search: ModelSearch) -> str:
-    rows = ["<table><tr><th>config</th><th>concurrency</th><th>status</th><th>throughput (infer/s)</th>"
+    rows = ["<table><tr><th>config</th><th>load</th><th>status</th><th>throughput (infer/s)</th>"
             "<th>p50 (ms)</th><th>p99 (ms)</th><th>queue (ms)</th><th>compute input (ms)</th>"
             "<th>inference (ms)</th><th>compute output (ms)</th><th>peak memory (MiB)</th><th>peak util</th></tr>"]
     for config in search.configs:
@@ -86,7 +86,7 @@ def _points_table(search: ModelSearch) -> str:
             lat, server = p.latencies, p.server_latency
             stages = ([server.queue_seconds, server.compute_input_seconds, server.compute_infer_seconds,
                        server.compute_output_seconds] if server else [])
-            cells = [html.escape(config.name), str(p.concurrency), p.status.value, f"{p.throughput_per_second:.1f}",
+            cells = [html.escape(config.name), str(p.load), p.status.value, f"{p.throughput_per_second:.1f}",
                      f"{lat.p50_seconds * 1000:.2f}" if lat else "-", f"{lat.p99_seconds * 1000:.2f}" if lat else "-",
                      *([f"{s * 1000:.3f}" for s in stages] or ["-"] * 4),
                      f"{p.peak_memory_bytes / MIB:.1f}" if p.peak_memory_bytes is not None else "-",

@@ -1,4 +1,6 @@
-"""The built-in load generator: a fixed number of requests always in flight, for a set time.
+"""The built-in load generator: a fixed number of requests in flight, or a fixed request rate.
+
+Closed loop (:meth:`LoadGenerator.run`): a fixed number of requests always in flight, for a set time.
 
 Each of ``concurrency`` workers sends one request, waits for its answer and sends the next, on a
 keep-alive HTTP/1.1 connection of its own, all in one asyncio thread. A profiler's client must not
@@ -13,6 +15,14 @@ dimension when the model batches, drawn afresh for every window.
 A window ends when its time is up *and every request sent in it has answered*: no request is in
 flight at either edge, so the server's own counters read before and after cover exactly the
 requests counted here.
+
+Open loop (:meth:`LoadGenerator.run_at_rate`): requests sent on a constant schedule, the k-th at
+``start + k / rate``, whatever the answers do, as serving traffic arrives (constant rather than
+Poisson: the same offered load each run, so points compare). At most ``max_in_flight`` requests
+are out at once, on that many connections: an overloaded server makes sends wait, not pile up.
+A send that starts over half an interval after its time is *late*; one a whole interval behind
+is *dropped* (not sent; the schedule moves on), so achieved throughput falls short of the offered
+rate and says the server is saturated.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ _NUMPY_TYPES = {
     "TYPE_FP64": np.float64,
 }
 _ERROR_SAMPLES = 3  # distinct error messages kept per window: enough to say what went wrong
+MAX_IN_FLIGHT = 32  # open-loop requests out at once: rate x latency must fit below it
 _INPUT_SETS = 4  # random request bodies per window, cycled through so that no cache answers from a repeat
 
 
@@ -98,15 +109,42 @@ def random_inputs(signature: ModelSignature, batch_size: int, rng: np.random.Gen
 
 
 @dataclass(frozen=True)
+class Load:
+    """One load level: requests kept in flight (closed loop) or requests sent per second (open loop)."""
+
+    concurrency: int | None = None
+    request_rate_per_second: float | None = None
+
+    def __str__(self) -> str:
+        if self.request_rate_per_second is not None:
+            return f"{self.request_rate_per_second:g} requests/s"
+        return f"concurrency {self.concurrency}"
+
+    @property
+    def label(self) -> str:
+        """For a table's load column: ``4`` (in flight) or ``20/s``."""
+        if self.request_rate_per_second is not None:
+            return f"{self.request_rate_per_second:g}/s"
+        return str(self.concurrency)
+
+    @property
+    def sort_key(self) -> tuple[float, float]:
+        return (self.concurrency or 0, self.request_rate_per_second or 0.0)
+
+
+@dataclass(frozen=True)
 class LoadWindow:
     """What one window of load did, seen from the client."""
 
     batch_size: int
-    concurrency: int
+    concurrency: int | None  # None in an open-loop window
     elapsed_seconds: float  # first send to last answer
     latencies_seconds: tuple[float, ...]  # one per successful request
     error_count: int
     error_messages: tuple[str, ...]
+    request_rate_per_second: float | None = None  # the offered rate of an open-loop window
+    late_count: int = 0  # open loop: sends that started over half an interval late
+    dropped_count: int = 0  # open loop: sends skipped, a whole interval behind (the server saturated)
 
     @property
     def success_count(self) -> int:
@@ -133,11 +171,75 @@ class LoadGenerator:
         """One window, blocking. Ctrl-C arrives as KeyboardInterrupt once in-flight requests are cancelled."""
         return asyncio.run(self.drive(batch_size, concurrency, duration_seconds))
 
-    async def drive(self, batch_size: int, concurrency: int, duration_seconds: float) -> LoadWindow:
+    def run_at_rate(self, batch_size: int, rate_per_second: float, duration_seconds: float,
+                    max_in_flight: int = MAX_IN_FLIGHT) -> LoadWindow:
+        """One open-loop window at ``rate_per_second`` requests, blocking."""
+        return asyncio.run(self.drive_at_rate(batch_size, rate_per_second, duration_seconds, max_in_flight))
+
+    async def drive_at_rate(self, batch_size: int, rate_per_second: float, duration_seconds: float,
+                            max_in_flight: int = MAX_IN_FLIGHT) -> LoadWindow:
+        if rate_per_second <= 0:
+            raise ValueError(f"request rate must be positive, not {rate_per_second}")
+        self._check_batch(batch_size)
+        requests = itertools.cycle([self._request(batch_size) for _ in range(_INPUT_SETS)])
+        latencies: list[float] = []
+        errors: list[str] = []
+        interval = 1.0 / rate_per_second
+        total = max(1, round(rate_per_second * duration_seconds))
+        late = dropped = 0
+        connections = await asyncio.gather(*(_connect(self.address, errors) for _ in range(max_in_flight)))
+        started = self._clock()
+        next_send = 0
+
+        async def sender(connection: _Connection) -> None:
+            nonlocal next_send, late, dropped
+            while next_send < total:
+                k = next_send
+                behind = int((self._clock() - started) / interval) - k
+                if behind >= 1:  # a whole interval behind: skip to the send due now
+                    skipped = min(behind, total - k)
+                    dropped += skipped
+                    next_send += skipped
+                    continue
+                next_send += 1
+                due = started + k * interval
+                wait = due - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                elif -wait > interval / 2:
+                    late += 1
+                sent = self._clock()
+                error = await self._exchange(connection, next(requests))
+                if error is not None:
+                    errors.append(error)
+                    return
+                latencies.append(self._clock() - sent)
+
+        try:
+            await asyncio.gather(*(sender(c) for c in connections if c is not None))
+            # The schedule spans total intervals, the last send's own included, however fast it answered.
+            elapsed = max(self._clock() - started, total * interval)
+        finally:
+            for connection in connections:
+                if connection is not None:
+                    connection.close()
+        return LoadWindow(batch_size, None, elapsed, tuple(latencies), len(errors),
+                          tuple(dict.fromkeys(errors))[:_ERROR_SAMPLES], rate_per_second, late, dropped)
+
+    def _check_batch(self, batch_size: int) -> None:
         if not self.signature.supports_batch(batch_size):
             raise UnsupportedModelError(
                 f"model {self.signature.model}: batch size {batch_size} is above its max_batch_size "
                 f"{self.signature.max_batch_size}")
+
+    async def _exchange(self, connection: _Connection, request: bytes) -> str | None:
+        try:
+            return await connection.exchange(request)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _ProtocolError) as e:
+            return f"connection to {self.address} failed: {str(e) or type(e).__name__}"
+
+    async def drive(self, batch_size: int, concurrency: int, duration_seconds: float) -> LoadWindow:
+        self._check_batch(batch_size)
         requests = [self._request(batch_size) for _ in range(_INPUT_SETS)]
         latencies: list[float] = []
         errors: list[str] = []
@@ -183,10 +285,7 @@ class LoadGenerator:
     async def _worker(self, connection: _Connection, requests: Iterator[bytes], deadline: float,
                       latencies: list[float], errors: list[str]) -> None:
         while (sent := self._clock()) < deadline:
-            try:
-                error = await connection.exchange(next(requests))
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, _ProtocolError) as e:
-                error = f"connection to {self.address} failed: {str(e) or type(e).__name__}"
+            error = await self._exchange(connection, next(requests))
             if error is not None:
                 # A failed point is marked and ends its sweep anyway; stopping this worker keeps
                 # a dead server from turning the window into a busy loop of refusals.

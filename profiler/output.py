@@ -101,6 +101,7 @@ def _config_point(point: PointResult) -> ConfigPoint:
         throughput_per_second=round(point.throughput_per_second, 3),
         peaks={resource: value for resource, value in measured if value is not None},
         concurrency=point.concurrency,
+        request_rate_per_second=point.request_rate_per_second,
         latency_p50_seconds=point.latencies.p50_seconds,
         latency_p99_seconds=point.latencies.p99_seconds,
         latency_breakdown_seconds={} if server is None else {

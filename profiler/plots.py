@@ -2,7 +2,7 @@
 
 - ``throughput_vs_latency.png``: throughput against p99 latency, one line per model and batch;
 - ``peak_memory.png``: each model's peak memory above the server alone, at its chosen point;
-- ``heatmap.png``: throughput over batch x concurrency, one panel per model.
+- ``heatmap.png``: throughput over batch x load (concurrency or request rate), one panel per model.
 
 Points with errors are drawn hollow in red and left out of the heatmap's colour scale: they are
 shown, never mixed with the good ones.
@@ -23,7 +23,8 @@ from gpupack.profiler.stats import PointResult, PointStatus  # noqa: E402
 from gpupack.profiler.sweep import SweepResult  # noqa: E402
 
 MIB = 2**20
-_CSV_FIELDS = ("model", "batch_size", "concurrency", "status", "window_seconds", "request_count", "error_count",
+_CSV_FIELDS = ("model", "batch_size", "concurrency", "request_rate_per_second", "late_count", "dropped_count",
+               "status", "window_seconds", "request_count", "error_count",
                "throughput_per_second", "triton_throughput_per_second", "throughput_difference_ratio",
                "latency_p50_seconds", "latency_p95_seconds", "latency_p99_seconds", "peak_memory_bytes",
                "peak_utilization_ratio", "peak_memory_bandwidth_utilization_ratio", "chosen", "errors")
@@ -49,7 +50,9 @@ def _points_csv(path: Path, points: list[PointResult], chosen: Mapping[str, Poin
         for p in points:
             lat = p.latencies
             writer.writerow({
-                "model": p.model, "batch_size": p.batch_size, "concurrency": p.concurrency, "status": p.status.value,
+                "model": p.model, "batch_size": p.batch_size, "concurrency": "" if p.concurrency is None else p.concurrency,
+                "request_rate_per_second": _opt(p.request_rate_per_second),
+                "late_count": p.late_count, "dropped_count": p.dropped_count, "status": p.status.value,
                 "window_seconds": f"{p.window_seconds:.6f}", "request_count": p.request_count,
                 "error_count": p.error_count, "throughput_per_second": f"{p.throughput_per_second:.3f}",
                 "triton_throughput_per_second": f"{p.triton_throughput_per_second:.3f}",
@@ -108,19 +111,19 @@ def _heatmap(path: Path, result: SweepResult) -> Path:
     fig, axes = plt.subplots(1, len(outcomes), figsize=(4.5 * len(outcomes), 4), squeeze=False)
     for ax, outcome in zip(axes[0], outcomes):
         batches = sorted({p.batch_size for p in outcome.points})
-        concurrencies = sorted({p.concurrency for p in outcome.points})
-        grid = [[float("nan")] * len(concurrencies) for _ in batches]
+        loads = sorted({p.load for p in outcome.points}, key=lambda load: load.sort_key)
+        grid = [[float("nan")] * len(loads) for _ in batches]
         for p in outcome.points:
             if p.status is not PointStatus.ERRORS:
-                grid[batches.index(p.batch_size)][concurrencies.index(p.concurrency)] = p.throughput_per_second
+                grid[batches.index(p.batch_size)][loads.index(p.load)] = p.throughput_per_second
         image = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
         for p in outcome.points:
             text = "ERR" if p.status is PointStatus.ERRORS else f"{p.throughput_per_second:.0f}"
-            ax.text(concurrencies.index(p.concurrency), batches.index(p.batch_size), text, ha="center", va="center",
+            ax.text(loads.index(p.load), batches.index(p.batch_size), text, ha="center", va="center",
                     color="red" if p.status is PointStatus.ERRORS else "white", fontsize="small")
-        ax.set_xticks(range(len(concurrencies)), [str(c) for c in concurrencies])
+        ax.set_xticks(range(len(loads)), [load.label for load in loads])
         ax.set_yticks(range(len(batches)), [str(b) for b in batches])
-        ax.set_xlabel("concurrency")
+        ax.set_xlabel("requests per second" if loads[0].request_rate_per_second else "concurrency")
         ax.set_ylabel("batch size")
         ax.set_title(outcome.model)
         fig.colorbar(image, ax=ax, label="infer/s")

@@ -47,8 +47,9 @@ class Constraints:
     objective: str = "throughput"
 
     def best_point(self, config: MeasuredConfig) -> PointResult | None:
+        # A rate served short is past saturation: its latencies leave out the sends it dropped.
         usable = [p for p in config.points if p.status is not PointStatus.ERRORS and p.request_count > 0
-                  and p.latencies is not None
+                  and p.latencies is not None and not p.short_of_rate
                   and (self.latency_p99_seconds is None or p.latencies.p99_seconds <= self.latency_p99_seconds)]
         return max(usable, key=lambda p: (p.throughput_per_second, -p.latencies.p99_seconds if p.latencies else 0.0),
                    default=None)
@@ -72,6 +73,8 @@ class Constraints:
             return config.failure
         point = self.best_point(config)
         if point is None:
+            if config.points and all(p.short_of_rate for p in config.points):
+                return f"saturated already at {config.points[0].load}: offer lower --request-rate values"
             p99s = [p.latencies.p99_seconds for p in config.points if p.latencies is not None]
             if self.latency_p99_seconds is not None and p99s:
                 return (f"p99 {min(p99s) * 1000:.1f} ms at its lightest load is over the "

@@ -13,7 +13,7 @@ from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import Progress, SweepResult
 from gpupack.units import format_mib
 
-_HEADER = ("model", "batch", "concurrency", "throughput (infer/s)", "Triton (infer/s)", "diff",
+_HEADER = ("model", "batch", "load", "throughput (infer/s)", "Triton (infer/s)", "diff",
            "p50 (ms)", "p95 (ms)", "p99 (ms)", "peak memory (MiB)", "peak util", "peak mem bw", "status")
 _STATUS_TEXT = {PointStatus.OK: "ok", PointStatus.ERRORS: "ERRORS", PointStatus.OVER_LATENCY_BOUND: "over bound"}
 
@@ -76,7 +76,7 @@ def format_summary(result: SweepResult, chosen: Mapping[str, PointResult]) -> st
             lines.append(f"{outcome.model}: no point qualifies for the profile")
         for point in outcome.points:
             if point.status is PointStatus.ERRORS:
-                lines.append(f"{outcome.model} batch {point.batch_size} concurrency {point.concurrency}: "
+                lines.append(f"{outcome.model} batch {point.batch_size} {point.load}: "
                              f"{point.error_count} failed requests (numbers not used): {'; '.join(point.errors)}")
     return "\n".join(lines)
 
@@ -98,7 +98,7 @@ def _row(point: PointResult, mark: str) -> tuple[str, ...]:
     return (
         point.model + mark,
         str(point.batch_size),
-        str(point.concurrency),
+        point.load.label,
         f"{point.throughput_per_second:.1f}",
         f"{point.triton_throughput_per_second:.1f}",
         f"{diff * 100:+.2f}%" if diff is not None else "-",

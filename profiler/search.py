@@ -4,9 +4,10 @@ The run is a :class:`~gpupack.profiler.sweep.Sweep` (server alone first, then ea
 whatever stops it ends in a result) whose per-model step tries variants instead of one config:
 
 - each variant is loaded with a config override built from the model's own config, measured at
-  single-item requests under a rising concurrency, then unloaded (the server found the model
-  unloaded, and so it leaves it, after Ctrl-C, a failed variant or an error);
-- a variant's ramp stops as soon as throughput stops growing or p99 passes the budget: there is
+  single-item requests under a rising concurrency (or request rate), then unloaded (the server
+  found the model unloaded, and so it leaves it, after Ctrl-C, a failed variant or an error);
+- a variant's ramp stops as soon as throughput stops growing, falls short of the offered rate, or
+  p99 passes the budget: there is
   nothing to learn by queueing more on a saturated server, which is where Model Analyzer sat;
 - ``exhaustive`` measures every variant; ``quick`` hill-climbs from the fewest instances and the
   smallest batch (dynamic batching on where allowed) to the best neighbour, one axis step at a
@@ -58,7 +59,7 @@ class ConfigSearch(Sweep):
         self.constraints = constraints
         self.checkpoint = checkpoint
         self.searches: dict[str, ModelSearch] = {}
-        self._total = len(plan.models) * len(space.indexes()) * len(plan.concurrencies)
+        self._total = len(plan.models) * len(space.indexes()) * len(plan.loads)
 
     def run(self):  # type: ignore[no-untyped-def]
         self._restore_left_over()
@@ -85,7 +86,7 @@ class ConfigSearch(Sweep):
         self._report(model)
         base = self._base_config(model, outcome)
         if base is None:
-            self._skip(len(self.space.indexes()) * len(self.plan.concurrencies), model)
+            self._skip(len(self.space.indexes()) * len(self.plan.loads), model)
             return
         measured: dict[tuple[int, ...], MeasuredConfig] = {}
 
@@ -98,7 +99,7 @@ class ConfigSearch(Sweep):
             return self.constraints.score(measured[index])
 
         (exhaustive if self.strategy == "exhaustive" else hill_climb)(self.space, evaluate)
-        self._skip((len(self.space.indexes()) - len(measured)) * len(self.plan.concurrencies), model)
+        self._skip((len(self.space.indexes()) - len(measured)) * len(self.plan.loads), model)
         if all(c.failure for c in search.configs):
             outcome.failure = "every configuration failed: " + "; ".join(
                 dict.fromkeys(str(c.failure) for c in search.configs))
@@ -126,7 +127,7 @@ class ConfigSearch(Sweep):
         measured = self.checkpoint.record(model, variant) or MeasuredConfig(variant, variant.override(base))
         if self.checkpoint.is_done(model, variant):
             self._done += len(measured.points)
-            self._skip(len(self.plan.concurrencies) - len(measured.points), model)
+            self._skip(len(self.plan.loads) - len(measured.points), model)
             return measured
         self._mark_loaded(model)
         try:
@@ -144,12 +145,12 @@ class ConfigSearch(Sweep):
 
     def _ramp(self, model: str, measured: MeasuredConfig, loadgen: LoadRunner, baseline: Peaks) -> None:
         probe = self._probe_factory()
-        done = {p.concurrency: p for p in measured.points}
+        done = {p.load: p for p in measured.points}
         ramp: list[PointResult] = []
-        for n, concurrency in enumerate(self.plan.concurrencies):
-            point = done.get(concurrency)
+        for n, load in enumerate(self.plan.loads):
+            point = done.get(load)
             if point is None:
-                point = self._point(model, loadgen, probe, CLIENT_BATCH_SIZE, concurrency, baseline)
+                point = self._point(model, loadgen, probe, CLIENT_BATCH_SIZE, load, baseline)
                 measured.points.append(point)
                 self.checkpoint.store(model, measured, done=False)
             self._done += 1
@@ -160,7 +161,7 @@ class ConfigSearch(Sweep):
                 if point.status is PointStatus.ERRORS:
                     measured.failure = f"{measured.name}: {reason}"
                 measured.stopped = reason
-                self._skip(len(self.plan.concurrencies) - n - 1, model)
+                self._skip(len(self.plan.loads) - n - 1, model)
                 return
 
     def _mark_loaded(self, model: str | None) -> None:
@@ -170,14 +171,16 @@ class ConfigSearch(Sweep):
 
 
 def stop_reason(ramp: Sequence[PointResult]) -> str | None:
-    """Why raising concurrency further would teach nothing, or None to go on."""
+    """Why raising the load further would teach nothing, or None to go on."""
     point = ramp[-1]
-    where = f"concurrency {point.concurrency}"
+    where = str(point.load)
     if point.status is PointStatus.ERRORS:
         return f"{point.error_count} failed requests at {where}" + (f": {point.errors[0]}" if point.errors else "")
     if point.status is PointStatus.OVER_LATENCY_BOUND:
         p99 = point.latencies.p99_seconds if point.latencies else 0.0
         return f"p99 {p99 * 1000:.1f} ms passed the budget at {where}"
+    if point.short_of_rate:
+        return f"saturated: served {point.request_count / point.window_seconds:.1f} of the {where} offered"
     if len(ramp) > 1:
         before = max(p.throughput_per_second for p in ramp[:-1])
         if point.throughput_per_second < before * (1 + SATURATION_GAIN_RATIO):

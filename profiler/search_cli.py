@@ -27,7 +27,7 @@ from gpupack.profiles import write_profile
 # Doubling from 1: the ramp stops at saturation or the budget long before the end.
 SEARCH_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
 # What a resumed search must share with the one it continues.
-_CHECKPOINTED = ("models", "concurrency", "duration", "warmup", "latency_bound", "search", "instances",
+_CHECKPOINTED = ("models", "concurrency", "request_rate", "duration", "warmup", "latency_bound", "search", "instances",
                  "instance_kind", "max_batch", "dynamic_batching", "max_queue_delay")
 
 
@@ -37,14 +37,15 @@ def checkpoint_path(out: str) -> Path:
 
 def run_search(values: dict[str, Any], resume: bool, address: str, probe_factory: Callable[[], Probe]) -> int:
     concurrency = values["concurrency"] or SEARCH_CONCURRENCY
-    plan = SweepPlan(values["models"], (1,), concurrency, values["duration"], values["warmup"], values["latency_bound"])
+    plan = SweepPlan(values["models"], (1,), concurrency, values["duration"], values["warmup"], values["latency_bound"],
+                     values["request_rate"] or ())
     space = SearchSpace(values["instances"], values["max_batch"],
                         batchings(values["dynamic_batching"], values["max_queue_delay"]),
                         values["instance_kind"] or (None,))
     constraints = Constraints(values["latency_bound"], values["min_throughput"], values["memory_limit"],
                               values["objective"])
     settings = {key: _plain(values[key]) for key in _CHECKPOINTED}
-    settings["concurrency"] = list(concurrency)
+    settings["concurrency"] = [] if values["request_rate"] else list(concurrency)
     path = checkpoint_path(values["out"])
     checkpoint = Checkpoint.resume(path, settings) if resume else Checkpoint(path, settings)
     progress = ProgressLine()

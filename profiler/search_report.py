@@ -29,8 +29,8 @@ def format_search_summary(searches: Mapping[str, ModelSearch], rankings: Mapping
         for n, ranked in enumerate(ranking.ranked[:top], start=1):
             point, config = ranked.point, ranked.config
             score = f"  ({ranked.score:.1f}/s per GiB)" if objective == "throughput-per-gib" else ""
-            lines.append(f"  {n}. {config.name}: {point.throughput_per_second:.1f} infer/s at concurrency "
-                         f"{point.concurrency}, p99 {_ms(point)} ms, peak memory "
+            lines.append(f"  {n}. {config.name}: {point.throughput_per_second:.1f} infer/s at "
+                         f"{point.load}, p99 {_ms(point)} ms, peak memory "
                          f"{format_mib(config.peak_memory_bytes or 0)} MiB{score}" + ("  <- recommended" if n == 1 else ""))
         if not ranking.ranked:
             lines.append("  no configuration meets the constraints: no recommendation")
@@ -45,7 +45,8 @@ def _ms(point: object) -> str:
 
 
 CSV_FIELDS = ("model", "config", "instance_count", "max_batch_size", "dynamic_batching", "max_queue_delay_seconds",
-              "concurrency", "status", "throughput_per_second", "triton_throughput_per_second",
+              "concurrency", "request_rate_per_second", "late_count", "dropped_count", "status",
+              "throughput_per_second", "triton_throughput_per_second",
               "latency_p50_seconds", "latency_p99_seconds", "server_queue_seconds", "server_compute_input_seconds",
               "server_compute_infer_seconds", "server_compute_output_seconds", "peak_memory_bytes",
               "peak_utilization_ratio", "peak_memory_bandwidth_utilization_ratio", "recommended")
@@ -65,7 +66,10 @@ def write_configs_csv(path: Path, searches: Mapping[str, ModelSearch], rankings:
                         "model": model, "config": config.name, "instance_count": variant.instance_count,
                         "max_batch_size": variant.max_batch_size, "dynamic_batching": variant.batching.enabled,
                         "max_queue_delay_seconds": variant.batching.max_queue_delay_seconds if variant.batching.enabled else "",
-                        "concurrency": p.concurrency, "status": p.status.value,
+                        "concurrency": "" if p.concurrency is None else p.concurrency,
+                        "request_rate_per_second": _opt(p.request_rate_per_second),
+                        "late_count": p.late_count, "dropped_count": p.dropped_count,
+                        "status": p.status.value,
                         "throughput_per_second": f"{p.throughput_per_second:.3f}",
                         "triton_throughput_per_second": f"{p.triton_throughput_per_second:.3f}",
                         "latency_p50_seconds": _opt(p.latencies.p50_seconds if p.latencies else None),

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gpupack.profiler.loadgen import LoadWindow
+from gpupack.profiler.loadgen import Load, LoadWindow
 from gpupack.profiler.sampler import Peaks
 
 
@@ -24,6 +24,8 @@ class PointStatus(str, enum.Enum):
     OVER_LATENCY_BOUND = "over_latency_bound"  # p99 above --latency-bound: the sweep stops here
 
 
+# Served below this share of an offered rate (or any send dropped): the rate is past saturation.
+RATE_SHORTFALL_RATIO = 0.1
 _STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 
@@ -88,7 +90,7 @@ class Latencies:
 class PointResult:
     model: str
     batch_size: int
-    concurrency: int
+    concurrency: int | None  # None at a fixed request rate
     status: PointStatus
     window_seconds: float
     request_count: int  # successful requests, client side
@@ -101,6 +103,21 @@ class PointResult:
     peak_memory_bandwidth_utilization_ratio: float | None
     errors: tuple[str, ...] = ()
     server_latency: ServerLatency | None = None
+    request_rate_per_second: float | None = None  # the offered rate, when the load was a rate
+    dropped_count: int = 0  # sends the open loop skipped, the server being a whole interval behind
+    late_count: int = 0  # sends the open loop made over half an interval late
+
+    @property
+    def load(self) -> Load:
+        return Load(self.concurrency, self.request_rate_per_second)
+
+    @property
+    def short_of_rate(self) -> bool:
+        """Served noticeably less than the rate offered: the server is saturated at this rate."""
+        if self.request_rate_per_second is None or self.window_seconds <= 0:
+            return False
+        achieved = self.request_count / self.window_seconds
+        return self.dropped_count > 0 or achieved < self.request_rate_per_second * (1 - RATE_SHORTFALL_RATIO)
 
     @property
     def throughput_difference_ratio(self) -> float | None:
@@ -151,6 +168,9 @@ def measure_point(
         peak_memory_bandwidth_utilization_ratio=peaks.memory_bandwidth_utilization_ratio,
         errors=window.error_messages,
         server_latency=ServerLatency.of(served),
+        request_rate_per_second=window.request_rate_per_second,
+        dropped_count=window.dropped_count,
+        late_count=window.late_count,
     )
 
 

@@ -1,4 +1,7 @@
-"""The measurement plan: the server alone first, then each model alone, batch x concurrency.
+"""The measurement plan: the server alone first, then each model alone, batch x load.
+
+A load is a concurrency (closed loop) or, with ``request_rates_per_second``, a request rate (open
+loop); a rate the server serves short of ends that batch size's ramp, as saturation does.
 
 Per model: explicit load, then for each batch size a rising concurrency ramp (warm-up, then the
 measurement window while the sampler records peaks), then unload and wait until the model's
@@ -19,7 +22,7 @@ from typing import Callable, Protocol
 from gpupack.errors import ExitStatus, GpupackError
 from gpupack.exporter.sources import SourceError
 from gpupack.profiler.control import ModelLoadError, ServerControl, ServerGoneError
-from gpupack.profiler.loadgen import LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
+from gpupack.profiler.loadgen import Load, LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
 from gpupack.profiler.sampler import PeakSampler, Peaks, Probe
 from gpupack.profiler.stats import PointResult, PointStatus, measure_point
 
@@ -40,10 +43,17 @@ class SweepPlan:
     duration_seconds: float
     warmup_seconds: float
     latency_bound_seconds: float | None = None
+    request_rates_per_second: tuple[float, ...] = ()  # given: the load levels are these rates instead
+
+    @property
+    def loads(self) -> tuple[Load, ...]:
+        if self.request_rates_per_second:
+            return tuple(Load(request_rate_per_second=r) for r in self.request_rates_per_second)
+        return tuple(Load(concurrency=c) for c in self.concurrencies)
 
     @property
     def point_count(self) -> int:
-        return len(self.models) * len(self.batch_sizes) * len(self.concurrencies)
+        return len(self.models) * len(self.batch_sizes) * len(self.loads)
 
 
 @dataclass
@@ -64,6 +74,15 @@ class SweepResult:
 
 class LoadRunner(Protocol):
     def run(self, batch_size: int, concurrency: int, duration_seconds: float) -> LoadWindow: ...
+
+    def run_at_rate(self, batch_size: int, rate_per_second: float, duration_seconds: float) -> LoadWindow: ...
+
+
+def run_load(loadgen: LoadRunner, batch_size: int, load: Load, duration_seconds: float) -> LoadWindow:
+    if load.request_rate_per_second is not None:
+        return loadgen.run_at_rate(batch_size, load.request_rate_per_second, duration_seconds)
+    assert load.concurrency is not None
+    return loadgen.run(batch_size, load.concurrency, duration_seconds)
 
 
 @dataclass(frozen=True)
@@ -140,7 +159,7 @@ class Sweep:
         except ModelLoadError as e:
             outcome.failure = str(e)
             log.warning("%s; skipping it", e)
-            self._skip(len(self.plan.batch_sizes) * len(self.plan.concurrencies), model)
+            self._skip(len(self.plan.batch_sizes) * len(self.plan.loads), model)
             self._wait_released(model)
             return
         try:
@@ -155,19 +174,23 @@ class Sweep:
     def _sweep(self, outcome: ModelOutcome, signature: ModelSignature, baseline: Peaks) -> None:
         probe = self._probe_factory()
         loadgen = self._loadgen_factory(signature)
-        per_batch = len(self.plan.concurrencies)
+        per_batch = len(self.plan.loads)
         for b, batch_size in enumerate(self.plan.batch_sizes):
             if not signature.supports_batch(batch_size):
                 outcome.stopped = f"batch size {batch_size} is above max_batch_size {signature.max_batch_size}"
                 self._skip(per_batch * (len(self.plan.batch_sizes) - b), outcome.model)
                 return
-            for c, concurrency in enumerate(self.plan.concurrencies):
-                point = self._point(outcome.model, loadgen, probe, batch_size, concurrency, baseline)
+            for c, load in enumerate(self.plan.loads):
+                point = self._point(outcome.model, loadgen, probe, batch_size, load, baseline)
                 outcome.points.append(point)
                 self._done += 1
                 self._report(outcome.model)
-                if point.status is PointStatus.OK:
+                if point.status is PointStatus.OK and not point.short_of_rate:
                     continue
+                if point.status is PointStatus.OK:  # a higher rate would only be dropped too
+                    outcome.stopped = f"saturated: served short of the offered rate at batch {batch_size}, {load}"
+                    self._skip(per_batch - c - 1, outcome.model)
+                    break
                 # More concurrency only queues more; more batch only costs more per request.
                 ends_model = point.status is PointStatus.ERRORS or c == 0
                 outcome.stopped = _why_stopped(point)
@@ -177,18 +200,18 @@ class Sweep:
                     return
                 break
 
-    def _point(self, model: str, loadgen: LoadRunner, probe: Probe, batch_size: int, concurrency: int,
+    def _point(self, model: str, loadgen: LoadRunner, probe: Probe, batch_size: int, load: Load,
                baseline: Peaks) -> PointResult:
         # The warm-up is sampled too: a peak it reaches is a peak the model reaches at this point.
         sampler = PeakSampler(probe).start()
         try:
             if self.plan.warmup_seconds > 0:
-                loadgen.run(batch_size, concurrency, self.plan.warmup_seconds)
+                run_load(loadgen, batch_size, load, self.plan.warmup_seconds)
             before = self._control.counters(model)
-            window = loadgen.run(batch_size, concurrency, self.plan.duration_seconds)
+            window = run_load(loadgen, batch_size, load, self.plan.duration_seconds)
         finally:
             peaks = sampler.stop()
-        where = f"profiling {model} at batch {batch_size}, concurrency {concurrency}"
+        where = f"profiling {model} at batch {batch_size}, {load}"
         self._raise_if_gone(sampler, where)
         if window.error_count and not self._control.live():
             raise ServerGoneError(f"server {self._control.address} stopped answering while {where}: {window.error_messages[0]}")
@@ -233,7 +256,7 @@ class Sweep:
 
 
 def _why_stopped(point: PointResult) -> str:
-    where = f"batch {point.batch_size}, concurrency {point.concurrency}"
+    where = f"batch {point.batch_size}, {point.load}"
     if point.status is PointStatus.ERRORS:
         return f"{point.error_count} failed requests at {where}" + (f": {point.errors[0]}" if point.errors else "")
     p99 = point.latencies.p99_seconds if point.latencies else 0.0

@@ -1,6 +1,6 @@
 import pytest
 
-from gpupack.units import UnitError, format_bytes, parse_bytes, parse_count, parse_duration, parse_ratio
+from gpupack.units import UnitError, format_bytes, parse_bytes, parse_count, parse_duration, parse_rate, parse_ratio
 
 
 @pytest.mark.parametrize(
@@ -51,3 +51,14 @@ def test_bad_sizes_say_what_was_expected(text):
 def test_human_sizes_only_at_the_edge():
     assert format_bytes(16 * 2**30) == "16.0 GiB"
     assert format_bytes(512) == "512 B"
+
+
+@pytest.mark.parametrize("value,expected", [("20", 20.0), (20, 20.0), ("20/s", 20.0), ("1200/m", 20.0), ("0.5/s", 0.5)])
+def test_rates_are_per_second_inside(value, expected):
+    assert parse_rate(value) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "20/x", "20ms", "fast", True])
+def test_bad_rates_say_what_was_expected(value):
+    with pytest.raises(UnitError, match="rate"):
+        parse_rate(value)

@@ -80,3 +80,27 @@ def test_a_server_that_is_not_there_gives_errors_not_an_exception() -> None:
 
     assert window.success_count == 0 and window.error_count == 2
     assert window.error_messages[0].startswith(f"cannot connect to {address}")
+
+
+@pytest.mark.triton
+def test_a_fixed_rate_is_served_as_offered_below_saturation_and_dropped_not_piled_up_above(
+    start_triton: Callable[..., TritonServer]
+) -> None:
+    server = start_triton(models=["small"])
+    control = ServerControl(server.http_address)
+    loadgen = LoadGenerator(server.http_address, signature_from_config(control.config("small")))
+
+    for rate in (20.0, 60.0):
+        window = loadgen.run_at_rate(batch_size=1, rate_per_second=rate, duration_seconds=1.0)
+        achieved = window.success_count / window.elapsed_seconds
+        assert window.error_count == 0 and window.dropped_count == 0
+        assert (window.concurrency, window.request_rate_per_second) == (None, rate)
+        assert 0.6 * rate < achieved <= 1.1 * rate  # loose: the machine is shared
+
+    # Far past what two requests in flight can serve: sends are dropped, none is left waiting.
+    before = int(requests.get(f"{server.http_url}/v2/models/small/stats", timeout=5).json()
+                 ["model_stats"][0]["inference_stats"]["success"]["count"])
+    window = loadgen.run_at_rate(1, 100_000.0, 0.3, max_in_flight=2)
+    stats = requests.get(f"{server.http_url}/v2/models/small/stats", timeout=5).json()["model_stats"][0]
+    assert window.dropped_count > 0 and window.success_count + window.dropped_count == 30_000
+    assert int(stats["inference_stats"]["success"]["count"]) - before == window.success_count

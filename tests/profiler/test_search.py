@@ -182,6 +182,16 @@ class FakeLoad:
         self.control.served += int(rate)
         return LoadWindow(batch_size, concurrency, 1.0, (0.001,) * int(rate), 0, ())
 
+    def run_at_rate(self, batch_size: int, rate_per_second: float, duration_seconds: float) -> LoadWindow:
+        """Serves what is offered up to the capacity at full concurrency; drops the rest."""
+        config = self.control.loaded[self.signature.model] or {}
+        gain = config.get("max_batch_size", 1) if "dynamic_batching" in config else 1
+        served = int(min(rate_per_second, 100 * config["instance_group"][0]["count"] * gain))
+        self.windows.append(int(rate_per_second))
+        self.control.served += served
+        return LoadWindow(batch_size, None, 1.0, (0.001,) * served, 0, (), rate_per_second,
+                          dropped_count=int(rate_per_second) - served)
+
 
 class FakeProbe:
     def read(self) -> Peaks:
@@ -192,8 +202,8 @@ class FakeProbe:
 
 
 def _search(tmp_path: Path, control: FakeControl, loads: list[FakeLoad], strategy: str = "exhaustive",
-            kinds: tuple[str | None, ...] = (None,)) -> ConfigSearch:
-    plan = SweepPlan(("m",), (1,), (1, 2, 4, 8), 0.0, 0.0)
+            kinds: tuple[str | None, ...] = (None,), rates: tuple[float, ...] = ()) -> ConfigSearch:
+    plan = SweepPlan(("m",), (1,), (1, 2, 4, 8), 0.0, 0.0, request_rates_per_second=rates)
     space = SearchSpace((1, 2), (1, 4), (OFF, ON), kinds)
     checkpoint_file = tmp_path / "c.json"
     settings = {"space": "small"}
@@ -257,3 +267,36 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(Exception, match="instances"):
         Checkpoint.resume(tmp_path / "c.json", {"instances": [1, 4]})
+
+
+def test_a_rate_ramp_stops_at_the_first_rate_served_short_and_resumes_keyed_by_rate(tmp_path: Path) -> None:
+    loads: list[FakeLoad] = []
+    search = _search(tmp_path, FakeControl(), loads, rates=(50, 150, 300, 1000))
+
+    search.run()
+
+    # i1-b1 serves 100/s: 150 is served short, so 300 and 1000 are never offered.
+    by_name = {c.name: c for c in search.searches["m"].configs}
+    assert [p.request_rate_per_second for p in by_name["i1-b1-dyn-off"].points] == [50, 150]
+    assert "saturated: served 100.0 of the 150 requests/s offered" == by_name["i1-b1-dyn-off"].stopped
+    assert [p.request_rate_per_second for p in by_name["i2-b4-dyn-500us"].points] == [50, 150, 300, 1000]
+    points = model_config(by_name["i1-b1-dyn-off"]).points
+    assert [(p.concurrency, p.request_rate_per_second, p.throughput_per_second) for p in points] == \
+        [(None, 50, 50), (None, 150, 100)]
+
+    # The recommendation stands on a rate served in full: 1000/s was served short (800).
+    best = rank(search.searches["m"].configs, Constraints())[0][0]
+    assert (best.config.name, best.point.request_rate_per_second) == ("i1-b4-dyn-500us", 300)
+
+    again: list[FakeLoad] = []
+    _search(tmp_path, FakeControl(), again, rates=(50, 150, 300, 1000)).run()
+    assert again == []  # every rate point came back from the checkpoint
+
+
+def test_a_config_saturated_at_its_lowest_rate_is_rejected_with_lower_rates_advised() -> None:
+    window = LoadWindow(1, None, 1.0, (0.001,) * 40, 0, (), 100.0, dropped_count=60)
+    point = measure_point("m", window, TritonCounters(0, 0, 0), TritonCounters(40, 0, 40), Peaks(100), Peaks(0))
+
+    _, rejected = rank([_config(1, point)], Constraints())
+
+    assert rejected[0][1] == "saturated already at 100 requests/s: offer lower --request-rate values"
