@@ -11,7 +11,8 @@ capacity. A move back to a device a model just left is tabu for a few iterations
 the search across the plateaus where no move improves. Zero overload is a placement on ``target``
 devices.
 
-Only for problems column generation accepts (identical devices, one copy per model, no pins).
+Only for problems column generation accepts (identical devices, one copy per model, no pins), and
+only up to MAX_PAIRS (model, device) pairs: the tabu list is one entry per pair.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from gpupack.scheduler.instance import Instance
 
 TABU_TENURE = (5, 15)  # iterations a model may not return to the device it left, drawn per move
 NOISE = 1e-9
+MAX_PAIRS = 2_000_000
+MAX_LEAVING = 16  # models of the overloaded device considered per move
 FILL_WEIGHT = 1e-3  # random tie-breaking between moves of equal overload
 
 
@@ -54,22 +57,24 @@ def pack_onto(
     for i in sorted(np.flatnonzero(where < 0), key=lambda i: -demand[i].sum()):
         d = int(np.argmin(_over(loads + demand[i], capacity) - _over(loads, capacity)))
         where[i], loads[d] = d, loads[d] + demand[i]
-    tabu = np.zeros((n, target), dtype=np.int64)
-    first, second = np.triu_indices(n, k=1)
+    tabu = np.zeros((n + 1, target), dtype=np.int32)  # until when model i may not return to d; row n: no model
     iteration = 0
     while (excess := np.maximum(loads - capacity, 0).sum(axis=-1)).any():
         iteration += 1
-        if iteration % 64 == 0 and time.perf_counter() > deadline:
+        if time.perf_counter() > deadline:
             return None
         a = int(rng.choice(np.flatnonzero(excess)))
         over = _over(loads, capacity)
         inside = np.flatnonzero(where == a)
+        if len(inside) > MAX_LEAVING:  # a device of many small models: pairs of a sample of them
+            inside = rng.choice(inside, size=MAX_LEAVING, replace=False)
         # What leaves a: one model or two (-1: none), and what comes back from device b: nothing,
         # one model or two models of the same device.
         ia, ja = np.triu_indices(len(inside), k=1)
         leave = np.concatenate([np.stack([inside, np.full(len(inside), -1)], 1),
                                 np.stack([inside[ia], inside[ja]], 1)])
-        same = (where[first] == where[second]) & (where[first] != a)
+        first, second = _pairs_on_devices(where)
+        same = where[first] != a
         outside = np.flatnonzero(where != a)
         come = np.concatenate([np.stack([np.full(target, -1), np.full(target, -1)], 1),
                                np.stack([outside, np.full(len(outside), -1)], 1),
@@ -83,10 +88,9 @@ def pack_onto(
         new_a = loads[a][None, None, :] - out_demand[:, None, :] + in_demand[None, :, :]
         new_b = loads[come_bin][None, :, :] - in_demand[None, :, :] + out_demand[:, None, :]
         delta = _over(new_a, capacity) - over[a] + _over(new_b, capacity) - over[come_bin][None, :]
-        tabu_padded = np.vstack([tabu, np.zeros(target, dtype=np.int64)])
-        leaving_tabu = np.maximum(tabu_padded[leave[:, 0]], tabu_padded[leave[:, 1]])[:, come_bin]  # [g, h]
-        coming_tabu = np.maximum(tabu_padded[come[:, 0], a], tabu_padded[come[:, 1], a])  # [h]
-        banned = (leaving_tabu > iteration) | (coming_tabu > iteration)[None, :]
+        leaving = np.maximum(tabu[leave[:, 0]], tabu[leave[:, 1]])[:, come_bin]  # [g, h]
+        coming = np.maximum(tabu[come[:, 0], a], tabu[come[:, 1], a])  # [h]
+        banned = (leaving > iteration) | (coming > iteration)[None, :]
         delta = np.where(banned, np.inf, delta) + rng.random(delta.shape) * NOISE
         g, h = np.unravel_index(int(np.argmin(delta)), delta.shape)
         if not np.isfinite(delta[g, h]):
@@ -99,6 +103,20 @@ def pack_onto(
         for j in come[h][come[h] >= 0]:
             where[j], tabu[j, b] = a, iteration + tenure
     return {i: [int(used[keep[where[i]]])] for i in range(n)}
+
+
+def _pairs_on_devices(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every two models that share a device, in time linear in the models (devices hold few)."""
+    order = np.argsort(where, kind="stable")
+    device = where[order]
+    firsts, seconds = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
+    for step in range(1, len(order)):
+        same = device[:-step] == device[step:]
+        if not same.any():
+            break
+        firsts.append(order[:-step][same])
+        seconds.append(order[step:][same])
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _over(loads: np.ndarray, capacity: np.ndarray) -> np.ndarray:

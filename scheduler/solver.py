@@ -29,7 +29,7 @@ from gpupack.scheduler.bounds import device_lower_bound
 from gpupack.scheduler.colgen import column_generation, declines
 from gpupack.scheduler.constraints import explain_infeasible, explain_unsolved
 from gpupack.scheduler.cpsat import solve_exact
-from gpupack.scheduler.fixed_count import pack_onto
+from gpupack.scheduler.fixed_count import MAX_PAIRS as FIXED_COUNT_MAX_PAIRS, pack_onto
 from gpupack.scheduler.heuristic import Assignment, best_heuristic, keep_current
 from gpupack.scheduler.instance import Instance, compile_problem, device_totals
 from gpupack.scheduler.local_search import reduce_devices
@@ -53,9 +53,9 @@ PATIENCE_SHARE = 0.2
 # Column generation gets this share of what is left after a quick local search; a second local
 # search (and CP-SAT) shares the rest.
 COLGEN_SHARE = 0.7
-QUICK_SEARCH_SHARE = 0.1
+QUICK_SEARCH_SHARE = 0.1  # the local search before column generation, at most
 FIXED_COUNT_SHARE = 0.6  # of what column generation leaves, for the search on the bound's device count
-COLGEN_MIN_SECONDS = 0.5  # building the master of thousands of models alone takes a few tenths  # the local search before column generation, at most
+COLGEN_MIN_SECONDS = 0.5  # building the master of thousands of models alone takes a few tenths
 COUNTING = (Objective.MIN_DEVICES, Objective.MIN_COST)
 # A second first-fit-decreasing order starts only within this share of the time limit.
 HEURISTIC_SHARE = 0.1
@@ -142,7 +142,7 @@ def solve(
         found = outcome.assignment
         if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
             hint, assignment, method = found, found, "column-generation"
-    if priced and hint is not None and _devices(hint) > bound:
+    if priced and hint is not None and _devices(hint) > bound and instance.n_models * bound <= FIXED_COUNT_MAX_PAIRS:
         # The bound is proven; what is missing is a packing on exactly that many devices.
         with clock.phase("fixed-count-search"):
             packed = pack_onto(instance, hint, bound, time.perf_counter() + clock.remaining() * FIXED_COUNT_SHARE)
