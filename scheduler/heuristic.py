@@ -8,6 +8,8 @@ thousands of models well under a second.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Iterable
 
 import numpy as np
@@ -115,11 +117,23 @@ def keep_current(instance: Instance) -> Assignment:
     return packing.assignment()
 
 
-def best_heuristic(instance: Instance, keep: Iterable[Assignment] = ()) -> Assignment | None:
-    """The cheapest of first-fit-decreasing by largest and by summed relative size (and from any ``keep``)."""
-    candidates = [first_fit_decreasing(instance, key) for key in ("max", "sum")]
-    candidates += [first_fit_decreasing(instance, "max", start) for start in keep]
-    found = [a for a in candidates if a is not None]
+def best_heuristic(
+    instance: Instance, keep: Iterable[Assignment] = (), deadline: float = math.inf
+) -> Assignment | None:
+    """The cheapest of first-fit-decreasing by largest and by summed relative size (and from any
+    ``keep``). With one resource both orders are the same and it runs once; once a placement is
+    found, the other candidates run only before ``deadline`` (time.perf_counter()): on thousands of
+    models each takes a second or more of a short budget."""
+    keys = ("max",) if instance.demand.shape[1] == 1 else ("max", "sum")
+    runs = [lambda key=key: first_fit_decreasing(instance, key) for key in keys]
+    runs += [lambda start=start: first_fit_decreasing(instance, "max", start) for start in keep]
+    found: list[Assignment] = []
+    for run in runs:
+        if found and time.perf_counter() > deadline:
+            break
+        candidate = run()
+        if candidate is not None:
+            found.append(candidate)
     if not found:
         return None
     return min(found, key=lambda a: (len({d for ds in a.values() for d in ds}), _cost(instance, a)))

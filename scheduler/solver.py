@@ -29,6 +29,7 @@ from gpupack.scheduler.bounds import device_lower_bound
 from gpupack.scheduler.colgen import column_generation, declines
 from gpupack.scheduler.constraints import explain_infeasible, explain_unsolved
 from gpupack.scheduler.cpsat import solve_exact
+from gpupack.scheduler.fixed_count import MAX_PAIRS as FIXED_COUNT_MAX_PAIRS, pack_onto
 from gpupack.scheduler.heuristic import Assignment, best_heuristic, keep_current
 from gpupack.scheduler.instance import Instance, compile_problem, device_totals
 from gpupack.scheduler.local_search import reduce_devices
@@ -53,7 +54,11 @@ PATIENCE_SHARE = 0.2
 # search (and CP-SAT) shares the rest.
 COLGEN_SHARE = 0.7
 QUICK_SEARCH_SHARE = 0.1  # the local search before column generation, at most
+FIXED_COUNT_SHARE = 0.6  # of what column generation leaves, for the search on the bound's device count
+COLGEN_MIN_SECONDS = 0.5  # building the master of thousands of models alone takes a few tenths
 COUNTING = (Objective.MIN_DEVICES, Objective.MIN_COST)
+# A second first-fit-decreasing order starts only within this share of the time limit.
+HEURISTIC_SHARE = 0.1
 # Where column generation applies, CP-SAT still searches the count of small fleets (it proves them
 # at once); building its model costs about BUILD_SECONDS_PER_PAIR, which must fit what is left.
 COUNT_BY_CP_SAT_MAX_PAIRS = 5_000
@@ -105,7 +110,8 @@ def solve(
     if reason:
         raise InfeasibleError(reason)
     with clock.phase("first-fit-decreasing"):
-        hint = best_heuristic(instance, keep=[keep_current(instance)] if instance.current else ())
+        keep = [keep_current(instance)] if instance.current else []
+        hint = best_heuristic(instance, keep, time.perf_counter() + clock.remaining() * HEURISTIC_SHARE)
     assignment, method, optimal = hint, "first-fit-decreasing", False
     note = declines(instance, objectives) if strategy is Strategy.PORTFOLIO else "classic strategy: no LP bound"
     priced = hint is not None and _devices(hint) > bound and primary in COUNTING and not note
@@ -120,6 +126,10 @@ def solve(
         if _devices(searched) < _devices(hint):
             hint, assignment, method = searched, searched, "local-search"
         priced = _devices(hint) > bound
+    if priced and clock.remaining() < COLGEN_MIN_SECONDS:
+        # Thousands of models: first fit alone can take most of a short budget.
+        note = f"column generation skipped: first fit left {max(clock.remaining(), 0):.1f} s of the time limit"
+        priced = False
     if priced and hint is not None:
         with clock.phase("column-generation"):
             outcome = column_generation(
@@ -132,6 +142,12 @@ def solve(
         found = outcome.assignment
         if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
             hint, assignment, method = found, found, "column-generation"
+    if priced and hint is not None and _devices(hint) > bound and instance.n_models * bound <= FIXED_COUNT_MAX_PAIRS:
+        # The bound is proven; what is missing is a packing on exactly that many devices.
+        with clock.phase("fixed-count-search"):
+            packed = pack_onto(instance, hint, bound, time.perf_counter() + clock.remaining() * FIXED_COUNT_SHARE)
+        if packed is not None:
+            hint, assignment, method = packed, packed, "fixed-count-search"
     exact = _pairs(instance, hint, primary) <= EXACT_MAX_PAIRS
     if priced and hint is not None:
         # Column generation ran: a CP-SAT search for the count rarely beats it, and building the

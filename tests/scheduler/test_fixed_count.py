@@ -1,0 +1,45 @@
+"""The search that packs onto exactly the bound's device count."""
+
+import time
+
+import numpy as np
+
+from gpupack.domain import Device, ModelFootprint, Resource
+from gpupack.scheduler.fixed_count import pack_onto
+from gpupack.scheduler.heuristic import first_fit_decreasing
+from gpupack.scheduler.instance import compile_problem
+from gpupack.scheduler.problem import PlacementProblem
+
+MEM = Resource.GPU_MEMORY
+
+
+def triplets(count: int, capacity: int = 1000, seed: int = 3) -> PlacementProblem:
+    """``count`` devices' worth of models in threes that fill a device exactly (Falkenauer's triplets)."""
+    rng = np.random.default_rng(seed)
+    sizes = []
+    for _ in range(count):
+        a = int(rng.integers(capacity // 4 + 1, capacity // 2))
+        b = int(rng.integers(capacity // 4 + 1, (capacity - a) // 2 + 1))
+        sizes += [a, b, capacity - a - b]
+    rng.shuffle(sizes)
+    devices = tuple(Device(f"gpu-{k}", {MEM: float(capacity)}) for k in range(len(sizes)))
+    models = tuple(ModelFootprint(f"m{i}", {MEM: float(s)}) for i, s in enumerate(sizes))
+    return PlacementProblem(devices, models)
+
+
+def test_packs_triplets_onto_the_device_count_first_fit_misses():
+    instance = compile_problem(triplets(8))
+    start = first_fit_decreasing(instance)
+    assert len({d for ds in start.values() for d in ds}) > 8
+    packed = pack_onto(instance, start, 8, time.perf_counter() + 60)
+    assert packed is not None and sorted(packed) == list(range(instance.n_models))
+    devices = {d for ds in packed.values() for d in ds}
+    assert len(devices) == 8
+    for d in devices:
+        load = sum(instance.demand[i, 0] for i, ds in packed.items() if ds == [d])
+        assert load <= instance.capacity[d, 0]
+
+
+def test_gives_up_at_the_deadline_when_the_count_is_too_few():
+    instance = compile_problem(triplets(4))
+    assert pack_onto(instance, first_fit_decreasing(instance), 3, time.perf_counter() + 0.2) is None
