@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 from gpupack.errors import InputError
 from gpupack.units import UnitError, parse_duration
-from gpupack.yamlfile import LineDict, LineList, load_yaml_text
+from gpupack.yamlfile import LineDict, LineList, load_yaml_file
 
 _FIELDS = ("model", "rate_per_second", "latency_p99_seconds")
 
@@ -31,14 +31,7 @@ class ModelDemand:
 
 
 def load_demand(path: str | Path) -> tuple[ModelDemand, ...]:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError("file not found", path=str(path)) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", path=str(path)) from e
-    return parse_demand(load_yaml_text(text, str(path)), str(path))
+    return parse_demand(load_yaml_file(path), str(path))
 
 
 def parse_demand(document: Any, path: str) -> tuple[ModelDemand, ...]:
