@@ -183,8 +183,8 @@ def column_generation(
 def _generate(
     master: _Master, residual: np.ndarray, deadline: float, settle_early: bool = False, stop_at: int | None = None
 ) -> tuple[float, int, bool]:
-    """Price columns into the master until the LP is optimal (or, with ``settle_early``, until its
-    rounded bound can no longer change or reaches ``stop_at``).
+    """Price columns into the master until the LP is optimal, its bound reaches ``stop_at``, or
+    (with ``settle_early``) its rounded bound can no longer change.
 
     Prices are smoothed towards the best dual seen so far (Wentges 1997): plain duals jump between
     extreme points and cost several times the iterations. Every price vector priced gives a valid
@@ -212,7 +212,7 @@ def _generate(
             return value, max(best_bound, math.ceil(value - ROUNDING_TOLERANCE)), True
         settled = best_bound >= math.ceil(value - ROUNDING_TOLERANCE)
         reached = stop_at is not None and best_bound >= stop_at
-        if (settle_early and (settled or reached)) or time.monotonic() > deadline or gain <= wanted:
+        if (settle_early and settled) or reached or time.monotonic() > deadline or gain <= wanted:
             return value, best_bound, settled
         if not master.add(priced.pattern):
             # The pricing's rounded prices found a column already in: the LP is optimal to within them.
@@ -225,9 +225,12 @@ def _dive(master: _Master, residual: np.ndarray, deadline: float, target: int) -
 
     def bound(rest: np.ndarray, room: int | None) -> int:
         master.set_residual(rest)
-        # Solved to optimality: an LP stopped early proves the same bound, but its solution
-        # misleads the dive (measured on Hard28).
-        return _generate(master, rest, deadline)[1]
+        # The plain dive (room None) stops each LP as soon as its rounded bound settles: it is the
+        # fallback, and quick. The search solves each LP to optimality unless its bound already
+        # exceeds the room: a solution stopped early misleads it (measured on Hard28).
+        if room is None:
+            return _generate(master, rest, deadline, settle_early=True)[1]
+        return _generate(master, rest, deadline, stop_at=room + 1)[1]
 
     fixed, rest = plain_dive(master, residual, deadline, bound)
     packing = fixed + _first_fit(master.types, rest) if rest.any() else fixed
