@@ -28,8 +28,7 @@ from contextlib import contextmanager
 from gpupack.scheduler.bounds import device_lower_bound
 from gpupack.scheduler.colgen import column_generation, declines
 from gpupack.scheduler.constraints import explain_infeasible, explain_unsolved
-from gpupack.scheduler.cpsat import solve_exact
-from gpupack.scheduler.fixed_count import MAX_PAIRS as FIXED_COUNT_MAX_PAIRS, pack_onto
+from gpupack.scheduler.fixed_count import pack_fewer, searchable
 from gpupack.scheduler.heuristic import Assignment, best_heuristic, keep_current
 from gpupack.scheduler.instance import Instance, compile_problem, device_totals
 from gpupack.scheduler.local_search import reduce_devices
@@ -142,10 +141,10 @@ def solve(
         found = outcome.assignment
         if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
             hint, assignment, method = found, found, "column-generation"
-    if priced and hint is not None and _devices(hint) > bound and instance.n_models * bound <= FIXED_COUNT_MAX_PAIRS:
+    if priced and hint is not None and _devices(hint) > bound and searchable(instance, bound):
         # The bound is proven; what is missing is a packing on exactly that many devices.
         with clock.phase("fixed-count-search"):
-            packed = pack_onto(instance, hint, bound, time.perf_counter() + clock.remaining() * FIXED_COUNT_SHARE)
+            packed = pack_fewer(instance, hint, bound, time.perf_counter() + clock.remaining() * FIXED_COUNT_SHARE)
         if packed is not None:
             hint, assignment, method = packed, packed, "fixed-count-search"
     exact = _pairs(instance, hint, primary) <= EXACT_MAX_PAIRS
@@ -172,6 +171,9 @@ def solve(
         pairs = instance.n_models * bound if pinned else _pairs(instance, hint, primary)
         affordable = strategy is Strategy.CLASSIC or pairs * BUILD_SECONDS_PER_PAIR < clock.remaining() / 2
         if rest and affordable and pairs <= EXACT_MAX_PAIRS:
+            # CP-SAT imports pandas, most of a second of startup that plans CP-SAT is not needed for skip.
+            from gpupack.scheduler.cpsat import solve_exact
+
             with clock.phase("cp-sat"):
                 outcome_cp = solve_exact(target, rest, max(clock.remaining(), 0.1), hint)
             if outcome_cp.infeasible:
