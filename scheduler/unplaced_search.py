@@ -5,7 +5,7 @@ models it leaves out, after Buljubasic & Vasquez's consistent neighbourhood sear
 set. When the unplaced set fits two devices (a subset sum over Python ints as bit sets says so),
 those complete a packing on ``target``. A move exchanges up to two models of one device for up to
 two unplaced ones, staying within capacity, and is taken when it places more worth: the best such
-move over every device is found in one numpy comparison. A model's worth starts at its size, so
+move over every device is found by one sort and one binary search per way out. A model's worth starts at its size, so
 the moves first fill devices as full as they go. When no move places more worth, every unplaced
 model's worth grows by PENALTY_SHARE of its size: the models left out longest become the ones a
 move wants most, and it makes room for them by leaving out others. That penalty, not a tabu list,
@@ -57,30 +57,41 @@ def pack_single_resource(
                 return devices + split
         if time.perf_counter() > deadline or not len(loads):
             return None
-        # What comes in: nothing, one unplaced model or two; what leaves a device: nothing, one or two.
+        # What comes in: nothing, one unplaced model or two; what leaves a device: nothing, one or two
+        # (n: no model, a zero row of the padded arrays).
         ia, ja = np.triu_indices(len(unplaced), k=1)
-        come = np.concatenate([[[-1, -1]], np.stack([unplaced, np.full(len(unplaced), -1)], 1),
-                               np.stack([unplaced[ia], unplaced[ja]], 1)])
-        considered = np.arange(len(loads))
+        none_in = np.full(len(unplaced) + 1, n)
+        come_first = np.concatenate([none_in[:1], unplaced, unplaced[ia]])
+        come_second = np.concatenate([none_in, unplaced[ja]])
         if len(loads) > MAX_DEVICES_PER_MOVE:  # thousands of devices: a sample of them per move
             considered = rng.choice(len(loads), size=MAX_DEVICES_PER_MOVE, replace=False)
-        placed = np.flatnonzero(np.isin(where, considered))
+            placed = np.flatnonzero(np.isin(where, considered))
+        else:
+            considered, placed = np.arange(len(loads)), np.flatnonzero(where >= 0)
         first, second = _pairs_on_devices(where, placed)
-        leave = np.concatenate([np.stack([np.full(len(considered), -1), np.full(len(considered), -1)], 1),
-                                np.stack([placed, np.full(len(placed), -1)], 1), np.stack([first, second], 1)])
+        leave_first = np.concatenate([np.full(len(considered), n), placed, first])
+        leave_second = np.concatenate([np.full(len(considered) + len(placed), n), second])
         device = np.concatenate([considered, where[placed], where[first]])
         padded_weight = np.append(weight, 0)
         padded_worth = np.append(worth, 0.0)
-        in_weight, in_worth = padded_weight[come].sum(1), padded_worth[come].sum(1)
-        out_weight, out_worth = padded_weight[leave].sum(1), padded_worth[leave].sum(1)
-        fits = (loads[device] - out_weight)[:, None] + in_weight[None, :] <= capacity
-        gain = np.where(fits, in_worth[None, :] - out_worth[:, None], -np.inf)
-        g, h = np.unravel_index(int(np.argmax(gain)), gain.shape)
-        if gain[g, h] <= 1e-9:
+        in_weight = padded_weight[come_first] + padded_weight[come_second]
+        in_worth = padded_worth[come_first] + padded_worth[come_second]
+        out_weight = padded_weight[leave_first] + padded_weight[leave_second]
+        out_worth = padded_worth[leave_first] + padded_worth[leave_second]
+        # For each way out, the way in worth most among those that fit the room it leaves.
+        by_weight = np.argsort(in_weight, kind="stable")
+        best_in = np.maximum.accumulate(in_worth[by_weight])
+        room = capacity - loads[device] + out_weight
+        fitting = np.searchsorted(in_weight[by_weight], room, side="right") - 1
+        gain = np.where(fitting >= 0, best_in[np.maximum(fitting, 0)] - out_worth, -np.inf)
+        g = int(np.argmax(gain))
+        if gain[g] <= 1e-9:
             worth[unplaced] += PENALTY_SHARE * weight[unplaced]
             continue
+        h = int(np.argmax(np.where(in_weight <= room[g], in_worth, -np.inf)))
         d = device[g]
-        out, into = leave[g][leave[g] >= 0], come[h][come[h] >= 0]
+        out = [i for i in (leave_first[g], leave_second[g]) if i < n]
+        into = [i for i in (come_first[h], come_second[h]) if i < n]
         where[out] = -1
         where[into] = d
         loads[d] += int(weight[into].sum()) - int(weight[out].sum())
