@@ -35,6 +35,7 @@ from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.plan_cli import SETTINGS as PLAN_SETTINGS
+from gpupack.scheduler import solver
 from gpupack.scheduler.solver import Strategy, solve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,7 +193,15 @@ def main() -> None:
     parser.add_argument("--only", metavar="TEXT", help="run only the 1-D instances whose name contains TEXT")
     parser.add_argument("--command", action="store_true",
                         help="only time the whole `gpupack plan --time-limit 10s` command on the 1-D instances")
+    parser.add_argument("--shares", metavar="NAME=RATIO,...",
+                        help="try other budget shares of the solver for this run, e.g. COLGEN_SHARE=0.5,FIXED_COUNT_SHARE=0.8 "
+                             "(in-process runs only, not --command)")
     args = parser.parse_args()
+    for pair in filter(None, (args.shares or "").split(",")):
+        name, _, value = pair.partition("=")
+        if not name.endswith("_SHARE") or not hasattr(solver, name):
+            parser.error(f"--shares: {name} is not one of the solver's shares")
+        setattr(solver, name, float(value))
     if args.command:
         optima, classes, paths = bpp_instances(args.only)
         command_check(paths, optima, classes)

@@ -51,7 +51,7 @@ def pack_single_resource(
         if int(weight[unplaced].sum()) <= spare * capacity:
             split = _split(unplaced.tolist(), size, capacity, spare)
             if split is not None:
-                devices = [[] for _ in range(target - spare)]
+                devices: list[list[int]] = [[] for _ in range(target - spare)]
                 for i in np.flatnonzero(where >= 0):
                     devices[where[i]].append(int(i))
                 return devices + split
@@ -84,13 +84,13 @@ def pack_single_resource(
         room = capacity - loads[device] + out_weight
         fitting = np.searchsorted(in_weight[by_weight], room, side="right") - 1
         gain = np.where(fitting >= 0, best_in[np.maximum(fitting, 0)] - out_worth, -np.inf)
-        g = int(np.argmax(gain))
-        if gain[g] <= 1e-9:
+        best = int(np.argmax(gain))
+        if gain[best] <= 1e-9:
             worth[unplaced] += PENALTY_SHARE * weight[unplaced]
             continue
-        h = int(np.argmax(np.where(in_weight <= room[g], in_worth, -np.inf)))
-        d = device[g]
-        out = [i for i in (leave_first[g], leave_second[g]) if i < n]
+        h = int(np.argmax(np.where(in_weight <= room[best], in_worth, -np.inf)))
+        d = device[best]
+        out = [i for i in (leave_first[best], leave_second[best]) if i < n]
         into = [i for i in (come_first[h], come_second[h]) if i < n]
         where[out] = -1
         where[into] = d

@@ -10,7 +10,8 @@ from gpupack.scheduler.constraints import build_problem
 from gpupack.scheduler.fixed_count import pack_fewer, pack_onto
 from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
-from gpupack.scheduler.problem import PlacementProblem
+from gpupack.scheduler.problem import PlacementProblem, ProofStatus
+from gpupack.scheduler.solver import solve
 
 MEM = Resource.GPU_MEMORY
 UTIL = Resource.GPU_UTILIZATION
@@ -88,3 +89,9 @@ def test_two_resources_pack_onto_the_bound_by_the_overload_search():
     for d in devices_used(packed):
         on = [i for i, ds in packed.items() if ds == [d]]
         assert (instance.demand[on].sum(axis=0) <= instance.capacity[d]).all()
+
+
+def test_plan_of_triplets_fills_every_device_and_proves_the_count():
+    result = solve(triplets(40, seed=11), time_limit_seconds=30)
+    assert result.device_count == 40 and result.optimal
+    assert result.proof is not None and result.proof.status is ProofStatus.OPTIMAL
