@@ -1,4 +1,4 @@
-"""Placement benchmark: `python bench/placement.py [--quick]`.
+"""Placement benchmark: `python bench/placement.py [--quick] [--only TEXT] [--command]`.
 
 Prints, for the article's case studies, random fleets of 100, 1,000 and 5,000 models with three
 resources, and the 1-D bin-packing instances in ../shared/bench-data/bpp1d (known optima): devices
@@ -6,12 +6,21 @@ used, lower bound, proof status, time for gpupack's solver and for plain first-f
 Then how often random fleets of 100 and 250 models are proven optimal, and a per-class table of
 the 1-D instances for the solver and for its classic strategy (before column generation), both
 measured in this run with the command's default time limit.
+
+``--command`` instead runs every 1-D instance through the real ``gpupack plan`` command, once at
+100% of capacity and once under an 80% memory policy (which also solves at 100% to say what the
+limit costs), each with ``--time-limit 10s``, and prints the worst wall time: process start,
+imports and output included, which is what a user waits for.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +35,7 @@ from gpupack.scheduler.heuristic import first_fit_decreasing
 from gpupack.scheduler.instance import compile_problem
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.plan_cli import SETTINGS as PLAN_SETTINGS
+from gpupack.scheduler import solver
 from gpupack.scheduler.solver import Strategy, solve
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +80,18 @@ def bpp_case(path: Path) -> PlacementProblem:
     models = [ModelFootprint(f"item-{i}", {Resource.GPU_MEMORY: float(w)}) for i, w in enumerate(weights)]
     devices = [Device(f"bin-{k}", {Resource.GPU_MEMORY: capacity}) for k in range(n)]
     return PlacementProblem(devices=tuple(devices), models=tuple(models))
+
+
+def bpp_instances(only: str | None) -> tuple[dict[str, int], dict[str, str], list[Path]]:
+    """Known optima and classes by instance name, and the instance files (names containing ``only``;
+    several texts may be given, comma-separated)."""
+    with (BPP_DIR / "OPTIMA.tsv").open() as f:
+        table = [row for row in csv.DictReader(f, delimiter="\t") if row["optimum"]]
+    optima = {row["instance"]: int(row["optimum"]) for row in table}
+    classes = {row["instance"]: row["class"] for row in table}
+    wanted = only.split(",") if only else [""]
+    paths = [p for p in sorted(BPP_DIR.glob("*.txt")) if p.stem in optima and any(w in p.stem for w in wanted)]
+    return optima, classes, paths
 
 
 def run_case(
@@ -128,13 +150,62 @@ def class_table(rows: dict[Strategy, list[dict]], classes: dict[str, str]) -> No
         print(f"{name:18} {len(picked):3}" + line)
 
 
+def command_check(paths: list[Path], optima: dict[str, int], classes: dict[str, str], limit: str = "10s") -> None:
+    """Wall time of `gpupack plan --time-limit 10s` per instance, at 100% and under an 80% policy."""
+    print(f"\n`gpupack plan --time-limit {limit}` per instance, wall time of the whole command")
+    print(f"{'case':26} {'models':>6} {'100%':>7} {'devices':>7} {'80%':>7} {'devices':>7} {'at 100%':>7}  optimum")
+    worst: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        policy = Path(folder) / "memory-80.yaml"
+        policy.write_text("policies:\n  - {name: memory-80, resource: gpu_memory, max: 80%}\n")
+        for path in paths:
+            numbers = [int(float(x)) for x in path.read_text().split()]
+            capacity, weights = numbers[1], numbers[2 : 2 + numbers[0]]
+            profile = Path(folder) / f"{path.stem}.csv"
+            profile.write_text("model,peak_gpu_memory_bytes\nserver_baseline,0\n" + "".join(f"item-{i},{w}\n" for i, w in enumerate(weights)))
+            command = [sys.executable, "-m", "gpupack", "plan", "--profile", str(profile), "--device-memory",
+                       str(capacity), "--time-limit", limit, "--format", "json"]
+            runs = {}
+            for name, extra in (("100%", []), ("80%", ["--policies", str(policy)])):
+                started = time.perf_counter()
+                done = subprocess.run(command + extra, capture_output=True, text=True)
+                seconds = time.perf_counter() - started
+                # Exit 1: no placement exists (a model larger than 80% of a device), said within the limit too.
+                document = json.loads(done.stdout) if done.returncode == 0 else {}
+                runs[name] = (seconds, document.get("device_count", "none"),
+                              document.get("at_full_capacity", {}).get("device_count", "-"))
+                by_class = worst.setdefault(classes[path.stem], {})
+                by_class[name] = max(by_class.get(name, 0.0), seconds)
+            (full, count, _), (tight, tight_count, relaxed) = runs["100%"], runs["80%"]
+            print(f"{path.stem:26} {len(weights):6} {full:6.1f}s {count:>7} {tight:6.1f}s {tight_count:>7} {relaxed:>7}  "
+                  f"{optima[path.stem]}", flush=True)
+    print(f"\n{'class':18} {'worst 100%':>10} {'worst 80%':>10}")
+    for name in sorted(worst):
+        print(f"{name:18} {worst[name]['100%']:9.1f}s {worst[name]['80%']:9.1f}s")
+    print(f"{'all':18} {max(w['100%'] for w in worst.values()):9.1f}s {max(w['80%'] for w in worst.values()):9.1f}s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=1.5, help="solver time limit per fleet case, seconds")
     parser.add_argument("--quick", action="store_true", help="skip the 1-D instances and the proof rates")
     parser.add_argument("--seeds", type=int, default=5, help="random fleets per size for the proof rates")
     parser.add_argument("--only", metavar="TEXT", help="run only the 1-D instances whose name contains TEXT")
+    parser.add_argument("--command", action="store_true",
+                        help="only time the whole `gpupack plan --time-limit 10s` command on the 1-D instances")
+    parser.add_argument("--shares", metavar="NAME=RATIO,...",
+                        help="try other budget shares of the solver for this run, e.g. COLGEN_SHARE=0.5,FIXED_COUNT_SHARE=0.8 "
+                             "(in-process runs only, not --command)")
     args = parser.parse_args()
+    for pair in filter(None, (args.shares or "").split(",")):
+        name, _, value = pair.partition("=")
+        if not name.endswith("_SHARE") or not hasattr(solver, name):
+            parser.error(f"--shares: {name} is not one of the solver's shares")
+        setattr(solver, name, float(value))
+    if args.command:
+        optima, classes, paths = bpp_instances(args.only)
+        command_check(paths, optima, classes)
+        return
     rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
     targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}
     rows += [run_case("random fleet, 3 resources", random_fleet(n), args.time_limit, targets[n]) for n in targets]
@@ -143,11 +214,7 @@ def main() -> None:
         return
     default_limit = next(s.default for s in PLAN_SETTINGS if s.key == "time_limit")
     proof_rates((100, 250), args.seeds, default_limit)
-    with (BPP_DIR / "OPTIMA.tsv").open() as f:
-        table = [row for row in csv.DictReader(f, delimiter="\t") if row["optimum"]]
-    optima = {row["instance"]: int(row["optimum"]) for row in table}
-    classes = {row["instance"]: row["class"] for row in table}
-    paths = [p for p in sorted(BPP_DIR.glob("*.txt")) if p.stem in optima and (not args.only or args.only in p.stem)]
+    optima, classes, paths = bpp_instances(args.only)
     by_strategy: dict[Strategy, list[dict]] = {}
     for strategy in Strategy:
         by_strategy[strategy] = [

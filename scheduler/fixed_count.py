@@ -1,4 +1,5 @@
-"""Packing onto exactly the bound's device count: a tabu search over overloaded placements.
+"""Packing onto fewer devices, down to the bound's count: for one resource the search over the
+unplaced models (unplaced_search.py), for several a tabu search over overloaded placements.
 
 Column generation proves the bound on the classic instances (IRUP), but its dive and the local
 search that closes devices one at a time often stop one device above it: on Hard28 and the
@@ -23,12 +24,50 @@ import numpy as np
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
+from gpupack.scheduler.unplaced_search import pack_single_resource
 
 TABU_TENURE = (5, 15)  # iterations a model may not return to the device it left, drawn per move
 NOISE = 1e-9
 MAX_PAIRS = 2_000_000
 MAX_LEAVING = 16  # models of the overloaded device considered per move
 FILL_WEIGHT = 1e-3  # random tie-breaking between moves of equal overload
+
+
+def searchable(instance: Instance, bound: int) -> bool:
+    """Whether :func:`pack_fewer` can run: the overload search keeps a tabu entry per (model, device)."""
+    return _single_resource(instance) or instance.n_models * bound <= MAX_PAIRS
+
+
+def _single_resource(instance: Instance) -> bool:
+    return int(instance.bounded[0].sum()) == 1
+
+
+def pack_fewer(instance: Instance, assignment: Assignment, bound: int, deadline: float) -> Assignment | None:
+    """``assignment``'s models on fewer devices, as few as the search reaches by ``deadline``
+    (time.perf_counter()) but not below ``bound``; None when it finds no packing on fewer.
+
+    With one resource the search steps down one device at a time, as CNS_BP does: when column
+    generation stopped early (thousands of models) or the instance is not IRUP (the ANI sets), the
+    bound itself is out of reach, and a packing on one device fewer still counts. With several
+    resources the overload search aims at the bound directly.
+    """
+    if not _single_resource(instance):
+        return pack_onto(instance, assignment, bound, deadline)
+    column = int(np.flatnonzero(instance.bounded[0])[0])
+    used = sorted({d for ds in assignment.values() for d in ds})
+    by_device: dict[int, list[int]] = {}
+    for i, ds in assignment.items():
+        by_device.setdefault(ds[0], []).append(i)
+    groups, best = list(by_device.values()), None
+    while len(groups) > bound and time.perf_counter() < deadline:
+        fewer = pack_single_resource(
+            instance.demand[:, column], int(instance.capacity[0, column]), groups, len(groups) - 1, deadline
+        )
+        if fewer is None:
+            break
+        groups = [g for g in fewer if g]
+        best = {i: [used[k]] for k, g in enumerate(groups) for i in g}
+    return best
 
 
 def pack_onto(

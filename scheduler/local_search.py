@@ -23,7 +23,6 @@ import math
 import time
 
 import numpy as np
-from ortools.sat.python import cp_model
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
@@ -170,6 +169,8 @@ def _cpsat_repack(
     """:func:`best_repack` for more devices, in CP-SAT, placing at least what the devices hold today
     (``home``: the device of each of the first models; the rest are the pool's), given as a hint;
     None when it finds nothing in its time."""
+    from ortools.sat.python import cp_model  # imports pandas: most of a second a plan rarely needs
+
     model = cp_model.CpModel()
     x = {(k, d): model.NewBoolVar("") for k, d in zip(*np.nonzero(allowed))}
     for k in range(len(units)):
