@@ -226,7 +226,7 @@ SUMMARY = {
                        {count: (limit, True) for count, limit in TARGET_P99_SECONDS.items()}) for name in VARIANTS},
     "late": ("samples > 20 ms late", lambda v: f"{v * 100:.2f} %", {1000: (0.01, False), 5000: (0.01, False)}),
     "sampler": ("sampler thread CPU, share of a core", lambda v: f"{v * 100:.1f} %", {1000: (0.03, True)}),
-    "rss": ("exporter RSS", lambda v: f"{v / MIB:.0f} MiB", {5000: (150e6, True)}),
+    "rss": ("exporter RSS", lambda v: f"{v / 1e6:.0f} MB", {5000: (150e6, True)}),
     "baseline": ("generate_latest text + OM + gzip, CPU", lambda v: f"{v * 1000:.0f} ms", {}),
     "ours": ("ours for a new snapshot, CPU", lambda v: f"{v * 1000:.0f} ms", {}),
     "load": ("load average", lambda v: f"{v:.1f}", {}),
