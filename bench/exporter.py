@@ -1,4 +1,6 @@
-"""Exporter benchmark: ``python bench/exporter.py``. Prints each figure next to its target.
+"""Exporter benchmark: ``python bench/exporter.py [--runs N] [--scale-only]``. Prints each figure
+next to its target; with ``--runs N`` each scale run N times (interleaved, each in a fresh process),
+then every run's figures and the worst of them against the targets, which hold "over 5 runs".
 
 1. Scale, fed at the client boundary (fake Triton clients and a fake pynvml of our own
    interfaces): 1,000 and then 5,000 models over 4 servers and 8 GPUs (each server's models spread
@@ -122,7 +124,8 @@ def _cpu(function, runs: int) -> tuple[float, float]:
     return statistics.median(cpu), statistics.median(wall)
 
 
-def _baseline(snapshot, next_snapshot) -> None:
+def _baseline(snapshot, next_snapshot) -> tuple[float, float]:
+    """(CPU seconds of generate_latest's bodies, of ours for a new snapshot)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snapshot))
     library_cpu, library_wall = _cpu(lambda: (generate_latest(registry), gzip.compress(generate_openmetrics(registry), 6)), 5)
@@ -140,13 +143,15 @@ def _baseline(snapshot, next_snapshot) -> None:
     _row("  baseline: generate_latest text + OM + gzip", f"{library_cpu * 1000:.1f} ms CPU", f"(wall {library_wall * 1000:.1f} ms)")
     _row("  ours, a new snapshot, same three bodies", f"{our_cpu * 1000:.1f} ms CPU",
          f"(wall {our_wall * 1000:.1f} ms, x{library_cpu / our_cpu:.1f} less CPU than the baseline)")
+    return library_cpu, our_cpu
 
 
 def _thread_cpu() -> dict[int, float]:
     return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
 
 
-def bench_scale(models: int) -> None:
+def bench_scale(models: int) -> dict[str, float]:
+    """Prints the run's table; returns the figures that have targets, for the summary of runs."""
     print(f"1) {models} models x {GPUS} GPUs x {SERVERS} servers, fed at the client boundary, sampling at 5 Hz")
     shorten_switch_interval()  # as `gpupack exporter` does
     gc.collect()
@@ -187,13 +192,14 @@ def bench_scale(models: int) -> None:
              f"target p99 <= {target * 1000:.0f} ms", p99 <= target)
         _row("  body", f"{size / 1024:.0f} KiB", f"({content_type.split(';')[0]}{', ' + encoding if encoding else ''})")
     late = sum(1 for x in lateness if x > LATE_SECONDS) / max(1, len(lateness))
+    figures = {f"p99 {name}": _percentile(times[name], 99) for name in VARIANTS}
     _row("samples started > 20 ms late", f"{late * 100:.2f} %", f"target < 1 % (of {len(lateness)}; "
          f"worst {max(lateness) * 1000:.0f} ms)", late < 0.01)
     _row("one sample (attribute + peaks + snapshot)", f"{(snapshot.collect_duration_seconds or 0) * 1000:.1f} ms",
          "(wall; 200 ms between samples at 5 Hz)")
     _row("render thread, CPU per render p50 / max", f"{statistics.median(render_cpu) * 1000:.1f} / {max(render_cpu) * 1000:.1f} ms",
          f"({len(render_cpu)} renders; CPU time, less sensitive to load)")
-    _baseline(snapshot, next_snapshot)
+    library_cpu, our_cpu = _baseline(snapshot, next_snapshot)
     _row("page age at the end", f"{page_age:.2f} s", "(newest sample rendered; renders paced to 2% of a core)")
     _row("exporter CPU while scraped (whole process)", f"{cpu_share * 100:.1f} %", "(sampling + rendering + serving)")
     sampler_cpu = threads_after.get(threads["sampler"], 0.0) - threads_before.get(threads["sampler"], 0.0)
@@ -208,6 +214,58 @@ def bench_scale(models: int) -> None:
     _row("exporter RSS (whole process)", f"{rss / MIB:.0f} MiB", "target <= 150 MB", rss <= 150 * 10**6)
     _row("  of which the exporter's own state", f"{(rss - rss_before) / MIB:.0f} MiB", f"(before: {rss_before / MIB:.0f} MiB)")
     _row("load average during the run", f"{psutil.getloadavg()[0]:.1f}", f"(on {psutil.cpu_count()} cores)")
+    sampler_share = (threads_after.get(threads["sampler"], 0.0) - threads_before.get(threads["sampler"], 0.0)) / wall
+    return {**figures, "late": late, "sampler": sampler_share, "rss": rss, "baseline": library_cpu, "ours": our_cpu,
+            "load": psutil.getloadavg()[0]}
+
+
+RESULT_PREFIX = "RESULT "
+# figure -> (label, how it is shown, target per model count: (limit, inclusive) or none)
+SUMMARY = {
+    **{f"p99 {name}": (f"scrape p99, {name}", lambda v: f"{v * 1000:.1f} ms",
+                       {count: (limit, True) for count, limit in TARGET_P99_SECONDS.items()}) for name in VARIANTS},
+    "late": ("samples > 20 ms late", lambda v: f"{v * 100:.2f} %", {1000: (0.01, False), 5000: (0.01, False)}),
+    "sampler": ("sampler thread CPU, share of a core", lambda v: f"{v * 100:.1f} %", {1000: (0.03, True)}),
+    "rss": ("exporter RSS", lambda v: f"{v / 1e6:.0f} MB", {5000: (150e6, True)}),
+    "baseline": ("generate_latest text + OM + gzip, CPU", lambda v: f"{v * 1000:.0f} ms", {}),
+    "ours": ("ours for a new snapshot, CPU", lambda v: f"{v * 1000:.0f} ms", {}),
+    "load": ("load average", lambda v: f"{v:.1f}", {}),
+}
+
+
+def _summary(results: dict[int, list[dict[str, float]]]) -> None:
+    """Each run's figures and the worst (highest) of each against its target."""
+    for count, runs in results.items():
+        print(f"summary: {count} models, {len(runs)} runs (worst of the runs is judged)")
+        for key, (label, shown, targets) in SUMMARY.items():
+            values = [run[key] for run in runs]
+            worst = max(values)
+            target = targets.get(count)
+            verdict = ""
+            if target is not None:
+                limit, inclusive = target
+                ok = worst <= limit if inclusive else worst < limit
+                verdict = f"target {'<=' if inclusive else '<'} {shown(limit)}  {'ok' if ok else 'MISSED'}"
+            _row(label, shown(worst), f"{verdict}  runs: {', '.join(shown(v) for v in values)}".strip())
+        ratios = [run["baseline"] / run["ours"] for run in runs]
+        _row("  ours against the baseline, least gain", f"x{min(ratios):.1f} less CPU")
+
+
+def _scale_runs(runs: int) -> None:
+    results: dict[int, list[dict[str, float]]] = {1000: [], 5000: []}
+    for run in range(runs):
+        for count in results:  # each in a process of its own, so that RSS is its own
+            if runs > 1:
+                print(f"run {run + 1} of {runs}:", flush=True)
+            out = subprocess.run([sys.executable, __file__, "--models", str(count)], check=True,
+                                 capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                if line.startswith(RESULT_PREFIX):
+                    results[count].append(json.loads(line[len(RESULT_PREFIX):]))
+                else:
+                    print(line, flush=True)
+    if runs > 1:
+        _summary(results)
 
 
 def _cpu_seconds() -> float:
@@ -243,9 +301,8 @@ def bench_real_cpu(measure_seconds: float = 20.0) -> None:
 
 if __name__ == "__main__":
     if "--models" in sys.argv:
-        bench_scale(int(sys.argv[sys.argv.index("--models") + 1]))
+        print(RESULT_PREFIX + json.dumps(bench_scale(int(sys.argv[sys.argv.index("--models") + 1]))))
     else:
-        for count in (1000, 5000):  # each in a process of its own, so that RSS is its own
-            subprocess.run([sys.executable, __file__, "--models", str(count)], check=True)
+        _scale_runs(int(sys.argv[sys.argv.index("--runs") + 1]) if "--runs" in sys.argv else 1)
         if "--scale-only" not in sys.argv:
             bench_real_cpu()

@@ -248,8 +248,9 @@ class Attributor:
         if old is not None and old.layout == layout and (old.backends, old.server_pids, old.gpus_key,
                                                          old.load_deltas_version) == keys:
             shares = compute_shares(triton, inputs.previous_triton)
-            return ServerPlan(triton, inputs.previous_triton, *keys, layout,
-                               tuple(GpuPlan(g.device, g.placed, shares) for g in old.gpus))
+            # Idle models keep their shares (none): the GPU plans, and the usages they hand on, stay.
+            gpu_plans = old.gpus if shares == old.shares else tuple(GpuPlan(g.device, g.placed, shares) for g in old.gpus)
+            return ServerPlan(triton, inputs.previous_triton, *keys, layout, gpu_plans, shares)
         by_uuid = {g.device: g for g in gpus}
         by_index = {g.index: g.device for g in gpus if g.kind == "gpu"}
         stub_of = {b.pid: (b.model, b.version) for b in host.backends} if host else {}
@@ -290,4 +291,4 @@ class Attributor:
                 placed.append(Placed(key, pids, ModelUsage(inputs.server, reading.model, reading.version, uuid,
                                                             memory, source, loaded=key not in not_loaded)))
             plans.append(GpuPlan(uuid, tuple(placed), shares))
-        return ServerPlan(triton, inputs.previous_triton, *keys, layout, tuple(plans))
+        return ServerPlan(triton, inputs.previous_triton, *keys, layout, tuple(plans), shares)

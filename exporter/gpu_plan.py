@@ -91,6 +91,7 @@ class ServerPlan:
     load_deltas_version: int
     layout: tuple
     gpus: tuple[GpuPlan, ...]
+    shares: Mapping[ModelKey, float]  # the compute-time shares the GPU plans split utilisation by
 
     def fits(self, triton: TritonReading, previous_triton: TritonReading | None, host: HostReading | None,
              gpus: tuple[GpuReading, ...], server_pids: frozenset[int], load_deltas_version: int) -> bool:

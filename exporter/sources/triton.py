@@ -75,6 +75,8 @@ class TritonSource:
         self._client: TritonClient | None = None
         self._clock = clock
         self._configs: dict[tuple[str, str], tuple[InstanceGroup, ...]] = {}
+        # model -> (its raw statistics, GPUs, instance groups) last read, and the reading made of them
+        self._readings: dict[tuple[str, str], tuple[dict, tuple[str, ...], tuple[InstanceGroup, ...], ModelReading]] = {}
 
     def read(self) -> TritonReading:
         try:
@@ -92,18 +94,24 @@ class TritonSource:
         taken_at = self._clock()
         ready = [(str(m["name"]), str(m.get("version", ""))) for m in client.repository_index()
                  if m.get("state") == "READY"]
-        self._configs = {key: groups for key, groups in self._configs.items() if key in ready}
+        ready_keys = set(ready)  # thousands of models: membership in a list made every poll quadratic
+        self._configs = {key: groups for key, groups in self._configs.items() if key in ready_keys}
         for key in ready:
             if key not in self._configs:
                 self._configs[key] = _instance_groups(client.model_config(*key))
         stats = {(str(s["name"]), str(s["version"])): s for s in client.statistics()}
         text = client.metrics_text()
         per_model, all_gpus = _gpu_uuids(text) if text else ({}, ())
-        models = tuple(
-            _model_reading(name, version, self._configs[(name, version)], stats.get((name, version), {}),
-                           per_model.get((name, version), ()))
-            for name, version in ready
-        )
+        before, self._readings = self._readings, {}
+        for key in ready:
+            model_stats, uuids, groups = stats.get(key, {}), per_model.get(key, ()), self._configs[key]
+            known = before.get(key)
+            # Most of a large fleet is idle between two polls: its statistics compare equal (in C)
+            # and its reading is handed on, not rebuilt -- less work, and less for the GC to chase.
+            if known is None or known[0] != model_stats or known[1] != uuids or known[2] is not groups:
+                known = (model_stats, uuids, groups, _model_reading(*key, groups, model_stats, uuids))
+            self._readings[key] = known
+        models = tuple(self._readings[key][3] for key in ready)
         return TritonReading(self.server.name, taken_at, models, all_gpus)
 
 

@@ -65,7 +65,10 @@ def fake_pynvml(gpus: list[FakeGpu], *, driver_loaded: bool = True) -> SimpleNam
 
 
 class FakeTritonClient:
-    """Answers like a Triton server's HTTP API; ``down`` makes every call fail like a refused connection."""
+    """Answers like a Triton server's HTTP API; ``down`` makes every call fail like a refused connection.
+
+    Change a model's answers by replacing its entry in ``models``, not by editing nested dicts in
+    place: a real client hands out a new document per answer, and the source compares answers."""
 
     def __init__(self, models: dict[str, dict[str, Any]] | None = None) -> None:
         self.models = models or {}  # name -> {"config": {...}, "stats": {...}}
