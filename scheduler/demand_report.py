@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from gpupack.scheduler.demand import DemandPlan
 from gpupack.scheduler.demand_baselines import JOINT, TITLES, BaselineOutcome
-from gpupack.scheduler.plan_report import RESOURCE_TITLES, _resources, _shown, _summary, total_field
+from gpupack.scheduler.plan_report import RESOURCE_TITLES, resources_shown, shown_total, device_count_summary, total_field
 
 
 def saved(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> dict[str, int]:
@@ -21,18 +21,18 @@ def saved(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> dict[str, i
 
 def render_table(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
     result = plan.result
-    resources = _resources(result)
+    resources = resources_shown(result)
     header = ["device", "copies (model config rate/s)", *(RESOURCE_TITLES[r] for r in resources)]
     rows = [
         [device, ", ".join(_copy(plan, m) for m in result.placement.models_on(device)),
-         *(_shown(r, totals[r]) for r in resources)]
+         *(shown_total(r, totals[r]) for r in resources)]
         for device, totals in result.device_totals.items()
     ]
     lines = _columns([header, *rows]) + [""]
     header = ["model", "config", "copies", "capacity/s", "demand/s", "headroom"]
     rows = [[m.model, m.config, str(m.copies), f"{m.capacity_per_second:g}", f"{m.demand_per_second:g}",
              "-" if m.headroom_ratio is None else f"{m.headroom_ratio * 100:.0f}%"] for m in plan.models]
-    lines += _columns([header, *rows]) + ["", _summary(result), ""]
+    lines += _columns([header, *rows]) + ["", device_count_summary(result), ""]
     for baseline in (*baselines, None):
         lines.append(_baseline_line(baseline, plan))
     for name, count in saved(plan, baselines).items():

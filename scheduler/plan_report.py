@@ -40,7 +40,7 @@ def total_field(resource: Resource) -> str:
     return resource.profile_field.removeprefix("peak_")
 
 
-def _shown(resource: Resource, value: float) -> str:
+def shown_total(resource: Resource, value: float) -> str:
     return f"{value / 1e6:.0f}" if resource.is_bytes else f"{value * 100:.0f}"
 
 
@@ -48,15 +48,15 @@ def render_table(
     result: PlacementResult, cost: CapacityPolicyCost | None, broken_alerts: tuple[str, ...] = (),
     budget: TimeBudget | None = None,
 ) -> str:
-    resources = _resources(result)
+    resources = resources_shown(result)
     header = ["device", "models", *(RESOURCE_TITLES[r] for r in resources)]
     rows = [
-        [device, ", ".join(result.placement.models_on(device)), *(_shown(r, totals[r]) for r in resources)]
+        [device, ", ".join(result.placement.models_on(device)), *(shown_total(r, totals[r]) for r in resources)]
         for device, totals in result.device_totals.items()
     ]
     widths = [max(len(str(row[k])) for row in [header, *rows]) for k in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines += ["", _summary(result)]
+    lines += ["", device_count_summary(result)]
     if cost is not None:
         lines.append(_cost_line(result, cost))
     if broken_alerts:
@@ -65,7 +65,7 @@ def render_table(
     return "\n".join(lines) + "\n"
 
 
-def _summary(result: PlacementResult) -> str:
+def device_count_summary(result: PlacementResult) -> str:
     plural = "s" if result.device_count != 1 else ""
     if result.proof is not None:
         proof = result.proof.describe()
@@ -144,6 +144,6 @@ def render_json(
     return json.dumps(document, indent=2) + "\n"
 
 
-def _resources(result: PlacementResult) -> list[Resource]:
+def resources_shown(result: PlacementResult) -> list[Resource]:
     present = {r for totals in result.device_totals.values() for r in totals}
     return [r for r in Resource if r in present]
