@@ -24,7 +24,7 @@ import numpy as np
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
-from gpupack.scheduler.unplaced_search import pack_single_resource
+from gpupack.scheduler.unplaced_search import pack_single_resource, pairs_on_devices
 
 TABU_TENURE = (5, 15)  # iterations a model may not return to the device it left, drawn per move
 NOISE = 1e-9
@@ -112,7 +112,7 @@ def pack_onto(
         ia, ja = np.triu_indices(len(inside), k=1)
         leave = np.concatenate([np.stack([inside, np.full(len(inside), -1)], 1),
                                 np.stack([inside[ia], inside[ja]], 1)])
-        first, second = _pairs_on_devices(where)
+        first, second = pairs_on_devices(where, np.arange(len(where)))
         same = where[first] != a
         outside = np.flatnonzero(where != a)
         come = np.concatenate([np.stack([np.full(target, -1), np.full(target, -1)], 1),
@@ -142,20 +142,6 @@ def pack_onto(
         for j in come[h][come[h] >= 0]:
             where[j], tabu[j, b] = a, iteration + tenure
     return {i: [int(used[keep[where[i]]])] for i in range(n)}
-
-
-def _pairs_on_devices(where: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every two models that share a device, in time linear in the models (devices hold few)."""
-    order = np.argsort(where, kind="stable")
-    device = where[order]
-    firsts, seconds = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
-    for step in range(1, len(order)):
-        same = device[:-step] == device[step:]
-        if not same.any():
-            break
-        firsts.append(order[:-step][same])
-        seconds.append(order[step:][same])
-    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _over(loads: np.ndarray, capacity: np.ndarray) -> np.ndarray:

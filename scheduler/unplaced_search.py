@@ -68,7 +68,7 @@ def pack_single_resource(
             placed = np.flatnonzero(np.isin(where, considered))
         else:
             considered, placed = np.arange(len(loads)), np.flatnonzero(where >= 0)
-        first, second = _pairs_on_devices(where, placed)
+        first, second = pairs_on_devices(where, placed)
         leave_first = np.concatenate([np.full(len(considered), n), placed, first])
         leave_second = np.concatenate([np.full(len(considered) + len(placed), n), second])
         device = np.concatenate([considered, where[placed], where[first]])
@@ -97,8 +97,10 @@ def pack_single_resource(
         loads[d] += int(weight[into].sum()) - int(weight[out].sum())
 
 
-def _pairs_on_devices(where: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every two placed models that share a device, in time linear in the models (devices hold few)."""
+def pairs_on_devices(where: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every two of the ``placed`` models that share a device (``where``), in time linear in the
+    models (devices hold few). The overload search of fixed_count.py, whose models are all placed,
+    uses it too."""
     order = placed[np.argsort(where[placed], kind="stable")]
     device = where[order]
     firsts, seconds = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
