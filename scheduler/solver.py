@@ -152,7 +152,7 @@ def solve(
         if found is not None and _devices(found) < _devices(hint) and _devices(found) <= instance.n_devices:
             hint, assignment, method = found, found, "column-generation"
     if priced and hint is not None and _devices(hint) > bound and searchable(instance, bound):
-        # The bound is proven; what is missing is a packing on exactly that many devices.
+        # The bound is proven; what is missing is a packing on fewer devices, down to that many.
         with clock.phase("fixed-count-search"):
             packed = pack_fewer(instance, hint, bound, time.perf_counter() + clock.remaining() * FIXED_COUNT_SHARE)
         if packed is not None:
@@ -181,7 +181,7 @@ def solve(
         pairs = instance.n_models * bound if pinned else _pairs(instance, hint, primary)
         affordable = strategy is Strategy.CLASSIC or pairs * BUILD_SECONDS_PER_PAIR < clock.remaining() / 2
         if rest and affordable and pairs <= EXACT_MAX_PAIRS:
-            # CP-SAT imports pandas, most of a second of startup that plans CP-SAT is not needed for skip.
+            # CP-SAT imports pandas, most of a second: plans that never reach this line do not pay it.
             from gpupack.scheduler.cpsat import solve_exact
 
             with clock.phase("cp-sat"):
