@@ -25,7 +25,7 @@ from gpupack.scheduler.current import FleetView
 from gpupack.scheduler.demand import plan_for_demand
 from gpupack.scheduler.demand_cost import capacity_per_second, copy_footprint, copy_peaks
 from gpupack.scheduler.inputs import FleetInputs
-from gpupack.scheduler.moves import Budget
+from gpupack.scheduler.steps import Budget
 from gpupack.scheduler.problem import Dimension, Objective, PlacementProblem
 from gpupack.scheduler.solver import solve
 

@@ -30,7 +30,7 @@ from gpupack.errors import GpupackError
 from gpupack.model_configs import ModelConfig
 from gpupack.scheduler.audit import AuditLog
 from gpupack.scheduler.config_override import triton_override
-from gpupack.scheduler.moves import Step
+from gpupack.scheduler.steps import Step
 from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
 
 _POLL_SECONDS = 0.1

@@ -33,7 +33,8 @@ from gpupack.scheduler.inputs import FleetInputs
 from gpupack.scheduler.metrics import RebalanceState
 from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.demand_rebalance import plan_configurations
-from gpupack.scheduler.moves import Budget, MovePlan, Step, plan_moves
+from gpupack.scheduler.moves import MovePlan, plan_moves
+from gpupack.scheduler.steps import Budget, Step
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.problem import DeviceCountProof, Objective
 from gpupack.scheduler.safety import Admission, Cooldowns, Lock, LockFactory, LockLostError, admit, lock_factory

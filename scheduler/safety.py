@@ -34,7 +34,8 @@ import requests
 from gpupack.config import Setting
 from gpupack.domain import Placement
 from gpupack.errors import GpupackError, InputError
-from gpupack.scheduler.moves import Budget, Step, check_order
+from gpupack.scheduler.moves import check_order
+from gpupack.scheduler.steps import Budget, Step
 
 log = logging.getLogger(__name__)
 

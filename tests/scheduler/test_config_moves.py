@@ -12,7 +12,8 @@ from gpupack.scheduler.config_override import loaded_config, triton_override
 from gpupack.scheduler.current import FleetView, LoadedModel
 from gpupack.scheduler.demand_rebalance import plan_configurations
 from gpupack.scheduler.inputs import ProfileInputs
-from gpupack.scheduler.moves import Budget, Step, plan_moves
+from gpupack.scheduler.moves import plan_moves
+from gpupack.scheduler.steps import Budget, Step
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.rebalancer import OBJECTIVES
 from gpupack.triton_control import ServerEndpoint

@@ -21,7 +21,7 @@ from gpupack.rules.loader import load_policies
 from gpupack.scheduler.audit import AuditLog
 from gpupack.scheduler.executor import GpuSlot, MultiGpuExecutor, ServerPerDeviceExecutor, StepContext, StepFailedError
 from gpupack.scheduler.inputs import FleetInputs, ProfileInputs
-from gpupack.scheduler.moves import Step
+from gpupack.scheduler.steps import Step
 from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings, StalePlanError
 from gpupack.triton_control import ServerEndpoint, TritonControl
 

@@ -19,7 +19,7 @@ from gpupack.scheduler.executor import (
     StepContext,
     StepFailedError,
 )
-from gpupack.scheduler.moves import Step
+from gpupack.scheduler.steps import Step
 from gpupack.triton_control import ServerEndpoint, TritonControl
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
-from gpupack.scheduler.moves import Budget, Step, check_order, plan_moves
+from gpupack.scheduler.moves import check_order, plan_moves
+from gpupack.scheduler.steps import Budget, Step
 from gpupack.scheduler.problem import PlacementProblem
 
 MEM = Resource.GPU_MEMORY

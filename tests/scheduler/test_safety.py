@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
-from gpupack.scheduler.moves import Budget, Step
+from gpupack.scheduler.steps import Budget, Step
 from gpupack.scheduler.problem import PlacementProblem
 from gpupack.scheduler.safety import Cooldowns, FileLock, LockHeldError, StateError, admit
 

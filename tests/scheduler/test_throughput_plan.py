@@ -10,7 +10,8 @@ from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.rules.compiled import Fleet, FleetDevice, compile_policies
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.constraints import problem_from
-from gpupack.scheduler.moves import Budget, Step, check_order, plan_moves
+from gpupack.scheduler.moves import check_order, plan_moves
+from gpupack.scheduler.steps import Budget, Step
 from gpupack.scheduler.problem import InfeasibleError, Objective
 from gpupack.scheduler.solver import solve
 
