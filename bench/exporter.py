@@ -87,15 +87,21 @@ requests = {name: (f"GET {path} HTTP/1.1\\r\\nHost: {parts.netloc}\\r\\nUser-Age
             for name, (path, headers) in variants.items()}
 buffer = bytearray(64 * 2**20)
 
+def received(view):
+    count = connection.recv_into(view)
+    if not count:
+        sys.exit("the exporter closed the connection")
+    return count
+
 def get(request):
     connection.sendall(request)
     view, filled = memoryview(buffer), 0
     while (end := buffer.find(b"\\r\\n\\r\\n", 0, filled)) < 0:
-        filled += connection.recv_into(view[filled:])
+        filled += received(view[filled:])
     head = dict(line.split(": ", 1) for line in buffer[:end].decode("latin-1").split("\\r\\n")[1:])
     size = end + 4 + int(head["Content-Length"])
     while filled < size:
-        filled += connection.recv_into(view[filled:size])
+        filled += received(view[filled:size])
     return head, size - end - 4
 
 times, sizes = {name: [] for name in variants}, {}
