@@ -31,6 +31,7 @@ from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
 from gpupack.scheduler.dive import discrepancy_dive, plain_dive
 from gpupack.scheduler.knapsack import best_pattern
+from gpupack.scheduler.pool_mip import pool_packing
 from gpupack.scheduler.problem import Objective
 
 # A column enters only if its reduced cost is below -REDUCED_COST_TOLERANCE, and LP values this
@@ -40,6 +41,9 @@ ROUNDING_TOLERANCE = 1e-6
 # Above this many distinct demand vectors (a large fleet of 3-resource models: every one distinct)
 # the pricing problem gets slow and the local search uses the time better.
 MAX_ITEM_TYPES = 700
+# The dive's time after the plain dive: SEARCH_SHARE for limited discrepancy search, the rest for
+# the integer programme over the patterns it priced (pool_mip.py).
+SEARCH_SHARE = 0.4
 SMOOTHING = 0.8  # weight of the best dual so far in the prices the pricing problem sees
 # PlacementProblem fields that column generation honours (capacity limits, the baseline), checks
 # on the compiled instance (pins, anti-affinity, replicas, fleet size), or that restrict nothing.
@@ -235,7 +239,11 @@ def _dive(master: _Master, residual: np.ndarray, deadline: float, target: int) -
     fixed, rest = plain_dive(master, residual, deadline, bound)
     packing = fixed + _first_fit(master.types, rest) if rest.any() else fixed
     if len(packing) > target:
-        found = discrepancy_dive(master, residual, deadline, bound, target)
+        searched = time.monotonic() + max(deadline - time.monotonic(), 0.0) * SEARCH_SHARE
+        found = discrepancy_dive(master, residual, searched, bound, target)
+        if found is not None:
+            return found
+        found = pool_packing(master.columns, residual, len(packing), deadline - time.monotonic())
         if found is not None:
             return found
     return packing
