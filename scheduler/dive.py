@@ -55,7 +55,7 @@ def plain_dive(master: Master, residual: np.ndarray, deadline: float, bound: Bou
         if not chosen:
             chosen = [(int(np.argmax(usage)), 1)]
         for k, copies in sorted(chosen, key=lambda kc: -usage[kc[0]]):
-            fixed += _take(master.columns[k], copies, residual)
+            fixed += take(master.columns[k], copies, residual)
     return fixed, residual
 
 
@@ -94,7 +94,7 @@ class _Search:
         tried: set[int] = set()
         for k, copies in candidates[: 1 + discrepancies]:
             rest = residual.copy()
-            step = _take(self.master.columns[k], copies, rest)
+            step = take(self.master.columns[k], copies, rest)
             found = self.run(rest, room - len(step), tabu | tried, discrepancies - len(tried), depth + 1)
             if found is not None:
                 return step + found
@@ -109,7 +109,7 @@ class _Search:
                 return None
             self.widened |= len(candidates) > 1
             k, copies = candidates[0]
-            fixed += _take(self.master.columns[k], copies, residual)
+            fixed += take(self.master.columns[k], copies, residual)
         return fixed if len(fixed) <= room else None
 
 
@@ -130,7 +130,7 @@ def _candidates(
     return [(k, copies[k]) for k in used]
 
 
-def _take(pattern: np.ndarray, copies: int, residual: np.ndarray) -> list[np.ndarray]:
+def take(pattern: np.ndarray, copies: int, residual: np.ndarray) -> list[np.ndarray]:
     """Up to ``copies`` devices of ``pattern``, trimmed to what ``residual`` still holds (updated)."""
     taken = []
     for _ in range(copies):

@@ -1,0 +1,44 @@
+"""The integer programme over the patterns column generation priced: a packing assembled from the
+pool where the dive's fixings one at a time miss it."""
+
+import time
+
+import numpy as np
+
+from gpupack.scheduler import colgen, dive
+from gpupack.scheduler.pool_mip import pool_packing
+
+from tests.scheduler.test_dive import TRIPLETS, _master_and_bound, triplet_instance
+
+
+def _triplet_patterns(types: colgen.ItemTypes) -> list[np.ndarray]:
+    """The 20 exactly full devices of the triplet instance, as copies per type."""
+    type_of = {int(types.demand[t, 0]): t for t in range(len(types.counts))}
+    patterns = []
+    for k in range(0, len(TRIPLETS), 3):
+        pattern = np.zeros(len(types.counts), dtype=np.int64)
+        for size in TRIPLETS[k : k + 3]:
+            pattern[type_of[size]] += 1
+        patterns.append(pattern)
+    return patterns
+
+
+def test_the_packing_on_the_lp_bound_is_found_among_the_priced_patterns():
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    fixed, _ = dive.plain_dive(master, residual, deadline, bound)
+    assert len(fixed) == 21  # the plain dive ends one device above the bound
+    pool = master.columns + _triplet_patterns(master.types)
+    found = pool_packing(pool, residual, len(fixed), 10.0)
+    assert found is not None and len(found) == 20
+    assert (np.sum(found, axis=0) == residual).all()  # every model once: covering patterns are trimmed
+    sizes = master.types.demand[:, 0]
+    assert all(int(pattern @ sizes) <= 1000 for pattern in found)
+
+
+def test_a_pool_without_a_better_packing_says_so_before_its_time_limit():
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    fixed, _ = dive.plain_dive(master, residual, deadline, bound)
+    started = time.perf_counter()
+    assert pool_packing(master.columns, residual, len(fixed), 10.0) is None
+    assert time.perf_counter() - started < 5  # HiGHS proved the pool holds nothing on 20 devices
+
