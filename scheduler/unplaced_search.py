@@ -45,7 +45,9 @@ def pack_single_resource(
         where[list(g)] = d
     loads = np.zeros(target - spare, dtype=np.int64)
     np.add.at(loads, where[where >= 0], weight[where >= 0])
-    worth = weight * (1.0 + NOISE * rng.random(n))
+    # Index n stands for "no model": zero size and worth, so that pairs padded with it sum right.
+    padded_weight = np.append(weight, 0)
+    padded_worth = np.append(weight * (1.0 + NOISE * rng.random(n)), 0.0)
     while True:
         unplaced = np.flatnonzero(where < 0)
         if int(weight[unplaced].sum()) <= spare * capacity:
@@ -59,21 +61,21 @@ def pack_single_resource(
             return None
         # What comes in: nothing, one unplaced model or two; what leaves a device: nothing, one or two
         # (n: no model, a zero row of the padded arrays).
-        ia, ja = np.triu_indices(len(unplaced), k=1)
+        ia, ja = _pairs(len(unplaced))
         none_in = np.full(len(unplaced) + 1, n)
         come_first = np.concatenate([none_in[:1], unplaced, unplaced[ia]])
         come_second = np.concatenate([none_in, unplaced[ja]])
         if len(loads) > MAX_DEVICES_PER_MOVE:  # thousands of devices: a sample of them per move
             considered = rng.choice(len(loads), size=MAX_DEVICES_PER_MOVE, replace=False)
-            placed = np.flatnonzero(np.isin(where, considered))
+            chosen = np.zeros(len(loads) + 1, dtype=bool)  # the last entry stands for "unplaced" (-1)
+            chosen[considered] = True
+            placed = np.flatnonzero(chosen[where])
         else:
             considered, placed = np.arange(len(loads)), np.flatnonzero(where >= 0)
         first, second = pairs_on_devices(where, placed)
         leave_first = np.concatenate([np.full(len(considered), n), placed, first])
         leave_second = np.concatenate([np.full(len(considered) + len(placed), n), second])
         device = np.concatenate([considered, where[placed], where[first]])
-        padded_weight = np.append(weight, 0)
-        padded_worth = np.append(worth, 0.0)
         in_weight = padded_weight[come_first] + padded_weight[come_second]
         in_worth = padded_worth[come_first] + padded_worth[come_second]
         out_weight = padded_weight[leave_first] + padded_weight[leave_second]
@@ -86,7 +88,7 @@ def pack_single_resource(
         gain = np.where(fitting >= 0, best_in[np.maximum(fitting, 0)] - out_worth, -np.inf)
         best = int(np.argmax(gain))
         if gain[best] <= 1e-9:
-            worth[unplaced] += PENALTY_SHARE * weight[unplaced]
+            padded_worth[unplaced] += PENALTY_SHARE * weight[unplaced]
             continue
         h = int(np.argmax(np.where(in_weight <= room[best], in_worth, -np.inf)))
         d = device[best]
@@ -98,19 +100,30 @@ def pack_single_resource(
 
 
 def pairs_on_devices(where: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every two of the ``placed`` models that share a device (``where``), in time linear in the
-    models (devices hold few). The overload search of fixed_count.py, whose models are all placed,
-    uses it too."""
+    """Every two of the ``placed`` models that share a device (``where``), in a fixed number of
+    array operations (the search makes one call a move). The overload search of fixed_count.py,
+    whose models are all placed, uses it too."""
     order = placed[np.argsort(where[placed], kind="stable")]
     device = where[order]
-    firsts, seconds = [np.empty(0, dtype=np.int64)], [np.empty(0, dtype=np.int64)]
-    for step in range(1, len(order)):
-        same = device[:-step] == device[step:]
-        if not same.any():
-            break
-        firsts.append(order[:-step][same])
-        seconds.append(order[step:][same])
-    return np.concatenate(firsts), np.concatenate(seconds)
+    m = len(order)
+    starts = np.flatnonzero(np.concatenate(([True], device[1:] != device[:-1])))[: m]
+    ends = np.append(starts[1:], m)[: len(starts)]
+    later = np.repeat(ends, ends - starts) - np.arange(m) - 1  # models after each one on its device
+    first = np.repeat(np.arange(m), later)
+    second = first + 1 + np.arange(len(first)) - np.repeat(np.cumsum(later) - later, later)
+    # Nearest in the order first, as a loop over the distance would list them.
+    by_distance = np.argsort((second - first) * m + first, kind="stable")
+    return order[first[by_distance]], order[second[by_distance]]
+
+
+_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.triu_indices(n, k=1)``, kept: the unplaced set has the same few sizes move after move."""
+    if n not in _PAIRS:
+        _PAIRS[n] = np.triu_indices(n, k=1)
+    return _PAIRS[n]
 
 
 def _split(unplaced: list[int], size: list[int], capacity: int, spare: int) -> list[list[int]] | None:
