@@ -82,7 +82,7 @@ url, rounds, pause, variants = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 parts = urlsplit(url)
 connection = socket.create_connection((parts.hostname, parts.port))
 connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-requests = {name: (f"GET {path} HTTP/1.1\\r\\nHost: {parts.netloc}\\r\\nUser-Agent: bench\\r\\n"
+prepared = {name: (f"GET {path} HTTP/1.1\\r\\nHost: {parts.netloc}\\r\\nUser-Agent: bench\\r\\n"
                    + "".join(f"{k}: {v}\\r\\n" for k, v in headers.items()) + "\\r\\n").encode()
             for name, (path, headers) in variants.items()}
 buffer = bytearray(64 * 2**20)
@@ -105,11 +105,11 @@ def get(request):
     return head, size - end - 4
 
 times, sizes = {name: [] for name in variants}, {}
-for request in requests.values():  # the first gzip scrape asks for gzip forms to be kept
+for request in prepared.values():  # the first gzip scrape asks for gzip forms to be kept
     get(request)
 time.sleep(1.0)
 for _ in range(rounds):
-    for name, request in requests.items():
+    for name, request in prepared.items():
         time.sleep(pause * random.uniform(1.0, 2.0))
         started = time.perf_counter()
         head, size = get(request)
@@ -306,7 +306,7 @@ def _cpu_seconds() -> float:
 
 def bench_real_cpu(measure_seconds: float = 20.0) -> None:
     print("2) sampler CPU at 5 Hz against real Triton servers with 50 models (host backend)")
-    # Imported here: the harness's imports would add ~20 MiB to the RSS that the scale runs measure.
+    # Imported here: the harness's imports would add ~28 MiB to the RSS that the scale runs measure.
     from gpupack.testing import SampleModel, triton_fleet, write_model_repository
     models = [SampleModel(f"m{i:02d}", 1 * MIB) for i in range(50)]
     with tempfile.TemporaryDirectory() as work:

@@ -15,6 +15,7 @@ device must be exactly full.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -116,14 +117,11 @@ def pairs_on_devices(where: np.ndarray, placed: np.ndarray) -> tuple[np.ndarray,
     return order[first[by_distance]], order[second[by_distance]]
 
 
-_PAIRS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
+@functools.lru_cache(maxsize=8)
 def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``np.triu_indices(n, k=1)``, kept: the unplaced set has the same few sizes move after move."""
-    if n not in _PAIRS:
-        _PAIRS[n] = np.triu_indices(n, k=1)
-    return _PAIRS[n]
+    """``np.triu_indices(n, k=1)``, kept: the unplaced set has the same few sizes move after move.
+    Bounded, because a long-running rebalancer meets every size over time and each costs n² entries."""
+    return np.triu_indices(n, k=1)
 
 
 def _split(unplaced: list[int], size: list[int], capacity: int, spare: int) -> list[list[int]] | None:
