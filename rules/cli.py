@@ -188,9 +188,6 @@ def _run_loop(settings: dict[str, Any], args: argparse.Namespace, config: Config
                              tracker=ViolationTracker(actor.request_rebalance),
                              refresh_placement=actor.refresh_placement)
         app = actor.app
-    # APScheduler logs each run at INFO and each run skipped behind a slow one (a fetch, a move) at
-    # WARNING; one evaluation at a time is the design, not news.
-    logging.getLogger("apscheduler").setLevel(logging.ERROR)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: engine.stop())
     host, port = settings["listen"]

@@ -82,3 +82,38 @@ def test_missing_policy_path_fails_before_anything_starts(tmp_path):
     with pytest.raises(InputError) as error:
         PolicyFile(Path(tmp_path / "nope.yaml"))
     assert str(error.value) == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+def test_stop_ends_serving_within_the_grace_even_while_an_evaluation_hangs(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("gpupack.rules.loop.STOP_GRACE_SECONDS", 0.3)
+    fetching, never = threading.Event(), threading.Event()
+
+    def hung_fetch():
+        fetching.set()
+        never.wait()
+
+    engine = RulesEngine(hung_fetch, PolicyFile(write_policies(tmp_path, POLICY_TEXT)).current)
+    thread = threading.Thread(target=engine.serve, args=(1.0, "127.0.0.1", free_port()))
+    thread.start()
+    assert fetching.wait(5)
+    engine.stop()
+    thread.join(timeout=3)
+    never.set()
+    assert not thread.is_alive()
+    assert "stopping with an evaluation still running after 0.3s" in caplog.text
+
+
+def test_an_evaluation_that_raises_is_logged_and_the_next_one_still_runs(tmp_path, caplog):
+    calls = []
+
+    def broken_fetch():
+        calls.append(time.monotonic())
+        raise RuntimeError("a bug in a source")
+
+    engine = RulesEngine(broken_fetch, PolicyFile(write_policies(tmp_path, POLICY_TEXT)).current)
+    with serving(engine, 0.05):
+        deadline = time.monotonic() + 5
+        while len(calls) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(calls) >= 3
+    assert "evaluation failed; the next one runs on schedule" in caplog.text and "a bug in a source" in caplog.text

@@ -62,7 +62,11 @@ class RulesProcess:
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=15)
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            tail = "\n".join(self.log_path.read_text().splitlines()[-20:])
+            raise AssertionError(f"still running 15 s after SIGTERM; its log ends:\n{tail}") from None
 
 
 @pytest.fixture

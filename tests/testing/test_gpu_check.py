@@ -49,7 +49,7 @@ def test_without_the_wheel_folder_the_script_says_what_to_run(tmp_path: Path) ->
 def test_the_dry_runs_commands_cannot_import_what_the_gpu_machine_lacks(tmp_path: Path) -> None:
     site = tmp_path / "site"
     for bundled in ("gpupack", "tritonclient", "rapidjson", "geventhttpclient", "gevent", "greenlet", "zope", "brotli",
-                    "apscheduler", "tzlocal", "pytriton"):
+                    "pytriton"):
         (site / bundled).mkdir(parents=True)
     hider = hidden_modules_site(tmp_path / "hider", site)
     env = dict(os.environ, PYTHONPATH=str(hider))
