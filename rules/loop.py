@@ -143,8 +143,8 @@ class RulesEngine:
         finally:
             evaluations.join(STOP_GRACE_SECONDS)
             if evaluations.is_alive():
-                log.warning("stopping with an evaluation still running after %gs: a model being moved stays loaded "
-                            "where it was ready", STOP_GRACE_SECONDS)
+                log.warning("stopping with an evaluation still running after %gs; a move it was making, if any, "
+                            "leaves its model loaded where it was ready", STOP_GRACE_SECONDS)
             server.shutdown()
             server.server_close()
 
