@@ -7,12 +7,15 @@ multi-dimensional knapsack, :mod:`gpupack.scheduler.knapsack`) finds the pattern
 those prices. On nearly every classic bin-packing instance the rounded-up LP value is the optimum
 (the IRUP property), which is why this bound proves packings that the volume, L2 and dual-feasible
 bounds leave open. Before the LP converges, Farley's bound (LP value / best pattern's worth) is
-already valid, so a run stopped early still proves what it can.
+already valid, so a run stopped early still proves what it can. With one resource, exchange
+columns keep the duals ordered by size, which cuts the root LP's iterations where the sizes are
+many and distinct.
 
 The placement comes from diving (:mod:`gpupack.scheduler.dive`): patterns of the LP's solution
-are fixed one at a time and the LP re-solved, with fresh columns priced, on what is left. The master
-LP is HiGHS (``highspy``): it re-solves from the last basis as columns are added and row bounds
-lowered, which a dive does thousands of times.
+are fixed one at a time and the LP re-solved, with fresh columns priced, on what is left; the
+solver (solver.py) runs the phases of :class:`ColumnGeneration` one by one, with its own searches
+between them. The master LP is HiGHS (``highspy``): it re-solves from the last basis as columns are
+added and row bounds lowered, which a dive does thousands of times.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
-from gpupack.scheduler.dive import discrepancy_dive, plain_dive
+from gpupack.scheduler.dive import Bound, discrepancy_dive, plain_dive
 from gpupack.scheduler.knapsack import best_pattern
 from gpupack.scheduler.pool_mip import pool_packing
 from gpupack.scheduler.problem import Objective
@@ -67,11 +70,10 @@ class ItemTypes:
 
 
 @dataclass(frozen=True)
-class ColgenOutcome:
+class RootLP:
     lp_bound: int  # a proven lower bound on devices: ceil of the LP value, or of Farley's bound
     lp_value: float  # the master LP's value when it stopped (an upper bound on the LP optimum)
     converged: bool  # True: lp_bound is ceil(LP optimum); False: stopped early by the deadline
-    assignment: Assignment | None  # the dive's placement; None when the incumbent already met the bound
     columns: int  # patterns generated
 
 
@@ -135,10 +137,32 @@ class _Master:
         inf = highspy.kHighsInf
         for count in types.counts:
             self.highs.addRow(float(count), inf, 0, np.array([], dtype=np.int32), np.array([], dtype=np.float64))
+        self.exchanges = self._add_exchanges(types)
         self.columns: list[np.ndarray] = []
         self.known: set[bytes] = set()
         for column in columns:
             self.add(column)
+
+    def _add_exchanges(self, types: ItemTypes) -> int:
+        """Exchange columns (dual-optimal inequalities, Ben Amor, Desrosiers & Valério de Carvalho
+        2006; Gschwind & Irnich 2016): with one resource a device's room for a model also holds
+        any smaller one, so some optimal dual prices the smaller no higher. One free column per
+        pair of types adjacent by size, covering the smaller with the larger's surplus, keeps the
+        duals ordered: the LP converges in a fraction of the iterations where the models are many
+        distinct sizes (Scholl's HARD, the GI set). Only for the root LP: the dive fixes patterns,
+        and the columns go before it starts (:meth:`drop_exchanges`)."""
+        if types.demand.shape[1] != 1 or len(types.counts) < 2:
+            return 0
+        by_size = np.argsort(-types.demand[:, 0], kind="stable").astype(np.int32)
+        for larger, smaller in zip(by_size[:-1], by_size[1:]):
+            rows = np.array([larger, smaller], dtype=np.int32)
+            self.highs.addCol(0.0, 0.0, highspy.kHighsInf, 2, rows, np.array([-1.0, 1.0]))
+        return len(by_size) - 1
+
+    def drop_exchanges(self) -> None:
+        if self.exchanges:
+            self.highs.deleteCols(self.exchanges, np.arange(self.exchanges, dtype=np.int32))
+            self.exchanges = 0
 
     def add(self, pattern: np.ndarray) -> bool:
         key = pattern.tobytes()
@@ -157,34 +181,72 @@ class _Master:
         self.highs.changeRowsBounds(len(rows), rows, residual.astype(np.float64), upper)  # type: ignore[attr-defined]
 
     def usage(self) -> np.ndarray:
-        return np.asarray(self.highs.getSolution().col_value)
+        """Devices of each pattern in the LP's solution, indexed as :attr:`columns`."""
+        return np.asarray(self.highs.getSolution().col_value)[self.exchanges :]
 
-    def solve(self) -> tuple[float, np.ndarray, np.ndarray]:
+    def solve(self) -> tuple[float, np.ndarray]:
+        """The LP's value and its row duals."""
         self.highs.run()
         solution = self.highs.getSolution()
         value = self.highs.getInfo().objective_function_value
-        return value, np.asarray(solution.col_value), np.maximum(np.asarray(solution.row_dual), 0.0)
+        return value, np.maximum(np.asarray(solution.row_dual), 0.0)
 
 
-def column_generation(
-    instance: Instance, seed: Assignment | None, deadline: float, incumbent_devices: int | None = None
-) -> ColgenOutcome:
-    """The LP bound on devices and a placement from diving, both within ``deadline`` (monotonic).
+class ColumnGeneration:
+    """One instance's master LP through the phases the solver interleaves with its own searches:
+    the root LP (the bound), a plain dive (quick), then the backtracking search and the integer
+    programme over the pool (slow, for the last device). The solver runs its search on fewer
+    devices from the plain dive's packing between them: from the LP's nearly full patterns it
+    reaches the bound at once where the backtracking search takes seconds or never does (Scholl's
+    N4W2B1R1). Deadlines are time.monotonic()."""
 
-    ``seed``'s devices become the first columns. The root LP stops as soon as its bound, rounded
-    up, can no longer change or reaches ``incumbent_devices``; the dive is skipped when the
-    incumbent already meets the bound.
-    """
-    types = item_types(instance)
-    master = _Master(types, _initial_columns(instance, types, seed))
-    residual = types.counts.copy()
-    value, bound, converged = _generate(master, residual, deadline, settle_early=True, stop_at=incumbent_devices)
-    lp_bound = max(bound, 1) if types.counts.sum() else 0
-    if incumbent_devices is not None and incumbent_devices <= lp_bound:
-        return ColgenOutcome(lp_bound, value, converged, None, len(master.columns))
-    incumbent = incumbent_devices if incumbent_devices is not None else int(types.counts.sum())
-    assignment = _to_assignment(types, _dive(master, residual, deadline, lp_bound, incumbent))
-    return ColgenOutcome(lp_bound, value, converged, assignment, len(master.columns))
+    def __init__(self, instance: Instance, seed: Assignment | None):
+        """``seed``'s devices become the first columns."""
+        self.types = item_types(instance)
+        self.master = _Master(self.types, _initial_columns(instance, self.types, seed))
+        self.lp_bound = 0
+
+    def root(self, deadline: float, incumbent_devices: int | None = None) -> RootLP:
+        """The LP bound: it stops as soon as its rounded-up value can no longer change or reaches
+        ``incumbent_devices``, or at ``deadline``. A dive through a root LP stopped far from its
+        optimum fixes the wrong patterns, so the solver dives only where it converged."""
+        counts = self.types.counts
+        value, bound, converged = _generate(self.master, counts.copy(), deadline, settle_early=True, stop_at=incumbent_devices)
+        self.lp_bound = max(bound, 1) if counts.sum() else 0
+        self.master.drop_exchanges()
+        return RootLP(self.lp_bound, value, converged, len(self.master.columns))
+
+    def plain_dive(self, deadline: float) -> Assignment:
+        """Every model placed: the LP's patterns fixed without backtracking, and first fit for
+        what the deadline leaves."""
+        fixed, rest = plain_dive(self.master, self.types.counts.copy(), deadline, self._bound(deadline))
+        return _to_assignment(self.types, fixed + _first_fit(self.types, rest) if rest.any() else fixed)
+
+    def search(self, deadline: float, fewer_than: int) -> Assignment | None:
+        """A packing on the LP bound's count by limited discrepancy search (SEARCH_SHARE of the
+        time), else the integer programme over the patterns priced so far for one on fewer than
+        ``fewer_than`` devices (pool_mip.py), the bound's where the pool holds it; None when
+        neither finds one."""
+        counts = self.types.counts
+        searched = time.monotonic() + max(deadline - time.monotonic(), 0.0) * SEARCH_SHARE
+        found = discrepancy_dive(self.master, counts, searched, self._bound(deadline), self.lp_bound)
+        if found is None:
+            found = pool_packing(self.master.columns, counts, fewer_than, deadline - time.monotonic())
+        return None if found is None else _to_assignment(self.types, found)
+
+    def _bound(self, deadline: float) -> Bound:
+        master = self.master
+
+        def bound(rest: np.ndarray, room: int | None) -> int:
+            master.set_residual(rest)
+            # The plain dive (room None) stops each LP as soon as its rounded bound settles: it is
+            # the fallback, and quick. The search solves each LP to optimality unless its bound
+            # already exceeds the room: a solution stopped early misleads it (measured on Hard28).
+            if room is None:
+                return _generate(master, rest, deadline, settle_early=True)[1]
+            return _generate(master, rest, deadline, stop_at=room + 1)[1]
+
+        return bound
 
 
 def _generate(
@@ -202,7 +264,7 @@ def _generate(
     limits = np.minimum(residual, _fit_alone(types))
     wanted = 1.0 + REDUCED_COST_TOLERANCE
     while True:
-        value, _, duals = master.solve()
+        value, duals = master.solve()
         prices = duals if center is None else SMOOTHING * center + (1 - SMOOTHING) * duals
         while True:
             priced = best_pattern(types.demand, prices, limits, types.capacity, deadline - time.monotonic(), wanted)
@@ -224,34 +286,6 @@ def _generate(
         if not master.add(priced.pattern):
             # The pricing's rounded prices found a column already in: the LP is optimal to within them.
             return value, max(best_bound, math.ceil(value - ROUNDING_TOLERANCE)), True
-
-
-def _dive(master: _Master, residual: np.ndarray, deadline: float, target: int, incumbent: int) -> list[np.ndarray]:
-    """A plain dive first (quick, and the placement to beat where the bound is not tight), then
-    limited discrepancy search for a packing on ``target`` devices, then the integer programme over
-    the patterns priced so far (pool_mip.py), for a packing on fewer devices than ``incumbent``
-    and the plain dive: the target's, where the pool holds it."""
-
-    def bound(rest: np.ndarray, room: int | None) -> int:
-        master.set_residual(rest)
-        # The plain dive (room None) stops each LP as soon as its rounded bound settles: it is the
-        # fallback, and quick. The search solves each LP to optimality unless its bound already
-        # exceeds the room: a solution stopped early misleads it (measured on Hard28).
-        if room is None:
-            return _generate(master, rest, deadline, settle_early=True)[1]
-        return _generate(master, rest, deadline, stop_at=room + 1)[1]
-
-    fixed, rest = plain_dive(master, residual, deadline, bound)
-    packing = fixed + _first_fit(master.types, rest) if rest.any() else fixed
-    if len(packing) > target:
-        searched = time.monotonic() + max(deadline - time.monotonic(), 0.0) * SEARCH_SHARE
-        found = discrepancy_dive(master, residual, searched, bound, target)
-        if found is not None:
-            return found
-        found = pool_packing(master.columns, residual, min(len(packing), incumbent), deadline - time.monotonic())
-        if found is not None:
-            return found
-    return packing
 
 
 def _first_fit(types: ItemTypes, residual: np.ndarray) -> list[np.ndarray]:

@@ -23,7 +23,7 @@ import numpy as np
 # Each unplaced model's worth grows by this share of its size at every local optimum.
 PENALTY_SHARE = 0.002
 SPARE_DEVICES = 2  # devices the unplaced models must fit, as CNS_BP does
-MAX_DEVICES_PER_MOVE = 200  # devices whose models a move considers, drawn anew per move
+MAX_DEVICES_PER_MOVE = 100  # devices whose models a move considers, drawn anew per move
 NOISE = 1e-6  # random tie-breaking between moves of equal worth, as a share of the sizes
 
 

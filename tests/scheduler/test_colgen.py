@@ -11,7 +11,7 @@ from gpupack.cli import main
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.scheduler import plan_cli, planning
 from gpupack.scheduler.bounds import device_lower_bound
-from gpupack.scheduler.colgen import column_generation, declines
+from gpupack.scheduler.colgen import ColumnGeneration, declines
 from gpupack.scheduler.instance import compile_problem
 from gpupack.scheduler.problem import Objective, PlacementProblem, ProofStatus, ScopedLimit
 from gpupack.scheduler.solver import Strategy, solve
@@ -43,16 +43,18 @@ def test_classic_strategy_keeps_the_combinatorial_bound_and_says_why():
 
 
 def test_lp_bound_is_ceil_of_the_lp_on_an_irup_instance_and_the_dive_meets_it():
-    outcome = column_generation(compile_problem(packing(LP_BEATS_COMBINATORIAL)), None, time.monotonic() + 30)
-    assert outcome.converged and outcome.lp_value == pytest.approx(31 / 6, abs=1e-6) and outcome.lp_bound == 6
-    assert len({d for ds in outcome.assignment.values() for d in ds}) == 6
+    lp = ColumnGeneration(compile_problem(packing(LP_BEATS_COMBINATORIAL)), None)
+    root = lp.root(time.monotonic() + 30)
+    assert root.converged and root.lp_value == pytest.approx(31 / 6, abs=1e-6) and root.lp_bound == 6
+    assert len({d for ds in lp.plain_dive(time.monotonic() + 30).values() for d in ds}) == 6
 
 
-def test_a_passed_deadline_still_places_every_model_and_claims_no_convergence():
+def test_a_passed_deadline_claims_no_convergence_and_the_dive_still_places_every_model():
     instance = compile_problem(packing(LP_BEATS_COMBINATORIAL))
-    outcome = column_generation(instance, None, time.monotonic() - 1)
-    assert sorted(outcome.assignment) == list(range(instance.n_models))
-    assert outcome.lp_bound <= 6
+    lp = ColumnGeneration(instance, None)
+    root = lp.root(time.monotonic() - 1)
+    assert not root.converged and root.lp_bound <= 6
+    assert sorted(lp.plain_dive(time.monotonic() - 1)) == list(range(instance.n_models))
 
 
 @pytest.mark.parametrize("rules, named", [
@@ -129,3 +131,16 @@ def test_time_limit_is_one_budget_shared_by_both_plans(capsys, tmp_path, monkeyp
     assert given[0] <= 4 * plan_cli.PLAN_SHARE
     assert took[0] + given[1] <= 4  # the plan at 100% gets what the first one left
     assert "at 100% of capacity" in capsys.readouterr().out
+
+
+def test_exchange_columns_speed_the_root_lp_without_changing_its_value():
+    devices = tuple(Device(f"gpu-{k}", {MEM: 100}) for k in range(len(LP_BEATS_COMBINATORIAL)))
+    models = tuple(ModelFootprint(f"m{i}", {MEM: float(s)}) for i, s in enumerate(LP_BEATS_COMBINATORIAL))
+    instance = compile_problem(PlacementProblem(devices, models))  # one resource: sizes order the duals
+    with_exchanges = ColumnGeneration(instance, None)
+    assert with_exchanges.master.exchanges == len(with_exchanges.types.counts) - 1
+    without = ColumnGeneration(instance, None)
+    without.master.drop_exchanges()
+    deadline = time.monotonic() + 30
+    assert with_exchanges.root(deadline).lp_value == pytest.approx(without.root(deadline).lp_value, abs=1e-6)
+    assert with_exchanges.master.exchanges == 0  # gone before any dive fixes a column

@@ -34,12 +34,13 @@ def test_column_generation_packs_the_triplets_on_the_lp_bound_where_first_fit_ca
     instance = triplet_instance()
     ffd = first_fit_decreasing(instance)
     assert devices_used(ffd) == 24
-    outcome = colgen.column_generation(instance, ffd, time.monotonic() + 60, devices_used(ffd))
-    assert outcome.lp_bound == 20
-    assert devices_used(outcome.assignment) == 20
-    assert sorted(outcome.assignment) == list(range(len(TRIPLETS)))
+    lp = colgen.ColumnGeneration(instance, ffd)
+    assert lp.root(time.monotonic() + 60, devices_used(ffd)).lp_bound == 20
+    found = lp.search(time.monotonic() + 60, devices_used(ffd))
+    assert devices_used(found) == 20
+    assert sorted(found) == list(range(len(TRIPLETS)))
     loads = np.zeros(20)
-    for model, (device,) in outcome.assignment.items():
+    for model, (device,) in found.items():
         loads[device] += TRIPLETS[model]
     assert (loads == 1000).all()
 
@@ -47,6 +48,7 @@ def test_column_generation_packs_the_triplets_on_the_lp_bound_where_first_fit_ca
 def _master_and_bound(instance):
     types = colgen.item_types(instance)
     master = colgen._Master(types, colgen._initial_columns(instance, types, None))
+    master.drop_exchanges()  # as ColumnGeneration.root does before any dive
     deadline = time.monotonic() + 60
 
     def bound(rest, room):
