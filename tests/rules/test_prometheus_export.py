@@ -136,3 +136,39 @@ def test_a_server_scoped_capacity_alert_judges_its_servers_devices_whole_as_the_
     }, sort_keys=False, width=200))
     tested = promtool("test", "rules", "scoped.test.yaml", cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+PER_MODEL_2GIB = """policies:
+  - name: model-memory-2gib
+    resource: gpu_memory
+    per: model
+    max: 2GiB
+    for: 1m
+"""
+
+
+def test_a_model_at_exactly_its_limit_does_not_alert_and_one_byte_over_does(tmp_path):
+    """The evaluator judges peak > limit; a limit written with six digits (2.14748e+09) fired on
+    a model at exactly 2 GiB."""
+    policies = tmp_path / "p.yaml"
+    policies.write_text(PER_MODEL_2GIB)
+    rules = tmp_path / "out.yaml"
+    assert main(["rules", "export-prometheus", str(rules), "--policies", str(policies)]) == 0
+    rule = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
+    assert rule["expr"].endswith("> 2147483648")
+    description = rule["annotations"]["description"].replace("{{ $labels.model }}", "over").replace(
+        "{{ $labels.device }}", "GPU-1")
+    assert description == "Model over on GPU-1 peaks above its limit of 2.0 GiB."
+    series = [
+        ('gpupack_model_memory_peak_bytes{server="t", model="at", version="1", device="GPU-0"}', "2147483648x5"),
+        ('gpupack_model_memory_peak_bytes{server="t", model="over", version="1", device="GPU-1"}', "2147483649x5"),
+    ]
+    (tmp_path / "limit.test.yaml").write_text(yaml.safe_dump({
+        "rule_files": [rules.name], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in series],
+                   "alert_rule_test": [{"eval_time": "3m", "alertname": rule["alert"], "exp_alerts": [{
+                       "exp_labels": {**rule["labels"], "model": "over", "device": "GPU-1"},
+                       "exp_annotations": {**rule["annotations"], "description": description}}]}]}],
+    }, sort_keys=False, width=200))
+    tested = promtool("test", "rules", "limit.test.yaml", cwd=tmp_path)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
