@@ -47,9 +47,11 @@ def seed_cases() -> list[tuple[str, PlacementProblem, str]]:
     profile = load_profile(ROOT / "examples" / "seed-profile.yaml")
     devices = [Device(f"gpu-{k}", {Resource.GPU_MEMORY: 16 * GiB}) for k in range(1, 10)]
     full = PolicySet(tuple(CapacityPolicy(name=f"{r.value}-100", resource=r, max_ratio=1.0) for r in Resource))
+    tight = PolicySet(tuple(CapacityPolicy(name=f"{r.value}-80", resource=r, max_ratio=0.8) for r in Resource))
     return [
         ("seed case 1 (memory)", build_problem(profile.models, devices, profile.server_baseline), "4, proven, <100 ms"),
         ("seed case 2 (3 x 100%)", build_problem(profile.models, devices, profile.server_baseline, full), "6, proven, <100 ms"),
+        ("seed case 2 (3 x 80%)", build_problem(profile.models, devices, profile.server_baseline, tight), "8, proven, <100 ms"),
     ]
 
 

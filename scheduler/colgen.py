@@ -34,7 +34,7 @@ from gpupack.scheduler.heuristic import Assignment
 from gpupack.scheduler.instance import Instance
 from gpupack.scheduler.dive import Bound, discrepancy_dive, plain_dive
 from gpupack.scheduler.knapsack import best_pattern
-from gpupack.scheduler.pool_mip import pool_packing
+from gpupack.scheduler.pool_mip import PoolSearch
 from gpupack.scheduler.problem import Objective
 
 # A column enters only if its reduced cost is below -REDUCED_COST_TOLERANCE, and LP values this
@@ -44,11 +44,6 @@ ROUNDING_TOLERANCE = 1e-6
 # Above this many distinct demand vectors (a large fleet of 3-resource models: every one distinct)
 # the pricing problem gets slow and the local search uses the time better.
 MAX_ITEM_TYPES = 700
-# The dive's time after the plain dive: SEARCH_SHARE for limited discrepancy search, the rest for
-# the integer programme over the patterns it priced (pool_mip.py). Measured on the seven Hard28
-# misses at 10 s: 0.25, 0.4 and 0.55 all find five of them (the integer programme finds them in
-# 0.2 to 3 s); at 0.25 the search no longer finds BPP900, which it found in 4 s.
-SEARCH_SHARE = 0.5
 SMOOTHING = 0.8  # weight of the best dual so far in the prices the pricing problem sees
 # PlacementProblem fields that column generation honours (capacity limits, the baseline), checks
 # on the compiled instance (pins, anti-affinity, replicas, fleet size), or that restrict nothing.
@@ -223,15 +218,19 @@ class ColumnGeneration:
         return _to_assignment(self.types, fixed + _first_fit(self.types, rest) if rest.any() else fixed)
 
     def search(self, deadline: float, fewer_than: int) -> Assignment | None:
-        """A packing on the LP bound's count by limited discrepancy search (SEARCH_SHARE of the
-        time), else the integer programme over the patterns priced so far for one on fewer than
-        ``fewer_than`` devices (pool_mip.py), the bound's where the pool holds it; None when
-        neither finds one."""
+        """A packing on the LP bound's count by limited discrepancy search, with the integer
+        programme over the patterns it prices running beside it (pool_mip.py) until either
+        reaches the bound; else the programme's best on fewer than ``fewer_than`` devices, or
+        None."""
         counts = self.types.counts
-        searched = time.monotonic() + max(deadline - time.monotonic(), 0.0) * SEARCH_SHARE
-        found = discrepancy_dive(self.master, counts, searched, self._bound(deadline), self.lp_bound)
+        pool = PoolSearch(self.master.columns, counts, fewer_than, self.lp_bound, deadline)
+        try:
+            found = discrepancy_dive(self.master, counts, deadline, self._bound(deadline), self.lp_bound,
+                                     pool.reached_target)
+        finally:
+            from_pool = pool.stop()
         if found is None:
-            found = pool_packing(self.master.columns, counts, fewer_than, deadline - time.monotonic())
+            found = from_pool
         return None if found is None else _to_assignment(self.types, found)
 
     def _bound(self, deadline: float) -> Bound:

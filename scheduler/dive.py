@@ -59,10 +59,13 @@ def plain_dive(master: Master, residual: np.ndarray, deadline: float, bound: Bou
     return fixed, residual
 
 
-def discrepancy_dive(master: Master, residual: np.ndarray, deadline: float, bound: Bound, target: int) -> list[np.ndarray] | None:
+def discrepancy_dive(
+    master: Master, residual: np.ndarray, deadline: float, bound: Bound, target: int,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[np.ndarray] | None:
     """Patterns that pack ``residual`` on exactly ``target`` devices or fewer, or None when the
-    search (or the deadline) ends without."""
-    search = _Search(master, deadline, bound)
+    search (or the deadline, or ``stop`` returning True: another search found it) ends without."""
+    search = _Search(master, deadline, bound, stop)
     try:
         while search.widened:
             search.widened = False
@@ -76,8 +79,8 @@ def discrepancy_dive(master: Master, residual: np.ndarray, deadline: float, boun
 
 
 class _Search:
-    def __init__(self, master: Master, deadline: float, bound: Bound):
-        self.master, self.deadline, self.bound = master, deadline, bound
+    def __init__(self, master: Master, deadline: float, bound: Bound, stop: Callable[[], bool]):
+        self.master, self.deadline, self.bound, self.stop = master, deadline, bound, stop
         self.discrepancies = 1
         self.widened = True  # whether a round left candidates untried (so a wider one differs)
 
@@ -89,7 +92,7 @@ class _Search:
             return self.pure_dive(residual, room, tabu)
         if not residual.any():
             return []
-        candidates = _candidates(self.master, residual, self.deadline, self.bound, room, tabu)
+        candidates = self.candidates(residual, room, tabu)
         self.widened |= len(candidates) > 1 + discrepancies
         tried: set[int] = set()
         for k, copies in candidates[: 1 + discrepancies]:
@@ -104,7 +107,7 @@ class _Search:
     def pure_dive(self, residual: np.ndarray, room: int, tabu: frozenset[int]) -> list[np.ndarray] | None:
         residual, fixed = residual.copy(), list[np.ndarray]()
         while residual.any():
-            candidates = _candidates(self.master, residual, self.deadline, self.bound, room - len(fixed), tabu)
+            candidates = self.candidates(residual, room - len(fixed), tabu)
             if not candidates:
                 return None
             self.widened |= len(candidates) > 1
@@ -112,17 +115,17 @@ class _Search:
             fixed += take(self.master.columns[k], copies, residual)
         return fixed if len(fixed) <= room else None
 
+    def candidates(self, residual: np.ndarray, room: int, tabu: frozenset[int]) -> list[tuple[int, int]]:
+        """The patterns worth fixing here, best first, each with its copies: none when the
+        residual LP already proves that ``room`` devices cannot hold what is left."""
+        if time.monotonic() > self.deadline or self.stop():
+            raise _Timeout
+        if room <= 0 or self.bound(residual, room) > room:
+            return []
+        return _ranked(self.master.usage(), tabu)
 
-def _candidates(
-    master: Master, residual: np.ndarray, deadline: float, bound: Bound, room: int, tabu: frozenset[int]
-) -> list[tuple[int, int]]:
-    """The patterns worth fixing here, best first, each with its copies: none when the residual
-    LP already proves that ``room`` devices cannot hold what is left."""
-    if time.monotonic() > deadline:
-        raise _Timeout
-    if room <= 0 or bound(residual, room) > room:
-        return []
-    usage = master.usage()
+
+def _ranked(usage: np.ndarray, tabu: frozenset[int]) -> list[tuple[int, int]]:
     used = [k for k in np.flatnonzero(usage > ROUNDING_TOLERANCE).tolist() if k not in tabu]
     # Closest to a whole number of devices first (the LP is surest of those), then the most used.
     copies = {k: max(1, round(float(usage[k]))) for k in used}

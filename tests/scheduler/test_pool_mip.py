@@ -6,7 +6,7 @@ import time
 import numpy as np
 
 from gpupack.scheduler import colgen, dive
-from gpupack.scheduler.pool_mip import pool_packing
+from gpupack.scheduler.pool_mip import PoolSearch, pool_packing
 
 from tests.scheduler.test_dive import TRIPLETS, _master_and_bound, triplet_instance
 
@@ -42,3 +42,31 @@ def test_a_pool_without_a_better_packing_says_so_before_its_time_limit():
     assert pool_packing(master.columns, residual, len(fixed), 10.0) is None
     assert time.perf_counter() - started < 5  # HiGHS proved the pool holds nothing on 20 devices
 
+
+
+def test_the_background_search_takes_the_patterns_priced_after_it_started():
+    """The dive appends to the pool while the programme solves: the first solve proves the
+    dive's own pool holds nothing on 20 devices, the next one takes the full devices added since."""
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    fixed, _ = dive.plain_dive(master, residual, deadline, bound)
+    pool = list(master.columns)
+    search = PoolSearch(pool, residual, len(fixed), 20, time.monotonic() + 30)
+    time.sleep(2)  # the first solve, over the dive's pool alone, proves nothing is there in 0.2 s
+    assert not search.reached_target()
+    pool += _triplet_patterns(master.types)
+    waited = time.monotonic() + 20
+    while not search.reached_target() and time.monotonic() < waited:
+        time.sleep(0.05)
+    found = search.stop()
+    assert found is not None and len(found) == 20
+    assert (np.sum(found, axis=0) == residual).all()
+
+
+def test_stopping_the_background_search_returns_at_once_with_nothing_found():
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    fixed, _ = dive.plain_dive(master, residual, deadline, bound)
+    search = PoolSearch(list(master.columns), residual, len(fixed), 20, time.monotonic() + 60)
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert search.stop() is None
+    assert time.monotonic() - started < 2  # not the 60 s deadline
