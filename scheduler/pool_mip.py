@@ -109,7 +109,7 @@ class PoolSearch:
                 return
             pool = self._columns[: len(self._columns)]  # the dive appends while this solves
             if len(pool) == solved:
-                self._stop.wait(0.05)  # HiGHS proved this pool holds nothing better: wait for more
+                self._stop.wait(0.05)  # this pool was searched: wait for the dive to price more
                 continue
             limit = remaining * FIRST_SOLVE_SHARE if not solved else remaining
             solved = len(pool)
