@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from prometheus_client.utils import floatToGoString
 import yaml
 
 from gpupack.domain import Resource
@@ -123,17 +124,12 @@ class _Series:
         self.items: list[dict[str, str]] = []
 
     def add(self, name: str, labels: dict[str, str], before: float | None, after: float) -> None:
-        head = "_" if before is None else _number(before)
+        # Numbers here and in the rules are written as the exposition writes them, exactly: ``:g``
+        # kept six digits, so a limit of 2 GiB became 2.14748e+09 and a model at exactly 2 GiB fired.
+        head = "_" if before is None else floatToGoString(before)
         label_text = ", ".join(f'{k}="{v}"' for k, v in labels.items())
-        values = f"{head}x{_START_MINUTE - 1} {_number(after)}+0x{self.minutes - _START_MINUTE}"
+        values = f"{head}x{_START_MINUTE - 1} {floatToGoString(after)}+0x{self.minutes - _START_MINUTE}"
         self.items.append({"series": f"{name}{{{label_text}}}", "values": values})
-
-
-def _number(value: float) -> str:
-    """A PromQL literal that reads back as exactly ``value``: ``:g`` keeps six digits, so a limit
-    of 2 GiB became 2.14748e+09 and a model peaking at exactly 2 GiB fired."""
-    value = float(value)
-    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
 
 
 def _capacity(policy: Capacity, s: _Series) -> tuple[str, dict[str, str], str]:
@@ -154,7 +150,7 @@ def _capacity(policy: Capacity, s: _Series) -> tuple[str, dict[str, str], str]:
             limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
         else:
             ratio = policy.max_ratio or 0.0  # None only beside max_bytes
-            limit, capacity = f"on(device) ({_number(ratio)} * gpupack_device_memory_total_bytes)", 1e10
+            limit, capacity = f"on(device) ({floatToGoString(ratio)} * gpupack_device_memory_total_bytes)", 1e10
             shown = f"{ratio * 100:g}% of its memory"
         s.add("gpupack_device_memory_total_bytes", {"device": device}, capacity, capacity)
         s.add("gpupack_server_unattributed_memory_peak_bytes", {"server": server, "device": device}, 100, 100)
@@ -162,7 +158,7 @@ def _capacity(policy: Capacity, s: _Series) -> tuple[str, dict[str, str], str]:
         what = "the server baseline plus the peaks of its loaded models exceed"
     else:
         ratio = policy.max_ratio or 0.0  # None only beside max_bytes
-        usage, limit, shown = f"sum by (device) ({peaks})", _number(ratio), f"{ratio * 100:g}% {policy.resource.value}"
+        usage, limit, shown = f"sum by (device) ({peaks})", floatToGoString(ratio), f"{ratio * 100:g}% {policy.resource.value}"
         s.add(_PEAK_SERIES[policy.resource], model_labels, ratio / 2, 1.5)
         what = "the peaks of its loaded models exceed"
     if selector.servers:
@@ -183,7 +179,7 @@ def _model_limit(policy: ModelLimit, s: _Series) -> tuple[str, dict[str, str], s
     labels = {"server": _example(selector.servers, "triton-0"), "model": _example(selector.models, "model-a"),
               "version": "1", "device": _example(selector.devices, "GPU-0")}
     s.add(series, labels, policy.max_value / 2, policy.max_value * 2)
-    expr = f"max by (model, device) ({series}{_matchers(selector)}) > {_number(policy.max_value)}"
+    expr = f"max by (model, device) ({series}{_matchers(selector)}) > {floatToGoString(policy.max_value)}"
     shown = format_bytes(policy.max_value) if policy.resource.is_bytes else f"{policy.max_value * 100:g}%"
     return expr, {"model": labels["model"], "device": labels["device"]}, (
         f"Model {{{{ $labels.model }}}} on {{{{ $labels.device }}}} peaks above its limit of {shown}.")

@@ -155,7 +155,7 @@ def test_a_model_at_exactly_its_limit_does_not_alert_and_one_byte_over_does(tmp_
     rules = tmp_path / "out.yaml"
     assert main(["rules", "export-prometheus", str(rules), "--policies", str(policies)]) == 0
     rule = yaml.safe_load(rules.read_text())["groups"][0]["rules"][0]
-    assert rule["expr"].endswith("> 2147483648")
+    assert rule["expr"].endswith("> 2.147483648e+09")
     description = rule["annotations"]["description"].replace("{{ $labels.model }}", "over").replace(
         "{{ $labels.device }}", "GPU-1")
     assert description == "Model over on GPU-1 peaks above its limit of 2.0 GiB."
