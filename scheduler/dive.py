@@ -122,15 +122,12 @@ class _Search:
             raise _Timeout
         if room <= 0 or self.bound(residual, room) > room:
             return []
-        return _ranked(self.master.usage(), tabu)
-
-
-def _ranked(usage: np.ndarray, tabu: frozenset[int]) -> list[tuple[int, int]]:
-    used = [k for k in np.flatnonzero(usage > ROUNDING_TOLERANCE).tolist() if k not in tabu]
-    # Closest to a whole number of devices first (the LP is surest of those), then the most used.
-    copies = {k: max(1, round(float(usage[k]))) for k in used}
-    used.sort(key=lambda k: (abs(usage[k] - copies[k]), -usage[k]))
-    return [(k, copies[k]) for k in used]
+        usage = self.master.usage()
+        used = [k for k in np.flatnonzero(usage > ROUNDING_TOLERANCE).tolist() if k not in tabu]
+        # Closest to a whole number of devices first (the LP is surest of those), then the most used.
+        copies = {k: max(1, round(float(usage[k]))) for k in used}
+        used.sort(key=lambda k: (abs(usage[k] - copies[k]), -usage[k]))
+        return [(k, copies[k]) for k in used]
 
 
 def take(pattern: np.ndarray, copies: int, residual: np.ndarray) -> list[np.ndarray]:
