@@ -1,10 +1,12 @@
-# The two commands of the README: `make demo` and `make test`. Each bootstraps .venv first.
+# The commands of the README: `make demo`, `make test` (everything; what CI runs) and `make test-fast`
+# (no tritonserver, Prometheus, promtool, Alertmanager, podman or GPU: the tests tests/conftest.py does
+# not mark triton, prometheus, container or gpu). Each bootstraps .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench clean gpu-bundle gpu-check-dry
+.PHONY: demo test test-fast bench clean gpu-bundle gpu-check-dry
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) sh scripts/bootstrap.sh
@@ -15,6 +17,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not triton and not prometheus and not container and not gpu"
 
 bench: $(STAMP)
 	@for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done

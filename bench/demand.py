@@ -25,11 +25,11 @@ from gpupack.model_configs import ConfigPoint, ModelConfig
 from gpupack.profiles import Profile
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.scheduler.constraints import build_problem
-from gpupack.scheduler.demand import plan_for_demand
-from gpupack.scheduler.demand_baselines import BaselineOutcome, best_throughput_config, peak_one_copy
-from gpupack.scheduler.demand_cost import capacity_per_second
-from gpupack.scheduler.demand_options import options_for
-from gpupack.scheduler.problem import Objective, PlacementResult
+from gpupack.scheduler.demand.plan import plan_for_demand
+from gpupack.scheduler.demand.baselines import BaselineOutcome, best_throughput_config, peak_one_copy
+from gpupack.scheduler.demand.cost import capacity_per_second
+from gpupack.scheduler.demand.options import options_for
+from gpupack.scheduler.packing.problem import Objective, PlacementResult
 
 GiB = 2**30
 UTIL, BW = Resource.GPU_UTILIZATION, Resource.MEMORY_BANDWIDTH_UTILIZATION

@@ -31,14 +31,13 @@ import psutil
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gpupack.exporter.collector import SnapshotCollector  # noqa: E402
-from gpupack.exporter.daemon import Exporter, settle_heap, shorten_switch_interval  # noqa: E402
-from gpupack.exporter.exposition import ExpositionRenderer  # noqa: E402
-from gpupack.exporter.settings import ExporterSettings, ServerConfig  # noqa: E402
-from gpupack.exporter.sources.nvml import NvmlDoor  # noqa: E402
-from tests.exporter.fakes import FakeGpu, FakeTritonClient, fake_pynvml  # noqa: E402
+from gpupack.exporter.collector import SnapshotCollector
+from gpupack.exporter.daemon import Exporter, settle_heap, shorten_switch_interval
+from gpupack.exporter.exposition import ExpositionRenderer
+from gpupack.exporter.settings import ExporterSettings
+from gpupack.servers import ServerConfig
+from gpupack.measurement.nvml import NvmlDoor
+from gpupack.testing.fakes import FakeGpu, FakeTritonClient, fake_pynvml
 
 MIB = 2**20
 SERVERS, GPUS = 4, 8

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gpupack.config import split_list
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator, random_inputs, signature_from_config
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
@@ -93,7 +94,7 @@ def main() -> None:
     with TritonServer(repository, name="bench-loadgen") as server:
         server.load_model(MODEL.name)
         print(f"{'concurrency':>11}  {'client':<10} {'req/s':>8} {'CPU/request':>12}")
-        for concurrency in (int(c) for c in args.concurrency.split(",")):
+        for concurrency in (int(c) for c in split_list(args.concurrency)):
             built_in(server.http_address, concurrency, 0.5)  # warm-up: imports, connections
             ours = built_in(server.http_address, concurrency, args.duration)
             plain = plain_sync(server.http_address, concurrency, args.duration)

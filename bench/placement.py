@@ -1,9 +1,12 @@
 """Placement benchmark: `python bench/placement.py [--quick] [--only TEXT] [--command]`.
 
 Prints, for the article's case studies, random fleets of 100, 1,000 and 5,000 models with three
-resources, and the 1-D bin-packing instances in ../shared/bench-data/bpp1d (known optima): devices
-used, lower bound, proof status, time for gpupack's solver and for plain first-fit-decreasing.
-Then how often random fleets of 100 and 250 models are proven optimal, and a per-class table of
+resources, 300 models that pack in threes (at the command's default time limit), and the 1-D
+bin-packing instances in ../shared/bench-data/bpp1d (known optima): devices used, lower bound,
+proof status, time for gpupack's solver and for plain first-fit-decreasing. Then how often random
+fleets of 100 and 250 models are proven optimal, the parts of column generation that the unit
+tests check only for what they find (how much the exchange columns speed the root LP, how long the
+pool's integer programme takes, how soon its background search stops), and a per-class table of
 the 1-D instances for the solver and for its classic strategy (before column generation), both
 measured in this run with the command's default time limit.
 
@@ -26,21 +29,30 @@ from pathlib import Path
 
 import numpy as np
 
+from gpupack.config import split_list
 from gpupack.domain import Device, ModelFootprint, Resource
 from gpupack.profiles import load_profile
 from gpupack.rules.policy import CapacityPolicy, PolicySet
-from gpupack.scheduler.bounds import device_lower_bound
+from gpupack.scheduler.packing.bounds import device_lower_bound
+from gpupack.scheduler.packing.colgen import ColumnGeneration
 from gpupack.scheduler.constraints import build_problem
-from gpupack.scheduler.heuristic import first_fit_decreasing
-from gpupack.scheduler.instance import compile_problem
-from gpupack.scheduler.problem import PlacementProblem
+from gpupack.scheduler.packing.heuristic import first_fit_decreasing
+from gpupack.scheduler.packing.instance import compile_problem
+from gpupack.scheduler.packing.pool_mip import PoolSearch, pool_packing
+from gpupack.scheduler.packing.problem import PlacementProblem
 from gpupack.scheduler.plan_cli import SETTINGS as PLAN_SETTINGS
-from gpupack.scheduler import solver
-from gpupack.scheduler.solver import Strategy, solve
+from gpupack.scheduler.packing import solver
+from gpupack.scheduler.packing.solver import Strategy, solve
+from gpupack.timing import Deadline, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BPP_DIR = ROOT.parent / "shared" / "bench-data" / "bpp1d"
 GiB = 2**30
+# The 1-D instances whose column generation is timed part by part: triplets, where the plain dive
+# ends above the bound, Hard28, whose many distinct sizes the exchange columns are for, and the
+# Scholl instance a search on fewer devices solves at once.
+PARTS = ("Falkenauer_t60_00", "Falkenauer_t120_00", "Hard28_BPP13", "Hard28_BPP14", "N4W2B1R1")
+PART_SECONDS = 10.0  # each root LP's, the dive's and the pool search's limit
 
 
 def seed_cases() -> list[tuple[str, PlacementProblem, str]]:
@@ -75,6 +87,16 @@ def random_fleet(n: int, seed: int = 1) -> PlacementProblem:
     return build_problem(models, devices, {Resource.GPU_MEMORY: 309e6}, full)
 
 
+def models_in_threes(count: int = 100, seed: int = 5) -> PlacementProblem:
+    """0.5 + 0.3 + 0.2 of utilisation fill a device exactly: ``count`` devices are the optimum, and
+    first-fit-decreasing, pairing the halves first, needs more."""
+    shares = np.random.default_rng(seed).permutation(np.repeat([0.5, 0.3, 0.2], count))
+    devices = tuple(Device(f"gpu-{k}", {Resource.GPU_MEMORY: 100}) for k in range(1, 3 * count + 1))
+    models = tuple(ModelFootprint(f"m{i}", {Resource.GPU_MEMORY: 1, Resource.GPU_UTILIZATION: float(s)})
+                   for i, s in enumerate(shares))
+    return PlacementProblem(devices, models)
+
+
 def bpp_case(path: Path) -> PlacementProblem:
     """A 1-D instance (n, capacity, then one weight a line) as memory-only placement."""
     numbers = [int(float(x)) for x in path.read_text().split()]
@@ -91,7 +113,7 @@ def bpp_instances(only: str | None) -> tuple[dict[str, int], dict[str, str], lis
         table = [row for row in csv.DictReader(f, delimiter="\t") if row["optimum"]]
     optima = {row["instance"]: int(row["optimum"]) for row in table}
     classes = {row["instance"]: row["class"] for row in table}
-    wanted = only.split(",") if only else [""]
+    wanted = split_list(only or "") or ("",)
     paths = [p for p in sorted(BPP_DIR.glob("*.txt")) if p.stem in optima and any(w in p.stem for w in wanted)]
     return optima, classes, paths
 
@@ -136,6 +158,42 @@ def proof_rates(sizes: tuple[int, ...], seeds: int, time_limit: float) -> None:
         gaps = [r["devices"] - r["lower_bound"] for r in rows if r["proof"] != "optimal"]
         print(f"{n:5} models: {len(proven)}/{len(rows)} proven optimal, slowest proof {worst:.2f} s; "
               f"unproven gaps (devices): {gaps or 'none'}; worse than FFD: {sum(r['devices'] > r['ffd'] for r in rows)}")
+
+
+def column_generation_parts(names: tuple[str, ...] = PARTS) -> None:
+    """Per instance: the root LP with and without exchange columns (the same bound, how much
+    sooner); the plain dive's devices; the integer programme over the patterns priced by then,
+    asked for fewer devices than the dive's (what it finds and how soon, a proof of none
+    included); and how soon a background pool search returns when stopped after its first solve."""
+    print(f"\nColumn generation, part by part ({PART_SECONDS:g} s a part at most)")
+    print(f"{'instance':20} {'models':>6} {'LP':>4} {'root, exchanges':>16} {'root, none':>16} {'same':>5} "
+          f"{'dive':>5} {'pool':>5} {'pool time':>9} {'stop':>7}")
+    for name in names:
+        instance = compile_problem(bpp_case(BPP_DIR / f"{name}.txt"))
+        roots = {}
+        for exchanges in (True, False):
+            lp = ColumnGeneration(instance, None)
+            if not exchanges:
+                lp.master.drop_exchanges()
+            started = time.perf_counter()
+            roots[exchanges] = (lp.root(Deadline.after(PART_SECONDS)), time.perf_counter() - started, lp)
+        (root, with_seconds, lp), (plain, without_seconds, _) = roots[True], roots[False]
+        dived = len({d for ds in lp.plain_dive(Deadline.after(PART_SECONDS)).values() for d in ds})
+        columns, counts = list(lp.master.columns), lp.types.counts
+        started = time.perf_counter()
+        found = pool_packing(columns, counts, dived, PART_SECONDS)
+        pool_seconds = time.perf_counter() - started
+        search = PoolSearch(columns, counts, dived, root.lp_bound, Deadline.after(PART_SECONDS))
+        try:
+            wait_until(lambda: search.pools_searched >= 1, PART_SECONDS, "the background search's first solve")
+        finally:
+            started = time.perf_counter()
+            search.stop()
+            stop_seconds = time.perf_counter() - started
+        same = "yes" if root.lp_bound == plain.lp_bound else "NO"
+        print(f"{name:20} {instance.n_models:6} {root.lp_bound:4} {with_seconds:7.2f}s {root.columns:5}col "
+              f"{without_seconds:7.2f}s {plain.columns:5}col {same:>5} {dived:5} "
+              f"{len(found) if found else 'none':>5} {pool_seconds:8.2f}s {stop_seconds * 1000:5.0f}ms", flush=True)
 
 
 def class_table(rows: dict[Strategy, list[dict]], classes: dict[str, str]) -> None:
@@ -190,7 +248,7 @@ def command_check(paths: list[Path], optima: dict[str, int], classes: dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-limit", type=float, default=1.5, help="solver time limit per fleet case, seconds")
-    parser.add_argument("--quick", action="store_true", help="skip the 1-D instances and the proof rates")
+    parser.add_argument("--quick", action="store_true", help="skip the 1-D instances, the proof rates and column generation part by part")
     parser.add_argument("--seeds", type=int, default=5, help="random fleets per size for the proof rates")
     parser.add_argument("--only", metavar="TEXT", help="run only the 1-D instances whose name contains TEXT")
     parser.add_argument("--command", action="store_true",
@@ -199,7 +257,7 @@ def main() -> None:
                         help="try other budget shares of the solver for this run, e.g. COLGEN_SHARE=0.5,FIXED_COUNT_SHARE=0.8 "
                              "(in-process runs only, not --command)")
     args = parser.parse_args()
-    for pair in filter(None, (args.shares or "").split(",")):
+    for pair in split_list(args.shares or ""):
         name, _, value = pair.partition("=")
         if not name.endswith("_SHARE") or not hasattr(solver, name):
             parser.error(f"--shares: {name} is not one of the solver's shares")
@@ -211,11 +269,13 @@ def main() -> None:
     rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
     targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}
     rows += [run_case("random fleet, 3 resources", random_fleet(n), args.time_limit, targets[n]) for n in targets]
+    default_limit = next(s.default for s in PLAN_SETTINGS if s.key == "time_limit")
+    rows.append(run_case("models in threes", models_in_threes(), default_limit, "<= 101 (bound 100), FFD more"))
     print_rows("Placement (bound: gpupack's lower bound)", rows, "bound")
     if args.quick or not BPP_DIR.is_dir():
         return
-    default_limit = next(s.default for s in PLAN_SETTINGS if s.key == "time_limit")
     proof_rates((100, 250), args.seeds, default_limit)
+    column_generation_parts()
     optima, classes, paths = bpp_instances(args.only)
     by_strategy: dict[Strategy, list[dict]] = {}
     for strategy in Strategy:

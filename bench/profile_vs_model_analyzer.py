@@ -38,9 +38,11 @@ from pathlib import Path
 import psutil
 import yaml
 
+from gpupack.config import split_list
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
-from gpupack.triton_control import ServerEndpoint, TritonControl
-from gpupack.triton_processes import backend_processes
+from gpupack.triton.control import TritonControl
+from gpupack.servers import ServerConfig
+from gpupack.triton.processes import backend_processes
 from gpupack.units import parse_duration
 
 MIB = 2**20
@@ -91,8 +93,8 @@ def run_model_analyzer(server: TritonServer, repository: Path, work: Path, tools
                        args: argparse.Namespace, timeout_seconds: float) -> tuple[float | None, dict[str, dict], str]:
     """Wall seconds to its recommendation (None: none in time), per model what it chose, and notes."""
     model_analyzer, perf_analyzer, env = tools
-    counts = [int(n) for n in args.instances.split(",")]
-    batches = [int(n) for n in args.max_batch.split(",")]
+    counts = [int(n) for n in split_list(args.instances)]
+    batches = [int(n) for n in split_list(args.max_batch)]
     export = work / "model-analyzer"
     config = {
         "model_repository": str(repository), "triton_launch_mode": "remote",
@@ -128,7 +130,7 @@ def run_model_analyzer(server: TritonServer, repository: Path, work: Path, tools
         notes.append(f"left children running: {', '.join(' '.join(p.cmdline()[:1]) for p in left)} (killed now)")
         for child in left:
             child.kill()
-    loaded = TritonControl(ServerEndpoint("bench", server.http_url)).ready_models()
+    loaded = TritonControl(ServerConfig("bench", server.http_url)).ready_models()
     if loaded:
         notes.append(f"left loaded: {', '.join(sorted(loaded))}")
     return wall, (_model_analyzer_choices(export) if wall is not None else {}), "; ".join(notes)
@@ -159,7 +161,7 @@ def _model_analyzer_choices(export: Path) -> dict[str, dict]:
 def remeasure(server: TritonServer, perf_analyzer: Path, env: dict[str, str], model: str, choice: dict,
               work: Path) -> tuple[float, float, int]:
     """perf_analyzer's throughput and p99 at the tool's config and concurrency, and the stubs' VmHWM."""
-    control = TritonControl(ServerEndpoint("bench", server.http_url), 120)
+    control = TritonControl(ServerConfig("bench", server.http_url), 120)
     control.load(model, choice["config"])
     try:
         out = work / f"perf-{model}-{choice['name']}.csv"
@@ -198,8 +200,8 @@ def main() -> int:
     with TritonServer(repository, name="bench", log_path=work / "tritonserver.log").start() as server:
         gpupack_wall, gpupack_choice = run_gpupack(server, work, args)
         ma_wall, ma_choice, notes = run_model_analyzer(server, repository, work, tools, args, 3 * gpupack_wall)
-        for model in list(TritonControl(ServerEndpoint("bench", server.http_url)).ready_models()):
-            TritonControl(ServerEndpoint("bench", server.http_url)).unload(model)
+        for model in list(TritonControl(ServerConfig("bench", server.http_url)).ready_models()):
+            TritonControl(ServerConfig("bench", server.http_url)).unload(model)
         print(f"\nwall time to a recommendation: gpupack {gpupack_wall:.0f}s, Model Analyzer "
               + (f"{ma_wall:.0f}s (gpupack/MA = {gpupack_wall / ma_wall:.2f})" if ma_wall else "none")
               + (f"; Model Analyzer {notes}" if notes else ""))

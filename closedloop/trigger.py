@@ -17,9 +17,9 @@ from gpupack.errors import GpupackError
 from gpupack.rules.evaluator import Result
 from gpupack.rules.policy import PolicySet
 from gpupack.rules.transitions import RequestOutcome
-from gpupack.scheduler.rebalance_report import plan_document
-from gpupack.scheduler.rebalancer import Rebalancer, RebalanceOutcome, RebalancePlan
-from gpupack.scheduler.safety import LockHeldError
+from gpupack.scheduler.rebalance.report import plan_document
+from gpupack.scheduler.rebalance.rebalancer import Rebalancer, RebalanceOutcome, RebalancePlan
+from gpupack.scheduler.rebalance.locks import LockHeldError
 
 log = logging.getLogger(__name__)
 

@@ -25,12 +25,12 @@ from typing import Iterable, Mapping
 
 from gpupack.domain import Resource
 from gpupack.exporter.gpu_plan import GpuPlan, Placed, ServerPlan, backend_key, gpu_key, triton_layout
-from gpupack.exporter.sources.host import HostReading
-from gpupack.exporter.sources.nvml import GpuReading
-from gpupack.exporter.sources.triton import ModelReading, TritonReading
+from gpupack.measurement.host import HostReading
+from gpupack.measurement.nvml import GpuReading
+from gpupack.exporter.triton_source import ModelReading, TritonReading
 from gpupack.exporter.usage import DeviceUsage, ModelKey, ModelUsage, apportion, compute_shares
 from gpupack.profiles import Profile
-from gpupack.triton_processes import BackendProcess
+from gpupack.triton.processes import BackendProcess
 
 
 @dataclass(frozen=True)
@@ -275,7 +275,7 @@ class Attributor:
             server_gpus = {u for u in triton.gpu_uuids if u in by_uuid}
         for reading in readings:
             key = (reading.model, reading.version)
-            if not placement[key] and any(g.kind == "KIND_GPU" for g in reading.instance_groups):
+            if not placement[key] and any(g.on_gpus(bool(server_gpus)) for g in reading.instance_groups):
                 placement[key] = set(server_gpus)
         shares = compute_shares(triton, inputs.previous_triton)
         plans = []

@@ -15,12 +15,16 @@ from prometheus_client.registry import Collector
 from gpupack.domain import Resource
 from gpupack.exporter.families import ALL_FAMILIES, FamilySelection
 from gpupack.exporter.peaks import SERVER_MODEL
-from gpupack.exporter.settings import ModelFilter
+from gpupack.servers import ModelFilter
 from gpupack.exporter.snapshot import Snapshot
 
 _MODEL_LABELS = ["server", "model", "version", "device"]
 _MEMORY, _UTILIZATION = Resource.GPU_MEMORY.value, Resource.GPU_UTILIZATION.value
 _EXPORTS_CACHE_LIMIT = 100_000
+_MODEL_PEAK_FAMILIES = (
+    ("gpupack_model_memory_peak_bytes", "Highest memory of the model over the peak window.", _MEMORY),
+    ("gpupack_model_utilization_peak_ratio", "Highest utilisation of the model over the peak window.", _UTILIZATION),
+)
 
 
 class SnapshotCollector(Collector):
@@ -107,20 +111,13 @@ def _models(snap: Snapshot, want: Callable[[str], bool], exported: Callable[[str
 def _peaks(snap: Snapshot, want: Callable[[str], bool], exported: Callable[[str, str], bool]) -> Iterator[Metric]:
     peaks = [(key, value) for key, value in snap.peaks.items()
              if key[1] != SERVER_MODEL and exported(key[0], key[1])]
-    if want("gpupack_model_memory_peak_bytes"):
-        memory_peak = _gauge("gpupack_model_memory_peak_bytes", "Highest memory of the model over the peak window.",
-                             _MODEL_LABELS)
-        for (server, model, version, device, metric), value in peaks:
-            if metric == _MEMORY:
-                memory_peak.add_metric([server, model, version, device], value)
-        yield memory_peak
-    if want("gpupack_model_utilization_peak_ratio"):
-        util_peak = _gauge("gpupack_model_utilization_peak_ratio",
-                           "Highest utilisation of the model over the peak window.", _MODEL_LABELS)
-        for (server, model, version, device, metric), value in peaks:
-            if metric == _UTILIZATION:
-                util_peak.add_metric([server, model, version, device], value)
-        yield util_peak
+    for name, documentation, resource in _MODEL_PEAK_FAMILIES:
+        if want(name):
+            family = _gauge(name, documentation, _MODEL_LABELS)
+            for (server, model, version, device, metric), value in peaks:
+                if metric == resource:
+                    family.add_metric([server, model, version, device], value)
+            yield family
     if want("gpupack_server_unattributed_memory_peak_bytes"):
         baseline_peak = _gauge("gpupack_server_unattributed_memory_peak_bytes",
                                "Highest unattributed (server's own) memory over the peak window.", ["server", "device"])

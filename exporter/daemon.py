@@ -16,8 +16,8 @@ import threading
 import time
 from collections import Counter, defaultdict, deque
 from typing import Callable
-from urllib.parse import urlsplit
 
+from gpupack.addresses import host_and_port
 from gpupack.domain import Resource
 from gpupack.errors import InputError
 from gpupack.exporter.attribution import Attribution, Attributor, ServerInputs
@@ -25,12 +25,13 @@ from gpupack.exporter.collector import SnapshotCollector
 from gpupack.exporter.pages import PageRenderer
 from gpupack.exporter.peaks import SERVER_MODEL, PeakKey, PeakStore
 from gpupack.exporter.server import ExporterHttpServer
-from gpupack.exporter.settings import ExporterSettings, ServerConfig
+from gpupack.exporter.settings import ExporterSettings
+from gpupack.servers import ServerConfig
 from gpupack.exporter.snapshot import ServerState, Snapshot, SnapshotHolder
-from gpupack.exporter.sources import SourceError
-from gpupack.exporter.sources.host import HostReading, HostSource
-from gpupack.exporter.sources.nvml import NvmlDoor, NvmlSource
-from gpupack.exporter.sources.triton import TritonClient, TritonReading, TritonSource
+from gpupack.measurement import SourceError
+from gpupack.measurement.host import HostReading, HostSource
+from gpupack.measurement.nvml import NvmlDoor, NvmlSource
+from gpupack.exporter.triton_source import TritonClient, TritonReading, TritonSource
 from gpupack.exporter.usage import ModelUsage
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,7 @@ def shorten_switch_interval() -> None:
 
 def _local(server: ServerConfig) -> bool:
     """Whether the server's processes can be on this machine (for host readings and NVML PIDs)."""
-    host = urlsplit(server.url if "//" in server.url else f"//{server.url}").hostname or ""
+    host, _ = host_and_port(server.url)
     return server.pid is not None or host in ("localhost", "::1") or host.startswith("127.")
 
 

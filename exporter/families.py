@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from gpupack.config import split_list
+
 DEVICE_FAMILIES = (
     "gpupack_device_info",
     "gpupack_device_memory_used_bytes",
@@ -54,10 +56,7 @@ ALL_FAMILIES = FamilySelection()
 def parse_family_selection(value: Any) -> FamilySelection:
     """A comma-separated string (flag, environment) or a list (config file) of names or globs
     (``gpupack_device_*``); each must match a family, so a typo is an error, not a silent gap."""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)):
-        raise ValueError("must be a list of series family names or globs")
-    patterns = [str(item).strip() for item in items if str(item).strip()]
+    patterns = split_list(value)
     if not patterns:
         raise ValueError("names no series family (leave it out to export them all)")
     chosen: set[str] = set()

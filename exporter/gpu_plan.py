@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from gpupack.exporter.sources.host import HostReading
-from gpupack.exporter.sources.nvml import GpuReading
-from gpupack.exporter.sources.triton import TritonReading
+from gpupack.measurement.host import HostReading
+from gpupack.measurement.nvml import GpuReading
+from gpupack.exporter.triton_source import TritonReading
 from gpupack.exporter.usage import ModelKey, ModelUsage, apportion
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from gpupack.exporter.sources.triton import TritonReading
+from gpupack.exporter.triton_source import TritonReading
 
 ModelKey = tuple[str, str]  # (model, version)
 

@@ -1,3 +1,3 @@
-from gpupack.cli import main
+from gpupack.app.cli import main
 
 raise SystemExit(main())

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from gpupack.addresses import host_and_port
 from gpupack.errors import InputError
 from gpupack.units import UnitError
 from gpupack.yamlfile import LineDict, load_yaml_file
@@ -44,13 +45,30 @@ class ConfigFile:
         return value  # type: ignore[return-value]
 
 
+def split_list(value: Any) -> tuple[str, ...]:
+    """The items of a list setting: flags and the environment give ``a, b,c``, a config file a YAML
+    list (or one scalar, a list of one). Each item is stripped; empty ones are dropped."""
+    if isinstance(value, str):
+        items: Sequence[Any] = value.split(",")
+    elif isinstance(value, (list, tuple)):
+        items = value
+    elif isinstance(value, (int, float)):
+        items = (value,)
+    else:
+        raise ValueError("must be a list: comma-separated, or a YAML list")
+    return tuple(text for item in items if (text := str(item).strip()))
+
+
 def parse_listen(value: Any, default_port: int) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6]:PORT`` too) for a daemon's HTTP server; an empty host is every interface."""
     text = str(value)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = host_and_port(text)
+    except ValueError:
+        port = None
+    if not port:
         raise ValueError(f"{text!r} is not HOST:PORT (e.g. 0.0.0.0:{default_port})")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host or "0.0.0.0", port
 
 
 def default_state_dir(component: str = "") -> str:

@@ -26,7 +26,7 @@ from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.model_configs import POINT_RESOURCES, ConfigPoint, ModelConfig, config_document, single_point_config
 from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_ratio
-from gpupack.yamlfile import LineDict, LineList, load_yaml_text
+from gpupack.yamlfile import LineDict, LineList, load_yaml_text, read_text_file
 
 BASELINE = "server_baseline"
 _PEAK_FIELDS = {r.profile_field: r for r in Resource}
@@ -76,12 +76,7 @@ class Profile:
 
 def load_profile(path: str | Path) -> Profile:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as e:
-        raise InputError("file not found", path=str(path)) from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read: {e}", path=str(path)) from e
+    text = read_text_file(path)
     if path.suffix.lower() == ".csv":
         return _from_csv(text, str(path))
     return _from_document(load_yaml_text(text, str(path)), str(path))

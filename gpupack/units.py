@@ -45,15 +45,23 @@ def _split(text: str) -> tuple[float, str]:
     return value, suffix
 
 
+def _quantity(value: str | int | float, what: str) -> tuple[float, str | None]:
+    """A YAML number as it is (its unit None), text split into number and unit; booleans refused,
+    since YAML reads ``yes`` and ``on`` as them."""
+    if isinstance(value, bool):
+        raise UnitError(f"{value!r} is not {what}")
+    if isinstance(value, (int, float)):
+        return float(value), None
+    return _split(value)
+
+
 def parse_bytes(value: str | int | float) -> int:
     """``16GiB`` -> 17179869184. Bare numbers are bytes; SI and IEC suffixes are both accepted."""
-    if isinstance(value, bool):
-        raise UnitError(f"{value!r} is not a size")
-    if isinstance(value, (int, float)):
-        if value < 0:
+    number, suffix = _quantity(value, "a size")
+    if suffix is None:
+        if number < 0:
             raise UnitError(f"size {value!r} is negative")
-        return int(value)
-    number, suffix = _split(value)
+        return int(value)  # not int(number): a float loses bytes above 2**53
     factor = _BYTE_SUFFIXES.get(suffix.lower())
     if factor is None:
         raise UnitError(f"{value!r} has unknown size unit {suffix!r} (use B, KB, MB, GB, KiB, MiB, GiB, ...)")
@@ -85,18 +93,13 @@ def parse_rate(value: str | int | float) -> float:
 
 def parse_ratio(value: str | int | float) -> float:
     """``80%`` or ``0.8`` -> 0.8. Plain numbers above 1 are rejected: ``80`` is ambiguous."""
-    if isinstance(value, bool):
-        raise UnitError(f"{value!r} is not a ratio")
-    if isinstance(value, (int, float)):
-        ratio = float(value)
+    number, suffix = _quantity(value, "a ratio")
+    if suffix == "%":
+        ratio = number / 100.0
+    elif not suffix:
+        ratio = number
     else:
-        number, suffix = _split(value)
-        if suffix == "%":
-            ratio = number / 100.0
-        elif suffix == "":
-            ratio = number
-        else:
-            raise UnitError(f"{value!r} is not a ratio (write 80% or 0.8)")
+        raise UnitError(f"{value!r} is not a ratio (write 80% or 0.8)")
     if ratio < 0:
         raise UnitError(f"ratio {value!r} is negative")
     if ratio > 1 and not (isinstance(value, str) and value.strip().endswith("%")):
@@ -106,18 +109,13 @@ def parse_ratio(value: str | int | float) -> float:
 
 def parse_duration(value: str | int | float) -> float:
     """``10s``, ``500ms``, ``7d`` -> seconds. Bare numbers are seconds."""
-    if isinstance(value, bool):
-        raise UnitError(f"{value!r} is not a duration")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
+    number, suffix = _quantity(value, "a duration")
+    if not suffix:
+        seconds = number
+    elif suffix.lower() in _DURATION_SUFFIXES:
+        seconds = number * _DURATION_SUFFIXES[suffix.lower()]
     else:
-        number, suffix = _split(value)
-        if suffix == "":
-            seconds = number
-        elif suffix.lower() in _DURATION_SUFFIXES:
-            seconds = number * _DURATION_SUFFIXES[suffix.lower()]
-        else:
-            raise UnitError(f"{value!r} has unknown duration unit {suffix!r} (use ms, s, m, h, d, w)")
+        raise UnitError(f"{value!r} has unknown duration unit {suffix!r} (use ms, s, m, h, d, w)")
     if seconds < 0:
         raise UnitError(f"duration {value!r} is negative")
     return seconds

@@ -68,9 +68,14 @@ def load_yaml_text(text: str, path: str = "<string>") -> Any:
 
 
 def load_yaml_file(path: str | Path) -> Any:
+    return load_yaml_text(read_text_file(path), str(path))
+
+
+def read_text_file(path: str | Path) -> str:
+    """A file the user named, as UTF-8 text; any failure is one :class:`InputError` naming it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise InputError("file not found", path=str(path)) from e
     except IsADirectoryError as e:
@@ -79,4 +84,3 @@ def load_yaml_file(path: str | Path) -> Any:
         raise InputError(f"cannot read: {e.strerror}", path=str(path)) from e
     except UnicodeDecodeError as e:
         raise InputError("not UTF-8 text", path=str(path)) from e
-    return load_yaml_text(text, str(path))

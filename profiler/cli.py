@@ -11,13 +11,13 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import urlsplit
 
-from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack.addresses import host_and_port, network_address
+from gpupack.config import ConfigFile, Setting, resolve_settings, split_list
 from gpupack.errors import ExitStatus, InputError
-from gpupack.exporter.settings import ServerConfig
-from gpupack.exporter.sources.host import HostSource, find_listening_pid
-from gpupack.exporter.sources.nvml import NvmlSource
+from gpupack.servers import ServerConfig
+from gpupack.measurement.host import HostSource, find_listening_pid
+from gpupack.measurement.nvml import NvmlSource
 from gpupack.profiler.choose import Limits, choose_point
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator
@@ -37,7 +37,7 @@ _SERVER_NAME = "profile"
 
 
 def _names(value: Any) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(n.strip() for n in str(value).split(",") if n.strip()))
+    names = tuple(dict.fromkeys(split_list(value)))
     if not names:
         raise ValueError(f"{value!r} names no model")
     return names
@@ -45,11 +45,13 @@ def _names(value: Any) -> tuple[str, ...]:
 
 def _positive_ints(value: Any) -> tuple[int, ...]:
     numbers = []
-    for item in str(value).split(","):
+    for item in split_list(value):
         try:
-            numbers.append(parse_count(item.strip()))
+            numbers.append(parse_count(item))
         except UnitError:
-            raise UnitError(f"{item.strip()!r} in {value!r} is not a positive whole number") from None
+            raise UnitError(f"{item!r} in {value!r} is not a positive whole number") from None
+    if not numbers:
+        raise UnitError(f"{value!r} names no number")
     return tuple(dict.fromkeys(numbers))
 
 
@@ -69,25 +71,25 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 
 def _on_off(value: Any) -> tuple[bool, ...]:
     words = {"off": False, "on": True}
-    items = [item.strip() for item in str(value).split(",") if item.strip()]
+    items = split_list(value)
     if not items or any(item not in words for item in items):
         raise ValueError(f"{value!r} is not a list of off and on")
     return tuple(dict.fromkeys(words[item] for item in items))
 
 
 def _rates(value: Any) -> tuple[float, ...]:
-    rates = tuple(dict.fromkeys(parse_rate(item.strip()) for item in str(value).split(",") if item.strip()))
+    rates = tuple(dict.fromkeys(parse_rate(item) for item in split_list(value)))
     if not rates:
         raise ValueError(f"{value!r} names no rate")
     return rates
 
 
 def _durations(value: Any) -> tuple[float, ...]:
-    return tuple(dict.fromkeys(parse_duration(item.strip()) for item in str(value).split(",") if item.strip()))
+    return tuple(dict.fromkeys(parse_duration(item) for item in split_list(value)))
 
 
 def _kinds(value: Any) -> tuple[str, ...]:
-    items = [item.strip().lower() for item in str(value).split(",") if item.strip()]
+    items = [item.lower() for item in split_list(value)]
     unknown = [item for item in items if item not in INSTANCE_KINDS]
     if not items or unknown:
         raise ValueError(f"{value!r}: instance kinds are {', '.join(INSTANCE_KINDS)}")
@@ -216,11 +218,11 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
 def _server(url: str | None, model_repository: str | None) -> Iterator[tuple[str, int | None]]:
     """(host:port, pid or None) of the server to profile; one started here is stopped on the way out."""
     if url:
-        address = urlsplit(url if "//" in url else f"//{url}").netloc
-        port = urlsplit(f"//{address}").port
+        address = network_address(url)
+        _, port = host_and_port(address)
         yield address, find_listening_pid(port) if port else None
         return
-    from gpupack.testing import TritonServer  # noqa: PLC0415 - only when we start one
+    from gpupack.triton.launcher import TritonServer  # noqa: PLC0415 - only when we start one
 
     repository = Path(str(model_repository))
     if not repository.is_dir():

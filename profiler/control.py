@@ -1,6 +1,6 @@
 """What a Triton failure means to a profiling run: skip the model, or stop.
 
-The calls themselves go through :class:`~gpupack.triton_control.TritonControl`; this layer sorts
+The calls themselves go through :class:`~gpupack.triton.control.TritonControl`; this layer sorts
 its errors into :class:`ModelLoadError` (that model is skipped and the sweep goes on) and
 :class:`ServerGoneError` (nothing more can be measured), and reads counters only once they settle.
 """
@@ -12,7 +12,8 @@ from typing import Any, Callable, TypeVar
 
 from gpupack.errors import GpupackError
 from gpupack.profiler.stats import TritonCounters
-from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
+from gpupack.triton.control import TritonControl, TritonControlError
+from gpupack.servers import ServerConfig
 
 _COUNTER_SETTLE_SECONDS = 0.02
 _COUNTER_SETTLE_LIMIT_SECONDS = 1.0
@@ -35,7 +36,7 @@ class ServerControl:
                  sleep: Callable[[float], None] = time.sleep, timeout_seconds: float = 120.0) -> None:
         self.address = address
         # Loading a large model takes as long as it takes: the network timeout must allow it.
-        self._triton = TritonControl(ServerEndpoint(address, f"http://{address}"), timeout_seconds)
+        self._triton = TritonControl(ServerConfig(address, f"http://{address}"), timeout_seconds)
         self._clock = clock
         self._sleep = sleep
         self._timeout_seconds = timeout_seconds

@@ -11,7 +11,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
+from gpupack.triton.control import TritonControl, TritonControlError
+from gpupack.servers import ServerConfig
 
 _UNLOAD_TIMEOUT_SECONDS = 120.0
 
@@ -44,7 +45,7 @@ def main(address: str) -> int:
         left_loaded = model if command == "loaded" and model else None
     if left_loaded is None:
         return 0
-    control = TritonControl(ServerEndpoint("profiled", f"http://{address}"), _UNLOAD_TIMEOUT_SECONDS)
+    control = TritonControl(ServerConfig("profiled", f"http://{address}"), _UNLOAD_TIMEOUT_SECONDS)
     try:
         control.unload(left_loaded)
         control.wait_unloaded(left_loaded, _UNLOAD_TIMEOUT_SECONDS)

@@ -20,8 +20,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from gpupack.profiler.rank import Constraints  # noqa: E402
+from gpupack.profiler.report import known_parts  # noqa: E402
 from gpupack.profiler.search import ModelSearch  # noqa: E402
 from gpupack.profiler.search_report import ModelRanking  # noqa: E402
+from gpupack.units import format_mib  # noqa: E402
 
 MIB = 2**20
 _STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
@@ -52,14 +54,11 @@ def write_html_report(directory: Path, searches: Mapping[str, ModelSearch], rank
 
 
 def _constraints_text(constraints: Constraints) -> str:
-    bits = [f"objective: {constraints.objective}"]
-    if constraints.latency_p99_seconds is not None:
-        bits.append(f"p99 budget {constraints.latency_p99_seconds * 1000:g} ms")
-    if constraints.min_throughput_per_second is not None:
-        bits.append(f"minimum throughput {constraints.min_throughput_per_second:g}/s")
-    if constraints.max_memory_bytes is not None:
-        bits.append(f"maximum memory {constraints.max_memory_bytes / MIB:.0f} MiB")
-    return "; ".join(bits)
+    return "; ".join([f"objective: {constraints.objective}", *known_parts(
+        (constraints.latency_p99_seconds, lambda s: f"p99 budget {s * 1000:g} ms"),
+        (constraints.min_throughput_per_second, lambda r: f"minimum throughput {r:g}/s"),
+        (constraints.max_memory_bytes, lambda b: f"maximum memory {format_mib(b)} MiB"),
+    )])
 
 
 def _ranking_table(ranking: ModelRanking) -> str:

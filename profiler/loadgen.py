@@ -37,6 +37,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from gpupack.addresses import host_and_port
 from gpupack.errors import GpupackError
 
 # Triton's config data types -> numpy; BYTES (strings) is left out: its shape says nothing of size.
@@ -335,9 +336,9 @@ def _content_length(fields: bytes) -> int:
 
 
 async def _connect(address: str, errors: list[str]) -> _Connection | None:
-    host, _, port = address.rpartition(":")
+    host, port = host_and_port(address)
     try:
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        reader, writer = await asyncio.open_connection(host, port)
     except OSError as e:
         errors.append(f"cannot connect to {address}: {e}")
         return None

@@ -6,12 +6,12 @@ Numbers are turned into MiB, ms and % here and nowhere else.
 from __future__ import annotations
 
 import sys
-from typing import Mapping, TextIO
+from typing import Callable, Mapping, TextIO
 
 from gpupack.profiler.sampler import Peaks
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import Progress, SweepResult
-from gpupack.units import format_mib
+from gpupack.units import format_mib, format_percent
 
 _HEADER = ("model", "batch", "load", "throughput (infer/s)", "Triton (infer/s)", "diff",
            "p50 (ms)", "p95 (ms)", "p99 (ms)", "peak memory (MiB)", "peak util", "peak mem bw", "status")
@@ -81,15 +81,17 @@ def format_summary(result: SweepResult, chosen: Mapping[str, PointResult]) -> st
     return "\n".join(lines)
 
 
+def known_parts(*parts: tuple[float | None, Callable[[float], str]]) -> list[str]:
+    """Each ``(value, text)`` pair's text of its value, for the values that are known (not None)."""
+    return [text(value) for value, text in parts if value is not None]
+
+
 def _baseline(peaks: Peaks) -> str:
-    parts = []
-    if peaks.memory_bytes is not None:
-        parts.append(f"max memory {format_mib(peaks.memory_bytes)} MiB")
-    if peaks.utilization_ratio is not None:
-        parts.append(f"max utilisation {_percent(peaks.utilization_ratio)}")
-    if peaks.memory_bandwidth_utilization_ratio is not None:
-        parts.append(f"max memory bandwidth {_percent(peaks.memory_bandwidth_utilization_ratio)}")
-    return ", ".join(parts) or "no reading"
+    return ", ".join(known_parts(
+        (peaks.memory_bytes, lambda b: f"max memory {format_mib(b)} MiB"),
+        (peaks.utilization_ratio, lambda r: f"max utilisation {format_percent(r)}"),
+        (peaks.memory_bandwidth_utilization_ratio, lambda r: f"max memory bandwidth {format_percent(r)}"),
+    )) or "no reading"
 
 
 def _row(point: PointResult, mark: str) -> tuple[str, ...]:
@@ -113,7 +115,7 @@ def _row(point: PointResult, mark: str) -> tuple[str, ...]:
 
 
 def _percent(ratio: float | None) -> str:
-    return f"{ratio * 100:.0f}%" if ratio is not None else "-"
+    return format_percent(ratio) if ratio is not None else "-"
 
 
 def _align(rows: list[tuple[str, ...]]) -> list[str]:

@@ -1,8 +1,8 @@
 """Peaks of the device while load runs, read through the exporter's own sources.
 
 A probe is one narrow view of "the device this server uses": ``host`` (psutil over the server's
-process tree, :class:`~gpupack.exporter.sources.host.HostSource`) or ``nvml`` (the GPUs, through
-:class:`~gpupack.exporter.sources.nvml.NvmlSource`). The sampler polls a probe on its own thread,
+process tree, :class:`~gpupack.measurement.host.HostSource`) or ``nvml`` (the GPUs, through
+:class:`~gpupack.measurement.nvml.NvmlSource`). The sampler polls a probe on its own thread,
 much faster than the exporter does, because a model's spike can be shorter than a second.
 """
 
@@ -13,9 +13,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from gpupack.exporter.sources import SourceError
-from gpupack.exporter.sources.host import HostReading, HostSource
-from gpupack.exporter.sources.nvml import NvmlSource
+from gpupack.measurement import SourceError
+from gpupack.measurement.host import HostReading, HostSource
+from gpupack.measurement.nvml import NvmlSource
 
 SAMPLE_INTERVAL_SECONDS = 0.02
 # CPU time advances in scheduler ticks (10 ms): a rate over less than this is mostly noise.

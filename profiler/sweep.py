@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from gpupack.errors import ExitStatus, GpupackError
-from gpupack.exporter.sources import SourceError
+from gpupack.measurement import SourceError
 from gpupack.profiler.control import ModelLoadError, ServerControl, ServerGoneError
 from gpupack.profiler.loadgen import Load, LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
 from gpupack.profiler.sampler import PeakSampler, Peaks, Probe

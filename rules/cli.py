@@ -12,7 +12,7 @@ rebalance` policies to the scheduler, which plans from the same peak source: it 
 cooldowns (the `rebalance:` settings, shared with `gpupack rebalance`), and serves /api/v1/placement
 beside /metrics. A request that is skipped, fails or leaves moves deferred is asked again later.
 
-This module knows nothing of the scheduler: ``gpupack.closedloop.rules_command`` adds its flags
+This module knows nothing of the scheduler: ``gpupack.app.rules_command`` adds its flags
 and hands :func:`run` an ``acting`` factory.
 """
 

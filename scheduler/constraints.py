@@ -1,4 +1,4 @@
-"""Policies -> placement constraints, and plain-language reasons when they cannot all hold.
+"""Policies -> placement constraints: the compiled policies as a problem the packing solvers answer.
 
 Memory is always limited by the device's capacity (beyond it a model does not load); utilisation
 and bandwidth are limited only where a capacity policy says so, because going over 100% there
@@ -10,13 +10,12 @@ from __future__ import annotations
 import math
 from typing import Iterable, Mapping
 
-import numpy as np
-
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.rules.compiled import (
     Allowed,
     AntiAffinity,
     Capacity,
+    Constraint,
     Constraints,
     Fleet,
     FleetDevice,
@@ -27,9 +26,7 @@ from gpupack.rules.compiled import (
     compile_policies,
 )
 from gpupack.rules.policy import PolicySet
-from gpupack.scheduler.instance import Instance, from_units
-from gpupack.scheduler.problem import InfeasibleError, PlacementProblem, ScopedLimit
-from gpupack.units import format_bytes, format_percent
+from gpupack.scheduler.packing.problem import InfeasibleError, PlacementProblem, ScopedLimit
 
 
 def fleet_for(
@@ -77,86 +74,109 @@ def problem_from(
     replicas scoped to some devices place all of a model's replicas there: both stricter than
     the evaluator, never looser.
     """
-    models, devices = tuple(models), tuple(devices)
-    names = [d.name for d in devices]
-    everywhere = frozenset(names)
-    model_names = frozenset(m.model for m in models)
-    peaks = {m.model: m for m in models}
-    baselines = {d.device.name: d.baseline for d in constraints.fleet.devices}
-    sources: dict[str, str] = {}
-    limits: dict[str, dict[Resource, float]] = {}
-    resources = {r for m in models for r in m.peaks} | set(server_baseline)
-    for device in devices:
-        limits[device.name] = {r: math.inf for r in resources if not r.is_bytes}
-    scoped: list[ScopedLimit] = []
-    allowed: dict[str, frozenset[str]] = {}
-    groups: list[frozenset[str]] = []
-    replicas: dict[str, int] = {}
-    max_devices = None
-
-    def allow(model: str, targets: frozenset[str], policy: str) -> None:
-        allowed[model] = allowed.get(model, everywhere) & targets
-        _add_source(sources, f"pin:{model}", policy)
-
+    rules = _Rules(tuple(models), tuple(devices), server_baseline, current)
     for c in constraints.items:
-        name = c.origin.policy
+        rules.add(c)
+    return rules.problem(constraints.fleet)
+
+
+class _Rules:
+    """The problem's rules as the constraints are read one by one, the tightest of each kind kept,
+    with the policy behind each rule in ``sources`` (what an infeasibility explanation names)."""
+
+    def __init__(self, models: tuple[ModelFootprint, ...], devices: tuple[Device, ...],
+                 server_baseline: Mapping[Resource, float], current: Placement | None):
+        self.models, self.devices, self.server_baseline, self.current = models, devices, server_baseline, current
+        self.everywhere = frozenset(d.name for d in devices)
+        self.model_names = frozenset(m.model for m in models)
+        self.peaks = {m.model: m for m in models}
+        resources = {r for m in models for r in m.peaks} | set(server_baseline)
+        self.limits = {d.name: {r: math.inf for r in resources if not r.is_bytes} for d in devices}
+        self.sources: dict[str, str] = {}
+        self.scoped: list[ScopedLimit] = []
+        self.allowed: dict[str, frozenset[str]] = {}
+        self.groups: list[frozenset[str]] = []
+        self.replicas: dict[str, int] = {}
+        self.max_devices: int | None = None
+
+    def add(self, c: Constraint) -> None:
         if isinstance(c, Capacity):
-            known = [(d, limit, base) for d, limit, base in zip(c.devices, c.limits, c.baselines) if limit == limit]
-            if c.models is None or model_names <= c.models:
-                for on, limit, _ in known:
-                    if limit < limits[on].get(c.resource, math.inf):
-                        limits[on][c.resource] = limit
-                        sources[f"limit:{on}:{c.resource.value}"] = name
-            elif c.models & model_names:
-                scoped.append(ScopedLimit(name, c.resource, {m: peaks[m].peak(c.resource) for m in c.models & model_names},
-                                          {d: limit for d, limit, _ in known}, {d: base for d, _, base in known}))
+            self._capacity(c)
         elif isinstance(c, ModelLimit):
-            for model in sorted(model_names if c.models is None else c.models & model_names):
-                if peaks[model].peak(c.resource) > c.max_value:
-                    allow(model, everywhere - c.devices, name)
+            for model in self._models(c.models):
+                if self.peaks[model].peak(c.resource) > c.max_value:
+                    self._allow(model, self.everywhere - c.devices, c.origin.policy)
         elif isinstance(c, FleetMax):
-            if max_devices is None or c.max_devices < max_devices:
-                max_devices = c.max_devices
-                sources["max-devices"] = name
+            if self.max_devices is None or c.max_devices < self.max_devices:
+                self.max_devices = c.max_devices
+                self.sources["max-devices"] = c.origin.policy
         elif isinstance(c, Allowed):
-            for model in sorted(c.models & model_names):
-                allow(model, c.devices | (everywhere - c.scope), name)
+            for model in self._models(c.models):
+                self._allow(model, c.devices | (self.everywhere - c.scope), c.origin.policy)
         elif isinstance(c, AntiAffinity):
-            group = c.models & model_names
-            if len(group) > 1 and set(c.devices) == everywhere:
-                sources[f"anti-affinity:{len(groups)}"] = name
-                groups.append(group)
-            elif len(group) > 1:
-                scoped.append(ScopedLimit(name, None, {m: 1.0 for m in group}, {d: 1.0 for d in c.devices}))
+            self._anti_affinity(c)
         elif isinstance(c, Replicas):
-            for model in sorted(c.models & model_names):
-                if c.count > replicas.get(model, 1):
-                    replicas[model] = c.count
-                    sources[f"replicas:{model}"] = name
-                if c.devices != everywhere:
-                    allow(model, c.devices, name)
+            for model in self._models(c.models):
+                self._at_least(model, c.count, c.origin.policy)
+                if c.devices != self.everywhere:
+                    self._allow(model, c.devices, c.origin.policy)
         elif isinstance(c, Throughput):
-            for model in sorted(model_names if c.models is None else c.models & model_names):
-                copies = _throughput_copies(c, model, current)
-                if copies is not None and copies > replicas.get(model, 1):
-                    replicas[model] = copies
-                    sources[f"replicas:{model}"] = name
-                if copies is not None and c.devices != everywhere:
-                    allow(model, c.devices, name)
-    return PlacementProblem(
-        devices=devices,
-        models=models,
-        server_baseline=server_baseline,
-        limits=limits,
-        allowed_devices=allowed,
-        anti_affinity=tuple(groups),
-        replicas=replicas,
-        max_devices=max_devices,
-        current=current,
-        constraint_sources=sources,
-        scoped_limits=tuple(scoped),
-        device_baselines={d: b for d, b in baselines.items() if d in everywhere},
-    )
+            for model in self._models(c.models):
+                copies = _throughput_copies(c, model, self.current)
+                if copies is not None:
+                    self._at_least(model, copies, c.origin.policy)
+                if copies is not None and c.devices != self.everywhere:
+                    self._allow(model, c.devices, c.origin.policy)
+
+    def problem(self, fleet: Fleet) -> PlacementProblem:
+        baselines = {d.device.name: d.baseline for d in fleet.devices}
+        return PlacementProblem(
+            devices=self.devices,
+            models=self.models,
+            server_baseline=self.server_baseline,
+            limits=self.limits,
+            allowed_devices=self.allowed,
+            anti_affinity=tuple(self.groups),
+            replicas=self.replicas,
+            max_devices=self.max_devices,
+            current=self.current,
+            constraint_sources=self.sources,
+            scoped_limits=tuple(self.scoped),
+            device_baselines={d: b for d, b in baselines.items() if d in self.everywhere},
+        )
+
+    def _capacity(self, c: Capacity) -> None:
+        known = [(d, limit, base) for d, limit, base in zip(c.devices, c.limits, c.baselines) if limit == limit]
+        if c.models is None or self.model_names <= c.models:
+            for on, limit, _ in known:
+                if limit < self.limits[on].get(c.resource, math.inf):
+                    self.limits[on][c.resource] = limit
+                    self.sources[f"limit:{on}:{c.resource.value}"] = c.origin.policy
+        elif c.models & self.model_names:
+            demand = {m: self.peaks[m].peak(c.resource) for m in c.models & self.model_names}
+            self.scoped.append(ScopedLimit(c.origin.policy, c.resource, demand, {d: limit for d, limit, _ in known},
+                                           {d: base for d, _, base in known}))
+
+    def _anti_affinity(self, c: AntiAffinity) -> None:
+        group = c.models & self.model_names
+        if len(group) > 1 and set(c.devices) == self.everywhere:
+            self.sources[f"anti-affinity:{len(self.groups)}"] = c.origin.policy
+            self.groups.append(group)
+        elif len(group) > 1:
+            self.scoped.append(ScopedLimit(c.origin.policy, None, {m: 1.0 for m in group}, {d: 1.0 for d in c.devices}))
+
+    def _models(self, models: frozenset[str] | None) -> list[str]:
+        """The constraint's models that are being placed (None: all of them), in name order."""
+        return sorted(self.model_names if models is None else models & self.model_names)
+
+    def _at_least(self, model: str, copies: int, policy: str) -> None:
+        if copies > self.replicas.get(model, 1):
+            self.replicas[model] = copies
+            self.sources[f"replicas:{model}"] = policy
+
+    def _allow(self, model: str, targets: frozenset[str], policy: str) -> None:
+        self.allowed[model] = self.allowed.get(model, self.everywhere) & targets
+        _add_source(self.sources, f"pin:{model}", policy)
 
 
 def _throughput_copies(c: Throughput, model: str, current: Placement | None) -> int | None:
@@ -181,72 +201,3 @@ def _add_source(sources: dict[str, str], key: str, name: str) -> None:
     names = sources[key].split(", ") if key in sources else []
     if name not in names:
         sources[key] = ", ".join(names + [name])
-
-
-def explain_infeasible(instance: Instance, device_bound: int) -> str | None:
-    """A reason found without search: a model that fits nowhere, too few devices for the replicas,
-    or fewer devices allowed than the lower bound. None when no such reason exists."""
-    problem = instance.problem
-    sources = problem.constraint_sources
-    for i, model in enumerate(problem.models):
-        pinned = problem.allowed_devices.get(model.model)
-        if pinned is not None and not pinned:
-            return f"model {model.model}: no device it may run on is left by {_policies(sources.get(f'pin:{model.model}'))}"
-        if not instance.allowed[i].any():
-            return _too_big(instance, i)
-        usable = int(instance.allowed[i].sum())
-        if instance.replicas[i] > usable:
-            why = _policies(sources.get(f"replicas:{model.model}"))
-            return f"model {model.model} needs {instance.replicas[i]} replicas on distinct devices ({why}) but fits on only {usable}"
-    usable_devices = int(instance.allowed.any(axis=0).sum())
-    limit, why = usable_devices, "devices available"
-    if problem.max_devices is not None and problem.max_devices < limit:
-        limit, why = problem.max_devices, f"allowed by {_policies(sources.get('max-devices'))}"
-    if device_bound > limit:
-        return f"the models need at least {device_bound} devices, but only {limit} are {why}"
-    return None
-
-
-def _too_big(instance: Instance, i: int) -> str:
-    problem = instance.problem
-    model = problem.models[i]
-    candidates = np.arange(instance.n_devices)
-    pinned = problem.allowed_devices.get(model.model)
-    if pinned is not None:
-        candidates = np.array([d for d, dev in enumerate(problem.devices) if dev.name in pinned], dtype=np.int64)
-    over = instance.demand[i][None, :] > instance.capacity[candidates]
-    r = int(np.argmax(over.sum(axis=0)))
-    resource = instance.resources[r]
-    best = candidates[np.argmax(instance.capacity[candidates, r])] if len(candidates) else 0
-    need = _show(resource, instance.demand[i, r] + instance.baseline[r])
-    room = _show(resource, instance.capacity[best, r] + instance.baseline[r])
-    device = problem.devices[best].name
-    scoped = instance.columns[r] if instance.columns else ""
-    label = resource.value if resource is not None else "count"
-    policy = f"policy {scoped}" if scoped else problem.constraint_sources.get(f"limit:{device}:{label}", "device capacity")
-    where = f" of its pinned devices ({_policies(problem.constraint_sources.get(f'pin:{model.model}'))})" if pinned else ""
-    return (
-        f"model {model.model} needs {need} of {label} with the server baseline, "
-        f"more than any{where} device allows: at most {room} on {device} ({policy})"
-    )
-
-
-def explain_unsolved(instance: Instance, proven: bool) -> str:
-    problem = instance.problem
-    policies = sorted({n for names in problem.constraint_sources.values() for n in names.split(", ")}
-                      | {s.name for s in problem.scoped_limits})
-    involved = f" (policies: {', '.join(policies)})" if policies else ""
-    if proven:
-        return f"no placement of the {instance.n_models} models satisfies all constraints together{involved}"
-    return f"no placement found within the time limit that satisfies all constraints{involved}; allow more time"
-
-
-def _policies(names: str | None) -> str:
-    return f"policy {names}" if names and "," not in names else f"policies {names}" if names else "constraints"
-
-
-def _show(resource: Resource | None, value_units: float) -> str:
-    if resource is None:
-        return f"{int(value_units)} models"
-    value = from_units(resource, value_units)
-    return format_bytes(value) if resource.is_bytes else format_percent(value)

@@ -16,7 +16,8 @@ import time
 
 import psutil
 
-from gpupack.config import ConfigFile, Setting, resolve_settings
+from gpupack import timing
+from gpupack.config import ConfigFile, Setting, resolve_settings, split_list
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
 from gpupack.rules.loader import load_policies_if_given
@@ -26,7 +27,8 @@ from gpupack.scheduler.constraints import build_problem, fleet_for
 from gpupack.scheduler.devices_file import PlannedDevices, identical_devices, load_devices
 from gpupack.scheduler.plan_report import CapacityPolicyCost, TimeBudget, render_json, render_table
 from gpupack.scheduler.planning import plan_under
-from gpupack.scheduler.solver import Objective, solve
+from gpupack.scheduler.packing.solver import Objective, solve
+from gpupack.timing import Deadline
 from gpupack.units import parse_bytes, parse_duration
 
 SETTINGS = (
@@ -35,7 +37,7 @@ SETTINGS = (
     Setting("devices", int, help="number of identical devices (default: as many as needed)"),
     Setting("devices_file", str, help="YAML list of devices (name, memory, count, cost, labels)"),
     # Fewest devices first, then spread the load over them: the article's placements, with headroom.
-    Setting("objective", lambda v: _objectives(str(v)), (Objective.MIN_DEVICES, Objective.BALANCE)),
+    Setting("objective", lambda v: _objectives(v), (Objective.MIN_DEVICES, Objective.BALANCE)),
     Setting("time_limit", parse_duration, 10.0),
 )
 
@@ -78,17 +80,17 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
     started = _command_started(settings["time_limit"])
     profile = load_profile(args.profile)
-    deadline = started + settings["time_limit"] - RESERVE_SECONDS - RESERVE_SECONDS_PER_MODEL * len(profile.models)
+    deadline = Deadline(started + settings["time_limit"] - RESERVE_SECONDS - RESERVE_SECONDS_PER_MODEL * len(profile.models))
     policies = load_policies_if_given(settings["policies"])
     if args.demand or args.demand_from_prometheus:
-        from gpupack.scheduler.demand_cli import run_demand
+        from gpupack.scheduler.demand.cli import run_demand
 
         return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count))
     planned_devices = _devices(settings, profile, policies)
     devices = planned_devices.devices
     fleet = fleet_for(profile.models, devices, profile.server_baseline, planned_devices.servers)
     share = PLAN_SHARE if _at_full_capacity(policies) is not None else 1.0
-    startup_seconds = time.monotonic() - started
+    startup_seconds = timing.clock() - started
     planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
                          profile.server_baseline, settings["objective"], _left(deadline) * share,
                          soft_alerts=args.soft_alerts)
@@ -109,21 +111,21 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
 
 
 def _command_started(time_limit_seconds: float) -> float:
-    """When this command started, on the monotonic clock: at process start, since importing
+    """When this command started, on :data:`gpupack.timing.clock`: at process start, since importing
     OR-Tools and HiGHS alone takes seconds on a busy machine; but when the process is older than
     the limit (plan called in-process, as tests do), at the call."""
-    now = time.monotonic()
+    now = timing.clock()
     age = time.time() - psutil.Process().create_time()
     return now - age if 0 <= age < time_limit_seconds else now
 
 
-def _left(deadline: float) -> float:
-    return max(deadline - time.monotonic(), 0.05)
+def _left(deadline: Deadline) -> float:
+    return max(deadline.remaining(), 0.05)
 
 
-def _objectives(text: str) -> tuple[Objective, ...]:
+def _objectives(value: object) -> tuple[Objective, ...]:
     try:
-        return tuple(Objective(part.strip()) for part in text.split(",") if part.strip())
+        return tuple(Objective(part) for part in split_list(value))
     except ValueError as e:
         raise ValueError(f"{e} (known: {', '.join(o.value for o in Objective)})") from None
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from gpupack.domain import Resource
-from gpupack.scheduler.problem import PlacementResult, ProofStatus
+from gpupack.scheduler.packing.problem import PlacementResult, ProofStatus
 
 RESOURCE_TITLES = {
     Resource.GPU_MEMORY: "gpu memory with server (MB)",
@@ -112,18 +112,10 @@ def render_json(
 ) -> str:
     document: dict[str, Any] = {
         "devices": [
-            {
-                "name": device,
-                "models": list(result.placement.models_on(device)),
-                "totals": {total_field(r): int(v) if r.is_bytes else round(v, 6) for r, v in totals.items()},
-            }
+            {"name": device, "models": list(result.placement.models_on(device)), "totals": totals_document(totals)}
             for device, totals in result.device_totals.items()
         ],
-        "device_count": result.device_count,
-        "lower_bound": result.lower_bound,
-        "optimal": result.optimal,
-        "solve_seconds": round(result.solve_seconds, 6),
-        "method": result.method,
+        **solve_document(result),
         "proof": result.proof.as_dict() if result.proof is not None else None,
         "seconds_by_phase": {name: round(v, 6) for name, v in result.seconds_by_phase.items()},
         "alert_policies_broken": list(broken_alerts),
@@ -142,6 +134,17 @@ def render_json(
             "seconds_by_phase": {name: round(v, 6) for name, v in cost.result.seconds_by_phase.items()},
         }
     return json.dumps(document, indent=2) + "\n"
+
+
+def totals_document(totals: Mapping[Resource, float]) -> dict[str, float]:
+    """A device's totals as JSON carries them: whole bytes, ratios to six places."""
+    return {total_field(r): int(v) if r.is_bytes else round(v, 6) for r, v in totals.items()}
+
+
+def solve_document(result: PlacementResult) -> dict[str, Any]:
+    """What the JSON of every plan (by policies or by demand) says of its solve."""
+    return {"device_count": result.device_count, "lower_bound": result.lower_bound, "optimal": result.optimal,
+            "solve_seconds": round(result.solve_seconds, 6), "method": result.method}
 
 
 def resources_shown(result: PlacementResult) -> list[Resource]:

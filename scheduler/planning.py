@@ -17,8 +17,8 @@ from gpupack.rules.compiled import Constraints
 from gpupack.rules.evaluator import Status, judge
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot
 from gpupack.scheduler.constraints import problem_from
-from gpupack.scheduler.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
-from gpupack.scheduler.solver import solve
+from gpupack.scheduler.packing.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
+from gpupack.scheduler.packing.solver import solve
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from gpupack.domain import Resource  # noqa: E402
 from gpupack.scheduler.plan_report import RESOURCE_TITLES  # noqa: E402
-from gpupack.scheduler.problem import PlacementProblem, PlacementResult  # noqa: E402
+from gpupack.scheduler.packing.problem import PlacementProblem, PlacementResult  # noqa: E402
 
 
 def plot_placement(problem: PlacementProblem, result: PlacementResult, path: str | Path) -> None:

@@ -75,6 +75,7 @@ def start_triton(
 
 # Two 160 MiB models: on one 448 MiB device both together (with a ~64 MiB server) break an 80%
 # policy, either alone does not. The rebalancing suites move one of them to an empty server.
+CROWDED_DEVICE_BYTES = 448 * MIB
 CROWDING_MODELS = [SampleModel("large-a", 160 * MIB), SampleModel("large-b", 160 * MIB)]
 CROWDING_PROFILE = """\
 server_baseline: {peak_gpu_memory_bytes: 64MiB}
@@ -104,7 +105,40 @@ def triton_server(start_triton: Callable[..., TritonServer]) -> TritonServer:
     return start_triton()
 
 
+# What a test needs besides Python, read off the test itself so that no marker has to be remembered;
+# `make test-fast` deselects all four. Every fixture that starts a tritonserver (``start_triton``,
+# ``triton_server``, ``start_crowded_fleet``, ``crowded_pair``, ``live_fleet`` ...) stands on
+# ``triton_installation``, and ``fixturenames`` holds what a test requests through other fixtures
+# too. A module whose text starts a server or runs one of the binaries has all its tests marked.
+TRITON_FIXTURE = "triton_installation"
+WORDS_NEEDING = {
+    "triton": ("TritonServer(", "triton_fleet("),
+    "prometheus": ("promtool", "run_prometheus(", "run_alertmanager("),
+    "container": ("podman",),
+}
+FOLDERS_NEEDING = {"containers": "container", "gpu": "gpu"}
+
+
+def _needs(item: pytest.Item, module_text: dict[Path, str]) -> set[str]:
+    path = Path(str(item.path))
+    if path not in module_text:
+        module_text[path] = path.read_text()
+    needs = {marker for marker, words in WORDS_NEEDING.items() if any(w in module_text[path] for w in words)}
+    if TRITON_FIXTURE in getattr(item, "fixturenames", ()):
+        needs.add("triton")
+    tests = Path(__file__).parent
+    folder = path.relative_to(tests).parts[0] if tests in path.parents else ""
+    if folder in FOLDERS_NEEDING:
+        needs.add(FOLDERS_NEEDING[folder])
+    return needs
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    module_text: dict[Path, str] = {}
+    for item in items:
+        for marker in sorted(_needs(item, module_text) - {m.name for m in item.iter_markers()}):
+            item.add_marker(marker)
     if shutil.which("nvidia-smi") or Path("/proc/driver/nvidia/version").exists():
         return
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU and driver")

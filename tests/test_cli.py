@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpupack import __version__
-from gpupack.cli import COMMANDS
+from gpupack.app.cli import COMMANDS
 
 
 def gpupack(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -45,8 +45,6 @@ def test_missing_config_file_is_one_line_exit_2(tmp_path):
 
 
 def test_config_file_can_come_from_the_environment(tmp_path):
-    import os
-
     missing = tmp_path / "from-env.yaml"
     result = gpupack("demo", env={**os.environ, "GPUPACK_CONFIG": str(missing)})
     assert result.returncode == 2

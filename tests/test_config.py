@@ -67,3 +67,27 @@ def test_rules_engine_listens_on_9479_by_default():
     from gpupack.rules.cli import SETTINGS
 
     assert resolve_settings("rules", SETTINGS, None, {}, {})["listen"] == ("0.0.0.0", 9479)
+
+
+@pytest.mark.parametrize("value", ["a, b,,c ", ["a", " b", "", "c"], ("a", "b", "c")])
+def test_a_list_setting_reads_alike_from_a_flag_and_from_a_yaml_list(value):
+    from gpupack.config import split_list
+
+    assert split_list(value) == ("a", "b", "c")
+
+
+def test_a_yaml_scalar_is_a_list_of_one_and_a_mapping_is_no_list():
+    from gpupack.config import split_list
+
+    assert split_list(4) == ("4",)
+    assert split_list("") == ()
+    with pytest.raises(ValueError, match="must be a list"):
+        split_list({"a": 1})
+
+
+@pytest.mark.parametrize("text", ["host:0", "host:http", "host:", "host:70000"])
+def test_a_listen_address_without_a_usable_port_is_refused(text):
+    from gpupack.config import parse_listen
+
+    with pytest.raises(ValueError, match="is not HOST:PORT"):
+        parse_listen(text, 9478)

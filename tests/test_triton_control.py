@@ -8,8 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from gpupack.testing.tritonserver import free_port
-from gpupack.triton_control import ServerEndpoint, TritonControl, TritonControlError
+from gpupack.triton.launcher import free_port
+from gpupack.triton.control import TritonControl, TritonControlError
+from gpupack.servers import ServerConfig
 
 
 @pytest.fixture
@@ -38,14 +39,14 @@ def hangs_up_mid_answer() -> Iterator[str]:
 
 
 def test_a_server_that_hangs_up_mid_answer_is_named_with_what_was_asked(hangs_up_mid_answer: str) -> None:
-    control = TritonControl(ServerEndpoint("flaky", hangs_up_mid_answer), timeout_seconds=5)
+    control = TritonControl(ServerConfig("flaky", hangs_up_mid_answer), timeout_seconds=5)
 
     with pytest.raises(TritonControlError, match=r"^flaky \(http://127\.0\.0\.1:\d+\): reading the repository index: "):
         control.ready_models()
 
 
 def test_a_server_that_is_not_there_is_named_and_not_live() -> None:
-    control = TritonControl(ServerEndpoint("gone", f"http://127.0.0.1:{free_port()}"), timeout_seconds=5)
+    control = TritonControl(ServerConfig("gone", f"http://127.0.0.1:{free_port()}"), timeout_seconds=5)
 
     with pytest.raises(TritonControlError, match=r"^gone \(http://127\.0\.0\.1:\d+\): unloading m: "):
         control.unload("m")
@@ -54,10 +55,10 @@ def test_a_server_that_is_not_there_is_named_and_not_live() -> None:
 
 def test_a_server_that_does_not_answer_is_not_a_model_that_unloaded(tmp_path) -> None:
     """Silence says nothing about the model: waiting for it to be gone must fail, not succeed."""
-    from gpupack.scheduler.audit import AuditLog
-    from gpupack.scheduler.executor import ServerPerDeviceExecutor, StepContext
+    from gpupack.scheduler.rebalance.audit import AuditLog
+    from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext
 
-    gone = ServerEndpoint("gone", f"http://127.0.0.1:{free_port()}")
+    gone = ServerConfig("gone", f"http://127.0.0.1:{free_port()}")
     control = TritonControl(gone, timeout_seconds=5)
     with pytest.raises(TritonControlError, match=r"^gone \(http://127\.0\.0\.1:\d+\): checking m: "):
         control.is_ready("m")

@@ -1,7 +1,7 @@
 """Real Triton servers and sample models with known footprints, for tests, benchmarks and the demo."""
 
-from gpupack.testing.models import SampleModel, seed_models, write_model_repository
-from gpupack.testing.tritonserver import (
+from gpupack.triton.sample_models import SampleModel, seed_models, write_model_repository
+from gpupack.triton.launcher import (
     TritonInstallation,
     TritonServer,
     TritonStartError,

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -32,8 +32,10 @@ import requests
 from gpupack.testing.gpu_check_table import Check, format_table
 from gpupack.testing.gpu_truth import DeviceTruth, find_libpython, hidden_modules_site
 from gpupack.testing.highwater import BackendWatch
-from gpupack.testing.tritonserver import TritonInstallation, TritonServer, find_tritonserver, free_port
-from gpupack.triton_processes import backend_processes
+from gpupack.timing import WaitTimeout, wait_until
+from gpupack.triton.launcher import TritonInstallation, TritonServer, find_tritonserver, free_port
+from gpupack.triton.processes import backend_processes
+from gpupack.triton.sample_models import SampleModel, write_model_repository
 
 MIB = 2**20
 LOAD_SECONDS = 10.0
@@ -42,26 +44,11 @@ UTILIZATION_TOLERANCE = 0.10
 SMI_TOLERANCE = 0.02
 
 
-@dataclass(frozen=True)
-class Model:
-    name: str
-    footprint_bytes: int
-    compute_seconds: float
-
-    def config_pbtxt(self, kind: str) -> str:
-        return f"""name: "{self.name}"
-backend: "python"
-max_batch_size: 8
-input [ {{ name: "INPUT0", data_type: TYPE_FP32, dims: [ 16 ] }} ]
-output [ {{ name: "OUTPUT0", data_type: TYPE_FP32, dims: [ 16 ] }} ]
-instance_group [ {{ kind: {kind}, count: 1 }} ]
-parameters: {{ key: "footprint_bytes", value: {{ string_value: "{self.footprint_bytes}" }} }}
-parameters: {{ key: "compute_seconds", value: {{ string_value: "{self.compute_seconds}" }} }}
-"""
-
-
-GPU_MODELS = (Model("gpu_a", 1024 * MIB, 0.004), Model("gpu_b", 2048 * MIB, 0.004))
-DRY_MODELS = (Model("gpu_a", 64 * MIB, 0.002), Model("gpu_b", 128 * MIB, 0.002))
+# Served by gpu_model.py, which reads footprint_bytes and compute_seconds from the config.
+GPU_MODELS = (SampleModel("gpu_a", 1024 * MIB, compute_seconds=0.004, instance_kind="KIND_GPU"),
+              SampleModel("gpu_b", 2048 * MIB, compute_seconds=0.004, instance_kind="KIND_GPU"))
+DRY_MODELS = (SampleModel("gpu_a", 64 * MIB, compute_seconds=0.002),
+              SampleModel("gpu_b", 128 * MIB, compute_seconds=0.002))
 
 
 class Run:
@@ -97,15 +84,6 @@ def _within(measured: float, truth: float, tolerance: float) -> bool:
     return truth > 0 and abs(measured - truth) <= tolerance * truth
 
 
-def _write_repository(root: Path, models: tuple[Model, ...], kind: str) -> Path:
-    source = Path(__file__).with_name("gpu_model.py")
-    for model in models:
-        (root / model.name / "1").mkdir(parents=True, exist_ok=True)
-        (root / model.name / "config.pbtxt").write_text(model.config_pbtxt(kind))
-        (root / model.name / "1" / "model.py").write_text(source.read_text())
-    return root
-
-
 def _installation(run: Run) -> TritonInstallation | None:
     libpython = find_libpython()
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -131,17 +109,19 @@ def _exporter(run: Run, server: TritonServer) -> tuple[subprocess.Popen[bytes], 
     return process, f"http://127.0.0.1:{port}"
 
 
-def _wait(predicate: Callable[[], object], timeout_seconds: float) -> object:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
+def _wait(predicate: Callable[[], object], timeout_seconds: float, what: str) -> bool:
+    """Whether ``predicate`` came true in time; an exporter that does not answer yet is a no."""
+    def answered() -> object:
         try:
-            value = predicate()
+            return predicate()
         except requests.RequestException:
-            value = None
-        if value:
-            return value
-        time.sleep(0.2)
-    return None
+            return None
+
+    try:
+        wait_until(answered, timeout_seconds, what, interval_seconds=0.2)
+    except WaitTimeout:
+        return False
+    return True
 
 
 def _current(exporter_url: str) -> dict[str, dict]:
@@ -160,12 +140,12 @@ def _series(exporter_url: str, name: str) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
+def _load(server: TritonServer, models: tuple[SampleModel, ...]) -> Iterator[None]:
     """Closed-loop requests to every model at once while the caller samples."""
     stop = threading.Event()
     body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
 
-    def drive(model: Model) -> None:
+    def drive(model: SampleModel) -> None:
         with requests.Session() as session:
             while not stop.is_set():
                 session.post(f"{server.http_url}/v2/models/{model.name}/infer", json=body, timeout=30)
@@ -184,7 +164,7 @@ def _load(server: TritonServer, models: tuple[Model, ...]) -> Iterator[None]:
             thread.join()
 
 
-def check_utilization(run: Run, server: TritonServer, exporter_url: str, models: tuple[Model, ...]) -> None:
+def check_utilization(run: Run, server: TritonServer, exporter_url: str, models: tuple[SampleModel, ...]) -> None:
     """Only scrapes where every model's figure is its own process's count: apportioned figures split
     the device's utilisation, so they would add up to it by construction."""
     sums, devices, scrapes = [], [], 0
@@ -272,7 +252,7 @@ def _rss(process: psutil.Process) -> int:
         return 0
 
 
-def check_unload_deltas(run: Run, server: TritonServer, exporter_url: str, models: tuple[Model, ...]) -> None:
+def check_unload_deltas(run: Run, server: TritonServer, exporter_url: str, models: tuple[SampleModel, ...]) -> None:
     current = _current(exporter_url)
     for model in models:
         entry = current.get(model.name, {})
@@ -280,7 +260,7 @@ def check_unload_deltas(run: Run, server: TritonServer, exporter_url: str, model
         pids = {p.pid for p in backend_processes(server.pid) if p.model == model.name}
         before = _used_bytes(run, server)
         server.unload_model(model.name)
-        _wait(lambda: not pids & {p.pid for p in backend_processes(server.pid)}, 60)
+        _wait(lambda: not pids & {p.pid for p in backend_processes(server.pid)}, 60, f"{model.name}'s stubs exiting")
         freed = before - _settled_used_bytes(run, server)
         name = f"{model.name} memory vs unload delta"
         if source != "process":
@@ -290,7 +270,7 @@ def check_unload_deltas(run: Run, server: TritonServer, exporter_url: str, model
                     f"within {MEMORY_TOLERANCE:.0%}; source=process")
 
 
-def check_profile(run: Run, server: TritonServer, model: Model) -> None:
+def check_profile(run: Run, server: TritonServer, model: SampleModel) -> None:
     out = run.work / "profile.yaml"
     read = run.truth.process_memory if run.truth is not None else None
     watch = BackendWatch(server.pid, read, 0.05) if read is not None else BackendWatch(server.pid)
@@ -321,7 +301,7 @@ def check(run: Run) -> None:
     if installation is None:
         return
     models = DRY_MODELS if run.dry else GPU_MODELS
-    repository = _write_repository(run.work / "models", models, "KIND_CPU" if run.dry else "KIND_GPU")
+    repository = write_model_repository(run.work / "models", models, Path(__file__).with_name("gpu_model.py"))
     server = TritonServer(repository, name="gpu-check", installation=installation,
                           log_path=run.work / "tritonserver.log")
     with server.start(timeout_seconds=120):
@@ -331,7 +311,7 @@ def check(run: Run) -> None:
                 "KIND_CPU (dry run)" if run.dry else "KIND_GPU")
         exporter, exporter_url = _exporter(run, server)
         try:
-            if not _wait(lambda: len(_current(exporter_url)) == len(models), 60):
+            if not _wait(lambda: len(_current(exporter_url)) == len(models), 60, "the exporter attributing both models"):
                 tail = " | ".join((run.work / "exporter.log").read_text(errors="replace").splitlines()[-3:])
                 run.add("exporter attributes both models", False, detail=f"exporter.log ends: {tail}"[:400])
                 return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from gpupack.triton_processes import backend_processes
+from gpupack.triton.processes import backend_processes
 
 
 def vmhwm_bytes(pid: int) -> int | None:

@@ -8,10 +8,11 @@ a hidden activation of ``hidden_width`` floats, so the runtime's arena grows wit
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
+
+from gpupack.triton.sample_models import write_model_repository
 
 FLOAT_BYTES = 4
 OPSET = 17
@@ -68,12 +69,8 @@ instance_group [ {{ kind: KIND_CPU, count: {self.instance_count} }} ]
 
 def write_onnx_model_repository(directory: str | Path, models: Iterable[OnnxSampleModel]) -> Path:
     """Lay out ``<dir>/<model>/config.pbtxt``, ``1/model.py`` and ``1/model.onnx`` for each model."""
-    root = Path(directory)
-    source = Path(__file__).with_name("onnx_model.py")
+    models = list(models)
+    root = write_model_repository(directory, models, Path(__file__).with_name("onnx_model.py"))
     for model in models:
-        version_dir = root / model.name / "1"
-        version_dir.mkdir(parents=True, exist_ok=True)
-        (root / model.name / "config.pbtxt").write_text(model.config_pbtxt())
-        shutil.copyfile(source, version_dir / "model.py")
-        (version_dir / "model.onnx").write_bytes(model.onnx_bytes())
+        (root / model.name / "1" / "model.onnx").write_bytes(model.onnx_bytes())
     return root

@@ -24,6 +24,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from gpupack import timing
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = ROOT / "deploy" / "podman" / "stack.sh"
 PROJECT = "gpupack-cpu"
@@ -127,14 +129,15 @@ def _port_taken(port: int) -> bool:
 
 
 def wait_until(condition: Callable[[], Any], timeout_seconds: float, what: str, every_seconds: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
+    """:func:`gpupack.timing.wait_until`, where a condition that raises (a service still starting,
+    a connection refused) counts as not yet."""
+
+    def holds() -> Any:
         with contextlib.suppress(Exception):
-            value = condition()
-            if value:
-                return value
-        time.sleep(every_seconds)
-    pytest.fail(f"not within {timeout_seconds:.0f} s: {what}")
+            return condition()
+        return None
+
+    return timing.wait_until(holds, timeout_seconds, what, every_seconds)
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +150,7 @@ def running_stack(images: dict[str, int]) -> Iterator[Stack]:
     webhook.received = []  # type: ignore[attr-defined]
     threading.Thread(target=webhook.serve_forever, daemon=True).start()
     started = time.monotonic()
+    healthy_by = timing.Deadline.after(HEALTHY_TIMEOUT_SECONDS)
     try:
         stack("up", timeout=600)
         listed = podman("ps", "--all", "--filter", f"label=io.podman.compose.project={PROJECT}", "--format", "json")
@@ -154,8 +158,8 @@ def running_stack(images: dict[str, int]) -> Iterator[Stack]:
         assert sorted(containers) == sorted(SERVICES)
         running = Stack(containers, webhook.received)  # type: ignore[attr-defined]
         for service in SERVICES:
-            wait_until(lambda: running.healthy(service), HEALTHY_TIMEOUT_SECONDS - (time.monotonic() - started),
-                       f"{service} healthy", every_seconds=0.5)
+            wait_until(lambda: running.healthy(service), healthy_by.remaining(), f"{service} healthy",
+                       every_seconds=0.5)
         MEASURED["time to healthy"] = f"{time.monotonic() - started:.1f} s from 'up' until all six containers pass their health checks"
         yield running
     finally:

@@ -17,7 +17,8 @@ import pytest
 import requests
 import yaml
 
-from gpupack.triton_control import ServerEndpoint, TritonControl
+from gpupack.triton.control import TritonControl
+from gpupack.servers import ServerConfig
 from tests.containers.conftest import MEASURED, PROJECT, ROOT, Stack, podman, stack, wait_until
 
 # The first test builds the images: from nothing (a fresh machine) that takes ~10 minutes on 2 cores.
@@ -38,7 +39,7 @@ def query(promql: str) -> list[dict[str, Any]]:
 
 
 def ready_models(server: str) -> list[str]:
-    return sorted(TritonControl(ServerEndpoint(server, TRITON[server]), 30).ready_models())
+    return sorted(TritonControl(ServerConfig(server, TRITON[server]), 30).ready_models())
 
 
 def test_prometheus_in_its_container_scrapes_the_exporter_and_rules_engine_in_theirs(running_stack: Stack) -> None:
@@ -82,7 +83,7 @@ def test_containers_run_as_the_kubernetes_manifests_say(running_stack: Stack, se
 
 def test_a_model_breaking_the_80_percent_policy_alerts_is_moved_and_the_violation_clears(running_stack: Stack) -> None:
     assert ready_models("triton-0") == ["large-a"] and ready_models("triton-1") == []
-    TritonControl(ServerEndpoint("triton-0", TRITON["triton-0"]), 120).load("large-b")
+    TritonControl(ServerConfig("triton-0", TRITON["triton-0"]), 120).load("large-b")
 
     def fired() -> list[dict[str, Any]]:
         return [a for a in running_stack.alerts("firing") if a["labels"]["alertname"] == "GpupackGpuMemory80"]

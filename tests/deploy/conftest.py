@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as triton_http
 
 from gpupack.testing import TritonInstallation, TritonServer
-from gpupack.testing.tritonserver import free_port
+from gpupack.triton.launcher import free_port
 from tests.deploy.promstack import run_process
 
 SERVER, SPARE_SERVER = "triton-a", "triton-b"

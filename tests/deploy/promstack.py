@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -19,7 +18,8 @@ import pytest
 import requests
 import yaml
 
-from gpupack.testing.tritonserver import free_port
+from gpupack.timing import WaitTimeout, wait_until
+from gpupack.triton.launcher import free_port
 
 PROMETHEUS = "/usr/bin/prometheus"
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -32,6 +32,23 @@ def require_binary(path_or_name: str) -> str:
     return found
 
 
+def _wait_ready(process: subprocess.Popen[bytes], name: str, ready_url: str, log_path: Path,
+                timeout_seconds: float) -> None:
+    """Until ``ready_url`` answers 200; a process that exits or stays unready fails with its log's end."""
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited during start-up:\n{log_path.read_text()[-2000:]}")
+        with contextlib.suppress(requests.RequestException):
+            return requests.get(ready_url, timeout=1).status_code == 200
+        return False
+
+    try:
+        wait_until(ready, timeout_seconds, f"{name} answering {ready_url}")
+    except WaitTimeout as e:
+        raise RuntimeError(f"{e}:\n{log_path.read_text()[-2000:]}") from e
+
+
 @contextlib.contextmanager
 def run_process(args: Sequence[str], log_path: Path, ready_url: str, timeout_seconds: float = 30.0) -> Iterator[None]:
     """Run ``args`` until the block ends, once ``ready_url`` answers 200; output goes to ``log_path``."""
@@ -40,17 +57,7 @@ def run_process(args: Sequence[str], log_path: Path, ready_url: str, timeout_sec
             list(args), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            deadline = time.monotonic() + timeout_seconds
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{args[0]} exited during start-up:\n{log_path.read_text()[-2000:]}")
-                with contextlib.suppress(requests.RequestException):
-                    if requests.get(ready_url, timeout=1).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"{args[0]} not ready after {timeout_seconds:.0f}s:\n{log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
+            _wait_ready(process, args[0], ready_url, log_path, timeout_seconds)
             yield
         finally:
             with contextlib.suppress(ProcessLookupError):
@@ -125,15 +132,3 @@ def run_alertmanager(config_path: Path, workdir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with run_process(args, workdir / "alertmanager.log", f"{url}/-/ready"):
         yield url
-
-
-def wait_for(predicate: Any, timeout_seconds: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout_seconds
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_seconds:.0f}s waiting for {what}")
-        time.sleep(0.25)

@@ -16,8 +16,10 @@ import pytest
 import requests
 import yaml
 
+from gpupack.timing import wait_until
+
 from tests.deploy.conftest import SERVER, LiveFleet
-from tests.deploy.promstack import run_alertmanager, run_prometheus, wait_for
+from tests.deploy.promstack import run_alertmanager, run_prometheus
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus]
 
@@ -55,8 +57,8 @@ def test_breached_policies_reach_alertmanager_routed_by_severity(live_fleet: Liv
             "scrape_configs": live_fleet.scrape_configs,
         }
         with run_prometheus(config, tmp_path / "prometheus", {"policies.rules.yaml": rules}):
-            alerts = wait_for(lambda: len(_policy_alerts(am_url)) == 2 and _policy_alerts(am_url), 60,
-                              "both breached policies in Alertmanager")
+            alerts = wait_until(lambda: len(_policy_alerts(am_url)) == 2 and _policy_alerts(am_url), 60,
+                                "both breached policies in Alertmanager")
 
     receivers = {a["labels"]["policy"]: [r["name"] for r in a["receivers"]] for a in alerts}
     assert receivers == {"memory-tiny": ["gpupack"], "memory-tiny-critical": ["gpupack-critical"]}

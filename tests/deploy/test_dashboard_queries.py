@@ -12,9 +12,11 @@ from typing import Iterator
 
 import pytest
 
+from gpupack.timing import wait_until
+
 from tests.deploy.conftest import IDLE_MODEL, LOADED_MODEL, NOT_BUILT, SERVER, SPARE_SERVER, LiveFleet
 from tests.deploy.dashboards import PanelQuery, panel_queries, substitute
-from tests.deploy.promstack import Prometheus, run_prometheus, wait_for
+from tests.deploy.promstack import Prometheus, run_prometheus
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus]
 
@@ -47,10 +49,10 @@ def components_of(expr: str) -> set[str]:
 def prometheus(live_fleet: LiveFleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prometheus]:
     config = {"global": {"scrape_interval": f"{SCRAPE_INTERVAL_SECONDS}s"}, "scrape_configs": live_fleet.scrape_configs}
     with run_prometheus(config, tmp_path_factory.mktemp("prometheus")) as prometheus:
-        wait_for(lambda: prometheus.query(f'rate(nv_inference_request_success{{model="{LOADED_MODEL}"}}[4s]) > 0'),
-                 60, "Prometheus to see the steady requests")
+        wait_until(lambda: prometheus.query(f'rate(nv_inference_request_success{{model="{LOADED_MODEL}"}}[4s]) > 0'),
+                   60, "Prometheus to see the steady requests")
         if "rebalance" in live_fleet.running:
-            wait_for(lambda: prometheus.query(MOVED), 90, "Prometheus to see the scheduler's move")
+            wait_until(lambda: prometheus.query(MOVED), 90, "Prometheus to see the scheduler's move")
         yield prometheus
 
 
@@ -64,12 +66,12 @@ def test_panel_query_returns_data(live_fleet: LiveFleet, prometheus: Prometheus,
     if missing:
         pytest.skip("; ".join(NOT_AVAILABLE[c] for c in missing))
     expr = substitute(query.expr, VALUES)
-    assert wait_for(lambda: _finite(prometheus.query(expr)), 15, f"data for {expr}")
+    assert wait_until(lambda: _finite(prometheus.query(expr)), 15, f"data for {expr}")
 
 
 def test_variable_queries_offer_the_running_fleet(live_fleet: LiveFleet, prometheus: Prometheus) -> None:
     live_fleet.require("exporter")
-    wait_for(lambda: prometheus.query("gpupack_model_memory_peak_bytes"), 30, "the exporter's series")
+    wait_until(lambda: prometheus.query("gpupack_model_memory_peak_bytes"), 30, "the exporter's series")
     assert SERVER in prometheus.label_values("server", "gpupack_server_up")
     assert VALUES["device"] in prometheus.label_values("device", "gpupack_device_memory_total_bytes")
     models = prometheus.label_values("model", f'gpupack_model_memory_peak_bytes{{server=~"{SERVER}"}}')

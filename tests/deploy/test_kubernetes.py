@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from gpupack.config import resolve_settings
-from gpupack.exporter.settings import load_servers
+from gpupack.servers import load_servers
 from gpupack.rules.cli import SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpupack.cli import build_parser
+from gpupack.app.cli import build_parser
 from gpupack.config import load_config_file
 from gpupack.exporter.settings import load_settings
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from gpupack.cli import main
-from gpupack.testing.tritonserver import free_port
+from gpupack.app.cli import main
+from gpupack.triton.launcher import free_port
 from tests.exporter.conftest import model_entry, peaks, wait_until
 
 GPUPACK = [sys.executable, "-m", "gpupack"]
@@ -54,7 +54,8 @@ def test_a_metrics_flag_naming_no_family_is_one_line_and_exit_2(tmp_path, capsys
 
 def test_a_servers_model_lists_in_the_config_are_read_once_into_its_filter(tmp_path):
     from gpupack.config import load_config_file
-    from gpupack.exporter.settings import ModelFilter, load_settings
+    from gpupack.exporter.settings import load_settings
+    from gpupack.servers import ModelFilter
 
     config = tmp_path / "config.yaml"
     config.write_text("exporter:\n  metrics: gpupack_model_*\n  servers:\n    - name: a\n      url: http://127.0.0.1:1\n"

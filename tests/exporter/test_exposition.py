@@ -10,7 +10,7 @@ from gpupack.exporter.usage import ModelUsage
 from gpupack.exporter.collector import SnapshotCollector
 from gpupack.exporter.exposition import ExpositionRenderer, render_once
 from gpupack.exporter.families import FAMILIES, parse_family_selection
-from gpupack.exporter.settings import ModelFilter
+from gpupack.servers import ModelFilter
 from gpupack.exporter.snapshot import ServerState, Snapshot
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from gpupack.devices import InstanceGroup, instance_groups
 from gpupack.exporter.attribution import Attributor, ServerInputs
-from gpupack.exporter.sources.host import HostReading, ProcessUsage
-from gpupack.exporter.sources.nvml import NvmlDoor, NvmlSource
-from gpupack.exporter.sources.triton import InstanceGroup, MemoryUsage, ModelReading, TritonReading
-from gpupack.triton_processes import BackendProcess
-from tests.exporter.fakes import GIB, FakeGpu, fake_pynvml
+from gpupack.exporter.triton_source import MemoryUsage, ModelReading, TritonReading
+from gpupack.measurement.host import HostReading, ProcessUsage
+from gpupack.measurement.nvml import NvmlDoor, NvmlSource
+from gpupack.triton.processes import BackendProcess
+from gpupack.testing.fakes import GIB, FakeGpu, fake_pynvml
 
 
 def test_gpus_are_read_with_identity_memory_and_ratios():
@@ -68,6 +69,17 @@ def test_gpu_memory_is_attributed_by_process_then_triton_and_the_rest_is_the_ser
     assert attribution.unattributed_memory_bytes[("t", "GPU-a")] == 3 * GIB
     (device,) = attribution.devices
     assert device.servers == ("t",) and device.capacity_bytes == 80 * GIB
+
+
+def test_a_model_that_leaves_its_kind_to_triton_is_measured_on_the_servers_gpu_where_triton_puts_it():
+    gpu = FakeGpu("GPU-a", used_bytes=12 * GIB, processes={1: 5 * GIB})
+    (reading,) = NvmlSource(NvmlDoor(fake_pynvml([gpu]))).read()
+    auto = instance_groups({})  # no instance_group: KIND_AUTO, which Triton puts on the GPUs it has
+    triton = TritonReading("t", 0.0, (ModelReading("auto_model", "1", auto, memory_usage=(MemoryUsage("GPU", 0, 2 * GIB),)),))
+    attribution = Attributor().attribute([ServerInputs("t", triton, None, _host({}))], (reading,), host_devices=False)
+    (model,) = attribution.models
+    assert (model.device, model.memory_bytes, model.memory_source) == ("GPU-a", 2 * GIB, "triton")
+    assert attribution.unattributed_memory_bytes[("t", "GPU-a")] == 3 * GIB
 
 
 def test_a_model_nothing_else_measures_gets_its_load_delta():

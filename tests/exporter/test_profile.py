@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import requests
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 from gpupack.config import load_config_file
 from gpupack.exporter.daemon import Exporter
 from gpupack.exporter.settings import load_settings
-from gpupack.exporter.sources.nvml import NvmlDoor
-from gpupack.testing.tritonserver import free_port
+from gpupack.measurement.nvml import NvmlDoor
+from gpupack.triton.launcher import free_port
 from tests.exporter.conftest import model_entry, peaks, wait_until
-from tests.exporter.fakes import GIB, FakeGpu, FakeTritonClient, fake_pynvml
+from gpupack.testing.fakes import GIB, FakeGpu, FakeTritonClient, fake_pynvml
 
 _ON_GPU_0 = {"instance_group": [{"kind": "KIND_GPU", "count": 1, "gpus": [0]}]}
 

@@ -14,7 +14,9 @@ from prometheus_client import parser as text_parser
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from gpupack.exporter.families import parse_family_selection
-from tests.deploy.promstack import Prometheus, require_binary, run_prometheus, wait_for
+from gpupack.timing import wait_until
+
+from tests.deploy.promstack import Prometheus, require_binary, run_prometheus
 from tests.exporter.conftest import wait_until
 
 pytestmark = [pytest.mark.triton, pytest.mark.prometheus]
@@ -121,14 +123,14 @@ def test_a_real_prometheus_scrapes_the_exporter_in_both_formats(start_triton, ex
     config = {"global": {"scrape_interval": "1s"},
               "scrape_configs": [{"job_name": "gpupack", "static_configs": [{"targets": [target]}]}]}
     with run_prometheus(config, tmp_path / "prometheus") as prometheus:
-        (series,) = wait_for(lambda: prometheus.query('gpupack_model_memory_bytes{model="small"}'), 60,
+        (series,) = wait_until(lambda: prometheus.query('gpupack_model_memory_bytes{model="small"}'), 60,
                              "Prometheus to scrape the model's memory")
         assert series["metric"]["source"] == "process" and float(series["value"][1]) > 40 * 2**20
         (up,) = prometheus.query('gpupack_server_up{server="a"}')
         assert up["value"][1] == "1"
         # Each parser names a counter family its own way: the proof of which format was read.
         family = "gpupack_collect_errors" if fmt == "openmetrics" else "gpupack_collect_errors_total"
-        metadata = wait_for(lambda: _metadata(prometheus).get(family), 30, f"metadata of {family}")
+        metadata = wait_until(lambda: _metadata(prometheus).get(family), 30, f"metadata of {family}")
         assert metadata[0]["type"] == "counter"
         (target_state,) = prometheus.active_targets()
         assert target_state["health"] == "up" and not target_state["lastError"]

@@ -5,27 +5,15 @@ from __future__ import annotations
 import threading
 import time
 
-import psutil
 import pytest
 import requests
 
 from gpupack.testing import TritonServer
-from gpupack.triton_processes import backend_processes
-from tests.exporter.conftest import model_entry, peaks, wait_until
+from gpupack.triton.processes import backend_processes
+from tests.exporter.conftest import measured_now, model_entry, peaks, server_config, tree_rss_bytes, wait_until
 
 pytestmark = pytest.mark.triton
 MIB = 2**20
-
-
-def _tree_rss_bytes(pid: int) -> int:
-    root = psutil.Process(pid)
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def _infer(server: TritonServer, model: str) -> None:
@@ -34,23 +22,18 @@ def _infer(server: TritonServer, model: str) -> None:
     assert response.status_code == 200, response.text
 
 
-def _current(url: str, model: str) -> dict | None:
-    entry = model_entry(peaks(url), model)
-    return entry if entry and entry.get("loaded") and "gpu_memory" in entry.get("current", {}) else None
-
-
 def test_attributed_memory_is_within_10_percent_of_what_unloading_frees(start_triton, exporter_factory):
     server = start_triton(name="a", models=["large", "small"])
     exporter = exporter_factory([server])
-    entry = wait_until(lambda: _current(exporter.url, "large"))
+    entry = wait_until(lambda: measured_now(exporter.url, "large"))
     assert entry["source"] == "process"
     time.sleep(0.3)
-    attributed = _current(exporter.url, "large")["current"]["gpu_memory"]
+    attributed = measured_now(exporter.url, "large")["current"]["gpu_memory"]
     stub_pids = {p.pid for p in backend_processes(server.pid) if p.model == "large"}
-    before = _tree_rss_bytes(server.pid)
+    before = tree_rss_bytes(server.pid)
     server.unload_model("large")
     wait_until(lambda: not stub_pids & {p.pid for p in backend_processes(server.pid)})
-    freed = before - _tree_rss_bytes(server.pid)
+    freed = before - tree_rss_bytes(server.pid)
     assert freed > 150 * MIB  # the model holds 160 MiB: the ground truth itself is sane
     assert abs(attributed - freed) <= 0.10 * freed, f"attributed {attributed / MIB:.1f} MiB, unloading freed {freed / MIB:.1f} MiB"
 
@@ -58,7 +41,7 @@ def test_attributed_memory_is_within_10_percent_of_what_unloading_frees(start_tr
 def test_a_300ms_spike_between_two_rare_scrapes_is_in_the_peak(start_triton, exporter_factory):
     server = start_triton(name="a", models=["spiky"])
     exporter = exporter_factory([server], sample_hz=5)
-    resident = wait_until(lambda: _current(exporter.url, "spiky"))["current"]["gpu_memory"]
+    resident = wait_until(lambda: measured_now(exporter.url, "spiky"))["current"]["gpu_memory"]
     time.sleep(0.5)
     # Meanwhile a scraper asks for OpenMetrics + gzip back to back, so the render thread renders
     # and compresses every page it may while the sampler is meant to catch the spike.
@@ -74,13 +57,13 @@ def test_a_300ms_spike_between_two_rare_scrapes_is_in_the_peak(start_triton, exp
     scraper.start()
     try:
         _infer(server, "spiky")  # holds 2 x 64 MiB more for 300 ms, between our two scrapes
-        time.sleep(0.5)
+        # The spike is over once a sample shows the model back near its resident memory.
+        entry = wait_until(lambda: (e := measured_now(exporter.url, "spiky"))
+                           and e["current"]["gpu_memory"] < resident + 32 * MIB and e, what="a sample after the spike")
     finally:
         stop.set()
         scraper.join()
-    entry = model_entry(peaks(exporter.url), "spiky")
-    assert entry["peaks"]["gpu_memory"] >= resident + 100 * MIB
-    assert entry["current"]["gpu_memory"] < resident + 32 * MIB  # the spike is over; only the peak kept it
+    assert entry["peaks"]["gpu_memory"] >= resident + 100 * MIB  # only the peak kept it
     metrics = requests.get(f"{exporter.url}/metrics", timeout=5).text
     peak_line = next(line for line in metrics.splitlines()
                      if line.startswith("gpupack_model_memory_peak_bytes{") and 'model="spiky"' in line)
@@ -90,7 +73,7 @@ def test_a_300ms_spike_between_two_rare_scrapes_is_in_the_peak(start_triton, exp
 def test_unloaded_model_stops_being_current_but_keeps_its_peak(start_triton, exporter_factory):
     server = start_triton(name="a", models=["small", "medium"])
     exporter = exporter_factory([server])
-    peak = wait_until(lambda: _current(exporter.url, "medium"))["current"]["gpu_memory"]
+    peak = wait_until(lambda: measured_now(exporter.url, "medium"))["current"]["gpu_memory"]
     server.unload_model("medium")
     entry = wait_until(lambda: (e := model_entry(peaks(exporter.url), "medium")) and not e["loaded"] and e)
     assert "current" not in entry
@@ -109,7 +92,7 @@ def test_stopping_a_server_flips_its_up_to_0_and_the_exporter_keeps_serving(star
     a = start_triton(name="a", models=["small"])
     b = start_triton(name="b", models=["medium"])
     exporter = exporter_factory([a, b])
-    wait_until(lambda: _current(exporter.url, "small") and _current(exporter.url, "medium"))
+    wait_until(lambda: measured_now(exporter.url, "small") and measured_now(exporter.url, "medium"))
     a.stop()
 
     def up_lines() -> dict[str, str]:
@@ -126,9 +109,7 @@ def test_stopping_a_server_flips_its_up_to_0_and_the_exporter_keeps_serving(star
 
 
 def test_a_server_watched_over_grpc_is_measured_the_same_way(start_triton, exporter_factory):
-    from tests.exporter.conftest import server_config
-
     server = start_triton(name="a", models=["small"])
     exporter = exporter_factory([server_config(server, protocol="grpc", url=server.grpc_address)])
-    entry = wait_until(lambda: _current(exporter.url, "small"))
+    entry = wait_until(lambda: measured_now(exporter.url, "small"))
     assert entry["source"] == "process" and entry["current"]["gpu_memory"] > 48 * MIB

@@ -6,10 +6,10 @@ import pytest
 import requests
 
 from gpupack.exporter.daemon import Exporter
-from gpupack.exporter.settings import ServerConfig
-from gpupack.exporter.sources.nvml import NvmlDoor
+from gpupack.servers import ServerConfig
+from gpupack.measurement.nvml import NvmlDoor
 from tests.exporter.conftest import exporter_settings, running_exporter, server_config, wait_until
-from tests.exporter.fakes import FakeGpu, FakeTritonClient, fake_pynvml
+from gpupack.testing.fakes import FakeGpu, FakeTritonClient, fake_pynvml
 
 
 def _metric(url: str, prefix: str) -> str | None:

@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from gpupack.triton_processes import backend_processes
+from gpupack.triton.processes import backend_processes
 from tests.exporter.conftest import model_entry, peaks, running_exporter, wait_until
 
 pytestmark = pytest.mark.triton

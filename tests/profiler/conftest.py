@@ -1,4 +1,5 @@
-"""Model repositories for the profiler's suites.
+"""Model repositories for the profiler's suites, a fresh server over them, and ``gpupack`` run (and
+interrupted) as a user runs it.
 
 A model's truth is its backend process's own high-water mark (``VmHWM``, watched with
 :class:`gpupack.testing.highwater.BackendWatch`), exact for a one-process model: the stub's own
@@ -7,13 +8,15 @@ A model's truth is its backend process's own high-water mark (``VmHWM``, watched
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from gpupack.testing import SampleModel, write_model_repository
+from gpupack.testing import SampleModel, TritonServer, write_model_repository
 
 MIB = 2**20
 
@@ -39,5 +42,36 @@ def profile_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   [*PROFILED, SMALL, SPIKY, BROKEN, IDLE, *SEARCHED])
 
 
+@pytest.fixture
+def server(start_triton: Callable[..., TritonServer], profile_repository: Path) -> TritonServer:
+    """A fresh server over the profiler's repository with nothing loaded: the profiler loads what it measures."""
+    return start_triton(name="profiled", repository=profile_repository)
+
+
 def gpupack(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gpupack", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def _sigint_as_from_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def start_gpupack(*args: str) -> subprocess.Popen[str]:
+    """``gpupack ARGS`` running, its output piped. Ctrl-C reaches it as from a terminal even where this
+    test run ignores SIGINT (a shell's background job does, and a child would inherit that)."""
+    return subprocess.Popen([sys.executable, "-m", "gpupack", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_sigint_as_from_a_terminal)
+
+
+def interrupted(process: subprocess.Popen[str], measured: Callable[[subprocess.Popen[str]], object],
+                interrupt: Callable[[subprocess.Popen[str]], object], timeout_seconds: float = 120) -> str:
+    """A running ``gpupack profile``: once ``measured(process)`` returns, ``interrupt(process)`` (a
+    signal to it, a server killed under it), then its end; its stderr. Killed if anything fails, so
+    a failing test leaves no profiler running."""
+    try:
+        measured(process)
+        interrupt(process)
+        _, stderr = process.communicate(timeout=timeout_seconds)
+    finally:
+        process.kill()
+    return stderr

@@ -12,7 +12,7 @@ from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import (InputSpec, LoadGenerator, ModelSignature, UnsupportedModelError, random_inputs,
                                       signature_from_config)
 from gpupack.testing import TritonServer
-from gpupack.testing.tritonserver import free_port
+from gpupack.triton.launcher import free_port
 
 CONFIG = {
     "name": "m",

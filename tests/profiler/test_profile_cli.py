@@ -7,9 +7,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -18,15 +16,14 @@ from gpupack.domain import Resource
 from gpupack.testing import TritonServer
 from gpupack.testing.highwater import BackendWatch
 
-from tests.profiler.conftest import BROKEN, IDLE, PROFILED, SMALL, gpupack
+from tests.profiler.conftest import BROKEN, IDLE, PROFILED, SMALL, gpupack, interrupted, start_gpupack
 
 pytestmark = pytest.mark.triton
 
 
 def test_three_models_profile_matches_their_footprints_and_tritons_counts_and_feeds_plan(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="profiled", repository=profile_repository)
     out, report = tmp_path / "profile.yaml", tmp_path / "report"
     models = [m.name for m in PROFILED]
 
@@ -69,11 +66,10 @@ def test_three_models_profile_matches_their_footprints_and_tritons_counts_and_fe
 
 
 def test_on_a_fresh_server_a_model_is_charged_its_own_high_water_mark_not_the_servers_growth(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
     # The server process grows by ~3 MiB on its first load and requests and keeps it: charged to
     # the model, that was 6% of a bare stub's ~45 MiB. Per-process attribution is exact: 2% holds.
-    server = start_triton(name="fresh", repository=profile_repository)
     out = tmp_path / "profile.yaml"
 
     with BackendWatch(server.pid) as high_water:
@@ -102,12 +98,9 @@ def test_model_that_fails_to_load_is_reported_and_skipped(
 
 
 def _start_profile(server: TritonServer, out: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpupack", "profile", "--server", server.http_url, "--backend", "host",
-         "--models", f"{SMALL.name},{PROFILED[0].name}", "--batch", "1,2", "--concurrency", "1,2",
-         "--duration", "1s", "--warmup", "0.2s", "--out", str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    return start_gpupack("profile", "--server", server.http_url, "--backend", "host",
+                         "--models", f"{SMALL.name},{PROFILED[0].name}", "--batch", "1,2", "--concurrency", "1,2",
+                         "--duration", "1s", "--warmup", "0.2s", "--out", str(out), *extra)
 
 
 def _wait_for_first_point(process: subprocess.Popen[str]) -> list[str]:
@@ -121,17 +114,11 @@ def _wait_for_first_point(process: subprocess.Popen[str]) -> list[str]:
 
 
 def test_ctrl_c_writes_the_points_measured_and_leaves_no_model_loaded(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="interrupted", repository=profile_repository)
     out = tmp_path / "partial.yaml"
     process = _start_profile(server, out)
-    try:
-        _wait_for_first_point(process)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    stderr = interrupted(process, _wait_for_first_point, lambda p: p.send_signal(signal.SIGINT))
 
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
@@ -142,17 +129,11 @@ def test_ctrl_c_writes_the_points_measured_and_leaves_no_model_loaded(
 
 
 def test_server_that_dies_stops_the_run_with_a_clear_message(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="dying", repository=profile_repository)
     out = tmp_path / "partial.yaml"
     process = _start_profile(server, out)
-    try:
-        _wait_for_first_point(process)
-        os.killpg(server.pid, signal.SIGKILL)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        process.kill()
+    stderr = interrupted(process, _wait_for_first_point, lambda _: os.killpg(server.pid, signal.SIGKILL))
 
     assert process.returncode == 1, stderr
     assert f"server {server.http_address}" in stderr

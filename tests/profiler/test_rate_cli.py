@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
@@ -19,9 +18,8 @@ QUICK = ("--duration", "0.5s", "--warmup", "0.1s", "--backend", "host")
 
 
 def test_search_at_request_rates_tracks_the_offered_rate_and_the_planners_read_the_points(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="rated", repository=profile_repository)
     out, report = tmp_path / "profile.yaml", tmp_path / "report"
 
     result = gpupack("profile", "--server", server.http_url, "--models", "light", "--search", "exhaustive",
@@ -51,9 +49,8 @@ def test_search_at_request_rates_tracks_the_offered_rate_and_the_planners_read_t
 
 
 def test_plain_sweep_at_request_rates_writes_rate_points(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="swept", repository=profile_repository)
     out = tmp_path / "profile.yaml"
 
     result = gpupack("profile", "--server", server.http_url, "--models", "small", "--request-rate", "25,50",

@@ -8,9 +8,9 @@ from typing import Callable
 
 import pytest
 
-from gpupack.exporter.settings import ServerConfig
-from gpupack.exporter.sources.host import HostSource
-from gpupack.exporter.sources.nvml import GpuReading
+from gpupack.servers import ServerConfig
+from gpupack.measurement.host import HostSource
+from gpupack.measurement.nvml import GpuReading
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator, signature_from_config
 from gpupack.profiler.sampler import HostProbe, NvmlProbe, PeakSampler

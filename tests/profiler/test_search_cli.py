@@ -6,8 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +14,9 @@ import yaml
 
 from gpupack.profiles import load_profile
 from gpupack.testing import TritonServer
+from gpupack.timing import wait_until
 
-from tests.profiler.conftest import SEARCHED, gpupack
+from tests.profiler.conftest import SEARCHED, gpupack, interrupted, start_gpupack
 
 pytestmark = pytest.mark.triton
 SPACE = ("--instances", "1,2", "--max-batch", "1,4", "--dynamic-batching", "off,on", "--max-queue-delay", "0.5ms")
@@ -25,9 +24,8 @@ QUICK = ("--duration", "0.3s", "--warmup", "0.1s", "--backend", "host")
 
 
 def test_quick_search_recommends_a_config_per_model_within_budget_and_leaves_nothing_loaded(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
 ) -> None:
-    server = start_triton(name="searched", repository=profile_repository)
     out, report, deploy = tmp_path / "profile.yaml", tmp_path / "report", tmp_path / "deploy"
     models = [m.name for m in SEARCHED]
 
@@ -63,10 +61,8 @@ def test_quick_search_recommends_a_config_per_model_within_budget_and_leaves_not
 
 
 def _start(server: TritonServer, out: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpupack", "profile", "--server", server.http_url, "--models", SEARCHED[0].name,
-         "--search", "exhaustive", *SPACE, *QUICK, "--concurrency", "1,2,4", "--out", str(out), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_gpupack("profile", "--server", server.http_url, "--models", SEARCHED[0].name, "--search", "exhaustive",
+                         *SPACE, *QUICK, "--concurrency", "1,2,4", "--out", str(out), *extra)
 
 
 def _measured_points(checkpoint: Path) -> dict[str, list[dict]]:
@@ -77,34 +73,29 @@ def _measured_points(checkpoint: Path) -> dict[str, list[dict]]:
     return {name: record["points"] for name, record in configs.items()}
 
 
-def _wait_for_points(checkpoint: Path, count: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 300
-    while sum(len(p) for p in _measured_points(checkpoint).values()) < count:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+def _points_measured(checkpoint: Path, count: int) -> Callable[[subprocess.Popen[str]], object]:
+    """What :func:`interrupted` waits for: ``count`` points in the checkpoint, the profiler still running."""
 
+    def measured(process: subprocess.Popen[str]) -> None:
+        def enough() -> bool:
+            assert process.poll() is None, process.communicate()
+            return sum(len(p) for p in _measured_points(checkpoint).values()) >= count
 
-def _wait_unloaded(server: TritonServer) -> None:
-    deadline = time.monotonic() + 60
-    while server.ready_models():
-        assert time.monotonic() < deadline, server.ready_models()
-        time.sleep(0.1)
+        wait_until(enough, 300, f"{count} points in {checkpoint.name}")
+
+    return measured
 
 
 def test_resume_after_kill_9_measures_only_what_was_left_and_no_variant_stays_loaded(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="killed", repository=profile_repository)
     out = tmp_path / "profile.yaml"
     checkpoint = tmp_path / "profile.yaml.checkpoint.json"
-    process = _start(server, out)
-    _wait_for_points(checkpoint, 4, process)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    interrupted(_start(server, out), _points_measured(checkpoint, 4), lambda p: p.send_signal(signal.SIGKILL))
     before = _measured_points(checkpoint)
 
-    _wait_unloaded(server)  # the guard restored the server the moment the profiler died
+    # The guard restored the server the moment the profiler died.
+    wait_until(lambda: not server.ready_models(), 60, "every variant unloaded")
 
     resumed = gpupack("profile", "--server", server.http_url, "--models", SEARCHED[0].name, "--search",
                       "exhaustive", *SPACE, *QUICK, "--concurrency", "1,2,4", "--out", str(out), "--resume",
@@ -121,14 +112,12 @@ def test_resume_after_kill_9_measures_only_what_was_left_and_no_variant_stays_lo
 
 
 def test_ctrl_c_in_mid_search_unloads_the_variant_and_says_how_to_resume(
-    start_triton: Callable[..., TritonServer], profile_repository: Path, tmp_path: Path
+    server: TritonServer, tmp_path: Path
 ) -> None:
-    server = start_triton(name="interrupted", repository=profile_repository)
     out = tmp_path / "profile.yaml"
     process = _start(server, out)
-    _wait_for_points(tmp_path / "profile.yaml.checkpoint.json", 2, process)
-    process.send_signal(signal.SIGINT)
-    stdout, stderr = process.communicate(timeout=120)
+    stderr = interrupted(process, _points_measured(tmp_path / "profile.yaml.checkpoint.json", 2),
+                         lambda p: p.send_signal(signal.SIGINT))
 
     assert process.returncode == 130, stderr
     assert server.ready_models() == []

@@ -15,8 +15,8 @@ from gpupack.domain import Placement
 from gpupack.rules.compiled import Replicas, compile_policies
 from gpupack.rules.evaluator import Status, evaluate, fleet_of
 from gpupack.scheduler.constraints import build_problem
-from gpupack.scheduler.problem import InfeasibleError, PlacementResult
-from gpupack.scheduler.solver import solve
+from gpupack.scheduler.packing.problem import InfeasibleError, PlacementResult
+from gpupack.scheduler.packing.solver import solve
 
 from tests.properties.fleets import Case, cases
 

@@ -1,7 +1,9 @@
-"""Fixtures for the rules engine: the article's case study 1 as exporter peaks, a fake exporter."""
+"""Fixtures for the rules engine: the article's case study 1 as exporter peaks, a fake exporter, and
+an engine serving /metrics on a thread of the test."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
@@ -10,6 +12,11 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import requests
+
+from gpupack.rules.loop import RulesEngine
+from gpupack.timing import wait_until
+from gpupack.triton.launcher import free_port
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -63,3 +70,33 @@ def write_policies(directory: Path, text: str, name: str = "policies.yaml") -> P
     path = directory / name
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def serving(engine: RulesEngine, interval_seconds: float) -> Iterator[str]:
+    """``engine`` serving on a free port for the block; yields its /metrics URL; stopped, and its
+    thread ended, at the block's end."""
+    port = free_port()
+    thread = threading.Thread(target=engine.serve, args=(interval_seconds, "127.0.0.1", port))
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}/metrics"
+    finally:
+        engine.stop()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def wait_for(url: str, text: str, present: bool = True, timeout_seconds: float = 5.0) -> str:
+    """The page at ``url`` once ``text`` is on it (``present``) or gone from it; a refused
+    connection counts as not yet."""
+
+    def page() -> str | None:
+        with contextlib.suppress(requests.RequestException):
+            body = requests.get(url, timeout=2).text
+            if (text in body) == present:
+                return body
+        return None
+
+    return wait_until(page, timeout_seconds, f"{text!r} {'appearing on' if present else 'leaving'} {url}",
+                      interval_seconds=0.05)

@@ -8,7 +8,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 from gpupack.domain import Resource
 from gpupack.errors import InputError
 from gpupack.rules.loader import load_policies

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import requests
@@ -14,36 +11,32 @@ import requests
 from gpupack.errors import InputError
 from gpupack.rules.loop import PolicyFile, RulesEngine
 from gpupack.rules.peaks_source import ExporterSource
-from gpupack.testing.tritonserver import free_port
+from gpupack.rules.policy import PolicySet
+from gpupack.timing import wait_until
+from gpupack.triton.launcher import free_port
 
-from tests.rules.conftest import write_policies
+from tests.rules.conftest import serving, wait_for, write_policies
 
 POLICY_TEXT = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n"
 VIOLATION = 'gpupack_policy_violation{device="GPU-4",model="",policy="gpu-memory-80",severity="warning"} 1.0'
 
 
-@contextlib.contextmanager
-def serving(engine: RulesEngine, interval_seconds: float) -> Iterator[str]:
-    port = free_port()
-    thread = threading.Thread(target=engine.serve, args=(interval_seconds, "127.0.0.1", port))
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{port}/metrics"
-    finally:
-        engine.stop()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+class CountedPolicies:
+    """``PolicyFile.current``, counted as the engine calls it: once per evaluation, before it evaluates."""
 
+    def __init__(self, policy_file: PolicyFile) -> None:
+        self.policy_file, self.calls = policy_file, 0
 
-def wait_for(url: str, text: str, present: bool = True, timeout_seconds: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        with contextlib.suppress(requests.RequestException):
-            body = requests.get(url, timeout=2).text
-            if (text in body) == present:
-                return body
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} {'never appeared' if present else 'never went away'} on {url}")
+    def __call__(self) -> PolicySet:
+        policies = self.policy_file.current()
+        self.calls += 1
+        return policies
+
+    def wait_for_a_published_evaluation(self) -> None:
+        """Until an evaluation that read the policies after this call has published its result. One
+        may be under way, having read them before; the read after the next one proves it published."""
+        target = self.calls + 2
+        wait_until(lambda: self.calls >= target, 5, "an evaluation reading the policies anew", interval_seconds=0.02)
 
 
 def test_violation_appears_on_metrics_and_a_failed_fetch_makes_it_unknown(fake_exporter, tmp_path):
@@ -58,18 +51,20 @@ def test_violation_appears_on_metrics_and_a_failed_fetch_makes_it_unknown(fake_e
         wait_for(metrics, VIOLATION)
 
 
-def test_relaxed_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one(fake_exporter, tmp_path):
+def test_relaxed_policy_file_is_reloaded_and_a_broken_edit_keeps_the_last_good_one(fake_exporter, tmp_path, caplog):
     path = write_policies(tmp_path, POLICY_TEXT)
     policy_file = PolicyFile(path)
-    engine = RulesEngine(ExporterSource(fake_exporter.url), policy_file.current)
+    policies = CountedPolicies(policy_file)
+    engine = RulesEngine(ExporterSource(fake_exporter.url), policies)
     with serving(engine, 0.2) as metrics:
         wait_for(metrics, VIOLATION)
         path.write_text(POLICY_TEXT.replace("80%", "95%"))
         wait_for(metrics, "gpupack_policy_violation{", present=False)
         path.write_text(POLICY_TEXT.replace("80%", "120%"))
-        time.sleep(0.5)
+        policies.wait_for_a_published_evaluation()
         assert policy_file.current().policies[0].max_ratio == 0.95
         assert "gpupack_policy_violation{" not in requests.get(metrics, timeout=2).text
+    assert "keeping the previous policies" in caplog.text
 
 
 def test_first_evaluation_runs_at_once_not_after_one_interval(fake_exporter, tmp_path):
@@ -104,16 +99,14 @@ def test_stop_ends_serving_within_the_grace_even_while_an_evaluation_hangs(tmp_p
 
 
 def test_an_evaluation_that_raises_is_logged_and_the_next_one_still_runs(tmp_path, caplog):
-    calls = []
+    calls = 0
 
     def broken_fetch():
-        calls.append(time.monotonic())
+        nonlocal calls
+        calls += 1
         raise RuntimeError("a bug in a source")
 
     engine = RulesEngine(broken_fetch, PolicyFile(write_policies(tmp_path, POLICY_TEXT)).current)
     with serving(engine, 0.05):
-        deadline = time.monotonic() + 5
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-    assert len(calls) >= 3
+        wait_until(lambda: calls >= 3, 5, "three evaluations", interval_seconds=0.02)
     assert "evaluation failed; the next one runs on schedule" in caplog.text and "a bug in a source" in caplog.text

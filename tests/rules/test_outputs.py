@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 from gpupack.domain import Resource
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.metrics import RulesCollector, RulesState

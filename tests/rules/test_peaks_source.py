@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 
 PROFILE = """server_baseline: {peak_gpu_memory_bytes: 309MB}
 models:

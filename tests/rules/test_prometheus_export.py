@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 
 pytestmark = [
     pytest.mark.prometheus,

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -24,16 +24,17 @@ from gpupack.rules.evaluator import Result, Status
 from gpupack.rules.loader import load_policies
 from gpupack.closedloop.trigger import RebalanceTrigger
 from gpupack.rules.transitions import RequestOutcome
-from gpupack.scheduler.inputs import ProfileInputs
-from gpupack.scheduler.rebalancer import Rebalancer, RebalanceSettings
-from gpupack.scheduler.safety import FileLock
-from gpupack.triton_control import ServerEndpoint
-from gpupack.testing.tritonserver import free_port
+from gpupack.scheduler.rebalance.inputs import ProfileInputs
+from gpupack.scheduler.rebalance.locks import FileLock
+from gpupack.scheduler.rebalance.rebalancer import Rebalancer
+from gpupack.scheduler.rebalance.settings import RebalanceSettings
+from gpupack.servers import ServerConfig
+from gpupack.testing import TritonServer
+from gpupack.triton.launcher import free_port
 
 from tests.conftest import REBALANCE_AT_80_PERCENT
 from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture
-from tests.rules.conftest import write_policies
-from tests.rules.test_loop import wait_for
+from tests.rules.conftest import wait_for, write_policies
 
 MIB = 2**20
 PEAK_WINDOW_SECONDS = 6.0
@@ -84,13 +85,20 @@ def rules_process(tmp_path: Path) -> Iterator[Callable[..., RulesProcess]]:
             process.process.wait()
 
 
+def exported_crowded_fleet(start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]],
+                           exporter_factory: Callable[..., Any], **exporter_options: Any) -> tuple[Any, ...]:
+    """t0 holding both large models, t1 empty, and an exporter over both that gives each 448 MiB."""
+    t0, t1 = start_crowded_fleet("t0", "t1")
+    exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
+                                 server_config(t1, memory_budget_bytes=448 * MIB)], **exporter_options)
+    return t0, t1, exporter
+
+
 @pytest.mark.triton
 def test_a_crowded_device_is_planned_in_dry_run_then_split_by_apply_and_stays_clean(
     start_crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixture
 ) -> None:
-    t0, t1 = start_crowded_fleet("t0", "t1")
-    exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
-                                 server_config(t1, memory_budget_bytes=448 * MIB)], window_seconds=PEAK_WINDOW_SECONDS)
+    t0, t1, exporter = exported_crowded_fleet(start_crowded_fleet, exporter_factory, window_seconds=PEAK_WINDOW_SECONDS)
     common = ["--policies", str(write_policies(tmp_path, REBALANCE_AT_80_PERCENT)), "--exporter-url", exporter.url,
               "--server", f"t0={t0.http_url}", "--server", f"t1={t1.http_url}",
               "--state-dir", str(tmp_path / "state"), "--drain", "0.2s"]
@@ -134,33 +142,48 @@ def _violation(device: str) -> Result:
     return Result("gpu-memory-80", device, "", Status.VIOLATED, 384.0 * MIB, 358.4 * MIB)
 
 
-def _trigger(tmp_path: Path, server_urls: dict[str, str], apply: bool, cooldown_seconds: float = 600.0,
-             models: tuple[str, ...] = ("large-a",)) -> RebalanceTrigger:
-    """Peaks from a profile: 64 MiB per server, 160 MiB per model, on 448 MiB devices."""
+def _trigger(tmp_path: Path, server_urls: dict[str, str], apply: bool, models: tuple[str, ...] = ("large-a",),
+             clock: Callable[[], float] = time.time) -> RebalanceTrigger:
+    """Peaks from a profile: 64 MiB per server, 160 MiB per model, on 448 MiB devices; a 600 s cooldown."""
     (tmp_path / "profile.yaml").write_text("server_baseline: {peak_gpu_memory_bytes: 64MiB}\nmodels:\n" + "".join(
         f"  - {{model: {model}, peak_gpu_memory_bytes: 160MiB}}\n" for model in models))
-    servers = [ServerEndpoint(name, url) for name, url in server_urls.items()]
+    servers = [ServerConfig(name, url) for name, url in server_urls.items()]
     policies = load_policies(write_policies(tmp_path, REBALANCE_AT_80_PERCENT))
     rebalancer = Rebalancer(servers, ProfileInputs(str(tmp_path / "profile.yaml"), servers, 448 * MIB), policies,
-                            RebalanceSettings(state_dir=tmp_path / "state", cooldown_seconds=cooldown_seconds,
-                                              drain_seconds=0.2))
+                            RebalanceSettings(state_dir=tmp_path / "state", cooldown_seconds=600.0, drain_seconds=0.2),
+                            clock=clock)
     return RebalanceTrigger(rebalancer, lambda: policies, apply=apply)
 
 
 @pytest.mark.triton
-def test_a_move_deferred_by_its_cooldown_asks_again_and_is_made_once_the_cooldown_ends(start_crowded_fleet, tmp_path):
+def test_a_move_deferred_by_its_cooldown_asks_again_and_is_made_once_the_cooldown_ends(
+    start_crowded_fleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     t0, t1 = start_crowded_fleet("t0", "t1")
-    cooldown_seconds = 3.0
-    trigger = _trigger(tmp_path, {"t0": t0.http_url, "t1": t1.http_url}, apply=True, cooldown_seconds=cooldown_seconds,
-                       models=("large-a", "large-b"))
+    now = [1000.0]
+    trigger = _trigger(tmp_path, {"t0": t0.http_url, "t1": t1.http_url}, apply=True, models=("large-a", "large-b"),
+                       clock=lambda: now[0])
     for model in ("large-a", "large-b"):
         trigger.rebalancer.cooldowns.record_move(model)  # as if both had just moved here
-    started = time.monotonic()
-    assert trigger((_violation("cpu:t0"),)) is RequestOutcome.RETRY
+    now[0] += 599.0
+    with caplog.at_level(logging.WARNING):
+        assert trigger((_violation("cpu:t0"),)) is RequestOutcome.RETRY
     assert t1.ready_models() == []
-    time.sleep(max(0.0, cooldown_seconds - (time.monotonic() - started)))
-    assert trigger((_violation("cpu:t0"),)) is RequestOutcome.SETTLED
-    assert len(t1.ready_models()) == 1 and len(t0.ready_models()) == 1
+    (deferred,) = applied_records(caplog)[0]["deferred"]
+    assert (deferred["kind"], deferred["source"], deferred["target"]) == ("move", "cpu:t0", "cpu:t1")
+    assert deferred["reason"] == f"{deferred['model']} moved recently (cooldown 1s left)"
+
+    now[0] += 1.0  # the cooldown ends
+    with caplog.at_level(logging.WARNING):
+        assert trigger((_violation("cpu:t0"),)) is RequestOutcome.SETTLED
+    (step,) = applied_records(caplog)[1]["applied"]
+    assert step["succeeded"] and (step["kind"], step["source"], step["target"]) == ("move", "cpu:t0", "cpu:t1")
+    assert t1.ready_models() == [step["model"]] and len(t0.ready_models()) == 1
+
+
+def applied_records(caplog: pytest.LogCaptureFixture) -> list[dict]:
+    """The ``rebalance_applied`` lines the trigger logged, as JSON."""
+    return [json.loads(r.getMessage()) for r in caplog.records if '"event": "rebalance_applied"' in r.getMessage()]
 
 
 def test_while_another_scheduler_holds_the_lock_the_request_is_skipped_and_logged(

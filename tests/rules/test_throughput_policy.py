@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 from gpupack.domain import Device, Placement, Resource
 from gpupack.errors import InputError
 from gpupack.rules.demand_source import with_loaded_capacities

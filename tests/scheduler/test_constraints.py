@@ -13,7 +13,7 @@ from gpupack.rules.policy import (
     Selector,
 )
 from gpupack.scheduler.constraints import build_problem
-from gpupack.scheduler.solver import InfeasibleError, solve
+from gpupack.scheduler.packing.solver import InfeasibleError, solve
 
 GB = 10**9
 MEM, UTIL = Resource.GPU_MEMORY, Resource.GPU_UTILIZATION

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from gpupack.cli import main
+from gpupack.app.cli import main
 
 SEED = str(Path(__file__).resolve().parents[2] / "examples" / "seed-profile.yaml")
 RESOURCES = ("gpu_memory", "gpu_utilization", "memory_bandwidth_utilization")

@@ -10,10 +10,10 @@ from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.rules.compiled import Fleet, FleetDevice, compile_policies
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.constraints import problem_from
-from gpupack.scheduler.moves import check_order, plan_moves
-from gpupack.scheduler.steps import Budget, Step
-from gpupack.scheduler.problem import InfeasibleError, Objective
-from gpupack.scheduler.solver import solve
+from gpupack.scheduler.rebalance.moves import check_order, plan_moves
+from gpupack.scheduler.rebalance.steps import Budget, Step
+from gpupack.scheduler.packing.problem import InfeasibleError, Objective
+from gpupack.scheduler.packing.solver import solve
 
 MEM = Resource.GPU_MEMORY
 POLICY = ("policies:\n  - {name: serve-demand, resource: throughput, min: 100%, headroom: 20%, max: 300%, "

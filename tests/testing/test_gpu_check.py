@@ -54,7 +54,7 @@ def test_the_dry_runs_commands_cannot_import_what_the_gpu_machine_lacks(tmp_path
     hider = hidden_modules_site(tmp_path / "hider", site)
     env = dict(os.environ, PYTHONPATH=str(hider))
     code = ("import gpupack.exporter.cli, gpupack.profiler.cli, gpupack.testing.gpu_check\n"
-            "try:\n    import gpupack.scheduler.solver\nexcept ModuleNotFoundError as e:\n    print(e)\n")
+            "try:\n    import gpupack.scheduler.packing.solver\nexcept ModuleNotFoundError as e:\n    print(e)\n")
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     # The solver needs OR-Tools and HiGHS, neither of which travels: whichever it imports first is refused.

@@ -14,7 +14,7 @@ import pytest
 from gpupack.profiler.loadgen import LoadGenerator, signature_from_config
 from gpupack.profiler.stats import TritonCounters
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
-from gpupack.triton_processes import backend_processes
+from gpupack.triton.processes import backend_processes
 
 pytestmark = pytest.mark.triton
 MIB = 2**20

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
@@ -21,8 +20,9 @@ from gpupack.testing import (
     triton_fleet,
     write_model_repository,
 )
-from gpupack.triton_control import TritonControlError
-from gpupack.triton_processes import backend_processes, parse_stub_cmdline
+from gpupack.timing import wait_until
+from gpupack.triton.control import TritonControlError
+from gpupack.triton.processes import backend_processes, parse_stub_cmdline
 
 MIB = 2**20
 
@@ -124,9 +124,7 @@ def test_killing_the_test_run_leaves_no_server_or_stub_behind(tmp_path, triton_i
         assert any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in spawned)
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=10)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and processes_mentioning(str(marker_repository)):
-            time.sleep(0.2)
-        assert processes_mentioning(str(marker_repository)) == []
+        wait_until(lambda: not processes_mentioning(str(marker_repository)), 20,
+                   "the killed run's server and stub ending by themselves", interval_seconds=0.2)
     finally:
         run.kill()

@@ -1,0 +1,1 @@
+"""The top of the house: the ``gpupack`` command, its subcommands' wiring and the demo."""

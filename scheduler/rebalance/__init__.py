@@ -1,0 +1,1 @@
+"""Rebalancing: today's placement read from Triton, a safe move plan to the target, carried out live."""

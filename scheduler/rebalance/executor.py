@@ -1,0 +1,247 @@
+"""Carrying out move steps on live Triton servers, one step at a time, never dropping a model.
+
+Two ways a fleet is laid out, two executors:
+
+- ``server-per-device`` (a): every device has its own server. Load on the target server, wait
+  until the model is ready *and* answers an inference, keep both copies for a drain period so
+  routers notice the new one, then unload from the source.
+- ``multi-gpu`` (b): one server drives several GPUs. Reload the model with a config whose
+  ``instance_group`` names the target GPUs; Triton keeps the old instances serving until the new
+  ones are ready, and keeps the old model entirely if the new one fails to load.
+
+A step that fails before the source copy is gone is rolled back: the source stays loaded, the
+half-loaded target is unloaded, and :class:`StepFailedError` says what happened.
+
+A step with a configuration loads its copy with a config override (``config_override``) built on
+the config a server already runs the model with; a step that reconfigures a copy in place
+reloads it so, and Triton keeps the old configuration serving until the new one is ready (and
+keeps it entirely when the new one fails to load).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, NoReturn, Protocol
+
+from gpupack.domain import Placement
+from gpupack.errors import GpupackError
+from gpupack.model_configs import ModelConfig
+from gpupack.scheduler.rebalance.audit import AuditLog
+from gpupack.scheduler.rebalance.config_override import triton_override
+from gpupack.scheduler.rebalance.steps import Step
+from gpupack.triton.control import TritonControl, TritonControlError
+from gpupack.servers import ServerConfig
+
+_POLL_SECONDS = 0.1
+
+
+class StepFailedError(GpupackError):
+    """A step did not complete; the message says whether the source is still serving."""
+
+
+class Executor(Protocol):
+    def execute(self, step: Step) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every executor needs besides its fleet map: timing, and where to report."""
+
+    audit: AuditLog
+    step_timeout_seconds: float = 60.0
+    drain_seconds: float = 5.0
+    progress: Callable[[str], None] = lambda line: None
+    control: Callable[[ServerConfig, float], TritonControl] = TritonControl
+    configs: Mapping[str, Mapping[str, ModelConfig]] = field(default_factory=dict)  # model -> name -> profiled
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+
+class _Steps:
+    """Shared mechanics: deadlines, waiting for readiness, and the audit trail of a step."""
+
+    def __init__(self, context: StepContext) -> None:
+        self.context = context
+
+    def triton(self, endpoint: ServerConfig, deadline: float) -> TritonControl:
+        return self.context.control(endpoint, max(1.0, deadline - self.context.clock()))
+
+    def event(self, name: str, step: Step, **fields: Any) -> None:
+        self.context.audit.record(
+            name, step=step.describe(), model=step.model, source=step.source, target=step.target, **fields
+        )
+
+    def wait_serving(self, triton: TritonControl, model: str, deadline: float) -> None:
+        """Ready, then one successful inference: ready alone does not prove a warm model."""
+        while not triton.is_ready(model):
+            if self.context.clock() >= deadline:
+                raise TritonControlError(f"{triton.endpoint.name}: {model} not ready within the step timeout")
+            self.context.sleep(_POLL_SECONDS)
+        triton.probe(model)
+
+    def override(self, step: Step, loaded: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The config ``step``'s copy loads with, edited from one the model is ``loaded`` with."""
+        if step.config is None:
+            return None
+        known = self.context.configs.get(step.model, {})
+        if step.config not in known:
+            raise StepFailedError(f"{step.describe()}: the profile has no configuration {step.config!r} "
+                                  f"of {step.model}")
+        return triton_override(loaded, known[step.config])
+
+    def wait_gone(self, triton: TritonControl, model: str, deadline: float) -> None:
+        """Until the server says the model is not ready; a server that stops answering raises."""
+        while triton.is_ready(model):
+            if self.context.clock() >= deadline:
+                raise TritonControlError(f"{triton.endpoint.name}: {model} still loaded after the step timeout")
+            self.context.sleep(_POLL_SECONDS)
+
+
+def serving(triton: TritonControl, model: str) -> bool | None:
+    """For the audit trail of a step that went wrong: None when the server does not answer."""
+    try:
+        return triton.is_ready(model)
+    except TritonControlError:
+        return None
+
+
+class ServerPerDeviceExecutor(_Steps):
+    """Mode (a): device -> its own server."""
+
+    def __init__(self, servers: Mapping[str, ServerConfig], context: StepContext) -> None:
+        super().__init__(context)
+        self.servers = MappingProxyType(dict(servers))
+
+    def _server(self, device: str) -> ServerConfig:
+        if device not in self.servers:
+            raise StepFailedError(f"no Triton server is known for device {device}")
+        return self.servers[device]
+
+    def execute(self, step: Step) -> None:
+        deadline = self.context.clock() + self.context.step_timeout_seconds + self.context.drain_seconds
+        self.event("step_started", step, mode="server-per-device")
+        if step.target is not None:
+            self._arrive(step, deadline)
+        if step.source is not None and step.kind != "reconfigure":
+            self._leave(step, deadline)
+        self.event("step_succeeded", step)
+
+    def _loaded_config(self, step: Step, deadline: float) -> dict[str, Any]:
+        """The config of a copy already serving: the source's, else any managed server's."""
+        candidates = [d for d in (step.source, *sorted(self.servers)) if d is not None and d in self.servers]
+        for device in candidates:
+            triton = self.triton(self.servers[device], deadline)
+            if triton.is_ready(step.model):
+                return dict(triton.model_config(step.model))
+        raise StepFailedError(f"{step.describe()}: no server runs {step.model}, so there is no config to change")
+
+    def _arrive(self, step: Step, deadline: float) -> None:
+        assert step.target is not None
+        target = self.triton(self._server(step.target), deadline)
+        override = self.override(step, self._loaded_config(step, deadline)) if step.config is not None else None
+        try:
+            target.load(step.model, override)
+            self.wait_serving(target, step.model, deadline)
+        except TritonControlError as e:
+            if step.kind == "reconfigure":  # Triton kept the old configuration: nothing to undo
+                still_serving = target.is_ready(step.model)
+                self.event("step_failed", step, error=str(e), source_serving=still_serving)
+                where = f"; {step.model} still serving on {step.source}" if still_serving else ""
+                raise StepFailedError(f"{step.describe()}: {e}{where}") from e
+            self._roll_back(step, target, e)
+        if step.kind == "reconfigure":
+            self.event("target_ready", step, server=target.endpoint.name, config=step.config)
+            self.context.progress(f"  {step.model} serving as {step.config} on {step.target} ({target.endpoint.name})")
+            return
+        source_serving = None
+        if step.source is not None:
+            source_serving = serving(self.triton(self._server(step.source), deadline), step.model)
+        self.event("target_ready", step, server=target.endpoint.name, source_serving=source_serving)
+        self.context.progress(f"  {step.model} ready on {step.target} ({target.endpoint.name})")
+        if step.source is not None and self.context.drain_seconds > 0:
+            self.context.progress(f"  draining {step.model} on {step.source} for {self.context.drain_seconds:g}s")
+            self.context.sleep(self.context.drain_seconds)
+
+    def _leave(self, step: Step, deadline: float) -> None:
+        assert step.source is not None
+        source = self.triton(self._server(step.source), deadline)
+        try:
+            source.unload(step.model)
+            self.wait_gone(source, step.model, deadline)
+        except TritonControlError as e:
+            self.event("step_failed", step, error=str(e), source_serving=serving(source, step.model))
+            raise StepFailedError(f"{step.describe()}: {e}; the model may be loaded on both devices") from e
+        self.event("source_unloaded", step, server=source.endpoint.name)
+
+    def _roll_back(self, step: Step, target: TritonControl, error: TritonControlError) -> NoReturn:
+        try:
+            target.unload(step.model)
+            target_cleared = True
+        except TritonControlError:
+            target_cleared = False
+        source_serving = (
+            serving(self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds),
+                    step.model)
+            if step.source is not None
+            else None
+        )
+        self.event("step_failed", step, error=str(error), source_serving=source_serving, target_cleared=target_cleared)
+        where = f"; {step.model} still serving on {step.source}" if source_serving else ""
+        raise StepFailedError(f"{step.describe()}: {error}{where}") from error
+
+
+@dataclass(frozen=True)
+class GpuSlot:
+    """Mode (b): a device is a server plus the instance_group entry that puts instances on it."""
+
+    server: ServerConfig
+    instance_group: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"kind": "KIND_GPU", "gpus": [1]}
+
+
+class MultiGpuExecutor(_Steps):
+    """Mode (b): reload with a new instance_group; Triton swaps instances without a gap."""
+
+    def __init__(self, slots: Mapping[str, GpuSlot], current: Placement, context: StepContext) -> None:
+        super().__init__(context)
+        self.slots = MappingProxyType(dict(slots))
+        self.placement = current
+
+    def _server_of(self, step: Step) -> ServerConfig:
+        devices = [d for d in (step.source, step.target) if d is not None]
+        # By name: a ServerConfig (its headers a dict) cannot go in a set.
+        servers = {self.slots[d].server.name: self.slots[d].server for d in devices if d in self.slots}
+        if len(servers) != 1 or any(d not in self.slots for d in devices):
+            raise StepFailedError(f"{step.describe()}: source and target must be GPUs of one known server")
+        (server,) = servers.values()
+        return server
+
+    def instance_groups(self, config: Mapping[str, Any], devices: tuple[str, ...]) -> list[dict[str, Any]]:
+        """One group per device; the instance count per device stays what it was."""
+        groups = config.get("instance_group") or [{}]
+        count = int(groups[0].get("count", 1))
+        return [{"count": count, **self.slots[device].instance_group} for device in devices]
+
+    def execute(self, step: Step) -> None:
+        deadline = self.context.clock() + self.context.step_timeout_seconds
+        triton = self.triton(self._server_of(step), deadline)
+        kept = [*self.placement.assignments.get(step.model, ()), step.target]
+        leaving = step.source if step.kind != "reconfigure" else None
+        devices = tuple(sorted({d for d in kept if d is not None and d != leaving}))
+        self.event("step_started", step, mode="multi-gpu", server=triton.endpoint.name)
+        try:
+            config = dict(triton.model_config(step.model))
+            config = self.override(step, config) or config
+            config["instance_group"] = self.instance_groups(config, devices)
+            triton.load(step.model, config)
+            self.wait_serving(triton, step.model, deadline)
+        except TritonControlError as e:
+            # Triton keeps the previous instances when a reload fails: nothing to undo but to check.
+            still = serving(triton, step.model)
+            self.event("step_failed", step, error=str(e), source_serving=still)
+            where = f"; {step.model} still serving on {step.source}" if still else ""
+            raise StepFailedError(f"{step.describe()}: {e}{where}") from e
+        self.placement = Placement({**self.placement.assignments, step.model: devices})
+        self.event("step_succeeded", step, instance_group=config["instance_group"])
+

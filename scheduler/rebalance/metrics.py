@@ -1,0 +1,134 @@
+"""What the rebalancer publishes: where each model runs, and how its moves went.
+
+A :class:`RebalanceState` holds one immutable :class:`RebalanceSnapshot`, replaced whole under a
+lock whenever something changes; the Prometheus collector and the ``/api/v1/placement`` handler
+only read the snapshot they got, so a scrape never sees half an update, and a model that left a
+server simply stops appearing.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from gpupack.scheduler.rebalance.current import FleetView, LoadedModel
+
+MOVE_RESULTS = ("succeeded", "failed", "deferred")
+
+
+@dataclass(frozen=True)
+class RebalanceSnapshot:
+    placement: tuple[LoadedModel, ...] = ()
+    placement_read_at_seconds: float | None = None
+    moves_total: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(MOVE_RESULTS, 0)))
+    last_success_timestamp_seconds: float | None = None
+
+
+class RebalanceState:
+    """The one mutable holder; every writer swaps in a new snapshot."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._snapshot = RebalanceSnapshot()
+
+    def snapshot(self) -> RebalanceSnapshot:
+        return self._snapshot
+
+    def _swap(self, change: Callable[[RebalanceSnapshot], RebalanceSnapshot]) -> None:
+        with self._lock:
+            self._snapshot = change(self._snapshot)
+
+    def publish_placement(self, fleet: FleetView) -> None:
+        self._swap(lambda s: replace(s, placement=fleet.models, placement_read_at_seconds=fleet.generated_at_seconds))
+
+    def count_moves(self, result: str, count: int = 1) -> None:
+        def change(s: RebalanceSnapshot) -> RebalanceSnapshot:
+            totals = dict(s.moves_total)
+            totals[result] = totals.get(result, 0) + count
+            return replace(s, moves_total=MappingProxyType(totals))
+
+        self._swap(change)
+
+    def mark_success(self, at_seconds: float) -> None:
+        self._swap(lambda s: replace(s, last_success_timestamp_seconds=at_seconds))
+
+
+class RebalanceCollector(Collector):
+    def __init__(self, state: RebalanceState) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator[Metric]:
+        snapshot = self.state.snapshot()
+        moves = CounterMetricFamily(
+            "gpupack_rebalance_moves", "Move steps by result (succeeded, failed, deferred to a later run).",
+            labels=["result"],
+        )
+        for result, count in sorted(snapshot.moves_total.items()):
+            moves.add_metric([result], count)
+        yield moves
+        if snapshot.last_success_timestamp_seconds is not None:
+            yield GaugeMetricFamily(
+                "gpupack_rebalance_last_success_timestamp_seconds",
+                "When a rebalance run last finished without a failed step.",
+                value=snapshot.last_success_timestamp_seconds,
+            )
+        placement = GaugeMetricFamily(
+            "gpupack_model_placement", "1 for each model version loaded on a server and device.",
+            labels=["server", "model", "version", "device"],
+        )
+        for entry in snapshot.placement:
+            placement.add_metric([entry.server, entry.model, entry.version, entry.device], 1)
+        yield placement
+
+
+def placement_document(snapshot: RebalanceSnapshot) -> dict[str, Any]:
+    """The ``/api/v1/placement`` JSON: where each model is, for routers and dashboards.
+
+    ``traffic_share`` is each copy's part of its model version's traffic: copies split demand
+    evenly, as the demand planner sized them; a server's share is the sum of its copies'.
+    """
+    copies: dict[tuple[str, str], int] = {}
+    for m in snapshot.placement:
+        copies[m.model, m.version] = copies.get((m.model, m.version), 0) + 1
+    return {
+        "read_at_seconds": snapshot.placement_read_at_seconds,
+        "models": [
+            {"server": m.server, "model": m.model, "version": m.version, "device": m.device,
+             "traffic_share": 1 / copies[m.model, m.version]}
+            for m in snapshot.placement
+        ],
+    }
+
+
+def make_wsgi_app(
+    state: RebalanceState, registry: CollectorRegistry | None = None
+) -> Callable[[dict, Callable], Iterable[bytes]]:
+    """``/metrics`` and ``/api/v1/placement`` over this state, for whichever daemon hosts it.
+
+    A host with metrics of its own (the rules engine) passes its ``registry``: the rebalancer's
+    collector joins it, so one scrape of one port returns both.
+    """
+    registry = CollectorRegistry() if registry is None else registry
+    registry.register(RebalanceCollector(state))
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            body, content_type = generate_latest(registry), CONTENT_TYPE_LATEST
+        elif path == "/api/v1/placement":
+            body, content_type = json.dumps(placement_document(state.snapshot())).encode(), "application/json"
+        else:
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics or /api/v1/placement\n"]
+        start_response("200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        return [body]
+
+    return app

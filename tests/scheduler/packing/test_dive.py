@@ -1,0 +1,72 @@
+"""The dive through the LP: a packing on exactly the LP bound's device count, found by backtracking."""
+
+import numpy as np
+
+from gpupack.domain import Device, ModelFootprint, Resource
+from gpupack.scheduler.packing import colgen, dive
+from gpupack.scheduler.packing.heuristic import first_fit_decreasing
+from gpupack.scheduler.packing.instance import compile_problem
+from gpupack.scheduler.packing.problem import PlacementProblem
+from gpupack.timing import Deadline
+
+MEM = Resource.GPU_MEMORY
+# 20 triplets that each fill a 1000-unit device exactly (a Falkenauer "t" instance): the optimum is
+# 20 devices, first-fit-decreasing uses 24, and one dive through the LP ends on 21.
+TRIPLETS = (
+    454, 269, 277, 382, 298, 320, 432, 268, 300, 449, 257, 294, 488, 250, 262, 410, 267, 323, 443, 261,
+    296, 394, 252, 354, 380, 252, 368, 396, 302, 302, 401, 282, 317, 463, 254, 283, 411, 269, 320, 409,
+    294, 297, 399, 295, 306, 468, 264, 268, 392, 271, 337, 449, 262, 289, 453, 266, 281, 453, 251, 296,
+)
+
+
+def triplet_instance():
+    devices = tuple(Device(f"gpu-{k}", {MEM: 1000}) for k in range(len(TRIPLETS)))
+    models = tuple(ModelFootprint(f"m{i}", {MEM: float(s)}) for i, s in enumerate(TRIPLETS))
+    return compile_problem(PlacementProblem(devices, models))
+
+
+def devices_used(assignment):
+    return len({d for ds in assignment.values() for d in ds})
+
+
+def test_column_generation_packs_the_triplets_on_the_lp_bound_where_first_fit_cannot():
+    instance = triplet_instance()
+    ffd = first_fit_decreasing(instance)
+    assert devices_used(ffd) == 24
+    lp = colgen.ColumnGeneration(instance, ffd)
+    assert lp.root(Deadline.after(60), devices_used(ffd)).lp_bound == 20
+    found = lp.search(Deadline.after(60), devices_used(ffd))
+    assert devices_used(found) == 20
+    assert sorted(found) == list(range(len(TRIPLETS)))
+    loads = np.zeros(20)
+    for model, (device,) in found.items():
+        loads[device] += TRIPLETS[model]
+    assert (loads == 1000).all()
+
+
+def _master_and_bound(instance):
+    types = colgen.item_types(instance)
+    master = colgen._Master(types, colgen._initial_columns(instance, types, None))
+    master.drop_exchanges()  # as ColumnGeneration.root does before any dive
+    deadline = Deadline.after(60)
+
+    def bound(rest, room):
+        master.set_residual(rest)
+        return colgen._generate(master, rest, deadline)[1]
+
+    return master, types.counts.copy(), bound, deadline
+
+
+def test_backtracking_reaches_the_target_the_plain_dive_misses():
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    fixed, rest = dive.plain_dive(master, residual, deadline, bound)
+    assert len(fixed) > 20 and not rest.any()
+    found = dive.discrepancy_dive(master, residual, deadline, bound, 20)
+    assert found is not None and len(found) == 20
+    assert (np.sum(found, axis=0) == residual).all()
+
+
+def test_a_target_below_the_lp_bound_ends_the_search_without_a_packing():
+    master, residual, bound, deadline = _master_and_bound(triplet_instance())
+    assert dive.discrepancy_dive(master, residual, deadline, bound, 19) is None
+    assert not deadline.passed()  # the search ran out of candidates, not of time
