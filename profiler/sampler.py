@@ -1,4 +1,4 @@
-"""Peaks of the device while load runs, read through the exporter's own sources.
+"""Peaks of the device while load runs, read through the same measurement sources as the exporter's.
 
 A probe is one narrow view of "the device this server uses": ``host`` (psutil over the server's
 process tree, :class:`~gpupack.measurement.host.HostSource`) or ``nvml`` (the GPUs, through
