@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import pytest
 import requests
@@ -29,11 +29,10 @@ from gpupack.scheduler.rebalance.locks import FileLock
 from gpupack.scheduler.rebalance.rebalancer import Rebalancer
 from gpupack.scheduler.rebalance.settings import RebalanceSettings
 from gpupack.servers import ServerConfig
-from gpupack.testing import TritonServer
 from gpupack.triton.launcher import free_port
 
 from tests.conftest import REBALANCE_AT_80_PERCENT
-from tests.exporter.conftest import exporter_factory, server_config  # noqa: F401 - fixture
+from tests.exporter.conftest import crowded_pair, exporter_factory  # noqa: F401 - fixtures
 from tests.rules.conftest import wait_for, write_policies
 
 MIB = 2**20
@@ -85,20 +84,11 @@ def rules_process(tmp_path: Path) -> Iterator[Callable[..., RulesProcess]]:
             process.process.wait()
 
 
-def exported_crowded_fleet(start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]],
-                           exporter_factory: Callable[..., Any], **exporter_options: Any) -> tuple[Any, ...]:
-    """t0 holding both large models, t1 empty, and an exporter over both that gives each 448 MiB."""
-    t0, t1 = start_crowded_fleet("t0", "t1")
-    exporter = exporter_factory([server_config(t0, memory_budget_bytes=448 * MIB),
-                                 server_config(t1, memory_budget_bytes=448 * MIB)], **exporter_options)
-    return t0, t1, exporter
-
-
 @pytest.mark.triton
 def test_a_crowded_device_is_planned_in_dry_run_then_split_by_apply_and_stays_clean(
-    start_crowded_fleet, exporter_factory, rules_process, tmp_path  # noqa: F811 - fixture
+    crowded_pair, rules_process, tmp_path  # noqa: F811 - fixture
 ) -> None:
-    t0, t1, exporter = exported_crowded_fleet(start_crowded_fleet, exporter_factory, window_seconds=PEAK_WINDOW_SECONDS)
+    t0, t1, exporter = crowded_pair(window_seconds=PEAK_WINDOW_SECONDS)
     common = ["--policies", str(write_policies(tmp_path, REBALANCE_AT_80_PERCENT)), "--exporter-url", exporter.url,
               "--server", f"t0={t0.http_url}", "--server", f"t1={t1.http_url}",
               "--state-dir", str(tmp_path / "state"), "--drain", "0.2s"]
