@@ -209,13 +209,10 @@ class MultiGpuExecutor(_Steps):
         self.placement = current
 
     def _server_of(self, step: Step) -> ServerConfig:
-        devices = [d for d in (step.source, step.target) if d is not None]
-        # By name: a ServerConfig (its headers a dict) cannot go in a set.
-        servers = {self.slots[d].server.name: self.slots[d].server for d in devices if d in self.slots}
-        if len(servers) != 1 or any(d not in self.slots for d in devices):
+        servers = {self.slots[d].server for d in (step.source, step.target) if d is not None and d in self.slots}
+        if len(servers) != 1 or any(d is not None and d not in self.slots for d in (step.source, step.target)):
             raise StepFailedError(f"{step.describe()}: source and target must be GPUs of one known server")
-        (server,) = servers.values()
-        return server
+        return servers.pop()
 
     def instance_groups(self, config: Mapping[str, Any], devices: tuple[str, ...]) -> list[dict[str, Any]]:
         """One group per device; the instance count per device stays what it was."""
