@@ -38,9 +38,6 @@ class Deadline:
         """A deadline ``ratio`` of the time left from now: a phase's part of a budget."""
         return Deadline(clock() + self.remaining() * ratio)
 
-    def sooner(self, other: Deadline) -> Deadline:
-        return self if self.at <= other.at else other
-
 
 class WaitTimeout(TimeoutError):
     """What was waited for did not happen in time; the message says what it was."""
