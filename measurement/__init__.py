@@ -1,4 +1,5 @@
-"""Where readings come from: the NVML door, the host (psutil) and Triton's own APIs.
+"""Where device readings come from: the NVML door and the host (psutil, /proc). Triton's own APIs
+are read by the exporter (``exporter/triton_source.py``).
 
 Each source returns frozen readings and raises :class:`SourceError` when a whole server or
 device cannot be read; everything above deals in plain values.
