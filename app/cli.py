@@ -24,7 +24,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_STATUS_HELP = (
+    "exit status: 0 ok; 1 the answer is no (a violation, an infeasible plan, a failed check or "
+    "step); 2 bad input or usage, nothing changed; 3 a dependency (exporter, Prometheus, Triton, "
+    "Alertmanager) could not be reached."
+)
+
+
 class _Parser(argparse.ArgumentParser):
+    """Every command and subcommand: usage errors are exit 2, and every --help ends with the
+    exit-status contract."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("epilog", EXIT_STATUS_HELP)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
     def error(self, message: str) -> NoReturn:
         self.exit(ExitStatus.USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
@@ -75,6 +89,19 @@ def build_parser(only: str | None = None, *, all_commands: bool = True) -> argpa
     return parser
 
 
+# Libraries that log at INFO or WARNING about themselves (matplotlib's font cache, urllib3's
+# retries): their lines are not gpupack's output, and show only at --log-level debug.
+_QUIET_LIBRARIES = ("matplotlib", "urllib3", "PIL", "kubernetes", "fontTools")
+
+
+def _configure_logging(level: str) -> None:
+    """Every log line on stderr, in one format; stdout is the command's answer only."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "debug":
+        for name in _QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_in(argv)
@@ -83,11 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return ExitStatus.USAGE
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _configure_logging(args.log_level)
     try:
         config: ConfigFile | None = load_config_file(args.config) if args.config else None
         status = int(args._module.run(args, config))

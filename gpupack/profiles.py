@@ -25,7 +25,7 @@ import yaml
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import InputError
 from gpupack.model_configs import POINT_RESOURCES, ConfigPoint, ModelConfig, config_document, single_point_config
-from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_ratio
+from gpupack.units import UnitError, parse_bytes_field, parse_count, parse_duration, parse_ratio
 from gpupack.yamlfile import LineDict, LineList, load_yaml_text, read_text_file
 
 BASELINE = "server_baseline"
@@ -44,7 +44,7 @@ _CONFIG_FIELDS: dict[str, Callable[[Any], Any]] = {
     "max_batch_size": parse_count,
     "dynamic_batching": lambda v: _boolean(v),
     "max_queue_delay_seconds": parse_duration,
-    "peak_gpu_memory_bytes": parse_bytes,
+    "peak_gpu_memory_bytes": parse_bytes_field,
 }
 _POINT_FIELDS: dict[str, Callable[[Any], Any]] = {
     "concurrency": parse_count,
@@ -214,7 +214,7 @@ def _peaks(row: LineDict, path: str, where: str) -> dict[Resource, float]:
     peaks = {}
     for key, resource in _PEAK_FIELDS.items():
         if row.get(key) is not None:
-            parse = parse_bytes if resource.is_bytes else parse_ratio
+            parse = parse_bytes_field if resource.is_bytes else parse_ratio
             peaks[resource] = float(_parse(parse, row[key], path, row.line_of(key), f"{where}.{key}"))
     return peaks
 

@@ -8,6 +8,7 @@ so a timeout reads the same wherever it happens.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -64,3 +65,16 @@ def wait_until(
         if passed:
             raise WaitTimeout(f"{what} did not happen within {timeout_seconds:g} s")
         sleep(min(interval_seconds, max(deadline.remaining(), 0.001)))
+
+
+def process_age_seconds(stat_path: str = "/proc/self/stat", uptime_path: str = "/proc/uptime") -> float:
+    """How long this process has run, to the clock tick: ``/proc/self/stat``'s start time against
+    ``/proc/uptime``, both since boot. (``psutil``'s create_time adds a boot time rounded to whole
+    seconds, which overstated start-up by up to a second.)"""
+    with open(stat_path) as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    ticks_per_second = os.sysconf("SC_CLK_TCK")
+    started_after_boot = int(fields[19]) / ticks_per_second  # field 22, counted after "pid (comm)"
+    with open(uptime_path) as uptime:
+        since_boot = float(uptime.read().split()[0])
+    return max(since_boot - started_after_boot, 0.0)

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import re
 
+# One convention: SI with a B (10^3), IEC with i (2^10). A lone K, M, G or T is refused rather than
+# guessed: "16G" is 16 GiB to whoever read it off a GPU's box and 16×10^9 to Kubernetes.
+_AMBIGUOUS_SUFFIXES = {"k", "m", "g", "t"}
 _BYTE_SUFFIXES = {
-    "": 1,
     "b": 1,
-    "k": 10**3,
     "kb": 10**3,
-    "m": 10**6,
     "mb": 10**6,
-    "g": 10**9,
     "gb": 10**9,
-    "t": 10**12,
     "tb": 10**12,
     "ki": 2**10,
     "kib": 2**10,
@@ -56,16 +54,45 @@ def _quantity(value: str | int | float, what: str) -> tuple[float, str | None]:
 
 
 def parse_bytes(value: str | int | float) -> int:
-    """``16GiB`` -> 17179869184. Bare numbers are bytes; SI and IEC suffixes are both accepted."""
+    """``16GiB`` -> 17179869184. A size needs its unit: a bare ``80`` is refused, since a user who
+    typed it meant 80% or 80 GiB, never 80 bytes."""
     number, suffix = _quantity(value, "a size")
-    if suffix is None:
+    if not suffix:
+        raise UnitError(f"{value!r} has no unit: a size needs one (write 80GiB or 512MiB; "
+                        "a share of the device is a ratio, like 80%)")
+    return _bytes_with_unit(value, number, suffix)
+
+
+def parse_bytes_field(value: str | int | float) -> int:
+    """A size in a field whose name says bytes (``peak_gpu_memory_bytes``): a bare whole number is
+    bytes, as the profiler writes it; text with a unit reads as :func:`parse_bytes` does."""
+    number, suffix = _quantity(value, "a size")
+    if suffix is None or suffix == "":
         if number < 0:
             raise UnitError(f"size {value!r} is negative")
-        return int(value)  # not int(number): a float loses bytes above 2**53
+        if number != int(number):
+            raise UnitError(f"{value!r} is not a whole number of bytes")
+        return int(value) if isinstance(value, int) else int(number)
+    return _bytes_with_unit(value, number, suffix)
+
+
+def _bytes_with_unit(value: str | int | float, number: float, suffix: str) -> int:
+    if suffix.lower() in _AMBIGUOUS_SUFFIXES:
+        raise UnitError(f"{value!r} is ambiguous: write {_trimmed(number)}{suffix.upper()}iB "
+                        f"(2^{_IEC_POWER[suffix.lower()]}) or {_trimmed(number)}{suffix.upper()}B "
+                        f"(10^{_SI_POWER[suffix.lower()]})")
     factor = _BYTE_SUFFIXES.get(suffix.lower())
     if factor is None:
         raise UnitError(f"{value!r} has unknown size unit {suffix!r} (use B, KB, MB, GB, KiB, MiB, GiB, ...)")
     return int(round(number * factor))
+
+
+_IEC_POWER = {"k": 10, "m": 20, "g": 30, "t": 40}
+_SI_POWER = {"k": 3, "m": 6, "g": 9, "t": 12}
+
+
+def _trimmed(number: float) -> str:
+    return f"{number:g}"
 
 
 def parse_count(value: str | int) -> int:
@@ -127,6 +154,15 @@ def format_bytes(value: float) -> str:
         if abs(value) >= factor:
             return f"{value / factor:.1f} {unit}"
     return f"{int(value)} B"
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """``1 device``, ``2 devices``, ``1 policy``, ``3 policies``: every count a person reads."""
+    if count == 1:
+        return f"{count} {singular}"
+    if plural is None:
+        plural = singular[:-1] + "ies" if singular.endswith("y") and singular[-2:-1] not in "aeiou" else singular + "s"
+    return f"{count} {plural}"
 
 
 def format_mib(value: float) -> str:

@@ -12,9 +12,6 @@ import argparse
 import dataclasses
 import os
 import sys
-import time
-
-import psutil
 
 from gpupack import timing
 from gpupack.config import ConfigFile, Setting, resolve_settings, split_list
@@ -115,7 +112,7 @@ def _command_started(time_limit_seconds: float) -> float:
     OR-Tools and HiGHS alone takes seconds on a busy machine; but when the process is older than
     the limit (plan called in-process, as tests do), at the call."""
     now = timing.clock()
-    age = time.time() - psutil.Process().create_time()
+    age = timing.process_age_seconds()
     return now - age if 0 <= age < time_limit_seconds else now
 
 
