@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from gpupack.domain import Resource
-from gpupack.scheduler.packing.instance import Instance, from_units
-from gpupack.units import format_bytes, format_percent
+from gpupack.scheduler.packing.instance import Instance, exact_demand, from_units
+from gpupack.units import counted, format_bytes, format_percent
 
 
 def explain_infeasible(instance: Instance, device_bound: int) -> str | None:
@@ -29,11 +29,11 @@ def explain_infeasible(instance: Instance, device_bound: int) -> str | None:
             why = _policies(sources.get(f"replicas:{model.model}"))
             return f"model {model.model} needs {instance.replicas[i]} replicas on distinct devices ({why}) but fits on only {usable}"
     usable_devices = int(instance.allowed.any(axis=0).sum())
-    limit, why = usable_devices, "devices available"
+    limit, why = usable_devices, "available"
     if problem.max_devices is not None and problem.max_devices < limit:
         limit, why = problem.max_devices, f"allowed by {_policies(sources.get('max-devices'))}"
     if device_bound > limit:
-        return f"the models need at least {device_bound} devices, but only {limit} are {why}"
+        return f"the models need at least {counted(device_bound, 'device')}, but only {limit} {'is' if limit == 1 else 'are'} {why}"
     return None
 
 
@@ -48,8 +48,9 @@ def _too_big(instance: Instance, i: int) -> str:
     r = int(np.argmax(over.sum(axis=0)))
     resource = instance.resources[r]
     best = candidates[np.argmax(instance.capacity[candidates, r])] if len(candidates) else 0
-    need = _show(resource, instance.demand[i, r] + instance.baseline[r])
-    room = _show(resource, instance.capacity[best, r] + instance.baseline[r])
+    unit = int(instance.unit[r])
+    need = _show(resource, exact_demand(instance, [i])[0, r] + instance.baseline[r] * unit)
+    room = _show(resource, (instance.capacity[best, r] + instance.baseline[r]) * unit)
     device = problem.devices[best].name
     scoped = instance.columns[r] if instance.columns else ""
     label = resource.value if resource is not None else "count"

@@ -1,20 +1,23 @@
 """The integer form of a placement problem that the heuristic, the bounds and CP-SAT all share.
 
-Bytes stay whole bytes and ratios become parts per million, each rounded once here, so that every
-algorithm agrees exactly on what fits. A device's ``capacity`` is its limit minus the server
-baseline: the baseline is paid once per used device, so it never enters the per-model sums.
+Bytes stay whole bytes and ratios become parts per million, each rounded once here; then each
+column is expressed in the coarsest unit with the same packings (resolution.py), so that every
+algorithm agrees exactly on what fits and none of them depends on the unit the sizes came in. A
+device's ``capacity`` is its limit minus the server baseline: the baseline is paid once per used
+device, so it never enters the per-model sums.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping, Sequence, cast
 
 import numpy as np
 
 from gpupack.domain import ModelFootprint, Placement, Resource
 from gpupack.scheduler.packing.problem import PlacementProblem
+from gpupack.scheduler.packing.resolution import column_units, scaled
 
 RATIO_SCALE = 1_000_000
 
@@ -31,10 +34,11 @@ def from_units(resource: Resource, value: float) -> float:
 class Instance:
     problem: PlacementProblem
     resources: tuple[Resource | None, ...]  # per column: the constrained ones, then scoped limits' (None: a count)
-    demand: np.ndarray  # [model, resource] int64
-    capacity: np.ndarray  # [device, resource] int64: limit - baseline (negative: unusable)
+    demand: np.ndarray  # [model, resource] int64, in ``unit``s, rounded up
+    capacity: np.ndarray  # [device, resource] int64, in ``unit``s (exact): limit - baseline (negative: unusable)
     bounded: np.ndarray  # [device, resource] bool: False where the limit is infinite
-    baseline: np.ndarray  # [resource] int64
+    baseline: np.ndarray  # [resource] int64, in ``unit``s (exact)
+    unit: np.ndarray  # [resource] int64: base units (bytes, millionths, models) per unit
     allowed: np.ndarray  # [model, device] bool: pins and "fits alone"
     replicas: np.ndarray  # [model] int
     cost: np.ndarray  # [device] float
@@ -79,31 +83,30 @@ def compile_problem(problem: PlacementProblem) -> Instance:
     )
     scoped = problem.scoped_limits
     columns: list[Resource | None] = [*resources, *(s.resource for s in scoped)]
-    demand = np.array(
-        [[to_units(r, m.peak(r)) for r in resources] + [_units(s.resource, s.demand.get(m.model, 0.0)) for s in scoped]
-         for m in models], dtype=np.int64
-    ).reshape(len(models), len(columns))
+    exact_sizes = _exact_demand(problem, resources, range(len(models)))
     baseline = np.array([to_units(r, problem.server_baseline.get(r, 0.0)) for r in resources] + [0] * len(scoped),
                         dtype=np.int64)
     bounded = np.array(
         [[math.isfinite(problem.limit(d, r)) for r in resources] + [d.name in s.limits for s in scoped]
          for d in devices], dtype=bool
     ).reshape(len(devices), len(columns))
-    unbounded = int(demand.sum()) + 1 if demand.size else 1
 
     def room(j: int, k: int) -> int:
         device = devices[j]
         if not bounded[j, k]:
-            return unbounded
+            return 0  # replaced below, once the unit is known
         if k < len(resources):
             r = resources[k]
             return to_units(r, problem.limit(device, r)) - to_units(r, problem.baseline(device.name, r))
         limit = scoped[k - len(resources)]
         return _units(limit.resource, limit.limits[device.name]) - _units(limit.resource, limit.baselines.get(device.name, 0.0))
 
-    capacity = np.array(
+    exact_rooms = np.array(
         [[room(j, k) for k in range(len(columns))] for j in range(len(devices))], dtype=np.int64
     ).reshape(len(devices), len(columns))
+    unit = column_units(exact_sizes, exact_rooms, bounded, baseline)
+    demand = scaled(exact_sizes, unit)
+    capacity = np.where(bounded, exact_rooms // unit, int(demand.sum()) + 1)
     allowed = _fits_alone(demand, capacity)
     for model, names in problem.allowed_devices.items():
         if model in model_index:
@@ -125,7 +128,8 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         demand=demand,
         capacity=capacity,
         bounded=bounded,
-        baseline=baseline,
+        baseline=baseline // unit,
+        unit=unit,
         allowed=allowed,
         replicas=np.array([problem.replicas.get(m.model, 1) for m in models], dtype=np.int64),
         cost=np.array([d.cost for d in devices], dtype=float),
@@ -134,6 +138,33 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         max_devices=problem.max_devices,
         columns=tuple([""] * len(resources) + [s.name for s in scoped]),
     )
+
+
+def exact_demand(instance: Instance, models: Sequence[int]) -> np.ndarray:
+    """[model, column] in base units, unrounded: what the final check and the messages use."""
+    resources = instance.resources[: len(instance.resources) - len(instance.problem.scoped_limits)]
+    return _exact_demand(instance.problem, cast("tuple[Resource, ...]", resources), models)
+
+
+def overfilled(instance: Instance, assignment: Mapping[int, list[int]]) -> list[str]:
+    """Devices whose models exceed a limit, counted in exact base units rather than the solving
+    units: the check that the unit chosen for solving kept every answer exact."""
+    loads = np.zeros_like(instance.capacity)
+    models = sorted(assignment)
+    demand = exact_demand(instance, models)
+    for row, i in enumerate(models):
+        for d in assignment[i]:
+            loads[d] += demand[row]
+    over = instance.bounded & (loads > instance.capacity * instance.unit)
+    return [instance.problem.devices[d].name for d in np.flatnonzero(over.any(axis=1))]
+
+
+def _exact_demand(problem: PlacementProblem, resources: Sequence[Resource], models: Iterable[int]) -> np.ndarray:
+    scoped = problem.scoped_limits
+    rows = [[to_units(r, m.peak(r)) for r in resources]
+            + [_units(s.resource, s.demand.get(m.model, 0.0)) for s in scoped]
+            for m in (problem.models[i] for i in models)]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), len(resources) + len(scoped))
 
 
 def _units(resource: Resource | None, value: float) -> int:

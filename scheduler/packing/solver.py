@@ -15,7 +15,10 @@ beside it, so the gap is always visible. Problems with rules column generation d
 and the proof says so.
 
 :func:`solve` runs these as steps in that order, each offering a placement on fewer devices than
-the best so far, on one deadline whose shares the constants below set.
+the best so far, on one deadline whose shares the constants below set. Every step works on one
+integer form of the problem (instance.py), each resource in the coarsest unit with the same
+packings (resolution.py), so that sizes in MiB or in bytes get the answer small integers get; the
+placement returned is checked against every limit in exact units once more.
 
 ``Strategy.CLASSIC`` is the solver as it was before column generation, kept so that benchmarks
 measure the portfolio against it in the same run.
@@ -35,7 +38,7 @@ from gpupack.scheduler.packing.colgen import ColumnGeneration, declines
 from gpupack.scheduler.packing.explain import explain_infeasible, explain_unsolved
 from gpupack.scheduler.packing.fixed_count import pack_fewer, searchable
 from gpupack.scheduler.packing.heuristic import Assignment, best_heuristic, keep_current
-from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals
+from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals, overfilled
 from gpupack.scheduler.packing.local_search import reduce_devices
 from gpupack.scheduler.packing.problem import (
     DeviceCountProof,
@@ -273,6 +276,10 @@ class _Portfolio:
         best, instance, problem = self.best, self.instance, self.problem
         if best is None or not _within_max_devices(instance, best):
             raise InfeasibleError(explain_unsolved(instance, proven=False))
+        over = overfilled(instance, best)
+        if over:
+            # The solving units have the same packings as bytes (resolution.py): this is a bug.
+            raise RuntimeError(f"placement exceeds a limit of {', '.join(over)} in exact units; please report it")
         count = _devices(best)
         placement = instance.placement(best)
         return PlacementResult(

@@ -26,6 +26,8 @@ PENALTY_SHARE = 0.002
 SPARE_DEVICES = 2  # devices the unplaced models must fit, as CNS_BP does
 MAX_DEVICES_PER_MOVE = 100  # devices whose models a move considers, drawn anew per move
 NOISE = 1e-6  # random tie-breaking between moves of equal worth, as a share of the sizes
+SPLIT_MAX_UNITS = 1 << 22  # the subset sum's bit set: half a megabyte, a few milliseconds a split
+SPLIT_MAX_ENUMERATED = 20  # unplaced models whose subsets are enumerated instead: 8 MB of sums
 
 
 def pack_single_resource(
@@ -125,14 +127,24 @@ def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n, k=1)
 
 
-def _split(unplaced: list[int], size: list[int], capacity: int, spare: int) -> list[list[int]] | None:
+def _split(unplaced: list[int], exact_size: list[int], exact_capacity: int, spare: int) -> list[list[int]] | None:
     """The unplaced models on ``spare`` (1 or 2) devices, or None when they do not fit: for two, a
-    subset sum (Python ints as bit sets) finds a first device's load that leaves the rest within capacity."""
-    total = sum(size[i] for i in unplaced)
-    if total > spare * capacity:
+    subset sum (Python ints as bit sets) finds a first device's load that leaves the rest within
+    capacity. A capacity finer than SPLIT_MAX_UNITS (sizes in bytes that share no round unit: a bit
+    set of 80 GiB would take 10 GB) has its few unplaced models' subsets enumerated instead, and
+    many are searched on a coarser grid, sizes rounded up: a split found there fits, one missed
+    there only leaves the search to go on."""
+    total = sum(exact_size[i] for i in unplaced)
+    if total > spare * exact_capacity:
         return None
-    if spare == 1 or total <= capacity:
+    if spare == 1 or total <= exact_capacity:
         return [unplaced] + [[] for _ in range(spare - 1)]
+    if exact_capacity > SPLIT_MAX_UNITS and len(unplaced) <= SPLIT_MAX_ENUMERATED:
+        return _split_by_enumeration(unplaced, exact_size, exact_capacity, total)
+    grid = -(-exact_capacity // SPLIT_MAX_UNITS)
+    size = {i: -(-exact_size[i] // grid) for i in unplaced}
+    capacity = exact_capacity // grid
+    total = sum(size.values())
     reach, history = 1, []
     mask = (1 << (capacity + 1)) - 1
     for i in unplaced:
@@ -150,3 +162,15 @@ def _split(unplaced: list[int], size: list[int], capacity: int, spare: int) -> l
             load -= size[i]
     chosen = set(first)
     return [first, [i for i in unplaced if i not in chosen]]
+
+
+def _split_by_enumeration(unplaced: list[int], size: list[int], capacity: int, total: int) -> list[list[int]] | None:
+    """:func:`_split` onto two devices by every subset's sum, exact at any capacity."""
+    sums = np.zeros(1, dtype=np.int64)
+    for i in unplaced:  # bit k of a subset's index: unplaced[k] is in it
+        sums = np.concatenate([sums, sums + size[i]])
+    fitting = np.flatnonzero((sums <= capacity) & (total - sums <= capacity))
+    if not len(fitting):
+        return None
+    subset = int(fitting[0])
+    return [[i for k, i in enumerate(unplaced) if subset >> k & 1 == side] for side in (1, 0)]

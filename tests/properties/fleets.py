@@ -1,4 +1,5 @@
-"""Random small fleets and random scoped policies of every kind, for the property tests.
+"""Random small fleets and random scoped policies of every kind, for the property tests, and
+random fleets in whole units of memory that can be given at any scale.
 
 Sizes are whole GiB and ratios multiples of 1/8, so that sums are exact in floating point and the
 evaluator (floats) and the planner (integers) see the same boundary.
@@ -23,6 +24,7 @@ from gpupack.rules.policy import (
     ReplicasPolicy,
     Selector,
 )
+from gpupack.scheduler.packing.problem import PlacementProblem
 
 GIB = 2**30
 MEM, UTIL = Resource.GPU_MEMORY, Resource.GPU_UTILIZATION
@@ -120,3 +122,36 @@ def cases(draw: st.DrawFn, max_devices: int = 4, max_models: int = 5, exact: boo
     physical = CapacityPolicy(name="memory", resource=MEM, max_ratio=1.0)
     policies = (physical, *(draw(policy(k, exact)) for k in range(count)))
     return Case(draw(devices(max_devices)), draw(models(max_models)), PolicySet(policies))
+
+
+@dataclass(frozen=True)
+class ScalableFleet:
+    """A placement problem in whole units of memory, so that it can be given in any unit exactly:
+    ``problem(k)`` is the same problem with every size, capacity and baseline times ``k`` bytes."""
+
+    device_memory: tuple[int, ...]
+    model_memory: tuple[int, ...]
+    model_utilization: tuple[float, ...]  # 0: the model does not measure it
+    baseline: int
+
+    def problem(self, k: int) -> PlacementProblem:
+        devices = tuple(Device(f"gpu-{j}", {MEM: float(m * k)}) for j, m in enumerate(self.device_memory))
+        models = tuple(
+            ModelFootprint(f"m{i}", {MEM: float(m * k), **({UTIL: u} if u else {})})
+            for i, (m, u) in enumerate(zip(self.model_memory, self.model_utilization))
+        )
+        return PlacementProblem(devices, models, server_baseline={MEM: float(self.baseline * k)})
+
+
+@st.composite
+def scalable_fleets(draw: st.DrawFn, max_models: int = 10) -> ScalableFleet:
+    """Up to ``max_models`` models on as many devices, all alike (column generation's case) or of
+    two sizes, with utilisation in eighths on some of them; every model fits a device alone."""
+    count = draw(st.integers(1, max_models))
+    sizes = st.sampled_from((48, 64))
+    same = draw(st.booleans())
+    first = draw(sizes)
+    device_memory = tuple(first if same else draw(sizes) for _ in range(count))
+    model_memory = tuple(draw(st.integers(5, 40)) for _ in range(count))
+    model_utilization = tuple(draw(st.integers(0, 6)) / 8 for _ in range(count))
+    return ScalableFleet(device_memory, model_memory, model_utilization, draw(st.integers(0, 4)))

@@ -103,11 +103,11 @@ def test_fewest_moves_first_attempts_no_device_proof():
 
 
 def test_plan_json_and_table_carry_the_proof_and_the_time_spent(capsys):
-    assert main(["plan", "--profile", SEED, "--device-memory", "16GiB", "--format", "json"]) == 0
+    assert main(["plan", "--profile", SEED, "--device-memory", "16GiB", "--resources", "memory", "--format", "json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["proof"]["status"] == "optimal" and document["proof"]["device_count"] == 4
     assert set(document["seconds_by_phase"]) >= {"bounds", "first-fit-decreasing"}
-    assert main(["plan", "--profile", SEED, "--device-memory", "16GiB"]) == 0
+    assert main(["plan", "--profile", SEED, "--device-memory", "16GiB", "--resources", "memory"]) == 0
     out = capsys.readouterr().out
     assert "4 devices (proven optimal by the" in out and "Time: " in out and "of the 10 s limit" in out
 

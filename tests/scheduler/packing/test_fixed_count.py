@@ -94,3 +94,15 @@ def test_plan_of_triplets_fills_every_device_and_proves_the_count():
     result = solve(triplets(40, seed=11), time_limit_seconds=30)
     assert result.device_count == 40 and result.optimal
     assert result.proof is not None and result.proof.status is ProofStatus.OPTIMAL
+
+
+def test_one_resource_packs_triplets_measured_to_the_byte_on_80_gib_devices():
+    """Sizes with no round unit keep their bytes (80 GiB devices): the search's subset sums must
+    not need a bit per byte of capacity (10 GB) to find the last two devices."""
+    instance = compile_problem(triplets(12, capacity=80 * 2**30, seed=5))
+    assert instance.unit.tolist() == [1]
+    start = first_fit_decreasing(instance)
+    assert len(devices_used(start)) > 12
+    packed = pack_fewer(instance, start, 12, Deadline.after(60))
+    assert packed is not None and len(devices_used(packed)) == 12
+    assert_within_capacity(instance, packed)
