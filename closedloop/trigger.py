@@ -1,7 +1,8 @@
 """What the closed loop does when a ``rebalance`` policy is violated and the rules engine knows the servers.
 
 Dry run (the default) logs the plan the scheduler would carry out and changes nothing; ``apply``
-has the scheduler carry it out, under its lock. Neither may stop the loop: a lock held by another
+has the scheduler carry it out, under its lock, and makes every refresh of the placement reload
+the models that have no ready copy (the desired state, :mod:`gpupack.scheduler.rebalance.desired`). Neither may stop the loop: a lock held by another
 replica, a server that does not answer or a plan that cannot be made is logged. Such a request,
 and one that leaves steps deferred (``--max-moves``, cooldowns) or failed, answers ``RETRY``: the
 tracker asks again while the violation lasts, after a back-off.
@@ -29,6 +30,8 @@ class RebalanceTrigger:
 
     def __init__(self, rebalancer: Rebalancer, policies: Callable[[], PolicySet], apply: bool) -> None:
         self.rebalancer, self.policies, self.apply = rebalancer, policies, apply
+        # A loop that acts also reloads, on every refresh, each model that has no ready copy.
+        rebalancer.restore_under = policies if apply else None
 
     def __call__(self, violations: tuple[Result, ...]) -> RequestOutcome:
         asked = sorted(f"{v.policy}@{v.device or v.model}" for v in violations)

@@ -18,10 +18,10 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", dest="servers", action="append", metavar="NAME=URL",
-                        help="Triton server to watch, e.g. triton-0=http://127.0.0.1:8000 (repeatable)")
+                        help="a Triton server to watch (repeat), e.g. triton-0=http://127.0.0.1:8000")
     parser.add_argument("--backend", metavar="|".join(BACKENDS), action="append",
-                        help="device backend (repeatable; default: nvml when an NVIDIA driver is present, else host)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="where to serve /metrics (default: 0.0.0.0:9478)")
+                        help="device backend (repeat; default: nvml when an NVIDIA driver is present, else host)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="where to serve /metrics and /api/v1/peaks (default: 0.0.0.0:9478)")
     parser.add_argument("--state-dir", metavar="DIR", help="where peaks are kept (default: ~/.local/state/gpupack/exporter)")
     parser.add_argument("--sample-hz", metavar="N", help="samples per second (default: 5)")
     parser.add_argument("--metrics", metavar="FAMILY,...",

@@ -311,8 +311,8 @@ class Exporter:
             self.http = ExporterHttpServer(settings.listen_host, settings.listen_port, self.holder.get, self.pages,
                                            self.healthy)
         except OSError as e:
-            raise InputError(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {e.strerror}",
-                             field="listen") from e
+            reason = (e.strerror or str(e)).lower()  # most often a second exporter on the same port
+            raise InputError(f"cannot listen on {settings.listen_host}:{settings.listen_port}: {reason}") from e
         self.store = PeakStore(settings.state_dir / "peaks.sqlite3", settings.peak_window_seconds)
         self.pollers = {s.name: TritonPoller(TritonSource(s, client_factory), triton_poll_seconds)
                         for s in settings.servers}

@@ -136,6 +136,7 @@ class HostSource:
         self._cores = 1.0
         self._tree_read_at = float("-inf")
         self._pid_searched_at = float("-inf")
+        self._configured_pid_gone = False  # then a restarted server is looked up by its port
 
     def read(self) -> HostReading:
         now = self._clock()
@@ -171,8 +172,9 @@ class HostSource:
             if stat is not None and stat.start_ticks == self._root.start_ticks:
                 return stat
             gone, self._root = self._root.pid, None
+            self._configured_pid_gone |= gone == self.server.pid
             raise SourceError(f"server {self.server.name}: tritonserver (pid {gone}) is gone")
-        pid = self.server.pid
+        pid = None if self._configured_pid_gone else self.server.pid
         if pid is None:
             # Looking for the listener lists every socket on the machine: not on every sample.
             now = self._clock()

@@ -25,7 +25,11 @@ class ProcStat(NamedTuple):
 
 
 def read_stat(pid: int) -> ProcStat | None:
-    """The process's stat line, or None if it is gone (or not readable)."""
+    """The process's stat line, or None if it is gone (or not readable).
+
+    A zombie is gone: it has exited and holds no memory, but keeps its PID and start time until
+    its parent reaps it, so reading it as alive would report a killed server's memory as 0.
+    """
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
@@ -38,7 +42,7 @@ def read_stat(pid: int) -> ProcStat | None:
         os.close(fd)
     # The command name (field 2) is in parentheses and may itself hold spaces or parentheses.
     fields = data[data.rfind(b")") + 2:].split()
-    if len(fields) < 22:
+    if len(fields) < 22 or fields[0] in (b"Z", b"X"):
         return None
     return ProcStat(pid, int(fields[1]), int(fields[19]), int(fields[21]) * _PAGE_BYTES,
                     (int(fields[11]) + int(fields[12])) / _TICKS_PER_SECOND)

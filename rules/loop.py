@@ -16,19 +16,22 @@ import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import ThreadingWSGIServer
+from prometheus_client.registry import Collector
 
-from gpupack.errors import GpupackError
+from gpupack.errors import GpupackError, InputError
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.loader import load_policies
 from gpupack.rules.metrics import RulesCollector, RulesState
 from gpupack.rules.peaks_source import PeaksSource
 from gpupack.rules.policy import PolicySet
 from gpupack.rules.transitions import RebalanceRequest, ViolationTracker
+from gpupack.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +52,18 @@ class Acting:
     copy_capacity_per_second: Callable[[], Mapping[str, float]] = dict
 
 
-class PolicyFile:
-    """The policies at a path, reloaded when a file changes; a bad edit keeps the last good set."""
+class PolicyFile(Collector):
+    """The policies at a path, reloaded when a file changes; a bad edit keeps the last good set,
+    and is counted (``gpupack_policy_load_errors_total``) beside the time of the last good load,
+    so an alert can tell that the engine runs on an older file than the one on disk."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path)
+        self._clock = clock
         self._signature = self._stat()
         self.policies: PolicySet = load_policies(self.path)
+        self.loaded_at_seconds = clock()
+        self.errors_total = 0
 
     def _stat(self) -> tuple:
         files = sorted(self.path.iterdir()) if self.path.is_dir() else [self.path]
@@ -67,10 +75,18 @@ class PolicyFile:
             self._signature = signature
             try:
                 self.policies = load_policies(self.path)
-                log.info("reloaded %d policies from %s", len(self.policies.policies), self.path)
+                self.loaded_at_seconds = self._clock()
+                log.info("reloaded %s from %s", counted(len(self.policies.policies), "policy"), self.path)
             except GpupackError as e:
+                self.errors_total += 1
                 log.warning("keeping the previous policies: %s", e)
         return self.policies
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily("gpupack_policy_load_errors", "Policy file edits refused (the last good policies "
+                                  "stay in force).", value=self.errors_total)
+        yield GaugeMetricFamily("gpupack_policy_last_load_timestamp_seconds",
+                                "When the policies in force were loaded.", value=self.loaded_at_seconds)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -111,6 +127,7 @@ class RulesEngine:
 
     def _evaluate(self) -> None:
         started = self.clock()
+        policies = self.policies()  # first: an edit is read (or refused) whether or not the source answers
         try:
             snapshot = self.source()
         except GpupackError as e:
@@ -118,7 +135,7 @@ class RulesEngine:
             self._state = replace(self._state, errors_total=self._state.errors_total + 1, source_up=False,
                                   evaluation_duration_seconds=self.clock() - started)
             return
-        evaluation = evaluate(snapshot, self.policies())
+        evaluation = evaluate(snapshot, policies)
         self._state = replace(self._state, evaluation=evaluation, source_up=True,
                               evaluation_duration_seconds=self.clock() - started)
         self.tracker.update(evaluation)  # after publishing: a violation shows while a rebalance runs
@@ -132,7 +149,13 @@ class RulesEngine:
         """
         registry = CollectorRegistry()
         registry.register(RulesCollector(self.state))
-        server = make_server(host, port, app(registry), _server_class(host, port), handler_class=_QuietHandler)
+        policy_file = getattr(self.policies, "__self__", None)  # the CLI passes PolicyFile.current
+        if isinstance(policy_file, PolicyFile):
+            registry.register(policy_file)
+        try:
+            server = make_server(host, port, app(registry), _server_class(host, port), handler_class=_QuietHandler)
+        except OSError as e:  # most often a second engine on the same port
+            raise InputError(f"cannot listen on {host}:{port}: {(e.strerror or str(e)).lower()}") from e
         threading.Thread(target=server.serve_forever, name="rules-http", daemon=True).start()
         evaluations = threading.Thread(target=self._evaluate_every, args=(interval_seconds,), name="rules-evaluation",
                                        daemon=True)

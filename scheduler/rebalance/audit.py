@@ -40,6 +40,31 @@ class AuditLog:
         return entry
 
 
+    def unfinished_run(self) -> dict[str, Any] | None:
+        """The last ``run_started`` with no ``run_finished`` after it: a run whose engine was killed.
+
+        Only the log's tail is read (a run is a few dozen lines), so a log of years costs nothing.
+        """
+        if not self.path.exists():
+            return None
+        with self._lock, self.path.open("rb") as handle:
+            handle.seek(max(0, self.path.stat().st_size - _TAIL_BYTES))
+            lines = handle.read().decode("utf-8", errors="replace").splitlines()
+        for line in reversed(lines):
+            try:
+                entry = json.loads(line)
+            except ValueError:  # the first, cut line of the tail, or a line a crash cut short
+                continue
+            if entry.get("event") == "run_finished":
+                return None
+            if entry.get("event") == "run_started":
+                return entry
+        return None
+
+
+_TAIL_BYTES = 256 * 1024
+
+
 def read_audit(path: str | Path) -> list[dict[str, Any]]:
     """Every event in the log, oldest first; a missing log is an empty one."""
     path = Path(path)

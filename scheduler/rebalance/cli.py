@@ -1,9 +1,11 @@
-"""`gpupack rebalance`: move models off devices that break policies, with the fewest safe moves.
+"""Move models off devices that break policies, with the fewest safe moves.
 
 Reads where every model is from the Triton servers, judges it against the policies with peaks
 from the exporter (or a profile file), and prints the plan. Nothing changes without --apply;
 then each step loads the model at its target and waits until it answers before unloading it at
-its source, one step at a time, under a lock, a moves-per-run limit and a per-model cooldown.
+its source, one step at a time, under a lock, a moves-per-run limit and a per-model cooldown. A
+server that does not answer is left out of the plan; a policy no placement meets is named and
+the others are still enforced.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sys
 
 from gpupack.config import ConfigFile, resolve_settings
 from gpupack.errors import ExitStatus, InputError
+from gpupack.rules import cli as rules_cli
 from gpupack.rules.loader import load_policies_if_given
 from gpupack.scheduler.rebalance.inputs import ExporterInputs, ProfileInputs
 from gpupack.scheduler.rebalance.report import render_json, render_outcome, render_table
@@ -23,20 +26,32 @@ from gpupack.servers import load_servers, model_control_servers
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", action="append", required=True, metavar="NAME=URL",
-                        help="a Triton server to manage (repeat), e.g. triton-0=http://10.0.0.5:8000")
+    parser.add_argument("--server", action="append", metavar="NAME=URL",
+                        help="a Triton server to manage (repeat), e.g. triton-0=http://10.0.0.5:8000 (default: the "
+                             "servers of the config file's rules section, as 'gpupack rules run' manages them)")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--exporter", metavar="URL", help="take peaks, devices and baselines from this exporter")
+    source.add_argument("--exporter", metavar="URL", help="take peaks, devices and baselines from this exporter "
+                        "(default: the config file's rules exporter_url)")
     source.add_argument("--profile", metavar="FILE", help="take peaks from a profile file (needs --device-memory)")
-    parser.add_argument("--policies", metavar="FILE", help="policies to enforce (default: device capacity only)")
+    parser.add_argument("--policies", metavar="FILE", help="policies to enforce (default: the config file's rules "
+                        "policies, else device capacity only)")
     parser.add_argument("--apply", action="store_true", help="carry out the plan (default: only print it)")
     add_safety_flags(parser)
-    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     settings = resolve_settings("rebalance", SETTINGS, config, os.environ, vars(args))
-    servers = model_control_servers(load_servers(None, {}, {"servers": args.server}, "rebalance"))
+    # The servers, exporter and policies of the rules engine, which runs this same scheduler.
+    servers = model_control_servers(load_servers(config, os.environ, {"servers": args.server}, rules_cli.SECTION))
+    if not servers:
+        raise InputError("give the servers to manage: --server NAME=URL (repeat), or a servers list in the config "
+                         "file's rules section")
+    rules = resolve_settings(rules_cli.SECTION, rules_cli.SETTINGS, config, os.environ, {})
+    if settings["exporter"] is None and "exporter_url" in ((config and config.section(rules_cli.SECTION)) or {}):
+        settings["exporter"] = rules["exporter_url"]
+    if settings["policies"] is None:
+        settings["policies"] = rules["policies"]
     if args.profile:
         if settings["device_memory"] is None:
             raise InputError("--profile needs --device-memory (the memory of each server's device)")
@@ -63,4 +78,4 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         sys.stdout.write(render_outcome(outcome))
     if outcome is not None:
         return ExitStatus.OK if outcome.succeeded else ExitStatus.FAILURE
-    return ExitStatus.OK if plan.moves.safe else ExitStatus.FAILURE
+    return ExitStatus.OK if plan.moves.safe and not plan.unsatisfiable else ExitStatus.FAILURE

@@ -6,20 +6,23 @@ its own device ``cpu:<server>``; instances on GPUs name GPU indices, which the e
 list (``/api/v1/peaks``) turns into device names. Without the exporter, no server is known to
 have GPUs (KIND_AUTO runs on the host), and a KIND_GPU group's GPU is called ``<server>:gpu<index>``.
 
-A rebalancer must not act on half a picture, so a server that does not answer is an error here,
-not a gap.
+A server that does not answer is marked down with the reason, not skipped in silence and not an
+error for the whole fleet: the rebalancer plans for the servers that answer, never onto a down
+one, and counts the models it last saw there as at risk (:mod:`.desired`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from gpupack.devices import cpu_device_name, instance_groups
 from gpupack.domain import Placement
+from gpupack.errors import network_reason
 from gpupack.servers import ServerConfig
-from gpupack.triton.control import TritonControl
+from gpupack.triton.control import TritonControl, TritonControlError
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,11 @@ class FleetView:
 
     models: tuple[LoadedModel, ...]
     generated_at_seconds: float
+    down: Mapping[str, str] = field(default_factory=dict)  # server -> why it did not answer
+
+    def is_down(self, servers: Sequence[str]) -> bool:
+        """Whether any of these servers (a device's) did not answer: nothing is planned onto it."""
+        return any(s in self.down for s in servers)
 
     @property
     def placement(self) -> Placement:
@@ -76,12 +84,19 @@ def read_fleet(
     control: Callable[[ServerConfig], TritonControl] = TritonControl,
     clock: Callable[[], float] = time.time,
 ) -> FleetView:
-    """Every READY model on every server and its devices; raises if any server does not answer."""
-    loaded = []
+    """Every READY model on every server that answers, and its devices; the others are ``down``."""
+    loaded: list[LoadedModel] = []
+    down: dict[str, str] = {}
     for endpoint in servers:
         triton = control(endpoint)
-        for model, version in sorted(triton.ready_models().items()):
-            config = triton.model_config(model)
-            for device in devices_of(endpoint.name, config, gpus):
-                loaded.append(LoadedModel(endpoint.name, model, version, device, config))
-    return FleetView(tuple(loaded), clock())
+        try:
+            on_server = []
+            for model, version in sorted(triton.ready_models().items()):
+                config = triton.model_config(model)
+                on_server += [LoadedModel(endpoint.name, model, version, device, config)
+                              for device in devices_of(endpoint.name, config, gpus)]
+        except TritonControlError as e:
+            down[endpoint.name] = network_reason(e.__cause__) if e.__cause__ is not None else e.reason
+            continue
+        loaded += on_server
+    return FleetView(tuple(loaded), clock(), MappingProxyType(down))

@@ -10,7 +10,10 @@ Two ways a fleet is laid out, two executors:
   ones are ready, and keeps the old model entirely if the new one fails to load.
 
 A step that fails before the source copy is gone is rolled back: the source stays loaded, the
-half-loaded target is unloaded, and :class:`StepFailedError` says what happened.
+half-loaded target is unloaded, and :class:`StepFailedError` says what happened. The one
+destructive act, unloading the source, re-checks its precondition at the moment it acts: the
+target must still be ready and answer an inference after the drain (it may have died during it);
+otherwise the source is left serving.
 
 A step with a configuration loads its copy with a config override (``config_override``) built on
 the config a server already runs the model with; a step that reconfigures a copy in place
@@ -38,7 +41,15 @@ _POLL_SECONDS = 0.1
 
 
 class StepFailedError(GpupackError):
-    """A step did not complete; the message says whether the source is still serving."""
+    """A step did not complete; the message says whether the source is still serving.
+
+    ``result`` is how ``gpupack_rebalance_moves_total`` counts it: ``target_lost`` when the target
+    stopped serving before the source was unloaded (the source kept the model), else ``failed``.
+    """
+
+    def __init__(self, message: str, result: str = "failed") -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class Executor(Protocol):
@@ -97,6 +108,15 @@ class _Steps:
             if self.context.clock() >= deadline:
                 raise TritonControlError(f"{triton.endpoint.name}: {model} still loaded after the step timeout")
             self.context.sleep(_POLL_SECONDS)
+
+
+def reload_model(context: StepContext, endpoint: ServerConfig, model: str) -> None:
+    """Load a model that has no ready copy anywhere, as the repository has it, until it answers."""
+    steps = _Steps(context)
+    deadline = context.clock() + context.step_timeout_seconds
+    triton = steps.triton(endpoint, deadline)
+    triton.load(model)
+    steps.wait_serving(triton, model, deadline)
 
 
 def serving(triton: TritonControl, model: str) -> bool | None:
@@ -167,6 +187,10 @@ class ServerPerDeviceExecutor(_Steps):
     def _leave(self, step: Step, deadline: float) -> None:
         assert step.source is not None
         source = self.triton(self._server(step.source), deadline)
+        if step.target is not None:
+            self._confirm_target(step, source, deadline)
+        else:
+            self._confirm_other_copy(step, deadline)
         try:
             source.unload(step.model)
             self.wait_gone(source, step.model, deadline)
@@ -174,6 +198,38 @@ class ServerPerDeviceExecutor(_Steps):
             self.event("step_failed", step, error=str(e), source_serving=serving(source, step.model))
             raise StepFailedError(f"{step.describe()}: {e}; the model may be loaded on both devices") from e
         self.event("source_unloaded", step, server=source.endpoint.name)
+
+    def _confirm_target(self, step: Step, source: TritonControl, deadline: float) -> None:
+        """The target answered before the drain; a target that died since must not cost the source copy."""
+        assert step.target is not None
+        target = self.triton(self._server(step.target), deadline)
+        try:
+            if not target.is_ready(step.model):
+                raise TritonControlError(f"{target.endpoint.name}: {step.model} is no longer ready")
+            target.probe(step.model)
+        except TritonControlError as e:
+            source_serving = serving(source, step.model)
+            self.event("step_failed", step, error=str(e), reason="target_lost", source_serving=source_serving)
+            where = f"{step.model} still serving on {step.source}" if source_serving else \
+                f"{step.source} does not answer either"
+            raise StepFailedError(f"{step.describe()}: the target stopped serving before the source was unloaded "
+                                  f"({e}); {where}", result="target_lost") from e
+
+    def _confirm_other_copy(self, step: Step, deadline: float) -> None:
+        """Dropping a replica is only safe while another copy answers right now."""
+        for device, endpoint in sorted(self.servers.items()):
+            if device == step.source:
+                continue
+            other = self.triton(endpoint, deadline)
+            try:
+                if other.is_ready(step.model):
+                    other.probe(step.model)
+                    return
+            except TritonControlError:
+                continue
+        self.event("step_failed", step, error="no other copy answers", reason="target_lost", source_serving=True)
+        raise StepFailedError(f"{step.describe()}: no other copy of {step.model} answers now; "
+                              f"it stays on {step.source}", result="target_lost")
 
     def _roll_back(self, step: Step, target: TritonControl, error: TritonControlError) -> NoReturn:
         try:

@@ -25,6 +25,7 @@ from gpupack.scheduler.rebalance.config_override import loaded_config
 from gpupack.scheduler.rebalance.current import FleetView, GpuIndex
 from gpupack.scheduler.demand.cost import capacity_per_second
 from gpupack.servers import ServerConfig
+from gpupack.units import counted
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class FleetInputs:
 
     def snapshot(self, fleet: FleetView) -> PeaksSnapshot:
         """Today's placement with each model's peaks, for the rules evaluator."""
+        self._require_peaks(fleet)
         models = tuple(
             ModelPeaks(m.model, m.device, self._peaks(m.model, m.server), m.server, m.version) for m in fleet.models
         )
@@ -101,6 +103,7 @@ class FleetInputs:
 
     def models(self, fleet: FleetView) -> tuple[ModelFootprint, ...]:
         """Every loaded model with its peaks: what the rebalancer places."""
+        self._require_peaks(fleet)
         return tuple(ModelFootprint(model, self._peaks(model, "")) for model in sorted(fleet.placement.assignments))
 
     def server_baseline(self) -> dict[Resource, float]:
@@ -110,6 +113,15 @@ class FleetInputs:
             for resource, value in device.server_baseline.items():
                 baseline[resource] = max(value, baseline.get(resource, 0.0))
         return baseline
+
+    def _require_peaks(self, fleet: FleetView) -> None:
+        """Every loaded model without a memory peak, named at once: none is planned as free."""
+        missing = sorted({(m.model, m.server) for m in fleet.models
+                          if Resource.GPU_MEMORY not in self.footprints.get(m.model, {})})
+        if missing:
+            named = ", ".join(f"{model} (on {server})" for model, server in missing)
+            raise InputError(f"{self.origin}: {counted(len(missing), 'loaded model')} without a recorded memory "
+                             f"peak, so no plan can count {'it' if len(missing) == 1 else 'them'}: {named}")
 
     def _peaks(self, model: str, server: str) -> Mapping[Resource, float]:
         """A model without a memory peak is unknown, not free: planning it as 0 bytes could overfill a GPU."""

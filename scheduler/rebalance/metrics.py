@@ -20,8 +20,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from gpupack.scheduler.rebalance.current import FleetView, LoadedModel
+from gpupack.scheduler.rebalance.desired import Desired
 
-MOVE_RESULTS = ("succeeded", "failed", "deferred")
+# target_lost: a failed step whose target stopped serving before the source was unloaded (the source kept it).
+MOVE_RESULTS = ("succeeded", "failed", "target_lost", "deferred")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class RebalanceSnapshot:
     placement_read_at_seconds: float | None = None
     moves_total: Mapping[str, int] = field(default_factory=lambda: MappingProxyType(dict.fromkeys(MOVE_RESULTS, 0)))
     last_success_timestamp_seconds: float | None = None
+    desired_copies: Mapping[str, int] = field(default_factory=dict)  # model -> copies the desired state wants
+    servers_down: tuple[str, ...] = ()
 
 
 class RebalanceState:
@@ -46,8 +50,12 @@ class RebalanceState:
         with self._lock:
             self._snapshot = change(self._snapshot)
 
-    def publish_placement(self, fleet: FleetView) -> None:
-        self._swap(lambda s: replace(s, placement=fleet.models, placement_read_at_seconds=fleet.generated_at_seconds))
+    def publish_placement(self, fleet: FleetView, desired: Desired) -> None:
+        self._swap(lambda s: replace(s, placement=fleet.models, placement_read_at_seconds=fleet.generated_at_seconds,
+                                     desired_copies=_counts(desired), servers_down=tuple(sorted(fleet.down))))
+
+    def publish_desired(self, desired: Desired) -> None:
+        self._swap(lambda s: replace(s, desired_copies=_counts(desired)))
 
     def count_moves(self, result: str, count: int = 1) -> None:
         def change(s: RebalanceSnapshot) -> RebalanceSnapshot:
@@ -59,6 +67,10 @@ class RebalanceState:
 
     def mark_success(self, at_seconds: float) -> None:
         self._swap(lambda s: replace(s, last_success_timestamp_seconds=at_seconds))
+
+
+def _counts(desired: Desired) -> Mapping[str, int]:
+    return MappingProxyType({model: len(copies) for model, copies in desired.items()})
 
 
 class RebalanceCollector(Collector):
@@ -87,6 +99,21 @@ class RebalanceCollector(Collector):
         for entry in snapshot.placement:
             placement.add_metric([entry.server, entry.model, entry.version, entry.device], 1)
         yield placement
+        ready: dict[str, set[tuple[str, str]]] = {}
+        for entry in snapshot.placement:
+            ready.setdefault(entry.model, set()).add((entry.server, entry.device))
+        ready_copies = GaugeMetricFamily(
+            "gpupack_model_ready_copies", "Copies of each model ready on a server that answers; 0 when the fleet "
+            "should serve it (gpupack_model_desired_copies) and none is ready.", labels=["model"])
+        desired_copies = GaugeMetricFamily(
+            "gpupack_model_desired_copies", "Copies of each model the rebalancer's desired state wants.",
+            labels=["model"])
+        for model in sorted(set(ready) | set(snapshot.desired_copies)):
+            ready_copies.add_metric([model], len(ready.get(model, ())))
+            if model in snapshot.desired_copies:
+                desired_copies.add_metric([model], snapshot.desired_copies[model])
+        yield ready_copies
+        yield desired_copies
 
 
 def placement_document(snapshot: RebalanceSnapshot) -> dict[str, Any]:

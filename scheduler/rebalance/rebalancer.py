@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from gpupack.domain import Placement
-from gpupack.errors import GpupackError, InputError
+from gpupack.errors import GpupackError, InputError, UnreachableError
 from gpupack.model_configs import ModelConfig
 from gpupack.rules.evaluator import Result, evaluate
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.rebalance.audit import AuditLog
 from gpupack.scheduler.rebalance.current import FleetView, read_fleet
+from gpupack.scheduler.rebalance.desired import (
+    Copy, Desired, DesiredStateError, DesiredStateFile, lost, observed, with_copy,
+)
 from gpupack.scheduler.rebalance.executor import (
     Executor,
     GpuSlot,
@@ -27,23 +30,29 @@ from gpupack.scheduler.rebalance.executor import (
     ServerPerDeviceExecutor,
     StepContext,
     StepFailedError,
+    reload_model,
 )
+from gpupack.scheduler.rebalance.restore import where_to_reload
 from gpupack.scheduler.rebalance.inputs import FleetInputs
 from gpupack.scheduler.rebalance.metrics import RebalanceState
-from gpupack.scheduler.constraints import problem_from
-from gpupack.scheduler.rebalance.configurations import plan_configurations
-from gpupack.scheduler.rebalance.moves import MovePlan, plan_moves
+from gpupack.scheduler.rebalance.moves import MovePlan
+from gpupack.scheduler.rebalance.solving import Fleet as SolvedFleet, target_for
 from gpupack.scheduler.rebalance.steps import Budget, Step
-from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.packing.problem import DeviceCountProof, Objective
 from gpupack.scheduler.rebalance.admission import Admission, Cooldowns, admit
-from gpupack.scheduler.rebalance.locks import Lock, LockLostError
+from gpupack.scheduler.rebalance.locks import Lock, LockHeldError, LockLostError
 from gpupack.scheduler.rebalance.settings import RebalanceSettings, lock_factory
-from gpupack.triton.control import TritonControl
+from gpupack.triton.control import TritonControl, TritonControlError
 from gpupack.servers import ServerConfig
 
 log = logging.getLogger(__name__)
 
+# A server slower than this to list its models is marked down rather than stalling every plan.
+READ_TIMEOUT_SECONDS = 10.0
+# Between runs the placement is re-read every evaluation, but the peaks it is read with (GPU
+# indices, what a lost model weighs) only this often: the evaluation has just fetched them
+# itself, and a stalled exporter must not cost every cycle a second timeout.
+REFRESH_INPUTS_SECONDS = 60.0
 # Fewest moves first; among those, the most headroom.
 OBJECTIVES = (Objective.MIN_MOVES, Objective.BALANCE)
 
@@ -62,6 +71,7 @@ class RebalancePlan:
     admission: Admission
     broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
     proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
+    unsatisfiable: tuple[str, ...] = ()  # rebalance policies no placement meets: planned without them
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,7 @@ class RebalanceOutcome:
 
     @property
     def succeeded(self) -> bool:
-        return (all(s.succeeded for s in self.steps) and not self.stopped
+        return (all(s.succeeded for s in self.steps) and not self.stopped and not self.plan.unsatisfiable
                 and (self.plan.moves.safe or not self.plan.violations))
 
 
@@ -108,12 +118,110 @@ class Rebalancer:
         self.audit = AuditLog(settings.state_dir / "audit.jsonl", clock)
         self.cooldowns = Cooldowns(settings.state_dir / "cooldown.json", settings.cooldown_seconds, clock)
         self.lock = settings.lock or lock_factory(None, settings.state_dir, {})
+        self.desired = DesiredStateFile(settings.state_dir)
+        # Set by the closed loop when it acts (``--apply``): every refresh then reloads lost models,
+        # placing them under the policies this returns (the ones the rules engine last loaded).
+        self.restore_under: Callable[[], PolicySet] | None = None
+        self._last_inputs: FleetInputs | None = None
+        self._inputs_read_at = float("-inf")
+        self._down: dict[str, str] = {}
+        self._reported_lost: set[str] = set()
+
+    def _inputs(self, max_age_seconds: float = 0.0) -> FleetInputs:
+        """The inputs, or the last good ones while their source does not answer: reading and
+        restoring the fleet must not wait for the exporter's health. Read anew when older than
+        ``max_age_seconds``."""
+        if self._last_inputs is not None and self.clock() - self._inputs_read_at < max_age_seconds:
+            return self._last_inputs
+        try:
+            self._last_inputs, self._inputs_read_at = self.inputs(), self.clock()
+        except GpupackError as e:
+            if self._last_inputs is None:
+                raise
+            log.warning("using the peaks last read: %s", e)
+        return self._last_inputs
+
+    def _desired(self) -> Desired:
+        try:
+            return self.desired.read()
+        except DesiredStateError as e:
+            log.error("%s", e)
+            return {}
 
     def _read_fleet(self, inputs: FleetInputs) -> FleetView:
-        timeout_seconds = self.settings.step_timeout_seconds
+        timeout_seconds = min(self.settings.step_timeout_seconds, READ_TIMEOUT_SECONDS)
         fleet = read_fleet(self.servers, inputs.gpus, lambda e: self.control(e, timeout_seconds), self.clock)
-        self.state.publish_placement(fleet)
+        for server, why in sorted(fleet.down.items()):
+            if server not in self._down:
+                log.warning("server %s does not answer (%s): marked down, its models at risk; "
+                            "planning goes on for the others", server, why)
+        for server in sorted(set(self._down) - set(fleet.down)):
+            log.warning("server %s answers again", server)
+        self._down = dict(fleet.down)
+        self.state.publish_placement(fleet, observed(self._desired(), fleet))
         self._copy_capacity_per_second = inputs.loaded_capacities(fleet)
+        return fleet
+
+    def _write_desired(self, desired: Desired) -> None:
+        self.desired.write(desired, self.clock())
+        self.state.publish_desired(desired)
+
+    def _close_unfinished_run(self) -> None:
+        """Under the lock: a run still open in the audit log was cut short (its engine was killed)."""
+        started = self.audit.unfinished_run()
+        if started is not None:
+            self.audit.record("run_finished", succeeded=False, interrupted=True,
+                              run_started_at_seconds=started.get("time_seconds"),
+                              reason="the scheduler stopped before the run finished; closed by the next one")
+
+    def restore(self, policies: PolicySet | None = None) -> FleetView:
+        """Reload every model the fleet should serve that has no ready copy, under the lock."""
+        inputs = self._inputs(REFRESH_INPUTS_SECONDS)
+        fleet = self._read_fleet(inputs)
+        if not lost(observed(self._desired(), fleet), fleet) and self.audit.unfinished_run() is None \
+                and self.desired.path.exists():
+            return fleet
+        try:
+            with self.lock() as held:
+                self._close_unfinished_run()
+                return self._restore(inputs, policies or self.policies, held)
+        except LockHeldError:  # the scheduler that holds it restores them
+            return fleet
+
+    def _restore(self, inputs: FleetInputs, policies: PolicySet, held: Lock) -> FleetView:
+        fleet = self._read_fleet(inputs)
+        desired = observed(self._desired(), fleet)
+        self._write_desired(desired)
+        context = self._context(inputs)
+        server_of = managed_devices(inputs, self.servers)
+        endpoints = {s.name: s for s in self.servers}
+        for model in lost(desired, fleet):
+            held.ensure_held()
+            reload_at = where_to_reload(model, desired[model], fleet, inputs, policies, server_of)
+            was = [f"{c.device} on {c.server}" for c in desired[model]]
+            if reload_at.copy is None:
+                if model not in self._reported_lost:
+                    self.audit.record("model_lost", model=model, was=was, reason=reload_at.reason)
+                    log.error("%s has no ready copy and is not reloaded: %s", model, reload_at.reason)
+                self._reported_lost.add(model)
+                continue
+            where = reload_at.copy
+            self.audit.record("model_reload_started", model=model, was=was, server=where.server, device=where.device,
+                              reason=reload_at.reason)
+            desired = with_copy(desired, model, where)
+            self._write_desired(desired)
+            try:
+                reload_model(context, endpoints[where.server], model)
+            except TritonControlError as e:
+                self.audit.record("model_reload_failed", model=model, server=where.server, error=str(e))
+                log.error("%s not reloaded on %s: %s", model, where.server, e)
+                continue
+            self._reported_lost.discard(model)
+            self.audit.record("model_reloaded", model=model, server=where.server, device=where.device)
+            self.progress(f"reloaded {model} on {where.device} ({where.server}): it had no ready copy")
+            fleet = self._reread(inputs) or fleet
+        desired = observed(desired, fleet)
+        self._write_desired(desired)
         return fleet
 
     def loaded_copy_capacities(self) -> dict[str, float]:
@@ -121,8 +229,11 @@ class Rebalancer:
         return self._copy_capacity_per_second
 
     def refresh_placement(self) -> FleetView:
-        """Read and publish where every model is now, for ``/api/v1/placement`` between runs."""
-        return self._read_fleet(self.inputs())
+        """Read and publish where every model is now, for ``/api/v1/placement`` between runs; when
+        the loop acts, reload first every model that has no ready copy."""
+        if self.restore_under is not None:
+            return self.restore(self.restore_under())
+        return self._read_fleet(self._inputs(REFRESH_INPUTS_SECONDS))
 
     def plan(self, policies: PolicySet | None = None) -> RebalancePlan:
         """What would be done now; changes nothing on the fleet.
@@ -131,38 +242,30 @@ class Rebalancer:
         just evaluated, which it reloads when the files change.
         """
         policies = self.policies if policies is None else policies
-        inputs = self.inputs()
+        inputs = self._inputs()
         fleet = self._read_fleet(inputs)
+        if self.servers and len(fleet.down) == len(self.servers):  # nothing to plan for: we cannot tell
+            first = self.servers[0]
+            raise UnreachableError(f"Triton server {first.name}", first.url, fleet.down[first.name])
+        # Nothing is planned onto a server that does not answer; its models are at risk, not movable.
+        inputs = replace(inputs, devices=tuple(d for d in inputs.devices if not fleet.is_down(d.servers)))
         inputs = inputs.with_fleet(fleet)
         violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
-        constraints = inputs.constraints(fleet, policies)
-        models, devices, baseline = inputs.models(fleet), [d.device for d in inputs.devices], inputs.server_baseline()
-        problem = problem_from(constraints, models, devices, baseline, current=fleet.placement)
-        broken: tuple[str, ...] = ()
-        budget = Budget.from_problem(problem)
-        proof = None
-        reconfigured = plan_configurations(inputs, fleet, constraints, OBJECTIVES,
-                                           self.settings.solve_time_limit_seconds) if violations else None
-        if reconfigured is not None:
-            problem, target, budget = reconfigured.problem, reconfigured.placement, reconfigured.budget
-            moves = plan_moves(fleet.placement, target, budget, reconfigured.configs)
-        elif violations:
-            planned = plan_under(constraints, models, devices, baseline, OBJECTIVES,
-                                 self.settings.solve_time_limit_seconds, current=fleet.placement)
-            problem, target, broken = planned.problem, planned.result.placement, planned.broken_alerts
-            proof = planned.result.proof
-            budget = Budget.from_problem(problem)
-            moves = plan_moves(fleet.placement, target, budget)
-        else:
-            target, moves = fleet.placement, MovePlan((), True, reason="no policy is violated")
+        devices = tuple(d.device for d in inputs.devices)
+        placed = SolvedFleet(inputs, fleet, inputs.models(fleet), devices, inputs.server_baseline())
+        solved = target_for(placed, inputs.constraints(fleet, policies), bool(violations), OBJECTIVES,
+                            self.settings.solve_time_limit_seconds)
         admission = admit(
-            fleet.placement, moves.steps, budget, self.settings.max_moves, self.cooldowns.remaining_seconds()
+            fleet.placement, solved.moves.steps, solved.budget, self.settings.max_moves,
+            self.cooldowns.remaining_seconds()
         )
-        return RebalancePlan(fleet, inputs, violations, target, moves, admission, broken, proof)
+        return RebalancePlan(fleet, inputs, violations, solved.target, solved.moves, admission, solved.broken_alerts,
+                             solved.proof, solved.unsatisfiable)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
         with self.lock() as held:
+            self._close_unfinished_run()
             now = self._read_fleet(plan.inputs)
             if now.placement != plan.fleet.placement:
                 raise StalePlanError("the placement changed since the plan was made; run again to re-plan")
@@ -175,8 +278,11 @@ class Rebalancer:
         if not violations:
             return None
         with self.lock() as held:
+            self._close_unfinished_run()
             described = [f"{v.policy} on {v.device or v.model}" if isinstance(v, Result) else str(v) for v in violations]
             self.audit.record("rebalance_requested", violations=described)
+            # Lost models come back before anything else is planned.
+            self._restore(self._inputs(), policies or self.policies, held)
             return self._execute(self.plan(policies), held)
 
     def _execute(self, plan: RebalancePlan, held: Lock) -> RebalanceOutcome:
@@ -187,60 +293,80 @@ class Rebalancer:
             steps=[s.describe() for s in admitted],
             deferred=[f"{s.describe()}: {why}" for s, why in plan.admission.deferred],
             safe=plan.moves.safe,
+            unsatisfiable=list(plan.unsatisfiable),
+            servers_down=dict(plan.fleet.down),
             device_count_proof=plan.proof.as_dict() if plan.proof is not None else None,
         )
         executor = self._executor(plan)
+        server_of = managed_devices(plan.inputs, self.servers)
+        desired = observed(self._desired(), plan.fleet)
         outcomes: list[StepOutcome] = []
         stopped = ""
-        for number, step in enumerate(admitted, start=1):
-            self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
-            try:
-                held.ensure_held()  # another scheduler may act once ours is gone: not one more step
-            except LockLostError as e:
-                stopped = str(e)
-                self.audit.record("lock_lost", error=stopped, steps_left=len(admitted) - len(outcomes))
-                self.progress(f"[{number}/{len(admitted)}] stopped: {e}")
-                break
-            started = time.monotonic()
-            try:
-                executor.execute(step)
-            except StepFailedError as e:
-                outcomes.append(StepOutcome(step, False, time.monotonic() - started, str(e)))
-                self.state.count_moves("failed")
-                self.progress(f"[{number}/{len(admitted)}] failed: {e}")
-                break  # later steps were planned assuming this one; stop here
-            self.cooldowns.record_move(step.model)
-            self._republish_placement(plan.inputs)  # before the counter: a scrape never sees a move done but not placed
-            self.state.count_moves("succeeded")
-            outcomes.append(StepOutcome(step, True, time.monotonic() - started))
-            self.progress(f"[{number}/{len(admitted)}] done in {outcomes[-1].seconds:.1f}s")
-        not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
-        if not_run:
-            self.state.count_moves("deferred", not_run)
-        outcome = RebalanceOutcome(plan, tuple(outcomes), stopped)
-        if outcome.succeeded:
-            self.state.mark_success(self.clock())
-        self._read_fleet(plan.inputs)
-        self.audit.record("run_finished", succeeded=outcome.succeeded, steps_done=sum(o.succeeded for o in outcomes))
-        return outcome
-
-    def _republish_placement(self, inputs: FleetInputs) -> None:
-        """A step is done whether or not the fleet answers the read that follows it."""
+        succeeded = False
         try:
-            self._read_fleet(inputs)
+            for number, step in enumerate(admitted, start=1):
+                self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
+                try:
+                    held.ensure_held()  # another scheduler may act once ours is gone: not one more step
+                except LockLostError as e:
+                    stopped = str(e)
+                    self.audit.record("lock_lost", error=stopped, steps_left=len(admitted) - len(outcomes))
+                    self.progress(f"[{number}/{len(admitted)}] stopped: {e}")
+                    break
+                if step.target in server_of:  # desired at its target too before it arrives: a crash loses neither
+                    desired = with_copy(desired, step.model, Copy(server_of[step.target], step.target))
+                    self._write_desired(desired)
+                started = time.monotonic()
+                try:
+                    executor.execute(step)
+                except StepFailedError as e:
+                    outcomes.append(StepOutcome(step, False, time.monotonic() - started, str(e)))
+                    self.state.count_moves(e.result)
+                    self.progress(f"[{number}/{len(admitted)}] failed: {e}")
+                    break  # later steps were planned assuming this one; stop here
+                self.cooldowns.record_move(step.model)
+                fleet = self._reread(plan.inputs)  # before the counter: a scrape never sees a move done but not placed
+                if fleet is not None:
+                    desired = observed(desired, fleet)
+                    self._write_desired(desired)
+                self.state.count_moves("succeeded")
+                outcomes.append(StepOutcome(step, True, time.monotonic() - started))
+                self.progress(f"[{number}/{len(admitted)}] done in {outcomes[-1].seconds:.1f}s")
+            not_run = len(admitted) - len(outcomes) + len(plan.admission.deferred)
+            if not_run:
+                self.state.count_moves("deferred", not_run)
+            outcome = RebalanceOutcome(plan, tuple(outcomes), stopped)
+            succeeded = outcome.succeeded
+            if succeeded:
+                self.state.mark_success(self.clock())
+            fleet = self._reread(plan.inputs)
+            if fleet is not None:
+                self._write_desired(observed(desired, fleet))
+            return outcome
+        finally:  # every run is closed, whatever cut it short
+            self.audit.record("run_finished", succeeded=succeeded, steps_done=sum(o.succeeded for o in outcomes))
+
+    def _reread(self, inputs: FleetInputs) -> FleetView | None:
+        """A step is done (or failed) whatever the read that follows it says: its error is logged,
+        never the step's outcome."""
+        try:
+            return self._read_fleet(inputs)
         except GpupackError as e:
             log.warning("placement not re-read after a step, /api/v1/placement shows the last one read: %s", e)
+            return None
 
-    def _executor(self, plan: RebalancePlan) -> Executor:
-        context = StepContext(
+    def _context(self, inputs: FleetInputs) -> StepContext:
+        return StepContext(
             self.audit,
             self.settings.step_timeout_seconds,
             self.settings.drain_seconds,
             progress=self.progress,
             control=self.control,
-            configs=_profiled_configs(plan.inputs),
+            configs=_profiled_configs(inputs),
         )
-        return build_executor(plan.inputs, plan.fleet.placement, self.servers, context)
+
+    def _executor(self, plan: RebalancePlan) -> Executor:
+        return build_executor(plan.inputs, plan.fleet.placement, self.servers, self._context(plan.inputs))
 
 
 def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:
@@ -248,19 +374,26 @@ def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:
     return {model: {c.name: c for c in configs} for model, configs in searched.items()}
 
 
-def build_executor(
-    inputs: FleetInputs, current: Placement, servers: Sequence[ServerConfig], context: StepContext
-) -> Executor:
-    """One server per device (mode a), or one server over several GPUs (mode b); nothing in between."""
-    endpoints = {s.name: s for s in servers}
+def managed_devices(inputs: FleetInputs, servers: Sequence[ServerConfig]) -> dict[str, str]:
+    """Device -> the one managed server that drives it."""
+    names = {s.name for s in servers}
     server_of: dict[str, str] = {}
     for entry in inputs.devices:
-        managed = [s for s in entry.servers if s in endpoints]
+        managed = [s for s in entry.servers if s in names]
         if len(managed) > 1:
             raise InputError(f"device {entry.device.name} is shared by servers {', '.join(managed)}: rebalancing "
                              "needs one server per device or one server over several GPUs")
         if managed:
             server_of[entry.device.name] = managed[0]
+    return server_of
+
+
+def build_executor(
+    inputs: FleetInputs, current: Placement, servers: Sequence[ServerConfig], context: StepContext
+) -> Executor:
+    """One server per device (mode a), or one server over several GPUs (mode b); nothing in between."""
+    endpoints = {s.name: s for s in servers}
+    server_of = managed_devices(inputs, servers)
     devices_per_server: dict[str, list[str]] = {}
     for device, server in server_of.items():
         devices_per_server.setdefault(server, []).append(device)

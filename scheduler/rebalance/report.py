@@ -9,7 +9,7 @@ from gpupack.domain import Resource
 from gpupack.rules.evaluator import Result
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.rebalance.rebalancer import RebalanceOutcome, RebalancePlan
-from gpupack.units import format_bytes, format_percent
+from gpupack.units import counted, format_bytes, format_percent
 
 
 def _value(resource: Resource | None, value: float | None) -> str:
@@ -33,16 +33,21 @@ def _violation(result: Result, policies: PolicySet) -> str:
 def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> str:
     fleet = plan.fleet
     lines = [
-        f"fleet: {len(fleet.placement.assignments)} models loaded on "
-        f"{len(fleet.placement.devices_used())} of {len(plan.inputs.devices)} devices"
+        f"fleet: {counted(len(fleet.placement.assignments), 'model')} loaded on "
+        f"{len(fleet.placement.devices_used())} of {counted(len(plan.inputs.devices), 'device')}"
     ]
+    lines.extend(f"server {server} does not answer ({why}): marked down, nothing planned onto it"
+                 for server, why in sorted(fleet.down.items()))
     if not plan.violations:
         lines.append("violations: none")
     else:
         lines.append("violations:")
         lines.extend(f"  {_violation(v, policies)}" for v in plan.violations)
+    if plan.unsatisfiable:
+        lines.append(f"unsatisfiable, planned without (no placement meets them with the policies before them): "
+                     f"{', '.join(plan.unsatisfiable)}")
     if plan.proof is not None:
-        lines.append(f"target: {plan.proof.device_count} devices ({plan.proof.describe()})")
+        lines.append(f"target: {counted(plan.proof.device_count, 'device')} ({plan.proof.describe()})")
     moves = plan.moves
     if not moves.safe:
         lines.append(f"no safe plan: {moves.reason}")
@@ -52,7 +57,7 @@ def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> st
     elif not plan.admission.admitted and not plan.admission.deferred:
         lines.append(f"plan: nothing to do ({moves.reason})" if moves.reason else "plan: nothing to do")
     else:
-        lines.append(f"plan: {len(plan.admission.admitted)} step(s), each safe with both copies counted")
+        lines.append(f"plan: {counted(len(plan.admission.admitted), 'step')}, each safe with both copies counted")
         lines.extend(f"  {n}. {s.describe()}" for n, s in enumerate(plan.admission.admitted, start=1))
     if plan.broken_alerts:
         lines.append(f"alert policies the plan still breaks (alerts never block a rebalance): {', '.join(plan.broken_alerts)}")
@@ -67,7 +72,7 @@ def render_table(plan: RebalancePlan, policies: PolicySet, applying: bool) -> st
 def render_outcome(outcome: RebalanceOutcome) -> str:
     done = sum(s.succeeded for s in outcome.steps)
     failed = [s for s in outcome.steps if not s.succeeded]
-    text = f"applied {done} of {len(outcome.plan.admission.admitted)} step(s)"
+    text = f"applied {done} of {counted(len(outcome.plan.admission.admitted), 'step')}"
     if failed:
         text += f"; stopped at a failed step: {failed[0].error}"
     if outcome.stopped:
@@ -89,9 +94,11 @@ def plan_document(plan: RebalancePlan, outcome: RebalanceOutcome | None) -> dict
              "models": list(v.models)}
             for v in plan.violations
         ],
+        "servers_down": dict(sorted(plan.fleet.down.items())),
         "safe": moves.safe,
         "reason": moves.reason,
         "alert_policies_broken": list(plan.broken_alerts),
+        "unsatisfiable": list(plan.unsatisfiable),
         "steps": [step(s) for s in plan.admission.admitted],
         "deferred": [{**step(s), "reason": why} for s, why in plan.admission.deferred],
         "relaxation": (

@@ -49,8 +49,8 @@ SETTINGS = (
             metavar="DURATION"),
     Setting("drain", parse_duration, 5.0, help="keep both copies this long before unloading the source (default: 5s)",
             metavar="DURATION"),
-    Setting("state_dir", str, default_state_dir(), help="lock, cooldowns and audit log (default: ~/.local/state/gpupack)",
-            metavar="DIR"),
+    Setting("state_dir", str, default_state_dir(),
+            help="lock, cooldowns, audit log and desired state (default: ~/.local/state/gpupack)", metavar="DIR"),
     Setting("lock", LockSpec.parse, None,
             help="one scheduler at a time: file:PATH (default: rebalance.lock in the state dir) or lease:NAME "
                  "(a Kubernetes Lease; needs POD_NAME, POD_NAMESPACE)", metavar="SPEC"),
@@ -64,9 +64,10 @@ def add_safety_flags(parser: argparse.ArgumentParser, suppress: bool = False) ->
     before a subcommand from being reset by the subparser's default."""
     for setting in SETTINGS:
         if setting.key in SAFETY_KEYS:
+            env = f"env: {setting.env_name('rebalance')}"
+            help_text = f"{setting.help[:-1]}; {env})" if setting.help.endswith(")") else f"{setting.help} ({env})"
             parser.add_argument(f"--{setting.key.replace('_', '-')}", metavar=setting.metavar,
-                                default=argparse.SUPPRESS if suppress else None,
-                                help=f"{setting.help} (env: {setting.env_name('rebalance')})")
+                                default=argparse.SUPPRESS if suppress else None, help=help_text)
 
 
 def lock_factory(spec: LockSpec | None, state_dir: Path, environ: Mapping[str, str]) -> LockFactory:

@@ -48,8 +48,8 @@ def objects() -> dict[str, dict[str, Any]]:
 
 def test_kustomization_renders_every_component(objects: dict[str, dict[str, Any]]) -> None:
     kinds = sorted({key.split("/")[0] for key in objects})
-    assert kinds == ["ConfigMap", "DaemonSet", "Deployment", "Namespace", "PrometheusRule", "Role", "RoleBinding",
-                     "Service", "ServiceAccount", "ServiceMonitor"]
+    assert kinds == ["ConfigMap", "DaemonSet", "Deployment", "Namespace", "PersistentVolumeClaim", "PrometheusRule",
+                     "Role", "RoleBinding", "Service", "ServiceAccount", "ServiceMonitor"]
     assert all(doc["metadata"].get("namespace") == "gpupack" for key, doc in objects.items()
                if not key.startswith("Namespace/"))
 
@@ -126,15 +126,16 @@ def _rules_container(objects: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return objects["Deployment/gpupack-rules"]["spec"]["template"]["spec"]["containers"][0]
 
 
-def test_scheduler_state_is_written_to_a_pod_volume_under_a_read_only_root(objects: dict[str, dict[str, Any]]) -> None:
+def test_scheduler_state_is_on_a_claim_every_replica_shares_under_a_read_only_root(objects: dict[str, dict[str, Any]]) -> None:
     pod = objects["Deployment/gpupack-rules"]["spec"]["template"]["spec"]
     container = _rules_container(objects)
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     env = {e["name"]: e.get("value") for e in container["env"]}
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[env["GPUPACK_REBALANCE_STATE_DIR"]])
-    assert "emptyDir" in volume and not any(m.get("readOnly") for m in container["volumeMounts"]
-                                            if m["name"] == volume["name"])
+    claim = objects[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # the next Lease holder reads the desired state
+    assert not any(m.get("readOnly") for m in container["volumeMounts"] if m["name"] == volume["name"])
 
 
 def test_scheduler_servers_and_apply_come_from_a_generated_configmap_the_cli_accepts(

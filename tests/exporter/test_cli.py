@@ -75,7 +75,8 @@ def test_a_taken_port_is_an_input_error_and_nothing_starts(tmp_path, capsys):
         status = main(["exporter", "--server", "a=http://127.0.0.1:1", "--listen", f"127.0.0.1:{port}",
                        "--state-dir", str(tmp_path / "state")])
     assert status == 2
-    assert f"listen: cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"gpupack exporter: error: cannot listen on 127.0.0.1:{port}: "
+                                       "address already in use\n")
     assert not (tmp_path / "state").exists()
 
 

@@ -110,3 +110,38 @@ def test_an_evaluation_that_raises_is_logged_and_the_next_one_still_runs(tmp_pat
     with serving(engine, 0.05):
         wait_until(lambda: calls >= 3, 5, "three evaluations", interval_seconds=0.02)
     assert "evaluation failed; the next one runs on schedule" in caplog.text and "a bug in a source" in caplog.text
+
+
+def test_a_broken_edit_is_counted_and_read_even_while_the_exporter_fails(fake_exporter, tmp_path):
+    path = write_policies(tmp_path, POLICY_TEXT)
+    engine = RulesEngine(ExporterSource(fake_exporter.url), PolicyFile(path).current)
+    with serving(engine, 0.2) as metrics:
+        body = wait_for(metrics, VIOLATION)
+        assert "gpupack_policy_load_errors_total 0.0" in body
+        loaded_at = _sample(body, "gpupack_policy_last_load_timestamp_seconds")
+        fake_exporter.status = 500
+        wait_for(metrics, "gpupack_rules_source_up 0.0")
+        path.write_text(POLICY_TEXT.replace("80%", "120%"))
+        body = wait_for(metrics, "gpupack_policy_load_errors_total 1.0")
+        assert _sample(body, "gpupack_policy_last_load_timestamp_seconds") == loaded_at
+        path.write_text(POLICY_TEXT.replace("80%", "95%"))
+        body = wait_for(metrics, "gpupack_policy_load_errors_total 1.0")
+        wait_until(lambda: _sample(requests.get(metrics, timeout=2).text,
+                                   "gpupack_policy_last_load_timestamp_seconds") > loaded_at,
+                   5, "the good edit loaded while the exporter still fails", interval_seconds=0.05)
+
+
+def _sample(body: str, name: str) -> float:
+    (line,) = [line for line in body.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def test_a_second_engine_on_a_used_port_is_refused_in_one_line(fake_exporter, tmp_path):
+    first = RulesEngine(ExporterSource(fake_exporter.url), PolicyFile(write_policies(tmp_path, POLICY_TEXT)).current)
+    with serving(first, 0.2) as metrics:
+        wait_for(metrics, VIOLATION)
+        port = int(metrics.split(":")[2].split("/")[0])
+        second = RulesEngine(ExporterSource(fake_exporter.url), PolicyFile(tmp_path / "policies.yaml").current)
+        with pytest.raises(InputError) as refused:
+            second.serve(0.2, "127.0.0.1", port)
+    assert str(refused.value) == f"cannot listen on 127.0.0.1:{port}: address already in use"

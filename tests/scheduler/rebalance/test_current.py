@@ -104,12 +104,15 @@ def test_one_server_over_several_gpus_is_rebalanced_by_reloading_onto_gpu_indice
     assert executor.instance_groups(today, ("GPU-aaaa",)) == [{"count": 2, "kind": "KIND_GPU", "gpus": [0]}]
 
 
-def test_a_loaded_model_without_a_memory_peak_is_refused_not_planned_as_free(exporter: str) -> None:
+def test_every_loaded_model_without_a_memory_peak_is_named_not_planned_as_free(exporter: str) -> None:
     inputs = ExporterInputs(exporter)()
     only_utilization = replace(inputs, footprints={"llm": {Resource.GPU_UTILIZATION: 0.4}})
-    fleet = FleetView((LoadedModel("multi", "llm", "1", "GPU-bbbb"),), 0.0)
+    fleet = FleetView((LoadedModel("multi", "llm", "1", "GPU-bbbb"), LoadedModel("multi", "bert", "1", "GPU-aaaa")),
+                      0.0)
 
-    with pytest.raises(InputError, match="model 'llm' is loaded on multi but has no recorded memory peak"):
+    named = "2 loaded models without a recorded memory peak, so no plan can count them: bert \\(on multi\\), " \
+            "llm \\(on multi\\)"
+    with pytest.raises(InputError, match=named):
         only_utilization.snapshot(fleet)
-    with pytest.raises(InputError, match="model 'llm' is loaded but has no recorded memory peak"):
+    with pytest.raises(InputError, match=named):
         only_utilization.models(fleet)

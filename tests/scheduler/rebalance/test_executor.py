@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -194,3 +196,41 @@ def test_a_step_past_its_timeout_is_rolled_back(audit: AuditLog) -> None:
         ServerPerDeviceExecutor(servers, context).execute(Step("large", "cpu:a", "cpu:b"))
     assert calls == ["load large on b", "unload large on b"]
     assert 5.0 <= now[0] < 6.0
+
+
+def kill_9(server: TritonServer) -> None:
+    """As an operator's game day does: no clean shutdown, the whole process group at once."""
+    os.killpg(server.pid, signal.SIGKILL)
+    assert server.process is not None
+    server.process.wait(timeout=10)
+
+
+def test_a_target_that_dies_during_the_drain_leaves_the_source_serving(
+    start_triton: Callable[..., TritonServer], audit: AuditLog
+) -> None:
+    a, b = start_triton(name="a", models=["large"]), start_triton(name="b")
+
+    def drain_while_the_target_dies(seconds: float) -> None:
+        kill_9(b)
+        time.sleep(seconds)
+
+    context = StepContext(audit, step_timeout_seconds=30, drain_seconds=0.5, sleep=drain_while_the_target_dies)
+    executor = ServerPerDeviceExecutor({"cpu:a": endpoint(a), "cpu:b": endpoint(b)}, context)
+    with pytest.raises(StepFailedError, match="the target stopped serving before the source was unloaded") as failed:
+        executor.execute(Step("large", "cpu:a", "cpu:b"))
+    assert failed.value.result == "target_lost"
+    assert "large still serving on cpu:a" in str(failed.value)
+    assert a.ready_models() == ["large"] and infer(a, "large")
+    events = [e["event"] for e in read_audit(audit.path)]
+    assert events == ["step_started", "target_ready", "step_failed"]
+    assert read_audit(audit.path)[-1]["reason"] == "target_lost"
+
+
+def test_a_replica_is_not_dropped_while_no_other_copy_answers(
+    start_triton: Callable[..., TritonServer], audit: AuditLog
+) -> None:
+    a, b = start_triton(name="a", models=["large"]), start_triton(name="b")
+    executor = ServerPerDeviceExecutor({"cpu:a": endpoint(a), "cpu:b": endpoint(b)}, StepContext(audit))
+    with pytest.raises(StepFailedError, match="no other copy of large answers now; it stays on cpu:a"):
+        executor.execute(Step("large", "cpu:a", None))
+    assert a.ready_models() == ["large"]

@@ -110,15 +110,17 @@ def test_bad_flags_exit_2_with_one_line(args: list[str], message: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_an_unreachable_server_changes_nothing_and_says_which(files: dict[str, Path]) -> None:
+def test_a_fleet_where_no_server_answers_changes_nothing_and_exits_3_naming_one(files: dict[str, Path]) -> None:
     from gpupack.triton.launcher import free_port
 
+    port = free_port()
     result = gpupack(
-        "--server", f"gone=http://127.0.0.1:{free_port()}", "--profile", str(files["profile"]),
+        "--server", f"gone=http://127.0.0.1:{port}", "--profile", str(files["profile"]),
         "--device-memory", DEVICE_MEMORY, "--state-dir", str(files["state"]), "--apply",
     )
-    assert result.returncode == 1
-    assert "gone" in result.stderr and "repository index" in result.stderr
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"gpupack rebalance: error: cannot reach Triton server gone at http://127.0.0.1:{port}: connection refused"
 
 
 @pytest.mark.parametrize(
@@ -136,3 +138,27 @@ def test_servers_the_scheduler_could_not_reach_as_configured_are_refused_not_rea
         model_control_servers((server,))
     assert model_control_servers((ServerConfig("a", "https://10.0.0.5:8443"),)) == (
         ServerConfig("a", "https://10.0.0.5:8443"),)
+
+
+def test_servers_exporter_and_policies_come_from_the_config_files_rules_section(files: dict[str, Path],
+                                                                                 tmp_path: Path) -> None:
+    from gpupack.triton.launcher import free_port
+
+    exporter_port, server_port = free_port(), free_port()
+    config = tmp_path / "gpupack.yaml"
+    config.write_text(f"rules:\n  policies: {files['policies']}\n  exporter_url: http://127.0.0.1:{exporter_port}\n"
+                      f"  servers:\n    - {{name: a, url: 'http://127.0.0.1:{server_port}'}}\n"
+                      f"rebalance:\n  state_dir: {files['state']}\n")
+    result = subprocess.run([sys.executable, "-m", "gpupack", "--config", str(config), "rebalance"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"gpupack rebalance: error: cannot reach the exporter at http://127.0.0.1:{exporter_port}: connection refused"]
+
+
+def test_without_servers_anywhere_it_says_where_to_give_them(files: dict[str, Path]) -> None:
+    result = gpupack("--profile", str(files["profile"]), "--device-memory", DEVICE_MEMORY)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gpupack rebalance: error: give the servers to manage: --server NAME=URL (repeat), or a servers list in "
+        "the config file's rules section"]

@@ -176,4 +176,6 @@ def test_demand_without_a_profile_is_refused_with_one_line(tmp_path: Path, capsy
     status = main(["rules", "evaluate", "--once", "--policies", str(tmp_path / "policies.yaml"), "--source", "profile",
                    "--profile", str(tmp_path / "profile.yaml"), "--placement", str(tmp_path / "placement.yaml"),
                    "--demand-from-prometheus", "http://127.0.0.1:1"])
-    assert status != 0 and "cannot fetch http://127.0.0.1:1/api/v1/query" in capsys.readouterr().err
+    assert status == 3
+    assert capsys.readouterr().err == ("gpupack rules: error: cannot reach Prometheus at http://127.0.0.1:1: "
+                                       "connection refused\n")
