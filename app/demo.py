@@ -4,7 +4,8 @@ Real Triton servers stand in for GPUs (one CPU-only server per device, each with
 budget); the article's nine models (footprints scaled down 1/20) are loaded two per device at
 random, as the article's naive placement does. The exporter measures them, the rules engine finds
 the device over the 80% policy, and the scheduler moves models live until the fleet is healthy.
-Every part runs as the same ``gpupack`` subprocess a user would start, from one config file.
+Every part runs as the same gpupack command a user would start, from one config file. Ctrl-C,
+SIGTERM or SIGHUP stops everything the demo started, at any point.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,11 +31,14 @@ from prometheus_client.samples import Sample
 from gpupack.config import ConfigFile
 from gpupack.errors import GpupackError
 from gpupack.timing import WaitTimeout, wait_until
-from gpupack.triton.launcher import TritonServer, free_port, triton_fleet
+from gpupack.triton.launcher import TritonServer, die_with_parent, free_port, triton_fleet
 from gpupack.triton.sample_models import seed_models, write_model_repository
-from gpupack.units import format_mib
+from gpupack.units import counted, format_mib
 
 DEVICE_BUDGET_BYTES = 2**30
+DEVICE_BUDGET = "1GiB"  # DEVICE_BUDGET_BYTES as the config file and the planner's flag read it
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+STOP_GRACE_SECONDS = 4.0  # per gpupack child group, before SIGKILL; Triton's own grace follows (5 s)
 POLICY_NAME = "gpu-memory-80"
 # The article's "two per GPU at random", fixed so that the demo always shows its failure: liver and
 # brain tumour share a device (the article's OOM risk) while breast and chest leave one mostly idle.
@@ -49,16 +55,45 @@ class DemoError(GpupackError):
     pass
 
 
+class _Stopped(BaseException):
+    """A stop signal arrived. A BaseException, as KeyboardInterrupt is, so that no ``except
+    Exception`` on the way swallows it and every ``finally`` stops what it started."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, _frame: object) -> None:
+    raise _Stopped(signum)
+
+
+def _ignore_stop_signals() -> None:
+    """While stopping: a second Ctrl-C must not cut the clean-up short and leave servers behind."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep", action="store_true",
-                        help="keep the fleet, exporter and rules engine running until Ctrl-C")
+                        help="keep the fleet, exporter and rules engine running until Ctrl-C, SIGTERM or "
+                             "SIGHUP; the URLs they serve are printed, and written in the work folder's "
+                             "gpupack.yaml")
     parser.add_argument("--workdir", metavar="DIR",
                         help="where to put models, config, state and logs (default: a temporary directory)")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
-    with _workdir(args.workdir) as workdir:
-        return _Demo(workdir, keep=args.keep).run()
+    previous = {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
+    try:
+        with _workdir(args.workdir) as workdir:
+            return _Demo(workdir.resolve(), keep=args.keep).run()  # the config's paths hold from any folder
+    except _Stopped as e:
+        print(f"gpupack demo: stopped by {e}; everything it started is stopped", file=sys.stderr)
+        return 128 + e.signum  # as a shell reports a command ended by that signal
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextlib.contextmanager
@@ -105,14 +140,21 @@ class _Demo:
         self.say(f"starting {len(names)} Triton servers ...")
         try:
             with triton_fleet(repository, names, log_dir=self.workdir / "logs") as servers:
-                return self._with_fleet(servers)
+                try:
+                    return self._with_fleet(servers)
+                finally:
+                    _ignore_stop_signals()
+                    self._stop_processes()
         finally:
-            self._stop_processes()
+            _ignore_stop_signals()  # a stop during start-up: the fleet's own clean-up runs now
 
     def _with_fleet(self, servers: list[TritonServer]) -> int:
         self.say("loading two models per device at random, as the article's naive placement does")
-        with ThreadPoolExecutor(max_workers=len(servers)) as pool:  # one loader per server
+        pool = ThreadPoolExecutor(max_workers=len(servers))  # one loader per server
+        try:
             list(pool.map(lambda pair: [pair[0].load_model(m) for m in pair[1]], zip(servers, NAIVE_PLACEMENT)))
+        finally:
+            pool.shutdown(wait=False)  # on a stop, the servers go now; their loads fail with them
         config_path = self._write_config(servers)
         self.say(f"exporter on {self.exporter_url}  (/metrics, /api/v1/peaks)")
         self._start("exporter", "--config", str(config_path), "exporter")
@@ -137,20 +179,37 @@ class _Demo:
         models_by_device = self._models_by_device()
         self._print_table(after, models_by_device)
         healthy = not any(r["status"] != "ok" for r in after)
-        self.say(f"fleet {'healthy' if healthy else 'NOT healthy'}: {len(models_by_device)} devices in use; "
-                 f"audit log of every move: {self._audit_log}")
+        self.say(f"fleet {'healthy' if healthy else 'NOT healthy'}: {counted(len(models_by_device), 'device')} in use; "
+                 f"every move is in the audit log, {self._audit_log.relative_to(self.workdir)} in the work folder")
         self._print_fewest_devices(config_path)
         self._print_pointers()
         if self.keep:
-            self.say("running until Ctrl-C (--keep)")
-            with contextlib.suppress(KeyboardInterrupt):
-                while all(p.poll() is None for p in self.processes):
-                    time.sleep(1)
+            self._print_urls(servers, config_path)
+            self._serve_until_stopped()
         return 0 if healthy else 1
 
+    def _serve_until_stopped(self) -> None:
+        """--keep: the demo has said what it had to; a stop signal now is the expected end, not a failure."""
+        try:
+            while all(p.poll() is None for p in self.processes):
+                time.sleep(1)
+        except _Stopped as e:
+            self.say(f"stopping on {e}: the rules engine, the exporter and the Triton servers")
+            return
+        self._check_alive()
+
+    def _print_urls(self, servers: Sequence[TritonServer], config_path: Path) -> None:
+        shown = config_path.relative_to(Path.cwd()) if config_path.is_relative_to(Path.cwd()) else config_path
+        print(f"\nRunning until Ctrl-C, SIGTERM or SIGHUP (--keep); every URL is also in {shown}:")
+        for server in servers:
+            print(f"  {server.name:<13} {server.http_url}  (Triton HTTP; metrics {server.metrics_url})")
+        print(f"  {'exporter':<13} {self.exporter_url}/metrics  {self.exporter_url}/api/v1/peaks")
+        print(f"  {'rules engine':<13} {self.rules_url}/metrics  {self.rules_url}/api/v1/placement")
+        print(f"Every subcommand reads the fleet from it: gpupack --config {shown} rules evaluate", flush=True)
+
     def _write_config(self, servers: Sequence[TritonServer]) -> Path:
-        server_entries = [{"name": s.name, "url": s.http_url, "pid": s.pid, "memory_budget": DEVICE_BUDGET_BYTES}
-                          for s in servers]
+        server_entries = [{"name": s.name, "url": s.http_url, "metrics_url": s.metrics_url, "pid": s.pid,
+                           "memory_budget": DEVICE_BUDGET} for s in servers]
         policies_path = self.workdir / "policies.yaml"
         policies_path.write_text(yaml.safe_dump({"policies": [
             {"name": POLICY_NAME, "resource": "gpu_memory", "max": "80%", "severity": "critical",
@@ -162,27 +221,38 @@ class _Demo:
                          "servers": server_entries},
             "rules": {"policies": str(policies_path), "exporter_url": self.exporter_url, "interval": "2s",
                       "listen": self.rules_url.removeprefix("http://"),
-                      "servers": [{"name": s.name, "url": s.http_url} for s in servers]},
+                      "servers": [{"name": s.name, "url": s.http_url, "metrics_url": s.metrics_url}
+                                  for s in servers]},
             "rebalance": {"state_dir": str(self.workdir / "state" / "scheduler"), "drain": "1s", "cooldown": "1m"},
         }
         path = self.workdir / "gpupack.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        path.write_text(f"# The fleet gpupack demo runs: its Triton servers (url, metrics_url), the exporter (listen)\n"
+                        f"# and the rules engine (listen). Every subcommand reads it: gpupack --config {path} ...\n"
+                        + yaml.safe_dump(config, sort_keys=False))
         return path
 
     def _start(self, name: str, *args: str) -> None:
+        """In a session of its own: a terminal's Ctrl-C reaches the demo alone, which stops its
+        children in order, and a stop reaches whatever a child started too (its whole group). A
+        ``kill -9`` of the demo, which no handler sees, still takes the child with it."""
         log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        parent_pid = os.getpid()
         process = subprocess.Popen([sys.executable, "-m", "gpupack", *args], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
+                                   stdin=subprocess.DEVNULL, start_new_session=True,
+                                   preexec_fn=lambda: die_with_parent(parent_pid))  # noqa: PLW1509 - PDEATHSIG
         self.processes.append(process)
 
     def _stop_processes(self) -> None:
+        for process in reversed(self.processes):  # the rules engine (a client of the exporter) first
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
         for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # the group: anything it started, even if it is gone
+            process.wait()
 
     def _check_alive(self) -> None:
         for process in self.processes:
@@ -217,7 +287,7 @@ class _Demo:
             moves = int(sum(s.value for s in samples if s.name == "gpupack_rebalance_moves_total"
                             and s.labels.get("result") == "succeeded"))
             if moves > reported_moves:
-                self.say(f"scheduler: {moves} model move(s) done, each ready on its new device before "
+                self.say(f"scheduler: {counted(moves, 'model move')} done, each ready on its new device before "
                          "leaving the old one")
                 reported_moves = moves
             violated = [s for s in samples if s.name == "gpupack_policy_violation" and s.value == 1]
@@ -239,7 +309,7 @@ class _Demo:
 
     def _evaluate(self, config_path: Path) -> list[dict[str, Any]]:
         result = subprocess.run(
-            [sys.executable, "-m", "gpupack", "--config", str(config_path), "rules", "evaluate", "--once",
+            [sys.executable, "-m", "gpupack", "--config", str(config_path), "rules", "evaluate",
              "--format", "json"], capture_output=True, text=True, timeout=60)
         if result.returncode not in (0, 1):
             raise DemoError(f"gpupack rules evaluate failed: {result.stderr.strip()}")
@@ -290,7 +360,7 @@ class _Demo:
         profile_path.write_text(yaml.safe_dump(profile, sort_keys=False))
         result = subprocess.run(
             [sys.executable, "-m", "gpupack", "plan", "--profile", str(profile_path), "--device-memory",
-             str(DEVICE_BUDGET_BYTES), "--policies", str(self.workdir / "policies.yaml")],
+             DEVICE_BUDGET, "--policies", str(self.workdir / "policies.yaml")],
             capture_output=True, text=True, timeout=120)
         print("\nPLAN: the fewest devices the measured peaks need under the same policy "
               f"(gpupack plan --profile {profile_path.name})")

@@ -6,8 +6,9 @@ demand:
 ```
 
 ``latency_p99_seconds`` may be left out: then any measured point may be used, however slow. Rates
-are inferences per second (as Triton's ``nv_inference_count`` counts them); durations may carry
-units ("50ms"). Every error names file:line:field.
+are inferences per second (as Triton's ``nv_inference_count`` counts them) and may carry a unit as
+flags do ("20/s", "1200/m"); 0 is a model loaded once, idle. Durations may carry units ("50ms").
+Every error names file:line:field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from gpupack.errors import InputError
-from gpupack.units import UnitError, parse_duration
+from gpupack.units import UnitError, parse_duration, parse_rate
 from gpupack.yamlfile import LineDict, LineList, load_yaml_file
 
 _FIELDS = ("model", "rate_per_second", "latency_p99_seconds")
@@ -70,12 +71,10 @@ def _row(row: LineDict, path: str, where: str) -> ModelDemand:
     if not model:
         raise InputError("must not be empty", path=path, line=row.line_of("model"), field=f"{where}.model")
     try:
-        rate = float(row["rate_per_second"])
-    except (TypeError, ValueError):
-        rate = -1.0
-    if not rate >= 0 or isinstance(row["rate_per_second"], bool):
-        raise InputError(f"{row['rate_per_second']!r} is not a rate (inferences per second, at least 0)", path=path,
-                         line=row.line_of("rate_per_second"), field=f"{where}.rate_per_second")
+        rate = parse_rate_field(row["rate_per_second"])
+    except UnitError as e:
+        raise InputError(str(e), path=path,
+                         line=row.line_of("rate_per_second"), field=f"{where}.rate_per_second") from e
     budget = None
     if row.get("latency_p99_seconds") is not None:
         try:
@@ -87,6 +86,13 @@ def _row(row: LineDict, path: str, where: str) -> ModelDemand:
             raise InputError("must be above 0", path=path, line=row.line_of("latency_p99_seconds"),
                              field=f"{where}.latency_p99_seconds")
     return ModelDemand(model, rate, budget)
+
+
+def parse_rate_field(value: Any) -> float:
+    """A rate as demand files write it: as flags read rates, and 0 for a model loaded once, idle."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
+        return 0.0  # idle: parse_rate, as flags read rates, asks for more than nothing
+    return parse_rate(value)
 
 
 def scaled(demands: Iterable[ModelDemand], factor: float) -> tuple[ModelDemand, ...]:

@@ -37,16 +37,22 @@ class Resource(str, enum.Enum):
             Resource.MEMORY_BANDWIDTH_UTILIZATION: "peak_memory_bandwidth_utilization_ratio",
         }[self]
 
+    @property
+    def short_name(self) -> str:
+        """The word people type and read for it: ``memory``, ``utilization``, ``bandwidth``."""
+        return {
+            Resource.GPU_MEMORY: "memory",
+            Resource.GPU_UTILIZATION: "utilization",
+            Resource.MEMORY_BANDWIDTH_UTILIZATION: "bandwidth",
+        }[self]
+
     @classmethod
     def parse(cls, name: str) -> "Resource":
-        aliases = {"memory": cls.GPU_MEMORY, "utilization": cls.GPU_UTILIZATION, "bandwidth": cls.MEMORY_BANDWIDTH_UTILIZATION}
-        if name in aliases:
-            return aliases[name]
-        try:
-            return cls(name)
-        except ValueError:
-            known = ", ".join(r.value for r in cls)
-            raise ValueError(f"unknown resource {name!r} (known: {known})") from None
+        for resource in cls:
+            if name in (resource.short_name, resource.value):
+                return resource
+        known = ", ".join(f"{r.short_name} ({r.value})" for r in cls)
+        raise ValueError(f"unknown resource {name!r} (known: {known})")
 
 
 def _frozen_map(values: Mapping | None) -> Mapping:

@@ -8,6 +8,16 @@ which every device pays once. Every error names file:line:field.
 A model may also carry ``configs``: every configuration the profiler's search measured, each with
 its memory peak and its points by throughput (``gpupack.model_configs``). A model without them is
 one configuration whose single point is its peak; ``Profile.configs_of`` gives either the same way.
+
+A profile keeps every model it measured. Configurations set aside (over the latency budget, out
+of memory, failed requests) are listed under ``rejected`` with the reason; a model none of whose
+configurations is within its constraints is written with ``configs: []`` and its ``rejected``
+list only, so a planner names it instead of leaving it out::
+
+    - model: segmentation_ct_liver
+      configs: []
+      rejected:
+        - {name: i1-b1, reason: p99 72 ms is over the 50 ms budget}
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
@@ -55,6 +65,15 @@ _POINT_FIELDS: dict[str, Callable[[Any], Any]] = {
     **{r.profile_field: parse_ratio for r in POINT_RESOURCES},
 }
 _BREAKDOWN = "latency_breakdown_seconds"
+_REJECTED_FIELDS = ("name", "reason")
+
+
+@dataclass(frozen=True)
+class RejectedConfig:
+    """A configuration the profiler measured and set aside, and why."""
+
+    name: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -63,15 +82,23 @@ class Profile:
     models: tuple[ModelFootprint, ...]
     points: Mapping[str, tuple[ModelFootprint, ...]] = field(default_factory=dict)  # model -> every measured point
     configs: Mapping[str, tuple[ModelConfig, ...]] = field(default_factory=dict)  # model -> searched configurations
+    rejected: Mapping[str, tuple[RejectedConfig, ...]] = field(default_factory=dict)  # model -> set aside, and why
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server_baseline", MappingProxyType(dict(self.server_baseline)))
         object.__setattr__(self, "points", MappingProxyType(dict(self.points)))
         object.__setattr__(self, "configs", MappingProxyType(dict(self.configs)))
+        object.__setattr__(self, "rejected", MappingProxyType(dict(self.rejected)))
 
     def configs_of(self, model: ModelFootprint) -> tuple[ModelConfig, ...]:
         """The model's searched configurations, or the one its peak describes."""
         return self.configs.get(model.model) or (single_point_config(model),)
+
+    @property
+    def unplaceable(self) -> tuple[str, ...]:
+        """Models measured with no configuration within their constraints: in ``rejected`` only."""
+        placed = {m.model for m in self.models}
+        return tuple(m for m in self.rejected if m not in placed)
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -82,10 +109,14 @@ def load_profile(path: str | Path) -> Profile:
     return _from_document(load_yaml_text(text, str(path)), str(path))
 
 
-def write_profile(profile: Profile, path: str | Path) -> None:
-    """Write in base units (bytes, ratios, seconds), in the format the suffix names."""
+def write_profile(profile: Profile, path: str | Path, notes: Sequence[str] = ()) -> None:
+    """Write in base units (bytes, ratios, seconds), in the format the suffix names; ``notes``
+    (how the numbers were measured) head a YAML file as comments, which readers skip."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
+        if profile.rejected:
+            raise InputError(f"a CSV profile has no place for rejected configurations (models "
+                             f"{', '.join(profile.rejected)}): write .yaml or .json", path=str(path))
         path.write_text(_to_csv(profile), encoding="utf-8")
         return
     document = {
@@ -94,14 +125,21 @@ def write_profile(profile: Profile, path: str | Path) -> None:
             dict(_row(m), **({"points": [_row(p, with_model=False) for p in profile.points[m.model]]}
                              if profile.points.get(m.model) else {}),
                  **({"configs": [config_document(c) for c in profile.configs[m.model]]}
-                    if profile.configs.get(m.model) else {}))
+                    if profile.configs.get(m.model) else {}),
+                 **_rejected_document(profile, m.model))
             for m in profile.models
-        ],
+        ] + [{"model": m, "configs": [], **_rejected_document(profile, m)} for m in profile.unplaceable],
     }
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     else:
-        path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        path.write_text("".join(f"# {note}\n" for note in notes) + yaml.safe_dump(document, sort_keys=False),
+                        encoding="utf-8")
+
+
+def _rejected_document(profile: Profile, model: str) -> dict[str, Any]:
+    rejected = profile.rejected.get(model, ())
+    return {"rejected": [{"name": r.name, "reason": r.reason} for r in rejected]} if rejected else {}
 
 
 def _row(model: ModelFootprint, with_model: bool = True) -> dict[str, Any]:
@@ -129,14 +167,22 @@ def _from_document(document: Any, path: str) -> Profile:
     rows = document["models"]
     if not isinstance(rows, LineList):
         raise InputError("must be a list of models", path=path, line=document.line_of("models"), field="models")
-    models, points, configs, seen = [], {}, {}, set()
+    models, points, configs, rejected, seen = [], {}, {}, {}, set()
     for index, row in enumerate(rows):
         where = f"models[{index}]"
         row = _mapping(row, path, rows.item_lines[index], where)
-        model = _footprint(row, str(row.get("model", "")), path, where, require_model=True)
-        if model.model in seen:
-            raise InputError(f"model {model.model!r} appears twice", path=path, line=row.line_of("model"), field=f"{where}.model")
-        seen.add(model.model)
+        name = str(row.get("model", ""))
+        if not name:
+            raise InputError("missing model name", path=path, line=row.line, field=f"{where}.model")
+        if name in seen:
+            raise InputError(f"model {name!r} appears twice", path=path, line=row.line_of("model"), field=f"{where}.model")
+        seen.add(name)
+        if "rejected" in row:
+            rejected[name] = _rejected(row["rejected"], path, row.line_of("rejected"), f"{where}.rejected")
+        if isinstance(row.get("configs"), LineList) and not row["configs"]:
+            _unplaceable(row, path, where)
+            continue
+        model = _footprint(row, name, path, where, require_model=True)
         models.append(model)
         raw_points = row.get("points") or LineList()
         if not isinstance(raw_points, LineList):
@@ -148,7 +194,30 @@ def _from_document(document: Any, path: str) -> Profile:
         )
         if "configs" in row:
             configs[model.model] = _configs(row["configs"], path, row.line_of("configs"), f"{where}.configs")
-    return Profile(_peaks(baseline, path, BASELINE), tuple(models), {m: p for m, p in points.items() if p}, configs)
+    return Profile(_peaks(baseline, path, BASELINE), tuple(models), {m: p for m, p in points.items() if p}, configs,
+                   rejected)
+
+
+def _unplaceable(row: LineDict, path: str, where: str) -> None:
+    """A model with ``configs: []``: measured, nothing within its constraints; it must say why."""
+    _reject_unknown(row, {"model", "configs", "rejected"}, path, where + ".")
+    if "rejected" not in row:
+        raise InputError("a model with no configuration must list its rejected configurations and why "
+                         "(rejected: [{name, reason}])", path=path, line=row.line_of("configs"), field=f"{where}.configs")
+
+
+def _rejected(raw: Any, path: str, line: int, where: str) -> tuple[RejectedConfig, ...]:
+    if not isinstance(raw, LineList) or not raw:
+        raise InputError("must be a non-empty list of {name, reason}", path=path, line=line, field=where)
+    found = []
+    for index, item in enumerate(raw):
+        at = f"{where}[{index}]"
+        row = _mapping(item, path, raw.item_lines[index], at)
+        _reject_unknown(row, set(_REJECTED_FIELDS), path, at + ".")
+        values = _fields(row, {"name": lambda v: _non_empty(str(v)), "reason": lambda v: _non_empty(str(v))},
+                         path, at, required=_REJECTED_FIELDS)
+        found.append(RejectedConfig(**values))
+    return tuple(found)
 
 
 def _configs(raw: Any, path: str, line: int, where: str) -> tuple[ModelConfig, ...]:
@@ -197,10 +266,8 @@ def _fields(row: LineDict, parsers: Mapping[str, Callable[[Any], Any]], path: st
 
 
 def _footprint(row: LineDict, name: str, path: str, where: str, require_model: bool) -> ModelFootprint:
-    known = set(_FIELD_ORDER) | ({"points", "configs"} if require_model else set())
+    known = set(_FIELD_ORDER) | ({"points", "configs", "rejected"} if require_model else set())
     _reject_unknown(row, known if require_model else known - {"model"}, path, where + ".")
-    if require_model and not name:
-        raise InputError("missing model name", path=path, line=row.line, field=f"{where}.model")
     if Resource.GPU_MEMORY.profile_field not in row:
         raise InputError("missing", path=path, line=row.line, field=f"{where}.{Resource.GPU_MEMORY.profile_field}")
     details = {}

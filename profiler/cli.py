@@ -1,12 +1,14 @@
 """Measure each model alone on a Triton server across batch sizes and concurrency, as Triton Model
 Analyzer does: the server alone first (the baseline), then per model throughput, latency
-percentiles and the device's peaks above the baseline. Writes a profile that `gpupack plan` reads."""
+percentiles and the device's peaks above the baseline. Writes the profile that gpupack plan reads;
+with --search, tries each model's configurations and recommends the best within the constraints."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -15,20 +17,20 @@ from typing import Any, Callable, Iterator
 from gpupack.addresses import host_and_port, network_address
 from gpupack.config import ConfigFile, Setting, resolve_settings, split_list
 from gpupack.errors import ExitStatus, InputError
-from gpupack.servers import ServerConfig
+from gpupack.servers import SERVERS_SETTING, ServerConfig
 from gpupack.measurement.host import HostSource, find_listening_pid
 from gpupack.measurement.nvml import NvmlSource
-from gpupack.profiler.choose import Limits, choose_point
+from gpupack.profiler.choose import Limits, choose_point, why_no_point
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator
-from gpupack.profiler.output import to_profile
+from gpupack.profiler.output import OWN_CONFIG, to_profile, write_whole_profile
 from gpupack.profiler.rank import OBJECTIVES
 from gpupack.profiler.report import ProgressLine, format_summary
 from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
 from gpupack.profiler.search import STRATEGIES
-from gpupack.profiler.sweep import Sweep, SweepPlan
+from gpupack.profiler.sweep import Sweep, SweepPlan, SweepResult
+from gpupack.profiler.target import Target, resolve_target
 from gpupack.profiler.variants import INSTANCE_KINDS
-from gpupack.profiles import write_profile
 from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, parse_rate
 
 SECTION = "profile"
@@ -59,6 +61,15 @@ def _backend(value: Any) -> str:
     if value not in BACKENDS:
         raise ValueError(f"unknown backend {value!r} (known: {', '.join(BACKENDS)})")
     return str(value)
+
+
+def _boolean(value: Any) -> bool:
+    words = {"true": True, "false": False}
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() not in words:
+        raise ValueError(f"{value!r} is not true or false")
+    return words[str(value).lower()]
 
 
 def _choice(*allowed: str) -> Callable[[Any], str]:
@@ -107,10 +118,12 @@ SETTINGS = (
     Setting("concurrency", _positive_ints, None),
     Setting("request_rate", _rates, None),
     Setting("server", str, None),
+    SERVERS_SETTING,  # read by load_servers: the servers --server NAME picks from
+    Setting("shared_server", _boolean, False),
     Setting("duration", parse_duration, 10.0),
     Setting("warmup", parse_duration, 2.0),
-    Setting("latency_bound", parse_duration, None),
-    Setting("memory_limit", parse_bytes, None),
+    Setting("latency_budget", parse_duration, None),
+    Setting("max_memory", parse_bytes, None),
     Setting("out", str, "profile.yaml"),
     Setting("report", str, None),
     Setting("backend", _backend, None),
@@ -126,38 +139,50 @@ SETTINGS = (
     Setting("out_repository", str, None),
 )
 LEGACY_CONCURRENCY = (1,)
+# Every way to be asked to stop: each ends the run as Ctrl-C does (what was loaded is unloaded,
+# a server started here is stopped, what was measured is written).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-repository", metavar="DIR", help="repository to start a server over (when no --server)")
-    parser.add_argument("--models", metavar="A,B,C", help="models to profile, one at a time")
-    parser.add_argument("--batch", metavar="1,2,4", help="batch sizes (default: 1)")
-    parser.add_argument("--concurrency", metavar="1,2,4", help="requests in flight (default: 1)")
-    parser.add_argument("--request-rate", metavar="10,20,40", help="instead of --concurrency: requests per second, "
-                        "sent on a fixed schedule (open loop); a ramp stops at the first rate served short")
-    parser.add_argument("--server", metavar="URL", help="an idle Triton server in explicit model-control mode "
-                        "(default: start one over --model-repository)")
-    parser.add_argument("--duration", metavar="10s", help="measurement window per point (default: 10s)")
-    parser.add_argument("--warmup", metavar="2s", help="load before each window, not measured (default: 2s)")
-    parser.add_argument("--latency-budget", "--latency-bound", dest="latency_bound", metavar="20ms",
+    parser.add_argument("--models", metavar="NAME,...", help="models to profile, one at a time")
+    parser.add_argument("--batch", metavar="N,...", help="batch sizes (default: 1)")
+    parser.add_argument("--concurrency", metavar="N,...", help="requests in flight (default: 1)")
+    parser.add_argument("--request-rate", metavar="RATE,...", help="instead of --concurrency: requests per second "
+                        "(10, 20/s, 1200/m), sent on a fixed schedule; a ramp stops at the first rate served short")
+    parser.add_argument("--server", metavar="URL", help="a Triton server in explicit model-control mode, with no "
+                        "model loaded (or a server's name from the config file's servers; default: the one server "
+                        "it lists, else one started over --model-repository)")
+    parser.add_argument("--shared-server", action="store_true", default=None,
+                        help="measure on a server that has other models loaded, leaving them loaded and untouched: "
+                        "their traffic can lower the throughput and raise the latency measured, and the server "
+                        "baseline includes their memory")
+    parser.add_argument("--duration", metavar="DURATION", help="measurement window per point (default: 10s)")
+    parser.add_argument("--warmup", metavar="DURATION", help="load before each window, not measured (default: 2s)")
+    parser.add_argument("--latency-budget", metavar="DURATION",
                         help="p99 budget: stop raising concurrency once p99 passes it; such points are not chosen")
-    parser.add_argument("--max-memory", "--memory-limit", dest="memory_limit", metavar="4GiB",
-                        help="choose no point (or config) whose peak memory is above this")
-    parser.add_argument("--out", metavar="FILE", help="profile to write, .yaml/.json/.csv (default: profile.yaml)")
-    parser.add_argument("--report", metavar="DIR", help="also write points.csv and plots here")
-    parser.add_argument("--backend", help="host (psutil, CPU-only servers) or nvml (GPUs); "
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="choose no point (or configuration) whose peak memory is above this, like 4GiB")
+    parser.add_argument("--out", metavar="FILE", help="profile to write, .yaml, .json or .csv (default: profile.yaml)")
+    parser.add_argument("--report", metavar="DIR", help="also write a report here: every point as CSV and plots "
+                        "as PNG; with --search, report.html (tables and plots in one file) and configs.csv")
+    parser.add_argument("--backend", choices=BACKENDS, help="host (CPU-only servers) or nvml (GPUs); "
                         "default: nvml with an NVIDIA driver, else host")
     search = parser.add_argument_group("configuration search (with --search)")
-    search.add_argument("--search", help="exhaustive (every config) or quick (hill-climbing); without it, "
-                        "the model's own config is swept over --batch x --concurrency")
-    search.add_argument("--instances", metavar="1,2,4", help="instance counts to try (default: 1,2,4)")
-    search.add_argument("--instance-kind", metavar="cpu,gpu", help="instance kinds to try (default: the model's own)")
-    search.add_argument("--max-batch", metavar="1,4,8", help="max_batch_size values to try (default: 1,4,8)")
+    search.add_argument("--search", choices=STRATEGIES, help="exhaustive (every configuration) or quick "
+                        "(hill-climbing); without it, the model's own configuration is swept over --batch and "
+                        "--concurrency")
+    search.add_argument("--instances", metavar="N,...", help="instance counts to try (default: 1,2,4)")
+    search.add_argument("--instance-kind", metavar="KIND,...", help="instance kinds to try, cpu or gpu "
+                        "(default: the model's own)")
+    search.add_argument("--max-batch", metavar="N,...", help="max_batch_size values to try (default: 1,4,8)")
     search.add_argument("--dynamic-batching", metavar="off,on", help="dynamic batching settings to try (default: off,on)")
-    search.add_argument("--max-queue-delay", metavar="0s,1ms", help="dynamic batching's max queue delays to try (default: 0s)")
-    search.add_argument("--min-throughput", metavar="N", help="recommend no config below N inferences/s")
-    search.add_argument("--objective", help="throughput (default) or throughput-per-gib")
-    search.add_argument("--top", metavar="N", help="configs to list per model (default: 3)")
+    search.add_argument("--max-queue-delay", metavar="DURATION,...", help="dynamic batching's maximum queue delays "
+                        "to try (default: 0s)")
+    search.add_argument("--min-throughput", metavar="N", help="recommend no configuration below N inferences/s")
+    search.add_argument("--objective", choices=OBJECTIVES, help="throughput (default) or throughput-per-gib")
+    search.add_argument("--top", metavar="N", help="configurations to list per model (default: 3)")
     search.add_argument("--out-repository", metavar="DIR", help="write each model's chosen config.pbtxt here")
     search.add_argument("--resume", action="store_true", help="continue an interrupted search from its checkpoint")
 
@@ -165,40 +190,60 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     values = resolve_settings(SECTION, SETTINGS, config, os.environ, vars(args))
     if not values["models"]:
-        raise InputError("no model to profile (give --models a,b,c)")
-    if not values["server"] and not values["model_repository"]:
-        raise InputError("give --server URL, or --model-repository DIR to start a server over")
+        raise InputError("no model to profile (give --models NAME,...)")
     if values["request_rate"] and values["concurrency"]:
         raise InputError("give --concurrency or --request-rate, not both: a ramp raises one load")
-    if values["search"]:
-        from gpupack.profiler.search_cli import run_search  # noqa: PLC0415 - one path or the other
-
-        with _server(values["server"], values["model_repository"]) as (address, pid):
-            return run_search(values, bool(args.resume), address,
-                              _probe_factory(values["backend"] or _default_backend(), address, pid))
-    if args.resume:
+    if args.resume and not values["search"]:
         raise InputError("--resume continues a configuration search: give --search too")
-    values["concurrency"] = values["concurrency"] or LEGACY_CONCURRENCY
-    plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
-                     values["warmup"], values["latency_bound"], values["request_rate"] or ())
-    limits = Limits(values["latency_bound"], values["memory_limit"])
+    target = resolve_target(values, config, bool(values["shared_server"]))
     backend = values["backend"] or _default_backend()
-    with _server(values["server"], values["model_repository"]) as (address, pid):
+    with _stopped_by_signals() as stop:
+        try:
+            return _measure(values, bool(args.resume), target, backend, stop)
+        except KeyboardInterrupt:
+            print(f"gpupack profile: stopped by {stop.name or 'SIGINT'}", file=sys.stderr)
+            return stop.exit_status
+
+
+def _measure(values: dict[str, Any], resume: bool, target: Target, backend: str, stop: "_Stop") -> int:
+    with _server(target) as (address, pid):
+        probes = _probe_factory(backend, address, pid, target.shared_with)
+        notes = _shared_notes(target)
+        for note in notes:
+            print(f"gpupack profile: {note}", file=sys.stderr)
+        if values["search"]:
+            from gpupack.profiler.search_cli import run_search  # noqa: PLC0415 - one path or the other
+
+            return run_search(values, resume, address, probes, target, notes, stop.exit_status)
+        values["concurrency"] = values["concurrency"] or LEGACY_CONCURRENCY
+        plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
+                         values["warmup"], values["latency_budget"], values["request_rate"] or ())
         control = ServerControl(address)
         progress = ProgressLine()
-        sweep = Sweep(plan, control, _probe_factory(backend, address, pid),
-                      lambda signature: LoadGenerator(address, signature), on_progress=progress)
+        sweep = Sweep(plan, control, probes, lambda signature: LoadGenerator(address, signature),
+                      on_progress=progress, shared_with=target.shared_with)
         try:
             result = sweep.run()
         finally:
             progress.close()
+    return _finish_sweep(values, result, notes, stop.exit_status)
+
+
+def _finish_sweep(values: dict[str, Any], result: SweepResult, notes: list[str], stopped_status: int) -> int:
+    limits = Limits(values["latency_budget"], values["max_memory"])
     chosen = {o.model: point for o in result.models if (point := choose_point(o.points, limits)) is not None}
     print(format_summary(result, chosen))
-    if result.baseline is not None:
-        write_profile(to_profile(result, chosen), values["out"])
+    # The model a stop or a dead server cut short was not measured through: it is left out, not rejected.
+    finished = result.models[:-1] if result.interrupted or result.server_error else result.models
+    rejected = {o.model: [(OWN_CONFIG, o.failure or why_no_point(o.points, limits))]
+                for o in finished if o.model not in chosen}
+    if result.baseline is not None and (chosen or rejected):
+        if not write_whole_profile(to_profile(result, chosen), rejected, values["out"], notes):
+            print(f"gpupack profile: {values['out']} is CSV, which holds one peak per model: "
+                  f"{', '.join(rejected)} left out (write .yaml or .json to keep them)", file=sys.stderr)
         print(f"wrote {values['out']}", file=sys.stderr)
     else:
-        print("nothing was measured: no profile written", file=sys.stderr)
+        print("gpupack profile: no model was measured: no profile written", file=sys.stderr)
     if values["report"]:
         from gpupack.profiler.plots import write_report  # noqa: PLC0415 - matplotlib only for --report
 
@@ -206,38 +251,84 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         print(f"wrote the report to {values['report']}", file=sys.stderr)
     if result.interrupted:
         print("gpupack profile: interrupted: the profile holds the points measured so far", file=sys.stderr)
-        return 130
+        return stopped_status
     if result.server_error:
         print(f"gpupack profile: error: {result.server_error}; the profile holds the points measured before",
               file=sys.stderr)
         return ExitStatus.FAILURE
-    return ExitStatus.FAILURE if any(o.failure for o in result.models) else ExitStatus.OK
+    if rejected:
+        print(f"gpupack profile: no point within the limits for {', '.join(rejected)}: written as rejected, "
+              "so gpupack plan refuses them by name", file=sys.stderr)
+    return ExitStatus.FAILURE if rejected else ExitStatus.OK
+
+
+def _shared_notes(target: Target) -> list[str]:
+    if not target.shared_with:
+        return []
+    return [f"measured on a shared server ({target.server.url if target.server else ''}) with "
+            f"{', '.join(sorted(target.shared_with))} loaded beside each model (--shared-server): their traffic "
+            "may lower the throughput and raise the latencies measured; the server baseline includes their memory"]
+
+
+class _Stop:
+    """Which stop signal ended the run, for its exit status (128 + the signal, as a shell reports it)."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.signal).name if self.signal is not None else None
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signal or signal.SIGINT)
 
 
 @contextlib.contextmanager
-def _server(url: str | None, model_repository: str | None) -> Iterator[tuple[str, int | None]]:
+def _stopped_by_signals() -> Iterator[_Stop]:
+    """SIGTERM and SIGHUP stop the run as Ctrl-C does; once one has, the others wait for the clean-up."""
+    stop = _Stop()
+
+    def handle(signum: int, frame: object) -> None:
+        if stop.signal is not None:
+            return
+        stop.signal = signum
+        raise KeyboardInterrupt
+
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    for signum in STOP_SIGNALS:
+        if previous[signum] is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
+            signal.signal(signum, handle)
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextlib.contextmanager
+def _server(target: Target) -> Iterator[tuple[str, int | None]]:
     """(host:port, pid or None) of the server to profile; one started here is stopped on the way out."""
-    if url:
-        address = network_address(url)
+    if target.server is not None:
+        address = network_address(target.server.url)
         _, port = host_and_port(address)
-        yield address, find_listening_pid(port) if port else None
+        yield address, target.server.pid or (find_listening_pid(port) if port else None)
         return
     from gpupack.triton.launcher import TritonServer  # noqa: PLC0415 - only when we start one
 
-    repository = Path(str(model_repository))
-    if not repository.is_dir():
-        raise InputError("is not a directory", field=f"--model-repository {repository}")
+    assert target.repository is not None
     log_path = Path(tempfile.mkstemp(prefix="gpupack-profile-tritonserver-", suffix=".log")[1])
-    with TritonServer(repository, name=_SERVER_NAME, log_path=log_path).start() as server:
+    with TritonServer(target.repository, name=_SERVER_NAME, log_path=log_path).start() as server:
         print(f"started tritonserver (pid {server.pid}, log {log_path})", file=sys.stderr)
         yield server.http_address, server.pid
 
 
-def _probe_factory(backend: str, address: str, pid: int | None) -> Callable[[], Probe]:
+def _probe_factory(backend: str, address: str, pid: int | None, others: frozenset[str]) -> Callable[[], Probe]:
     server = ServerConfig(name=_SERVER_NAME, url=f"http://{address}", pid=pid)
     if backend == "host":
         if pid is None:
             raise InputError(f"--backend host needs the server on this machine; nothing here listens on {address}")
-        return lambda: HostProbe(HostSource(server))
+        return lambda: HostProbe(HostSource(server), others)
     nvml = NvmlSource()
-    return lambda: NvmlProbe(nvml, HostSource(server) if pid is not None else None)
+    return lambda: NvmlProbe(nvml, HostSource(server) if pid is not None else None, others)

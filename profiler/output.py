@@ -7,11 +7,19 @@ planner must not see them as a model's needs (they are in the table and ``--repo
 A configuration search adds, per model, a ``configs:`` list of every configuration measured (the
 demand-aware planner reads it); the model's entry stays one chosen peak, so older readers and
 ``gpupack plan`` see the profile they always did.
+
+Nothing measured is dropped: a model with no configuration within its constraints is written as
+``{model: NAME, configs: [], rejected: [{name, reason}, ...]}``, so that ``gpupack plan`` refuses it
+by name rather than planning as if it did not exist.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
 
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.profiler.rank import MeasuredConfig, Ranked
@@ -20,7 +28,30 @@ from gpupack.profiler.search import ModelSearch
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import SweepResult
 from gpupack.model_configs import ConfigPoint, ModelConfig
-from gpupack.profiles import Profile
+from gpupack.profiles import Profile, RejectedConfig, write_profile
+
+# The name a rejection gives the model's config as its repository has it (a sweep without --search).
+OWN_CONFIG = "own-config"
+Rejections = Mapping[str, Sequence[tuple[str, str]]]  # model -> (config name, why it was rejected)
+
+
+def write_whole_profile(profile: Profile, rejected: Rejections, path: str | Path, notes: Sequence[str] = ()) -> bool:
+    """Write ``profile`` with the ``rejected`` models beside its own; ``notes`` go at the top as
+    YAML comments (what the numbers were measured beside). Written whole or not at all.
+
+    Returns False when the format cannot hold the rejected models (CSV: one peak per row); the
+    measured models are written all the same."""
+    path = Path(path)
+    kept = not (rejected and path.suffix.lower() == ".csv")
+    if kept:
+        profile = dataclasses.replace(profile, rejected={
+            **profile.rejected,
+            **{model: tuple(RejectedConfig(name, reason) for name, reason in reasons) for model, reasons in rejected.items()},
+        })
+    staging = path.with_name(f".{path.stem}.writing{path.suffix}")
+    write_profile(profile, staging, notes)
+    os.replace(staging, path)
+    return kept
 
 
 def to_profile(result: SweepResult, chosen: Mapping[str, PointResult]) -> Profile:

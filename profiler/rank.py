@@ -13,7 +13,7 @@ from typing import Sequence
 
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.variants import Variant
-from gpupack.units import format_mib
+from gpupack.units import format_bytes
 
 GIB = 2**30
 OBJECTIVES = ("throughput", "throughput-per-gib")
@@ -82,7 +82,7 @@ class Constraints:
             return "no point was measured"
         memory = config.peak_memory_bytes
         if self.max_memory_bytes is not None and (memory or 0) > self.max_memory_bytes:
-            return f"peak memory {format_mib(memory or 0)} MiB is over --max-memory {format_mib(self.max_memory_bytes)} MiB"
+            return f"peak memory {format_bytes(memory or 0)} is over --max-memory {format_bytes(self.max_memory_bytes)}"
         if self.min_throughput_per_second is not None and point.throughput_per_second < self.min_throughput_per_second:
             return (f"throughput {point.throughput_per_second:.1f}/s within the budget is under "
                     f"--min-throughput {self.min_throughput_per_second:g}/s")

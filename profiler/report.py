@@ -11,7 +11,7 @@ from typing import Callable, Mapping, TextIO
 from gpupack.profiler.sampler import Peaks
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import Progress, SweepResult
-from gpupack.units import format_mib, format_percent
+from gpupack.units import counted, format_bytes, format_mib, format_percent
 
 _HEADER = ("model", "batch", "load", "throughput (infer/s)", "Triton (infer/s)", "diff",
            "p50 (ms)", "p95 (ms)", "p99 (ms)", "peak memory (MiB)", "peak util", "peak mem bw", "status")
@@ -77,7 +77,7 @@ def format_summary(result: SweepResult, chosen: Mapping[str, PointResult]) -> st
         for point in outcome.points:
             if point.status is PointStatus.ERRORS:
                 lines.append(f"{outcome.model} batch {point.batch_size} {point.load}: "
-                             f"{point.error_count} failed requests (numbers not used): {'; '.join(point.errors)}")
+                             f"{counted(point.error_count, 'failed request')} (numbers not used): {'; '.join(point.errors)}")
     return "\n".join(lines)
 
 
@@ -88,7 +88,7 @@ def known_parts(*parts: tuple[float | None, Callable[[float], str]]) -> list[str
 
 def _baseline(peaks: Peaks) -> str:
     return ", ".join(known_parts(
-        (peaks.memory_bytes, lambda b: f"max memory {format_mib(b)} MiB"),
+        (peaks.memory_bytes, lambda b: f"max memory {format_bytes(b)}"),
         (peaks.utilization_ratio, lambda r: f"max utilisation {format_percent(r)}"),
         (peaks.memory_bandwidth_utilization_ratio, lambda r: f"max memory bandwidth {format_percent(r)}"),
     )) or "no reading"

@@ -63,10 +63,12 @@ class Probe(Protocol):
 
 class HostProbe:
     """A CPU-only server: memory is its process tree's RSS (and its backend processes' apart),
-    utilisation its CPU share."""
+    utilisation its CPU share. The backend processes of ``others`` (models loaded beside the run,
+    ``--shared-server``) are neither charged to the profiled model nor waited for after an unload."""
 
-    def __init__(self, source: HostSource) -> None:
+    def __init__(self, source: HostSource, others: frozenset[str] = frozenset()) -> None:
         self._source = source
+        self._others = others
         self._history: deque[HostReading] = deque()
 
     def read(self) -> Peaks:
@@ -74,7 +76,8 @@ class HostProbe:
         self._history.append(reading)
         while len(self._history) > 1 and reading.taken_at_seconds - self._history[1].taken_at_seconds >= CPU_RATE_WINDOW_SECONDS:
             self._history.popleft()
-        backends = [reading.processes[b.pid].rss_bytes for b in reading.backends if b.pid in reading.processes]
+        backends = [reading.processes[b.pid].rss_bytes for b in reading.backends
+                    if b.pid in reading.processes and b.model not in self._others]
         return Peaks(memory_bytes=reading.tree_rss_bytes, utilization_ratio=self._cpu_ratio(reading),
                      backend_memory_bytes=sum(backends) if backends else None)
 
@@ -89,16 +92,22 @@ class HostProbe:
         return min(1.0, busy / (elapsed * reading.cores))
 
     def released(self) -> bool:
-        return not self._source.read().backends
+        return _only_others_left(self._source, self._others)
+
+
+def _only_others_left(source: HostSource, others: frozenset[str]) -> bool:
+    """No backend process of the server is left but those of the models loaded beside the run."""
+    return all(b.model in others for b in source.read().backends)
 
 
 class NvmlProbe:
     """The GPUs the driver shows (profile on an isolated GPU, as the article advises): memory used
     summed over them, the busiest one's utilisation and memory-bandwidth utilisation."""
 
-    def __init__(self, source: NvmlSource, host: HostSource | None = None) -> None:
+    def __init__(self, source: NvmlSource, host: HostSource | None = None, others: frozenset[str] = frozenset()) -> None:
         self._source = source
         self._host = host
+        self._others = others
 
     def read(self) -> Peaks:
         if self._host is not None:
@@ -112,7 +121,7 @@ class NvmlProbe:
         return Peaks(sum(memory) if memory else None, max(utilization, default=None), max(bandwidth, default=None))
 
     def released(self) -> bool:
-        return self._host is None or not self._host.read().backends
+        return self._host is None or _only_others_left(self._host, self._others)
 
 
 class PeakSampler:

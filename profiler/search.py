@@ -29,6 +29,7 @@ from gpupack.profiler.sampler import Peaks
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import LoadRunner, ModelOutcome, Sweep, SweepPlan
 from gpupack.profiler.variants import SearchSpace, Variant
+from gpupack.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class ConfigSearch(Sweep):
     def _restore_left_over(self) -> None:
         """A run killed with a variant loaded left it there: unload it before anything else."""
         model = self.checkpoint.loaded
-        if model is not None and model in self._control.ready_models():
+        if model is None:
+            return  # and nothing is written: a run refused before it starts leaves no checkpoint
+        if model in self._control.ready_models():
             log.warning("unloading %s: a variant the interrupted run left loaded", model)
             self._unload(model)
         self.checkpoint.loaded = None
@@ -175,7 +178,7 @@ def stop_reason(ramp: Sequence[PointResult]) -> str | None:
     point = ramp[-1]
     where = str(point.load)
     if point.status is PointStatus.ERRORS:
-        return f"{point.error_count} failed requests at {where}" + (f": {point.errors[0]}" if point.errors else "")
+        return f"{counted(point.error_count, 'failed request')} at {where}" + (f": {point.errors[0]}" if point.errors else "")
     if point.status is PointStatus.OVER_LATENCY_BOUND:
         p99 = point.latencies.p99_seconds if point.latencies else 0.0
         return f"p99 {p99 * 1000:.1f} ms passed the budget at {where}"

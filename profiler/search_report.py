@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Mapping
 
 from gpupack.profiler.rank import MeasuredConfig, Ranked
 from gpupack.profiler.search import ModelSearch
-from gpupack.units import format_mib
+from gpupack.units import counted, format_bytes
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What a report's reader needs to place it: when, on which server, over which repository, how long."""
+
+    started_at: datetime
+    duration_seconds: float
+    server: str
+    model_repository: str | None  # None: a server given to us, whose repository the API does not tell
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -25,13 +37,13 @@ def format_search_summary(searches: Mapping[str, ModelSearch], rankings: Mapping
     lines: list[str] = []
     for model, search in searches.items():
         ranking = rankings[model]
-        lines.append(f"{model}: {len(search.configs)} configurations measured")
+        lines.append(f"{model}: {counted(len(search.configs), 'configuration')} measured")
         for n, ranked in enumerate(ranking.ranked[:top], start=1):
             point, config = ranked.point, ranked.config
             score = f"  ({ranked.score:.1f}/s per GiB)" if objective == "throughput-per-gib" else ""
             lines.append(f"  {n}. {config.name}: {point.throughput_per_second:.1f} infer/s at "
                          f"{point.load}, p99 {_ms(point)} ms, peak memory "
-                         f"{format_mib(config.peak_memory_bytes or 0)} MiB{score}" + ("  <- recommended" if n == 1 else ""))
+                         f"{format_bytes(config.peak_memory_bytes or 0)}{score}" + ("  <- recommended" if n == 1 else ""))
         if not ranking.ranked:
             lines.append("  no configuration meets the constraints: no recommendation")
         for config, reason in ranking.rejected:

@@ -25,6 +25,7 @@ from gpupack.profiler.control import ModelLoadError, ServerControl, ServerGoneEr
 from gpupack.profiler.loadgen import Load, LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
 from gpupack.profiler.sampler import PeakSampler, Peaks, Probe
 from gpupack.profiler.stats import PointResult, PointStatus, measure_point
+from gpupack.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,10 @@ class Sweep:
         on_progress: Callable[[Progress], None] = lambda progress: None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        shared_with: frozenset[str] = frozenset(),
     ) -> None:
         self.plan = plan
+        self.shared_with = shared_with  # models loaded before the run (--shared-server): left alone
         self._control = control
         self._probe_factory = probe_factory
         self._loadgen_factory = loadgen_factory
@@ -123,11 +126,12 @@ class Sweep:
     def run(self) -> SweepResult:
         result = SweepResult()
         self._started = self._clock()
-        already = self._control.ready_models()
+        already = [model for model in self._control.ready_models() if model not in self.shared_with]
         if already:
             raise ServerNotIdleError(
-                f"server {self._control.address} already has models loaded ({', '.join(already)}): "
-                "profile on a server with none loaded, or they would count in every number")
+                f"server {self._control.address} already has {', '.join(already)} loaded, which would count in "
+                "every number: profile on a server with no model loaded, or give --shared-server to measure "
+                "beside them, leaving them alone")
         try:
             result.baseline = self._baseline()
             for model in self.plan.models:
@@ -258,6 +262,6 @@ class Sweep:
 def _why_stopped(point: PointResult) -> str:
     where = f"batch {point.batch_size}, {point.load}"
     if point.status is PointStatus.ERRORS:
-        return f"{point.error_count} failed requests at {where}" + (f": {point.errors[0]}" if point.errors else "")
+        return f"{counted(point.error_count, 'failed request')} at {where}" + (f": {point.errors[0]}" if point.errors else "")
     p99 = point.latencies.p99_seconds if point.latencies else 0.0
     return f"p99 latency {p99 * 1000:.1f} ms passed the bound at {where}"

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gpupack.units import counted
+
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 
 
@@ -30,6 +32,12 @@ class Batching:
             return "dyn-off"
         return f"dyn-{round(self.max_queue_delay_seconds * 1e6)}us"
 
+    @property
+    def description(self) -> str:
+        if not self.enabled:
+            return "dynamic batching off"
+        return f"dynamic batching with {round(self.max_queue_delay_seconds * 1e6)} µs maximum queue delay"
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -42,6 +50,12 @@ class Variant:
     def name(self) -> str:
         kind = f"-{self.instance_kind.removeprefix('KIND_').lower()}" if self.instance_kind else ""
         return f"i{self.instance_count}{kind}-b{self.max_batch_size}-{self.batching.label}"
+
+    @property
+    def description(self) -> str:
+        """The name in words, for a reader who has not learned ``i2-b1-dyn-0us``."""
+        kind = f" on the {self.instance_kind.removeprefix('KIND_')}" if self.instance_kind else ""
+        return f"{counted(self.instance_count, 'instance')}{kind}, max batch {self.max_batch_size}, {self.batching.description}"
 
     def override(self, base_config: Mapping[str, Any]) -> dict[str, Any]:
         """The model's config with this variant's settings in place of its own."""

@@ -1,20 +1,25 @@
-"""`gpupack rules`: check, evaluate and export capacity policies, or judge them continuously.
+"""Check, evaluate and export capacity policies, or judge them continuously.
 
-  gpupack rules check FILE                       validate a policy file or directory
-  gpupack rules evaluate --once [--format json]  one evaluation; exit 1 when something is violated
-  gpupack rules export-prometheus FILE           Prometheus alerting rules + promtool unit tests
-  gpupack rules run --policies FILE              evaluate every interval, serve /metrics
-                                                 (also: gpupack rules --policies FILE)
+  gpupack rules check FILE                 validate a policy file or a directory of them
+  gpupack rules evaluate --policies FILE   evaluate once: a table (or --format json)
+  gpupack rules export-prometheus FILE --policies FILE
+                                           write Prometheus alerting rules and promtool tests
+  gpupack rules run --policies FILE        evaluate every interval and serve /metrics
+                                           (also: gpupack rules --policies FILE)
 
-With Triton servers (--server NAME=URL, or rules.servers), 'run' hands violations of `action:
-rebalance` policies to the scheduler, which plans from the same peak source: it logs the plan
-(--dry-run, the default) or carries it out (--apply), under the scheduler's lock, limits and
-cooldowns (the `rebalance:` settings, shared with `gpupack rebalance`), and serves /api/v1/placement
-beside /metrics. A request that is skipped, fails or leaves moves deferred is asked again later.
+'evaluate' exits 1 when a policy is violated. A policy whose selector matches nothing (no device,
+no loaded model) is shown as "no match": it is not a violation.
 
-This module knows nothing of the scheduler: ``gpupack.app.rules_command`` adds its flags
-and hands :func:`run` an ``acting`` factory.
+With Triton servers (--server NAME=URL, or servers: in the rules section of --config), 'run' hands
+violations of "action: rebalance" policies to the scheduler, which plans from the same peaks: it
+logs the plan (--dry-run, the default) or carries it out (--apply), under the scheduler's lock,
+limits and cooldowns (the rebalance section of --config, shared with 'gpupack rebalance'), and
+serves /api/v1/placement beside /metrics. A request that is skipped, fails or leaves moves
+deferred is asked again later.
 """
+
+# The docstring above is `gpupack rules --help`. This module knows nothing of the scheduler:
+# gpupack.app.rules_command adds its flags and hands run() an ``acting`` factory.
 
 from __future__ import annotations
 
@@ -38,7 +43,7 @@ from gpupack.rules.peaks_source import SOURCES, build_source
 from gpupack.rules.prometheus_export import build_export, write_export
 from gpupack.rules.report import write_json, write_table
 from gpupack.rules.transitions import ViolationTracker
-from gpupack.units import parse_duration
+from gpupack.units import counted, parse_duration
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +74,25 @@ def _boolean(value: Any) -> bool:
 
 
 SETTINGS = (
-    Setting("policies", str, help="policy file or directory of *.yaml"),
-    Setting("source", _source, "exporter", f"where peaks come from: {', '.join(SOURCES)} (default: exporter)"),
-    Setting("exporter_url", str, "http://127.0.0.1:9478", "the exporter (default: http://127.0.0.1:9478)"),
-    Setting("prometheus_url", str, help="Prometheus server, with --source prometheus"),
-    Setting("window", _positive_duration, 7 * 86400.0, "peak window for --source prometheus (default: 7d)"),
-    Setting("profile", str, help="profile file (gpupack profile), with --source profile; with "
-            "--demand-from-prometheus, what one copy of each model serves (throughput_per_second)"),
+    Setting("policies", str, help="policy file, or a directory of *.yaml policy files", metavar="FILE"),
+    Setting("source", _source, "exporter", "where peaks come from (default: exporter)", metavar="|".join(SOURCES)),
+    Setting("exporter_url", str, "http://127.0.0.1:9478", "the exporter (default: http://127.0.0.1:9478)",
+            metavar="URL"),
+    Setting("prometheus_url", str, help="Prometheus scraping the exporters, with --source prometheus",
+            metavar="URL"),
+    Setting("window", _positive_duration, 7 * 86400.0, "peak window for --source prometheus (default: 7d)",
+            metavar="DURATION"),
+    Setting("profile", str, help="a profile written by 'gpupack profile': the peaks, with --source profile; "
+            "with --demand-from-prometheus, what one copy of each model serves", metavar="FILE"),
     Setting("demand_from_prometheus", str, help="Prometheus scraping Triton's metrics: each model's demand, "
-            "for throughput policies"),
+            "for throughput policies", metavar="URL"),
     Setting("demand_window", _positive_duration, 3600.0,
-            "demand is the peak request rate over this window (default: 1h)"),
-    Setting("placement", str, help="devices and proposed placement (YAML), with --source profile"),
-    Setting("interval", _positive_duration, 30.0, "evaluation interval for 'run' (default: 30s)"),
+            "demand is the peak request rate over this window (default: 1h)", metavar="DURATION"),
+    Setting("placement", str, help="devices and proposed placement (YAML), with --source profile", metavar="FILE"),
+    Setting("interval", _positive_duration, 30.0, "evaluation interval for 'run' (default: 30s)",
+            metavar="DURATION"),
     Setting("listen", lambda v: parse_listen(v, DEFAULT_PORT), ("0.0.0.0", DEFAULT_PORT),
-            f"/metrics address for 'run' (default: 0.0.0.0:{DEFAULT_PORT})"),
+            f"/metrics address for 'run' (default: 0.0.0.0:{DEFAULT_PORT})", metavar="HOST:PORT"),
     # Parsed by the exporter's server list parser (load_servers); here for the file's known keys.
     Setting("servers", lambda value: value, help="Triton servers the scheduler manages, with 'run'"),
     Setting("apply", _boolean, False, "carry out rebalance plans (default: log them only)"),
@@ -94,8 +103,10 @@ def _add_settings(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
     for setting in SETTINGS:
         if setting.key in keys:
             # SUPPRESS: a flag given before the subcommand must survive the subparser's defaults.
+            env = f"env: {setting.env_name(SECTION)}"
+            help_text = f"{setting.help[:-1]}; {env})" if setting.help.endswith(")") else f"{setting.help} ({env})"
             parser.add_argument(f"--{setting.key.replace('_', '-')}", default=argparse.SUPPRESS,
-                                help=f"{setting.help} (env: {setting.env_name(SECTION)})")
+                                metavar=setting.metavar, help=help_text)
 
 
 _SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement",
@@ -125,18 +136,32 @@ def configure(parser: argparse.ArgumentParser,
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     _add_run_settings(parser, add_acting_flags)
     commands = parser.add_subparsers(dest="rules_command", metavar="ACTION")
-    check = commands.add_parser("check", help="validate a policy file or directory; exit 2 on the first error")
-    check.add_argument("file", metavar="FILE")
-    once = commands.add_parser("evaluate", help="evaluate the policies once and print every result")
-    once.add_argument("--once", action="store_true", required=True, help="evaluate once and exit")
+    check = _action(commands, "check", "validate a policy file or directory; exit 2 on the first error",
+                    "Validate a policy file, or every *.yaml file of a directory; nothing is evaluated. An error "
+                    "is one line naming the file, line and field, and exit 2.")
+    check.add_argument("file", metavar="FILE", help="policy file, or a directory of *.yaml policy files")
+    once = _action(commands, "evaluate", "evaluate the policies once and print every result",
+                   "Evaluate the policies once and print every result; exit 1 when a policy is violated. A "
+                   "policy whose selector matches nothing is shown as \"no match\", with its selector: it is "
+                   "not a violation.")
+    once.add_argument("--once", action="store_true", help="evaluate once (what evaluate always does; may be left out)")
     once.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
     _add_settings(once, _SOURCE_KEYS)
-    export = commands.add_parser("export-prometheus", help="write the policies as Prometheus alerting rules")
+    export = _action(commands, "export-prometheus", "write the policies as Prometheus alerting rules",
+                     "Write one Prometheus alert per policy over the exporter's series, and a promtool unit "
+                     "test for each.")
     export.add_argument("file", metavar="FILE", help="alerting rules to write")
     export.add_argument("--tests", metavar="FILE", help="promtool unit tests to write (default: FILE with .test.yaml)")
     _add_settings(export, ("policies",))
-    run_parser = commands.add_parser("run", help="evaluate every interval and serve /metrics (the default)")
+    run_parser = _action(commands, "run", "evaluate every interval and serve /metrics (the default)",
+                         "Evaluate every interval and serve /metrics; with --server, act on \"action: "
+                         "rebalance\" policies.")
     _add_run_settings(run_parser, add_acting_flags)
+
+
+def _action(commands: Any, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help_text, description=description)
+    return parser
 
 
 def _settings(args: argparse.Namespace, config: ConfigFile | None) -> dict[str, Any]:
@@ -151,7 +176,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None, acting: ActingFacto
     command = args.rules_command
     if command == "check":
         policies = load_policies(args.file)
-        print(f"{args.file}: {len(policies.policies)} policies OK")
+        print(f"{args.file}: {counted(len(policies.policies), 'policy')} OK")
         return ExitStatus.OK
     if command is None and getattr(args, "policies", None) is None and not (config and config.section(SECTION)):
         raise InputError("nothing to do: give an action (check, evaluate, export-prometheus, run) or --policies")
@@ -171,7 +196,7 @@ def _export(policies: Any, rules_path: Path, tests: str | None) -> int:
     write_export(export, rules_path, tests_path)
     for name, why in export.skipped:
         print(f"skipped policy {name!r}: {why}", file=sys.stderr)
-    print(f"wrote {len(export.rules)} alerting rules to {rules_path} and their tests to {tests_path}")
+    print(f"wrote {counted(len(export.rules), 'alerting rule')} to {rules_path} and their tests to {tests_path}")
     return ExitStatus.OK
 
 

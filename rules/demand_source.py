@@ -4,6 +4,7 @@ The demand of a model is the peak over the window of ``sum by (model) (rate(nv_i
 (every server and version together: what the fleet must serve), times one plus the headroom. No
 latency budget comes from metrics; every measured point may be used.
 
+:func:`demand_series_from_prometheus` asks the same, step by step, for ``plan --demand-series``.
 One query serves both readers: ``gpupack plan --demand-from-prometheus`` plans for it, and
 :class:`DemandSource` hands it to the rules engine, whose ``throughput`` policies judge the copies
 placed against it.
@@ -16,12 +17,14 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
 from gpupack.demand import ModelDemand
+from gpupack.demand_series import DemandSeries
 from gpupack.errors import InputError
 from gpupack.profiles import Profile, load_profile
 from gpupack.rules.peaks import PeaksSnapshot, PeaksUnavailableError
-from gpupack.rules.peaks_source import PeaksSource, get_json
+from gpupack.rules.peaks_source import PeaksSource, get_json, prometheus_query
 
 RATE_WINDOW_SECONDS = 300.0
+RANGE_QUERY_PATH = "/api/v1/query_range"
 
 
 def demand_query(window_seconds: float, rate_window_seconds: float = RATE_WINDOW_SECONDS) -> str:
@@ -34,20 +37,43 @@ def demand_query(window_seconds: float, rate_window_seconds: float = RATE_WINDOW
 def demand_from_prometheus(url: str, window_seconds: float, headroom_ratio: float = 0.0,
                            rate_window_seconds: float = RATE_WINDOW_SECONDS, timeout_seconds: float = 10.0,
                            at_seconds: float | None = None) -> tuple[ModelDemand, ...]:
-    """Raises :class:`PeaksUnavailableError` when Prometheus cannot be asked or refuses the query."""
-    endpoint = f"{url.rstrip('/')}/api/v1/query"
+    """Raises :class:`UnreachableError` when Prometheus does not answer (exit 3 for ``plan``),
+    :class:`PeaksUnavailableError` when it refuses the query."""
     query = demand_query(window_seconds, rate_window_seconds)
     at = time.time() if at_seconds is None else at_seconds
-    body = get_json(endpoint, timeout_seconds, {"query": query, "time": f"{at:.3f}"})
-    if not isinstance(body, dict) or body.get("status") != "success":
-        error = body.get("error") if isinstance(body, dict) else body
-        raise PeaksUnavailableError(f"{endpoint}: query {query!r} failed: {error}")
     demands = []
-    for sample in body["data"]["result"]:
+    for sample in prometheus_query(url, query, timeout_seconds, at):
         model = sample["metric"].get("model")
         if model:
             demands.append(ModelDemand(model, float(sample["value"][1]) * (1 + headroom_ratio)))
     return tuple(sorted(demands, key=lambda d: d.model))
+
+
+def demand_series_from_prometheus(url: str, window_seconds: float, step_seconds: float,
+                                  rate_window_seconds: float = RATE_WINDOW_SECONDS, timeout_seconds: float = 30.0,
+                                  at_seconds: float | None = None) -> DemandSeries:
+    """The window before ``at_seconds`` (now) in steps: per model and step, the peak of the same
+    request rate within the step, from one range query. A step without samples reads 0 (idle)."""
+    steps = int(window_seconds // step_seconds)
+    if steps < 1:
+        raise InputError("--window: must hold at least one --step")
+    end = time.time() if at_seconds is None else at_seconds
+    params = {"query": demand_query(step_seconds, rate_window_seconds), "start": f"{end - (steps - 1) * step_seconds:.3f}",
+              "end": f"{end:.3f}", "step": f"{step_seconds:g}"}
+    body = get_json("Prometheus", url, RANGE_QUERY_PATH, timeout_seconds, params)
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else body
+        raise PeaksUnavailableError(f"Prometheus at {url}: query {params['query']!r} failed: {error}")
+    rates: dict[str, list[float]] = {}
+    for sample in body["data"]["result"]:
+        model = sample["metric"].get("model")
+        if model:
+            mine = rates.setdefault(model, [0.0] * steps)
+            for at, value in sample["values"]:
+                k = round((float(at) - (end - (steps - 1) * step_seconds)) / step_seconds)
+                if 0 <= k < steps:
+                    mine[k] = max(mine[k], float(value))
+    return DemandSeries(step_seconds, {m: tuple(rates[m]) for m in sorted(rates)}, {})
 
 
 def copy_capacities(profile: Profile) -> dict[str, float]:
@@ -69,7 +95,7 @@ class ObservedDemand:
     rate_window_seconds: float = RATE_WINDOW_SECONDS
 
     def __call__(self) -> dict[str, float]:
-        """Model -> inferences per second; raises :class:`PeaksUnavailableError`."""
+        """Model -> inferences per second; raises as :func:`demand_from_prometheus` does."""
         demands = demand_from_prometheus(self.prometheus_url, self.window_seconds,
                                          rate_window_seconds=self.rate_window_seconds)
         return {d.model: d.rate_per_second for d in demands}

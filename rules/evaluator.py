@@ -6,7 +6,9 @@ positions, peaks as arrays) and every policy is a handful of numpy reductions ov
 (model, device) pairs, so 10,000 models x 2,000 devices x 20 policies stays well under a second.
 
 A value that is not known never reads as ok: a stale device is ``unknown``; missing peaks give
-``violated`` only when the known part already exceeds the limit, else ``unknown``.
+``violated`` only when the known part already exceeds the limit, else ``unknown``. A policy whose
+selector leaves nothing to judge (no device, no loaded model) is one ``no match`` result rather
+than no result at all: a misspelt label must not read as a policy that holds.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Status(str, enum.Enum):
     OK = "ok"
     VIOLATED = "violated"
     UNKNOWN = "unknown"
+    NO_MATCH = "no match"  # the policy's selector matches nothing to judge: neither ok nor violated
 
 
 class Result(NamedTuple):
@@ -71,11 +74,13 @@ def evaluate(snapshot: PeaksSnapshot, policies: PolicySet, placement: Placement 
 
 
 def judge(snapshot: PeaksSnapshot, constraints: Constraints, placement: Placement) -> tuple[Result, ...]:
-    """One result per constraint x device (or model), in constraint order."""
+    """One result per constraint x device (or model), in constraint order; one ``no match``
+    result for a constraint with nothing in its scope."""
     index = _Index(snapshot, constraints.fleet, placement)
     results: list[Result] = []
     for constraint in constraints.items:
-        results.extend(_EVALUATORS[type(constraint)](index, constraint))
+        rows = _EVALUATORS[type(constraint)](index, constraint)
+        results.extend(rows or [Result(constraint.origin.policy, "", "", Status.NO_MATCH)])
     return tuple(results)
 
 

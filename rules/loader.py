@@ -203,14 +203,17 @@ def _check_unique_names(policies: Iterable[Policy]) -> None:
 
 
 def _check_pins_agree(policies: Iterable[Policy]) -> None:
-    """Two pins of the same model to provably disjoint devices leave it nowhere to run."""
+    """Two pins of the same model to provably disjoint devices, or to servers with none in common,
+    leave it nowhere to run; planned under, one such pin would block every other change."""
     pins = [p for p in policies if isinstance(p, PinPolicy)]
     for later_index, later in enumerate(pins):
         for earlier in pins[:later_index]:
             model = _shared_model(earlier.selector.models, later.selector.models)
             if model is not None and _disjoint(earlier.to, later.to):
+                place = "server" if _disjoint_literals(earlier.to.servers, later.to.servers) else "device"
                 raise InputError(
-                    f"conflicts with pin {earlier.name!r} ({earlier.where}): {model!r} would have no device to run on",
+                    f"{later.name!r} conflicts with pin {earlier.name!r} ({earlier.where}): {model!r} would have no "
+                    f"{place} to run on",
                     path=later.source_path, line=later.source_line, field="pin")
 
 
@@ -227,8 +230,16 @@ def _shared_model(left: tuple[str, ...], right: tuple[str, ...]) -> str | None:
 def _disjoint(a: Selector, b: Selector) -> bool:
     if any(key in b.device_labels and b.device_labels[key] != value for key, value in a.device_labels.items()):
         return True
-    literal = all(not _has_glob(d) for d in a.devices + b.devices)
-    return bool(a.devices and b.devices and literal and not set(a.devices) & set(b.devices))
+    # Servers too: where each GPU runs one server, two pins to servers with none in common leave
+    # the model nowhere. Where two servers share a GPU the evaluator would accept a copy there under
+    # both, but the pins still contradict each other as written, so they are refused all the same.
+    return _disjoint_literals(a.devices, b.devices) or _disjoint_literals(a.servers, b.servers)
+
+
+def _disjoint_literals(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Two non-empty lists of plain names (no globs) with no name in common."""
+    literal = all(not _has_glob(name) for name in a + b)
+    return bool(a and b and literal and not set(a) & set(b))
 
 
 def _has_glob(pattern: str) -> bool:

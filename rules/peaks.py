@@ -12,11 +12,15 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from gpupack.domain import Device, Placement, Resource
-from gpupack.errors import GpupackError
+from gpupack.errors import ExitStatus, GpupackError
 
 
 class PeaksUnavailableError(GpupackError):
-    """The peaks could not be fetched or read: every policy is unknown, none is ok, nothing acts."""
+    """The peaks could not be read (an answer that is not a peaks document, a refused query): every
+    policy is unknown, none is ok, nothing acts. A one-shot command exits 3, as for a source that
+    does not answer: "unknown", never 1, which would claim a violation was found."""
+
+    exit_status = ExitStatus.UNREACHABLE
 
 
 @dataclass(frozen=True)

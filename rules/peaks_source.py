@@ -1,7 +1,10 @@
 """Where peaks come from: the exporter (default), a Prometheus server, or a profile file.
 
-Each source is a callable returning a :class:`PeaksSnapshot` or raising
-:class:`PeaksUnavailableError`; the loop and the CLI pick one through :data:`SOURCES`.
+Each source is a callable returning a :class:`PeaksSnapshot` or raising a typed error: an
+exporter or Prometheus that does not answer is :class:`UnreachableError` (``cannot reach the
+exporter at URL: connection refused``), one that answers nonsense :class:`PeaksUnavailableError`.
+Both are "unknown" (exit 3) to a one-shot command; the loop logs them and keeps going. The loop and
+the CLI pick a source through :data:`SOURCES`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any, Callable, Mapping
 import requests
 
 from gpupack.domain import Device, Resource
-from gpupack.errors import InputError
+from gpupack.errors import InputError, UnreachableError
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot, PeaksUnavailableError, snapshot_from_json
 from gpupack.units import parse_bytes, parse_ratio
 from gpupack.yamlfile import LineDict, load_yaml_file
@@ -21,16 +24,51 @@ from gpupack.yamlfile import LineDict, load_yaml_file
 PeaksSource = Callable[[], PeaksSnapshot]
 
 
-def get_json(url: str, timeout_seconds: float, params: Mapping[str, str] | None = None) -> Any:
-    """An exporter or Prometheus answer; any failure is the one error every caller treats as 'no data'."""
+def get_json(what: str, base_url: str, path: str, timeout_seconds: float,
+             params: Mapping[str, str] | None = None) -> Any:
+    """``GET base_url + path`` from ``what`` (``the exporter``, ``Prometheus``), as JSON.
+
+    The errors name ``what`` and the URL the user gave, in one line: requests' own messages nest
+    three exceptions and the query string into 300 characters.
+    """
+    url = f"{base_url.rstrip('/')}{path}"
     try:
         response = requests.get(url, params=params, timeout=timeout_seconds)
-        response.raise_for_status()
-        return response.json()
+    except (requests.exceptions.MissingSchema, requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL) as e:
+        raise InputError(f"{what}: {base_url!r} is not an http:// or https:// URL") from e
     except requests.RequestException as e:
-        raise PeaksUnavailableError(f"cannot fetch {url}: {e}") from e
+        raise UnreachableError(what, base_url, e) from e
+    if not response.ok:
+        raise UnreachableError(what, base_url, f"{path} answered HTTP {response.status_code} {response.reason}"
+                                               f"{_error_of(response)}".rstrip())
+    try:
+        return response.json()
     except ValueError as e:
-        raise PeaksUnavailableError(f"{url} did not answer JSON: {e}") from e
+        raise PeaksUnavailableError(f"{what} at {base_url}: {path} did not answer JSON") from e
+
+
+def _error_of(response: requests.Response) -> str:
+    """Prometheus says why it refused a query in its JSON body (``"error"``); others say nothing."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    return f": {body['error']}" if isinstance(body, dict) and body.get("error") else ""
+
+
+PEAKS_PATH = "/api/v1/peaks"
+QUERY_PATH = "/api/v1/query"
+
+
+def prometheus_query(url: str, promql: str, timeout_seconds: float,
+                     at_seconds: float | None = None) -> list[dict[str, Any]]:
+    """The samples of an instant query; a refused query is :class:`PeaksUnavailableError`."""
+    params = {"query": promql} if at_seconds is None else {"query": promql, "time": f"{at_seconds:.3f}"}
+    body = get_json("Prometheus", url, QUERY_PATH, timeout_seconds, params)
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else body
+        raise PeaksUnavailableError(f"Prometheus at {url}: query {promql!r} failed: {error}")
+    return body["data"]["result"]
 
 
 @dataclass(frozen=True)
@@ -42,11 +80,11 @@ class ExporterSource:
 
     @property
     def endpoint(self) -> str:
-        return f"{self.url.rstrip('/')}/api/v1/peaks"
+        return f"{self.url.rstrip('/')}{PEAKS_PATH}"
 
     def document(self) -> Any:
         """The raw answer, for a reader that needs more than the snapshot (the scheduler: GPU indices)."""
-        return get_json(self.endpoint, self.timeout_seconds)
+        return get_json("the exporter", self.url, PEAKS_PATH, self.timeout_seconds)
 
     def __call__(self) -> PeaksSnapshot:
         return snapshot_from_json(self.document(), self.endpoint)
@@ -66,12 +104,7 @@ class PrometheusSource:
     timeout_seconds: float = 10.0
 
     def query(self, promql: str, at_seconds: float | None = None) -> list[dict[str, Any]]:
-        endpoint = f"{self.url.rstrip('/')}/api/v1/query"
-        params = {"query": promql} if at_seconds is None else {"query": promql, "time": f"{at_seconds:.3f}"}
-        body = get_json(endpoint, self.timeout_seconds, params)
-        if not isinstance(body, dict) or body.get("status") != "success":
-            raise PeaksUnavailableError(f"{endpoint}: query {promql!r} failed: {body.get('error') if isinstance(body, dict) else body}")
-        return body["data"]["result"]
+        return prometheus_query(self.url, promql, self.timeout_seconds, at_seconds)
 
     def __call__(self) -> PeaksSnapshot:
         window = f"{int(self.window_seconds)}s"

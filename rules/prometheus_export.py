@@ -147,7 +147,7 @@ def _capacity(policy: Capacity, s: _Series) -> tuple[str, dict[str, str], str]:
         usage = (f"sum by (device) ({peaks} or "
                  f"gpupack_server_unattributed_memory_peak_bytes{_matchers(on_devices, with_models=False)})")
         if policy.max_bytes is not None:
-            limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, f"{policy.max_bytes} bytes"
+            limit, capacity, shown = f"{policy.max_bytes}", 2.0 * policy.max_bytes, format_bytes(policy.max_bytes)
         else:
             ratio = policy.max_ratio or 0.0  # None only beside max_bytes
             limit, capacity = f"on(device) ({floatToGoString(ratio)} * gpupack_device_memory_total_bytes)", 1e10

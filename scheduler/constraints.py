@@ -1,14 +1,16 @@
 """Policies -> placement constraints: the compiled policies as a problem the packing solvers answer.
 
-Memory is always limited by the device's capacity (beyond it a model does not load); utilisation
-and bandwidth are limited only where a capacity policy says so, because going over 100% there
-costs throughput, not correctness; that is the trade the article's case studies make by choice.
+Every resource the inputs measure is held to the device's capacity (100%) unless the caller
+leaves it out of ``limited``: a device cannot run above 100% of anything, and a plan that says
+otherwise overloads a GPU for whoever follows it. Policies only tighten. Memory is always limited
+(beyond it a model does not load); leaving utilisation or bandwidth out is the article's case
+study 1 (memory only), a trade of throughput for devices that a user asks for by name.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.rules.compiled import (
@@ -27,6 +29,9 @@ from gpupack.rules.compiled import (
 )
 from gpupack.rules.policy import PolicySet
 from gpupack.scheduler.packing.problem import InfeasibleError, PlacementProblem, ScopedLimit
+
+# Held to each device's capacity unless a caller says otherwise: all of them.
+ALL_RESOURCES = frozenset(Resource)
 
 
 def fleet_for(
@@ -52,11 +57,13 @@ def build_problem(
     current: Placement | None = None,
     servers: Mapping[str, tuple[str, ...]] | None = None,
     device_baselines: Mapping[str, Mapping[Resource, float]] | None = None,
+    limited: Collection[Resource] = ALL_RESOURCES,
 ) -> PlacementProblem:
     """Every policy as a hard constraint; see :func:`problem_from` to keep only some."""
     models, devices = tuple(models), tuple(devices)
     fleet = fleet_for(models, devices, server_baseline, servers, device_baselines)
-    return problem_from(compile_policies(policies or PolicySet(), fleet), models, devices, server_baseline, current)
+    return problem_from(compile_policies(policies or PolicySet(), fleet), models, devices, server_baseline, current,
+                        limited)
 
 
 def problem_from(
@@ -65,8 +72,12 @@ def problem_from(
     devices: Iterable[Device],
     server_baseline: Mapping[Resource, float],
     current: Placement | None = None,
+    limited: Collection[Resource] = ALL_RESOURCES,
 ) -> PlacementProblem:
     """Compiled constraints -> a :class:`PlacementProblem` whose solutions they all judge ok.
+
+    Every resource in ``limited`` (memory always) is held to each device's capacity; the others
+    only to what a capacity policy says.
 
     A capacity constraint that counts every model becomes a per-device limit; one that counts
     some models becomes a scoped limit. A per-model limit keeps a model over it off the limit's
@@ -74,7 +85,7 @@ def problem_from(
     replicas scoped to some devices place all of a model's replicas there: both stricter than
     the evaluator, never looser.
     """
-    rules = _Rules(tuple(models), tuple(devices), server_baseline, current)
+    rules = _Rules(tuple(models), tuple(devices), server_baseline, current, frozenset(limited) | {Resource.GPU_MEMORY})
     for c in constraints.items:
         rules.add(c)
     return rules.problem(constraints.fleet)
@@ -85,13 +96,15 @@ class _Rules:
     with the policy behind each rule in ``sources`` (what an infeasibility explanation names)."""
 
     def __init__(self, models: tuple[ModelFootprint, ...], devices: tuple[Device, ...],
-                 server_baseline: Mapping[Resource, float], current: Placement | None):
+                 server_baseline: Mapping[Resource, float], current: Placement | None, limited: frozenset[Resource]):
         self.models, self.devices, self.server_baseline, self.current = models, devices, server_baseline, current
         self.everywhere = frozenset(d.name for d in devices)
+        self.by_name = {d.name: d for d in devices}
         self.model_names = frozenset(m.model for m in models)
         self.peaks = {m.model: m for m in models}
         resources = {r for m in models for r in m.peaks} | set(server_baseline)
-        self.limits = {d.name: {r: math.inf for r in resources if not r.is_bytes} for d in devices}
+        # A resource absent from a device's limits is held to its capacity (PlacementProblem.limit).
+        self.limits = {d.name: {r: math.inf for r in resources if r not in limited} for d in devices}
         self.sources: dict[str, str] = {}
         self.scoped: list[ScopedLimit] = []
         self.allowed: dict[str, frozenset[str]] = {}
@@ -149,13 +162,23 @@ class _Rules:
         known = [(d, limit, base) for d, limit, base in zip(c.devices, c.limits, c.baselines) if limit == limit]
         if c.models is None or self.model_names <= c.models:
             for on, limit, _ in known:
-                if limit < self.limits[on].get(c.resource, math.inf):
+                if limit < self._ceiling(on, c.resource):
                     self.limits[on][c.resource] = limit
                     self.sources[f"limit:{on}:{c.resource.value}"] = c.origin.policy
         elif c.models & self.model_names:
             demand = {m: self.peaks[m].peak(c.resource) for m in c.models & self.model_names}
             self.scoped.append(ScopedLimit(c.origin.policy, c.resource, demand, {d: limit for d, limit, _ in known},
                                            {d: base for d, _, base in known}))
+
+    def _ceiling(self, device: str, resource: Resource) -> float:
+        """The device's limit so far: a policy's, its capacity, or none. A policy above capacity
+        (``max: 120%``) never raises it."""
+        if resource in self.limits[device]:
+            return self.limits[device][resource]
+        try:
+            return self.by_name[device].capacity_of(resource)
+        except KeyError:  # memory of a device whose size is unknown
+            return math.inf
 
     def _anti_affinity(self, c: AntiAffinity) -> None:
         group = c.models & self.model_names

@@ -10,13 +10,13 @@ judged by the rules evaluator on the same compiled constraints.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.rules.compiled import Constraints
 from gpupack.rules.evaluator import Status, judge
 from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot
-from gpupack.scheduler.constraints import problem_from
+from gpupack.scheduler.constraints import ALL_RESOURCES, problem_from
 from gpupack.scheduler.packing.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
 from gpupack.scheduler.packing.solver import solve
 
@@ -38,14 +38,15 @@ def plan_under(
     time_limit_seconds: float,
     current: Placement | None = None,
     soft_alerts: bool = True,
+    limited: Collection[Resource] = ALL_RESOURCES,
 ) -> PolicyPlan:
     """The best placement under every policy, or, with ``soft_alerts``, under the rebalance
-    policies and as many alert policies as can be kept. Raises :class:`InfeasibleError` when
-    the hard ones alone have no solution."""
+    policies and as many alert policies as can be kept; ``limited``: the resources held to each
+    device's capacity. Raises :class:`InfeasibleError` when the hard ones alone have no solution."""
     models, devices = tuple(models), tuple(devices)
 
     def attempt(kept: Constraints) -> PolicyPlan:
-        problem = problem_from(kept, models, devices, server_baseline, current)
+        problem = problem_from(kept, models, devices, server_baseline, current, limited)
         return PolicyPlan(problem, solve(problem, objectives, time_limit_seconds), kept.policies)
 
     try:

@@ -9,6 +9,7 @@ import pytest
 
 from gpupack import __version__
 from gpupack.app.cli import COMMANDS
+from gpupack.triton.launcher import free_port
 
 
 def gpupack(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -65,3 +66,26 @@ def test_output_into_a_closed_pipe_ends_quietly(command: list[str]) -> None:
     finally:
         os.close(write_end)
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
+
+
+def test_plan_with_the_demand_prometheus_down_is_exit_3_in_one_line(tmp_path):
+    """Not 1 ("infeasible") and not a 300-character urllib3 dump: Prometheus, its URL, the reason."""
+    url = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run([sys.executable, "-m", "gpupack", "plan", "--profile", "examples/seed-profile.yaml",
+                             "--device-memory", "16GiB", "--demand-from-prometheus", url],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert result.returncode == 3, result.stderr
+    assert result.stderr == f"gpupack plan: error: cannot reach Prometheus at {url}: connection refused\n"
+
+
+def test_library_log_lines_stay_out_of_a_commands_output(tmp_path):
+    """A first plot builds matplotlib's font cache, which it announces in a log line of its own; the
+    user asked for a plot and hears where it went, and nothing else."""
+    env = dict(os.environ, MPLCONFIGDIR=str(tmp_path / "matplotlib"))
+    plot = tmp_path / "plan.png"
+    result = subprocess.run([sys.executable, "-m", "gpupack", "plan", "--profile", "examples/seed-profile.yaml",
+                             "--device-memory", "16GiB", "--plot", str(plot)],
+                            capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1], env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"wrote plot to {plot}\n"
+    assert plot.stat().st_size > 0 and (tmp_path / "matplotlib").is_dir()

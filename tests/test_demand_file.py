@@ -22,6 +22,11 @@ def test_demand_reads_rates_and_budgets_in_base_units(tmp_path):
     )
 
 
+def test_a_rate_may_carry_its_unit_as_flags_read_it(tmp_path):
+    path = write(tmp_path, "demand:\n  - {model: a, rate_per_second: 20/s}\n  - {model: b, rate_per_second: 1200/m}\n")
+    assert [d.rate_per_second for d in load_demand(path)] == [20.0, 20.0]
+
+
 @pytest.mark.parametrize("text, where", [
     ("demand:\n  - {model: a, rate_per_second: -3}\n", "demand.yaml:2: demand[0].rate_per_second"),
     ("demand:\n  - {model: a, rate_per_second: lots}\n", "demand.yaml:2: demand[0].rate_per_second"),

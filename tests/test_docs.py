@@ -1,5 +1,6 @@
 """The documentation a reader follows: every relative link lands on a file and, with ``#anchor``, on a
-heading there (as GitHub names it); the README's quick start fits on two screens.
+heading there (as GitHub names it); the README's quick start fits on two screens, and its exit
+statuses are the command's.
 
 Pages move and headings get renamed; a link that silently stops resolving is found here, not by
 the next newcomer.
@@ -11,6 +12,8 @@ import re
 from pathlib import Path
 
 import pytest
+
+from gpupack.errors import ExitStatus
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_START_MAX_LINES = 60
@@ -119,3 +122,12 @@ def test_links_in_code_are_not_links_and_headings_follow_github(tmp_path: Path) 
 
 def test_the_readme_quick_start_fits_on_two_screens() -> None:
     assert section_length(REPO / "README.md", "## Quick start") <= QUICK_START_MAX_LINES
+
+
+def test_the_readme_documents_every_exit_status_the_command_uses() -> None:
+    """The README's exit-status table and ``ExitStatus`` are one contract: a status added to one
+    and not the other is found here."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Exit statuses", 1)[1].split("\n## ", 1)[0]
+    documented = sorted(int(m) for m in re.findall(r"^\| (\d+) \|", section, flags=re.MULTILINE))
+    assert documented == sorted(int(status) for status in ExitStatus)

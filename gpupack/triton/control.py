@@ -27,12 +27,14 @@ from gpupack.timing import WaitTimeout, wait_until
 class TritonControlError(GpupackError):
     """Triton refused or did not answer; the message names the server and the model.
 
-    ``reason`` is Triton's own words (or the transport's), for callers that word it their way.
+    ``reason`` is Triton's own words (or the transport's), for callers that word it their way;
+    ``answered`` is False when the server was not reached at all (refused, timed out).
     """
 
-    def __init__(self, message: str, reason: str = "") -> None:
+    def __init__(self, message: str, reason: str = "", *, answered: bool = True) -> None:
         super().__init__(message)
         self.reason = reason or message
+        self.answered = answered
 
 
 class TritonControl:
@@ -60,7 +62,8 @@ class TritonControl:
             raise TritonControlError(f"{self.endpoint.name}: {what}: {reason}", reason) from e
         except (OSError, HTTPException) as e:  # refused, reset, timed out, closed mid-answer
             reason = _one_line(str(e)) or type(e).__name__
-            raise TritonControlError(f"{self.endpoint.name} ({self.endpoint.url}): {what}: {reason}", reason) from e
+            raise TritonControlError(f"{self.endpoint.name} ({self.endpoint.url}): {what}: {reason}", reason,
+                                     answered=False) from e
         finally:
             client.close()
 
@@ -74,6 +77,11 @@ class TritonControl:
         """Model -> version of every READY model, from the repository index."""
         index = self._call("reading the repository index", "get_model_repository_index")
         return {entry["name"]: str(entry.get("version", "")) for entry in index if entry.get("state") == "READY"}
+
+    def repository_index(self) -> dict[str, str]:
+        """Model -> state (READY, UNAVAILABLE, or "" when never loaded) of every model in the repository."""
+        index = self._call("reading the repository index", "get_model_repository_index")
+        return {entry["name"]: str(entry.get("state", "")) for entry in index}
 
     def model_config(self, model: str) -> dict[str, Any]:
         return self._call(f"reading the config of {model}", "get_model_config", model)

@@ -126,8 +126,9 @@ def _ports_free(*ports: int) -> bool:
     return True
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Runs in the child between fork and exec."""
+def die_with_parent(parent_pid: int) -> None:
+    """Runs in the child between fork and exec (``preexec_fn``): the child gets SIGKILL when its
+    parent dies, even by ``kill -9``, which no clean-up handler can catch."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
@@ -215,7 +216,7 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             env=self.installation.environment(),
             start_new_session=True,
-            preexec_fn=lambda: _die_with_parent(parent_pid),  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=lambda: die_with_parent(parent_pid),  # noqa: PLW1509 - needed for PDEATHSIG
         )
         return self
 

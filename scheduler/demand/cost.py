@@ -30,13 +30,18 @@ def capacity_per_second(config: ModelConfig, budget_seconds: float | None) -> fl
 
 def copy_peaks(config: ModelConfig, rate_per_second: float) -> dict[Resource, float]:
     """Memory, utilisation and bandwidth of one copy serving ``rate_per_second``."""
-    peaks = {Resource.GPU_MEMORY: config.peak_gpu_memory_bytes}
+    return {r: float(v[0]) for r, v in copy_peaks_at(config, np.array([rate_per_second])).items()}
+
+
+def copy_peaks_at(config: ModelConfig, rates_per_second: np.ndarray) -> dict[Resource, np.ndarray]:
+    """:func:`copy_peaks` at many rates at once (a demand series' steps)."""
+    peaks = {Resource.GPU_MEMORY: np.full(len(rates_per_second), float(config.peak_gpu_memory_bytes))}
     measured = [p for p in config.points if p.throughput_per_second is not None]
     throughputs = np.array([0.0] + [p.throughput_per_second or 0.0 for p in measured])
     for resource in POINT_RESOURCES:
         if any(resource in p.peaks for p in measured):
             values = np.array([0.0] + [p.peak(resource) for p in measured])
-            peaks[resource] = float(np.interp(rate_per_second, throughputs, values))
+            peaks[resource] = np.interp(rates_per_second, throughputs, values)
     return peaks
 
 

@@ -27,9 +27,12 @@ from gpupack.scheduler.demand.cpsat import Choice, solve_joint
 from gpupack.scheduler.demand.options import CopyOption, options_for
 from gpupack.scheduler.packing.heuristic import Assignment, best_heuristic
 from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals
-from gpupack.scheduler.packing.problem import InfeasibleError, Objective, PlacementProblem, PlacementResult
+from gpupack.scheduler.packing.problem import (
+    DeviceCountProof, InfeasibleError, Objective, PlacementProblem, PlacementResult, ProofStatus,
+)
 from gpupack.scheduler.packing.solver import solve
 from gpupack.timing import Deadline
+from gpupack.units import counted
 
 # Above this many (option, device) decisions the joint model takes longer to build than it helps.
 JOINT_MAX_PAIRS = 120_000
@@ -54,7 +57,8 @@ class ModelPlan:
 
 @dataclass(frozen=True)
 class DemandPlan:
-    result: PlacementResult  # the copies' placement; lower_bound and optimal are the joint problem's
+    problem: PlacementProblem  # the chosen copies as models, under the base problem's limits
+    result: PlacementResult  # the copies' placement; lower_bound, optimal and proof are the joint problem's
     models: tuple[ModelPlan, ...]
     rates: Mapping[str, float]  # model -> rate each of its copies serves
     configs: Mapping[str, str]  # model -> configuration name
@@ -84,7 +88,7 @@ def plan_for_demand(
     instance = _option_instance(base, options)
     options, owner, instance = _usable(options, owner, instance, per_model)
     groups = _groups(base, per_model)
-    bound = _joint_bound(instance, owner, len(per_model), groups)
+    bound, source = _joint_bound(instance, owner, len(per_model), groups), "combinatorial"
     choice, assignment = _priced_choice(instance, owner, len(per_model), groups, primary)
     method = "priced-choice"
     score: Callable[[Assignment], float] = _count if primary is Objective.MIN_DEVICES else functools.partial(_cost, instance)
@@ -99,7 +103,8 @@ def plan_for_demand(
             choice = [outcome.choice[m][0] for m in range(len(per_model))]
             assignment = {m: ds for m, (_, ds) in outcome.choice.items()}
             method, proven = "joint-cp-sat", outcome.proven
-        bound = max(bound, outcome.device_bound)
+        if outcome.device_bound > bound:
+            bound, source = outcome.device_bound, "cp-sat"
     chosen = [options[o] for o in choice]
     problem = dataclasses.replace(
         base, models=tuple(o.footprint for o in chosen), replicas={o.model: o.copies for o in chosen}, current=None
@@ -118,9 +123,13 @@ def plan_for_demand(
         optimal = result.device_count <= bound
     else:  # fewest devices need not be cheapest: only the joint model's proof counts
         optimal = proven
-    result = dataclasses.replace(result, lower_bound=bound, optimal=optimal, method=method,
+    # The last solve's proof is of one choice of configurations; the plan's is the joint problem's bound.
+    proof = DeviceCountProof(ProofStatus.OPTIMAL if result.device_count <= bound else ProofStatus.GAP,
+                             result.device_count, bound, source)
+    result = dataclasses.replace(result, lower_bound=bound, optimal=optimal, method=method, proof=proof,
                                  solve_seconds=timing.clock() - started)
     return DemandPlan(
+        problem=problem,
         result=result,
         models=tuple(_model_plan(o, d) for o, d in zip(chosen, per_model)),
         rates={o.model: o.rate_per_copy for o in chosen},
@@ -182,9 +191,9 @@ def _why_unplaceable(option: CopyOption, instance: Instance, o: int, demand: Mod
     if fits == 0:
         return (f"model {option.model}: no device may hold one copy of configuration {option.config.name!r} "
                 f"(memory, utilisation at {option.rate_per_copy:g}/s, or pins exceed every device's limits)")
-    return (f"model {option.model}: serving {served} needs {option.copies} copies of configuration "
+    return (f"model {option.model}: serving {served} needs {counted(option.copies, 'copy')} of configuration "
             f"{option.config.name!r} ({option.capacity_per_second:g}/s each) on distinct devices, "
-            f"but only {fits} devices may hold one")
+            f"but only {counted(fits, 'device')} may hold one")
 
 
 def _groups(base: PlacementProblem, demands: list[ModelDemand]) -> list[list[int]]:
@@ -239,7 +248,7 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
         if best is None or score < best[0]:
             best = (score, choice, assignment)
     if best is None:
-        raise InfeasibleError(f"no packing of the {n_models} models' copies found that satisfies all constraints")
+        raise InfeasibleError(f"no packing of the copies of {counted(n_models, 'model')} found that satisfies all constraints")
     return best[1], best[2]
 
 

@@ -1,7 +1,7 @@
 """How ``gpupack plan --demand`` shows a plan: devices with the copies on them, each model's choice
 against its demand, and the baselines beside it with the devices tuning saved.
 
-JSON keeps base units (bytes, ratios 0-1, inferences per second); the table shows MB and percent.
+JSON keeps base units (bytes, ratios 0-1, inferences per second); the table shows GiB and percent.
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from typing import Any, Sequence
 from gpupack.scheduler.demand.plan import DemandPlan
 from gpupack.scheduler.demand.baselines import JOINT, TITLES, BaselineOutcome
 from gpupack.scheduler.plan_report import (
-    RESOURCE_TITLES, device_count_summary, resources_shown, shown_total, solve_document, totals_document,
+    Limits, TimeBudget, columns, device_count_summary, device_table, limited_document, limits_document, limits_line,
+    solve_document, time_line, totals_document,
 )
+from gpupack.units import counted
 
 
 def saved(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> dict[str, int]:
@@ -21,24 +23,24 @@ def saved(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> dict[str, i
     return {b.name: b.result.device_count - plan.result.device_count for b in baselines if b.result is not None}
 
 
-def render_table(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
+def render_table(plan: DemandPlan, baselines: Sequence[BaselineOutcome], limits: Limits,
+                 budget: TimeBudget | None = None) -> str:
     result = plan.result
-    resources = resources_shown(result)
-    header = ["device", "copies (model config rate/s)", *(RESOURCE_TITLES[r] for r in resources)]
-    rows = [
-        [device, ", ".join(_copy(plan, m) for m in result.placement.models_on(device)),
-         *(shown_total(r, totals[r]) for r in resources)]
-        for device, totals in result.device_totals.items()
-    ]
-    lines = _columns([header, *rows]) + [""]
+    cells = {device: [device, ", ".join(_copy(plan, m) for m in result.placement.models_on(device))]
+             for device in result.device_totals}
+    lines = device_table(plan.problem, result, ["device", "copies (model config rate/s)"], cells) + [""]
     header = ["model", "config", "copies", "capacity/s", "demand/s", "headroom"]
     rows = [[m.model, m.config, str(m.copies), f"{m.capacity_per_second:g}", f"{m.demand_per_second:g}",
              "-" if m.headroom_ratio is None else f"{m.headroom_ratio * 100:.0f}%"] for m in plan.models]
-    lines += _columns([header, *rows]) + ["", device_count_summary(result), ""]
+    lines += columns([header, *rows]) + ["", device_count_summary(result), limits_line(limits, result), ""]
     for baseline in (*baselines, None):
         lines.append(_baseline_line(baseline, plan))
-    for name, count in saved(plan, baselines).items():
-        lines.append(f"Tuning for demand saves {count} device{'s' if abs(count) != 1 else ''} against {TITLES[name][3:]}.")
+    comparison = _saved_line(plan, baselines)
+    if comparison:
+        lines.append(comparison)
+    parts = [("demand plan", result)] + [(f"baseline {k}", b.result) for k, b in enumerate(baselines, start=1)
+                                         if b.result is not None]
+    lines.append(time_line(parts, budget, phases=False))
     return "\n".join(lines) + "\n"
 
 
@@ -46,9 +48,16 @@ def _copy(plan: DemandPlan, model: str) -> str:
     return f"{model} {plan.configs[model]} {plan.rates[model]:g}"
 
 
-def _columns(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+def _saved_line(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
+    """One sentence for what tuning for demand saves against each baseline that has a plan."""
+    numbers = {b.name: k for k, b in enumerate(baselines, start=1)}
+    parts = []
+    for name, count in saved(plan, baselines).items():
+        if count >= 0:
+            parts.append(f"saves {counted(count, 'device') if count else 'no device'} against plan {numbers[name]}")
+        else:
+            parts.append(f"needs {counted(-count, 'more device')} than plan {numbers[name]}")
+    return f"Tuning for demand (plan 3) {' and '.join(parts)}." if parts else ""
 
 
 def _baseline_line(baseline: BaselineOutcome | None, plan: DemandPlan) -> str:
@@ -56,12 +65,13 @@ def _baseline_line(baseline: BaselineOutcome | None, plan: DemandPlan) -> str:
     result = baseline.result if baseline else plan.result
     if result is None:
         return f"{TITLES[name]}: infeasible ({baseline.infeasible_reason if baseline else ''})"
-    proof = "proven" if result.optimal else f"lower bound {result.lower_bound}"
-    return f"{TITLES[name]}: {result.device_count} devices ({proof})"
+    return f"{TITLES[name]}: {device_count_summary(result)}"
 
 
-def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
+def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome], limits: Limits,
+                budget: TimeBudget | None = None) -> str:
     result = plan.result
+    by_name = {d.name: d for d in plan.problem.devices}
     document: dict[str, Any] = {
         "devices": [
             {
@@ -69,10 +79,12 @@ def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
                 "copies": [{"model": m, "config": plan.configs[m], "rate_per_second": round(plan.rates[m], 6)}
                            for m in result.placement.models_on(device)],
                 "totals": totals_document(totals),
+                "limits": limits_document(plan.problem, by_name[device], totals),
             }
             for device, totals in result.device_totals.items()
         ],
         **solve_document(result),
+        "limited_resources": limited_document(limits.limited),
         "models": [
             {"model": m.model, "config": m.config, "copies": m.copies,
              "capacity_per_second": round(m.capacity_per_second, 6), "demand_per_second": m.demand_per_second,
@@ -81,9 +93,15 @@ def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome]) -> str:
         ],
         "baselines": {
             b.name: ({"device_count": b.result.device_count, "lower_bound": b.result.lower_bound,
-                      "optimal": b.result.optimal} if b.result else {"infeasible": b.infeasible_reason})
+                      "optimal": b.result.optimal,
+                      "proof": b.result.proof.as_dict() if b.result.proof is not None else None,
+                      "solve_seconds": round(b.result.solve_seconds, 6)}
+                     if b.result else {"infeasible": b.infeasible_reason})
             for b in baselines
         },
         "devices_saved": saved(plan, baselines),
     }
+    if budget is not None:
+        document["time_limit_seconds"] = budget.limit_seconds
+        document["startup_seconds"] = round(budget.startup_seconds, 6)
     return json.dumps(document, indent=2) + "\n"

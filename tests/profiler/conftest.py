@@ -75,3 +75,14 @@ def interrupted(process: subprocess.Popen[str], measured: Callable[[subprocess.P
     finally:
         process.kill()
     return stderr
+
+
+def first_point(process: subprocess.Popen[str]) -> list[str]:
+    """A running profiler's stderr lines up to its first measured point (``[1/...``)."""
+    seen = []
+    assert process.stderr is not None
+    for line in process.stderr:
+        seen.append(line)
+        if line.startswith("[1/"):
+            return seen
+    raise AssertionError("the profiler ended before measuring a point:\n" + "".join(seen))

@@ -55,7 +55,7 @@ def test_summary_marks_the_chosen_point_and_says_why_a_point_is_not_used() -> No
 
     text = format_summary(result, {"m": good})
 
-    assert "Server alone: max memory 30 MiB, max utilisation 1%" in text
+    assert "Server alone: max memory 30.0 MiB, max utilisation 1%" in text
     rows = [line.split() for line in text.splitlines() if line.startswith("m ")]
     assert rows[0][:4] == ["m", "*", "1", "1"] and rows[0][-1] == "ok"
     assert rows[1][:3] == ["m", "1", "2"] and rows[1][-1] == "ERRORS"

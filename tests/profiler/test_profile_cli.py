@@ -5,18 +5,20 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gpupack.profiles import load_profile
 from gpupack.domain import Resource
 from gpupack.testing import TritonServer
 from gpupack.testing.highwater import BackendWatch
 
-from tests.profiler.conftest import BROKEN, IDLE, PROFILED, SMALL, gpupack, interrupted, start_gpupack
+from tests.profiler.conftest import BROKEN, IDLE, PROFILED, SMALL, first_point, gpupack, interrupted, start_gpupack
 
 pytestmark = pytest.mark.triton
 
@@ -94,7 +96,10 @@ def test_model_that_fails_to_load_is_reported_and_skipped(
     assert result.returncode == 1
     assert f"{BROKEN.name}: skipped: model {BROKEN.name} failed to load" in result.stdout
     assert "fail_to_load" in result.stdout
-    assert [m.model for m in load_profile(out).models] == [SMALL.name]
+    small, broken = yaml.safe_load(out.read_text())["models"]  # the measured first, then the refused
+    assert broken["model"] == BROKEN.name and broken["configs"] == []  # kept, so that plan refuses it by name
+    assert broken["rejected"][0]["reason"].startswith(f"model {BROKEN.name} failed to load")
+    assert small["model"] == SMALL.name and small["peak_gpu_memory_bytes"] > 0
 
 
 def _start_profile(server: TritonServer, out: Path, *extra: str) -> subprocess.Popen[str]:
@@ -103,22 +108,12 @@ def _start_profile(server: TritonServer, out: Path, *extra: str) -> subprocess.P
                          "--duration", "1s", "--warmup", "0.2s", "--out", str(out), *extra)
 
 
-def _wait_for_first_point(process: subprocess.Popen[str]) -> list[str]:
-    seen = []
-    assert process.stderr is not None
-    for line in process.stderr:
-        seen.append(line)
-        if line.startswith("[1/"):
-            return seen
-    raise AssertionError("the profiler ended before measuring a point:\n" + "".join(seen))
-
-
 def test_ctrl_c_writes_the_points_measured_and_leaves_no_model_loaded(
     server: TritonServer, tmp_path: Path
 ) -> None:
     out = tmp_path / "partial.yaml"
     process = _start_profile(server, out)
-    stderr = interrupted(process, _wait_for_first_point, lambda p: p.send_signal(signal.SIGINT))
+    stderr = interrupted(process, first_point, lambda p: p.send_signal(signal.SIGINT))
 
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
@@ -133,7 +128,7 @@ def test_server_that_dies_stops_the_run_with_a_clear_message(
 ) -> None:
     out = tmp_path / "partial.yaml"
     process = _start_profile(server, out)
-    stderr = interrupted(process, _wait_for_first_point, lambda _: os.killpg(server.pid, signal.SIGKILL))
+    stderr = interrupted(process, first_point, lambda _: os.killpg(server.pid, signal.SIGKILL))
 
     assert process.returncode == 1, stderr
     assert f"server {server.http_address}" in stderr
@@ -146,3 +141,30 @@ def test_bad_flag_value_is_a_usage_error_naming_the_flag(tmp_path: Path) -> None
 
     assert result.returncode == 2
     assert "--batch: 'x' in '1,x' is not a positive whole number" in result.stderr
+
+
+def test_a_bad_max_memory_is_named_by_the_flag_the_user_typed() -> None:
+    result = gpupack("profile", "--server", "127.0.0.1:1", "--models", "a", "--max-memory", "80")
+
+    assert result.returncode == 2
+    assert "--max-memory: '80' has no unit" in result.stderr and "--memory-limit" not in result.stderr
+
+
+def test_help_is_written_for_users_with_the_metavars_every_subcommand_uses() -> None:
+    result = gpupack("profile", "--help")
+
+    assert result.returncode == 0
+    for developer_note in ("`", ":func:", ":class:", "gpupack.profiler", "search_cli"):
+        assert developer_note not in result.stdout
+    metavars = set(re.findall(r"--[a-z-]+ ([A-Z][A-Za-z=,.]*)", result.stdout))
+    assert metavars <= {"FILE", "URL", "DIR", "SIZE", "DURATION", "N", "NAME,...", "N,...", "RATE,...",
+                        "KIND,...", "DURATION,..."}, metavars
+    assert "report.html" in result.stdout  # what --report writes with --search
+
+
+def test_an_unreachable_server_is_exit_3_naming_it() -> None:
+    result = gpupack("profile", "--server", "127.0.0.1:1", "--models", "a")
+
+    assert result.returncode == 3
+    assert result.stderr.strip() == "gpupack profile: error: cannot reach the Triton server at http://127.0.0.1:1: " \
+                                    "connection refused"

@@ -103,7 +103,7 @@ def test_ranking_keeps_configs_meeting_the_constraints_and_says_why_the_others_f
     assert [r.config for r in ranked] == [good, low]
     assert ranked[0].point.concurrency == 2 and ranked[0].score == 350
     reasons = {c.name: why for c, why in rejected}
-    assert "over --max-memory 256 MiB" in reasons[fast_big.name]
+    assert "over --max-memory 256.0 MiB" in reasons[fast_big.name]
     assert "p99 30.0 ms at its lightest load is over the 20 ms budget" == reasons[slow.name]
     assert reasons[broken.name] == "i8-b8-dyn-500us: failed to load"
     per_gib, _ = rank([fast_big, good], Constraints(objective="throughput-per-gib"))

@@ -123,5 +123,15 @@ def test_interrupt_keeps_the_points_measured_and_unloads_the_model() -> None:
 
 
 def test_server_with_models_loaded_is_refused_before_anything_is_measured() -> None:
-    with pytest.raises(ServerNotIdleError, match=r"already has models loaded \(other\)"):
+    with pytest.raises(ServerNotIdleError, match=r"already has other loaded.*give --shared-server"):
         _sweep(FakeControl(loaded=["other"]), _plan()).run()
+
+
+def test_a_shared_server_keeps_the_models_it_had_loaded_and_measures_beside_them() -> None:
+    control = FakeControl(loaded=["other"])
+
+    result = Sweep(_plan(), control, FakeProbe, lambda signature: FakeLoad(control), sleep=lambda s: None,
+                   shared_with=frozenset({"other"})).run()
+
+    assert [o.model for o in result.models] == ["m"] and result.models[0].points
+    assert control.loaded == ["other"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Callable
 
 import pytest
@@ -100,14 +101,23 @@ def test_alert_policies_never_request_a_rebalance(seed_document):
 POLICY_TEXT = "policies:\n  - name: gpu-memory-80\n    resource: gpu_memory\n    max: 80%\n"
 
 
-def test_evaluate_once_prints_a_table_and_exits_1_when_violated(fake_exporter, tmp_path, capsys):
+def cells(line: str) -> list[str]:
+    """A table row's cells: columns are two or more spaces apart, a cell holds at most one."""
+    return re.split(r"\s{2,}", line.strip())
+
+
+def test_evaluate_once_prints_a_table_in_iec_units_with_share_of_limit_and_exits_1_when_violated(
+        fake_exporter, tmp_path, capsys):
     policies = write_policies(tmp_path, POLICY_TEXT)
     status = main(["rules", "evaluate", "--once", "--policies", str(policies), "--exporter-url", fake_exporter.url])
     out = capsys.readouterr().out
     assert status == 1
     lines = out.splitlines()
-    assert lines[0].split() == ["POLICY", "SEVERITY", "DEVICE", "MODEL", "VALUE", "LIMIT", "HEADROOM", "STATUS"]
-    assert lines[4].split() == ["gpu-memory-80", "warning", "GPU-4", "-", "14.2", "GiB", "12.8", "GiB", "-9%", "violated"]
+    assert cells(lines[0]) == ["POLICY", "SEVERITY", "DEVICE", "MODEL", "VALUE", "LIMIT", "% OF LIMIT", "HEADROOM",
+                               "STATUS"]
+    # GPU-4 carries 15225 MB against 80% of 16 GiB: 111% of its limit.
+    assert cells(lines[4]) == ["gpu-memory-80", "warning", "GPU-4", "-", "14.2 GiB", "12.8 GiB", "111%", "-9%",
+                               "violated"]
     assert lines[-1] == "4 results: 2 ok, 2 violated, 0 unknown"
 
 
@@ -123,14 +133,13 @@ def test_evaluate_once_json_and_exit_0_when_nothing_is_violated(fake_exporter, t
                                       "headroom_ratio": pytest.approx(0.95 - 11681e6 / 2**34)}
 
 
-def test_evaluate_once_with_exporter_down_is_an_error_not_ok(fake_exporter, tmp_path, capsys):
+def test_evaluate_with_an_exporter_that_fails_is_unknown_exit_3_not_a_violation(fake_exporter, tmp_path, capsys):
     fake_exporter.status = 503
     status = main(["rules", "evaluate", "--once", "--policies", str(write_policies(tmp_path, POLICY_TEXT)),
                    "--exporter-url", fake_exporter.url])
-    err = capsys.readouterr().err
-    assert status == 1
-    assert err.startswith(f"gpupack rules: error: cannot fetch {fake_exporter.url}/api/v1/peaks: 503")
-    assert len(err.splitlines()) == 1
+    assert status == 3
+    assert capsys.readouterr().err == (f"gpupack rules: error: cannot reach the exporter at {fake_exporter.url}: "
+                                       "/api/v1/peaks answered HTTP 503 Service Unavailable\n")
 
 
 def test_missing_policies_setting_is_a_usage_error(capsys):

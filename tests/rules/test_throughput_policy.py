@@ -135,11 +135,11 @@ def test_rules_check_accepts_it_and_the_table_shows_rates(tmp_path, capsys):
     path = tmp_path / "policies.yaml"
     path.write_text(SERVE_DEMAND)
     assert main(["rules", "check", str(path)]) == 0
-    assert capsys.readouterr().out.endswith("1 policies OK\n")
+    assert capsys.readouterr().out.endswith("1 policy OK\n")
     out = io.StringIO()
     write_table(evaluate(_snapshot({"small": ["GPU-0"]}, {"small": 20.0}, {"small": 15.0}), load_policies(path)), out)
     assert out.getvalue().splitlines()[1].split() == ["serve-demand", "warning", "-", "small", "15/s", "24/s",
-                                                      "-38%", "violated"]
+                                                      "-", "-38%", "violated"]
 
 
 def test_placement_of_the_snapshot_is_what_is_judged(tmp_path):

@@ -29,11 +29,31 @@ MODELS = (
 )
 
 
-def test_capacity_policy_sets_absolute_limits_and_utilisation_is_free_without_one():
+def test_capacity_policy_sets_absolute_limits_and_utilisation_is_held_to_the_device_without_one():
     problem = build_problem(MODELS, DEVICES, {MEM: GB}, PolicySet((CapacityPolicy(name="mem-80", max_ratio=0.8),)))
     assert problem.limit(DEVICES[0], MEM) == pytest.approx(12.8 * GB)
-    assert math.isinf(problem.limit(DEVICES[0], UTIL))
+    assert problem.limit(DEVICES[0], UTIL) == 1.0
     assert problem.constraint_sources["limit:t4-1:gpu_memory"] == "mem-80"
+
+
+def test_no_plan_runs_a_device_above_100_percent_of_a_measured_resource():
+    busy = tuple(ModelFootprint(f"busy-{k}", {MEM: GB, UTIL: 0.6}) for k in range(3))
+    result = solve(build_problem(busy, DEVICES[:2] + (Device("t4-3", {MEM: 16 * GB}),), {}))
+    assert result.device_count == 3
+    assert all(totals[UTIL] <= 1.0 for totals in result.device_totals.values())
+
+
+def test_only_the_resources_asked_for_are_held_to_the_device_and_memory_always_is():
+    busy = tuple(ModelFootprint(f"busy-{k}", {MEM: GB, UTIL: 0.6}) for k in range(3))
+    problem = build_problem(busy, DEVICES[:2], {}, limited=())
+    assert math.isinf(problem.limit(DEVICES[0], UTIL)) and problem.limit(DEVICES[0], MEM) == 16 * GB
+    assert solve(problem).device_count == 1
+
+
+def test_a_policy_above_capacity_does_not_raise_the_limit():
+    policies = PolicySet((CapacityPolicy(name="util-150", resource=UTIL, max_ratio=1.5),))
+    assert build_problem(MODELS, DEVICES, {}, policies).limit(DEVICES[0], UTIL) == 1.0
+    assert build_problem(MODELS, DEVICES, {}, policies, limited=(MEM,)).limit(DEVICES[0], UTIL) == 1.5
 
 
 def test_utilisation_policy_splits_models_that_fit_in_memory():
@@ -45,7 +65,8 @@ def test_utilisation_policy_splits_models_that_fit_in_memory():
 
 def test_pin_keeps_a_model_on_matching_devices():
     pin = PinPolicy(name="bert-on-a100", selector=Selector(models=("bert",)), to=Selector(device_labels={"class": "A100"}))
-    result = solve(build_problem(MODELS, DEVICES, {}, PolicySet((pin,))))
+    # Memory only: bert beside llm on the A100 is 110% busy, and this is about the pin.
+    result = solve(build_problem(MODELS, DEVICES, {}, PolicySet((pin,)), limited=(MEM,)))
     assert result.placement.assignments["bert"] == ("a100-1",)
 
 
@@ -104,7 +125,8 @@ def test_capacity_policy_scoped_to_models_counts_only_those_models_and_plans_thr
     from gpupack.rules.peaks import DevicePeaks, ModelPeaks, PeaksSnapshot
 
     models, devices, policies = _seg_cls_case()
-    result = solve(build_problem(models, devices, {}, policies))
+    # Bandwidth limited by the policy alone (memory only otherwise): 2 seg_ and 2 cls_ on a device.
+    result = solve(build_problem(models, devices, {}, policies, limited=(MEM,)))
     assert (result.device_count, result.lower_bound, result.optimal) == (3, 3, True)
     snapshot = PeaksSnapshot(tuple(DevicePeaks(d) for d in devices),
                              tuple(ModelPeaks(m.model, "", m.peaks) for m in models))

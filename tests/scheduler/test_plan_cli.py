@@ -23,14 +23,39 @@ def plan(capsys, *args):
     return status, out, err
 
 
-def test_case_study_1_memory_only_needs_four_devices_proven(capsys):
+def test_by_default_no_device_is_planned_above_100_percent_of_any_resource_six_proven(capsys):
     status, out, _ = plan(capsys, "--format", "json")
+    document = json.loads(out)
+    assert (status, document["device_count"], document["optimal"]) == (0, 6, True)
+    assert document["limited_resources"] == list(RESOURCES)
+    for device in document["devices"]:
+        assert device["limits"] == {"gpu_memory_bytes": 16 * 2**30, "gpu_utilization_ratio": 1.0,
+                                    "memory_bandwidth_utilization_ratio": 1.0}
+        assert all(device["totals"][field] <= limit for field, limit in device["limits"].items())
+    status, out, _ = plan(capsys)
+    assert "6 devices (proven optimal" in out
+    assert "Limits: 100% of each device's memory, utilization and bandwidth, or a policy's lower limit." in out
+
+
+def test_case_study_1_memory_only_is_asked_for_by_name_four_devices_proven(capsys):
+    status, out, _ = plan(capsys, "--resources", "memory", "--format", "json")
     document = json.loads(out)
     assert status == 0
     assert (document["device_count"], document["lower_bound"], document["optimal"]) == (4, 4, True)
+    assert document["limited_resources"] == ["gpu_memory"]
     placed = sorted(m for d in document["devices"] for m in d["models"])
     assert len(placed) == 9
     assert all(d["totals"]["gpu_memory_bytes"] <= 16 * 2**30 for d in document["devices"])
+    status, out, _ = plan(capsys, "--resources", "memory")
+    assert "4 devices (proven optimal" in out
+    assert "Limits: memory only (--resources memory); utilization and bandwidth not limited unless a policy" in out
+
+
+def test_resources_must_include_memory_and_be_known(capsys):
+    status, _, err = plan(capsys, "--resources", "utilization")
+    assert status == 2 and "--resources: memory is always limited" in err and "memory,utilization" in err
+    status, _, err = plan(capsys, "--resources", "memory,power")
+    assert status == 2 and "unknown resource 'power'" in err and "bandwidth" in err
 
 
 def test_case_study_2_all_three_at_100_percent_needs_six_proven(capsys, tmp_path):
@@ -49,12 +74,17 @@ def test_plan_says_what_the_80_percent_rule_costs(capsys, tmp_path):
             "cost 2 more devices: 8 under them, 6 at 100% of capacity.") in out
 
 
-def test_table_lists_devices_with_memory_in_mb_including_the_server(capsys):
-    status, out, _ = plan(capsys)
+def test_table_shows_memory_in_gib_with_the_server_and_each_share_of_the_limit(capsys, tmp_path):
+    status, out, _ = plan(capsys, "--policies", policies(tmp_path, 80, ["gpu_memory"]))
     header, *rows = out.splitlines()
-    assert header.split()[:2] == ["device", "models"] and "gpu memory with server (MB)" in header
-    assert rows[0].startswith("gpu-1")
-    assert "4 devices (proven optimal" in out
+    assert header.split()[:2] == ["device", "models"] and "gpu memory with server" in header
+    assert header.count("% of limit") == 3 and "MB" not in out
+    devices = [row.split() for row in rows if row.startswith("gpu-")]
+    assert len(devices) == 7
+    for *_, memory, unit, memory_share, util, util_share, bandwidth, bandwidth_share in devices:
+        # Memory against the policy's 80% of 16 GiB; utilisation and bandwidth against 100%.
+        assert unit == "GiB" and abs(int(memory_share[:-1]) - float(memory) / 12.8 * 100) <= 1
+        assert (util, bandwidth) == (util_share, bandwidth_share)
 
 
 def test_plot_is_written(capsys, tmp_path):
@@ -118,8 +148,9 @@ def test_a_capacity_policy_for_some_models_counts_only_them_three_devices_proven
     policy = tmp_path / "seg.yaml"
     policy.write_text('policies:\n  - {name: seg-bw, resource: memory_bandwidth_utilization, max: 100%, '
                       'selector: {models: ["seg_*"]}}\n')
+    # Memory only but for the policy: the cls_ models' bandwidth is not limited.
     status = main(["plan", "--profile", _seg_cls_profile(tmp_path), "--device-memory", "16GiB",
-                   "--policies", str(policy), "--format", "json"])
+                   "--policies", str(policy), "--resources", "memory", "--format", "json"])
     document = json.loads(capsys.readouterr().out)
     assert (status, document["device_count"], document["optimal"]) == (0, 3, True)
     for device in document["devices"]:
@@ -130,7 +161,8 @@ def test_an_alert_policy_that_cannot_hold_blocks_plan_unless_soft_alerts_and_is_
     policy = tmp_path / "p.yaml"
     policy.write_text("policies:\n  - {name: one-gpu, max_devices: 1}\n"
                       "  - {name: mem-90, resource: gpu_memory, max: 90%, action: rebalance}\n")
-    args = ["plan", "--profile", _seg_cls_profile(tmp_path), "--device-memory", "16GiB", "--policies", str(policy)]
+    args = ["plan", "--profile", _seg_cls_profile(tmp_path), "--device-memory", "16GiB", "--policies", str(policy),
+            "--resources", "memory"]
     assert main(args) == 1
     assert "one-gpu" in capsys.readouterr().err
     assert main([*args, "--soft-alerts", "--format", "json"]) == 0

@@ -70,3 +70,45 @@ def test_bad_csv_row_names_its_line(tmp_path):
     path.write_text("model,peak_gpu_memory_bytes\nserver_baseline,309MB\na,1GB\nb,-3\n")
     with pytest.raises(InputError, match=r"p\.csv:4: models\[1\]\.peak_gpu_memory_bytes"):
         load_profile(path)
+
+
+REJECTED = """\
+server_baseline: {peak_gpu_memory_bytes: 300MB}
+models:
+  - model: a
+    peak_gpu_memory_bytes: 1GB
+    rejected:
+      - {name: i4-b8, reason: out of memory}
+  - model: b
+    configs: []
+    rejected:
+      - {name: i1-b1, reason: p99 72 ms is over the 50 ms budget}
+"""
+
+
+def test_a_model_without_a_configuration_within_its_constraints_is_kept_with_its_reasons(tmp_path):
+    (tmp_path / "p.yaml").write_text(REJECTED)
+    profile = load_profile(tmp_path / "p.yaml")
+    assert [m.model for m in profile.models] == ["a"] and profile.unplaceable == ("b",)
+    assert [(r.name, r.reason) for r in profile.rejected["b"]] == [("i1-b1", "p99 72 ms is over the 50 ms budget")]
+    assert [r.name for r in profile.rejected["a"]] == ["i4-b8"]
+    for suffix in ("yaml", "json"):
+        write_profile(profile, tmp_path / f"again.{suffix}")
+        again = load_profile(tmp_path / f"again.{suffix}")
+        assert (again.models, again.rejected, again.unplaceable) == (profile.models, profile.rejected, ("b",))
+    with pytest.raises(InputError, match="a CSV profile has no place for rejected configurations"):
+        write_profile(profile, tmp_path / "again.csv")
+
+
+@pytest.mark.parametrize("entry, where", [
+    ("  - {model: b, configs: []}\n", "p.yaml:3: models[0].configs: a model with no configuration must list"),
+    ("  - {model: b, configs: [], rejected: []}\n", "p.yaml:3: models[0].rejected: must be a non-empty list"),
+    ("  - {model: b, configs: [], rejected: [{name: x}]}\n", "p.yaml:3: models[0].rejected[0].reason: missing"),
+    ("  - {model: b, configs: [], peak_gpu_memory_bytes: 1GB, rejected: [{name: x, reason: y}]}\n",
+     "p.yaml:3: models[0].peak_gpu_memory_bytes: unknown field"),
+])
+def test_a_rejected_model_must_say_why_and_nothing_else(tmp_path, entry, where):
+    (tmp_path / "p.yaml").write_text("server_baseline: {}\nmodels:\n" + entry)
+    with pytest.raises(InputError) as error:
+        load_profile(tmp_path / "p.yaml")
+    assert str(error.value).startswith(str(tmp_path / where))

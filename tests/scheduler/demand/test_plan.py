@@ -86,10 +86,13 @@ def test_table_prints_the_three_plans_and_what_tuning_saved(capsys, tmp_path):
                    "--demand", demand_at(tmp_path, 0.25)])
     out = capsys.readouterr().out
     assert status == 0
-    assert "1. every model at its profiled peak, one copy: 6 devices (proven)" in out
-    assert "2. best-throughput config, copies for demand (Model Analyzer way): 6 devices (proven)" in out
-    assert "3. joint: config and copies chosen for demand: 4 devices (proven)" in out
-    assert "Tuning for demand saves 2 devices against best-throughput config" in out
+    assert "1. every model at its profiled peak, one copy: 6 devices (proven optimal" in out
+    assert "2. best-throughput config, copies for demand (Model Analyzer way): 6 devices (proven optimal" in out
+    assert "3. joint: config and copies chosen for demand: 4 devices (proven optimal" in out
+    assert out.count("Tuning for demand") == 1
+    assert "Tuning for demand (plan 3) saves 2 devices against plan 1 and saves 2 devices against plan 2." in out
+    assert "4 devices (proven optimal by the" in out.split("model  ")[1]  # the plan's own proof, under its table
+    assert "Time: " in out and "demand plan" in out and "of the 10 s limit" in out
 
 
 def test_an_extra_copy_splits_a_busy_model_and_saves_a_device_at_full_demand(capsys, tmp_path):

@@ -1,0 +1,73 @@
+"""How ``gpupack plan --demand-series --schedule`` shows a schedule: a timeline (step, devices,
+moves), GPU-hours against the static plans and the bound, and where the time went. JSON gives
+every step's devices with each copy's rate in that step, and the moves into it in a safe order."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gpupack.scheduler.demand.schedule import SECONDS_PER_HOUR, Schedule
+from gpupack.scheduler.demand.series_report import SeriesOutcome, devices_document
+from gpupack.scheduler.plan_report import TimeBudget, columns, solve_document, time_line
+from gpupack.units import counted
+
+
+def render_table(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget | None = None) -> str:
+    rows = [["step", "devices", "bound", "moves"]]
+    for t, step in enumerate(schedule.steps):
+        rows.append([str(t), str(step.device_count), str(schedule.lower_bounds[t]), "-" if t == 0 else str(len(step.moves))])
+    hours = _hours(outcome, schedule)
+    lines = columns(rows) + [
+        "",
+        f"GPU-hours over {outcome.series.steps} steps of {outcome.series.step_seconds / SECONDS_PER_HOUR:g} h: "
+        f"schedule {hours['schedule']:g} (lower bound {hours['bound']:g}, "
+        f"{hours['schedule'] / hours['bound']:.2f}x); static by the peak of the sum {hours['static']:g} "
+        f"({outcome.result.device_count} devices); by the sum of the peaks {hours['sum_of_peaks']:g} "
+        f"({outcome.sum_of_peaks.result.device_count} devices).",
+        f"The schedule uses {hours['schedule'] / hours['sum_of_peaks']:.0%} of the sum of the peaks' GPU-hours and "
+        f"{hours['schedule'] / hours['static']:.0%} of the static plan's, with at most "
+        f"{counted(max((len(s.moves) for s in schedule.steps), default=0), 'move')} between steps.",
+        time_line([("series plan", outcome.result), ("schedule", schedule),
+                   ("sum of the peaks", outcome.sum_of_peaks.result)], budget, phases=False),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _hours(outcome: SeriesOutcome, schedule: Schedule) -> dict[str, float]:
+    period = outcome.series.steps * outcome.series.step_seconds / SECONDS_PER_HOUR
+    return {"schedule": round(schedule.gpu_hours, 6), "bound": round(schedule.bound_gpu_hours, 6),
+            "static": round(outcome.result.device_count * period, 6),
+            "sum_of_peaks": round(outcome.sum_of_peaks.result.device_count * period, 6)}
+
+
+def render_json(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget | None = None) -> str:
+    hours = _hours(outcome, schedule)
+    document: dict[str, Any] = {
+        "step_seconds": outcome.series.step_seconds, "steps": outcome.series.steps,
+        "schedule": [{"step": t, "device_count": step.device_count, "lower_bound": int(schedule.lower_bounds[t]),
+                      "devices": _step_devices(schedule, t),
+                      "moves": [{"kind": m.kind, "model": m.model, "source": m.source, "target": m.target}
+                                for m in step.moves]}
+                     for t, step in enumerate(schedule.steps)],
+        "gpu_hours": hours["schedule"], "gpu_hours_lower_bound": hours["bound"],
+        "solve_seconds": round(schedule.solve_seconds, 6),
+        "static": {**solve_document(outcome.result), "gpu_hours": hours["static"],
+                   "devices": devices_document(outcome.plan)},
+        "sum_of_peaks": {**solve_document(outcome.sum_of_peaks.result), "gpu_hours": hours["sum_of_peaks"]},
+    }
+    if budget is not None:
+        document["time_limit_seconds"] = budget.limit_seconds
+        document["startup_seconds"] = round(budget.startup_seconds, 6)
+    return json.dumps(document, indent=2) + "\n"
+
+
+def _step_devices(schedule: Schedule, t: int) -> list[dict[str, Any]]:
+    names = schedule.fleet.names
+    on: dict[int, list[dict[str, Any]]] = {}
+    for m, devices in enumerate(schedule.steps[t].devices):
+        option = schedule.chosen[m]
+        for d in devices:
+            on.setdefault(d, []).append({"model": option.model, "config": option.config.name,
+                                         "rate_per_second": round(schedule.rates_per_copy(m, t), 6)})
+    return [{"name": names[d], "copies": on[d]} for d in sorted(on)]
