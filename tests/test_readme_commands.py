@@ -209,9 +209,10 @@ def _substitutions(scratch: Path, demo: KeptDemo | None) -> list[tuple[re.Patter
 
 
 def _substituted(text: str, subs: list[tuple[re.Pattern[str], str]]) -> str:
-    for pattern, value in subs:
-        text = pattern.sub(value.replace("\\", r"\\"), text)
-    return text
+    """Every substitution in one pass, so that what one puts in (a checkout under /tmp/, say) is
+    never rewritten by the next."""
+    either = re.compile("|".join(f"(?P<s{n}>{pattern.pattern})" for n, (pattern, _) in enumerate(subs)))
+    return either.sub(lambda match: subs[int(str(match.lastgroup)[1:])][1], text)
 
 
 def _runnable(block: Block) -> list[Command]:
