@@ -1,7 +1,8 @@
 #!/bin/sh
 # Creates the virtual environment the Makefile targets use, installing Debian packages first when
-# they are missing: promtool/prometheus/alertmanager (tests check exposition and rules with them)
-# and libpython for the Triton Python-backend stub, which embeds this Python's minor version;
+# they are missing: promtool/prometheus/alertmanager (tests check exposition and rules with them),
+# haproxy (the router gpupack drives through its runtime API), libpython for the Triton
+# Python-backend stub, which embeds this Python's minor version;
 # podman, runc and mmdebstrap for the container suite (deploy/podman/: the base image is built from
 # Debian's packages, runc because crun fails on cgroups in hybrid mode).
 set -eu
@@ -15,6 +16,7 @@ command -v prometheus-alertmanager >/dev/null 2>&1 || missing="$missing promethe
 command -v podman >/dev/null 2>&1 || missing="$missing podman"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"
 command -v runc >/dev/null 2>&1 || missing="$missing runc"
+command -v haproxy >/dev/null 2>&1 || missing="$missing haproxy"
 command -v mmdebstrap >/dev/null 2>&1 || missing="$missing mmdebstrap"
 ldconfig -p 2>/dev/null | grep -q "libpython${py_version}\.so\.1" || missing="$missing libpython${py_version}"
 "$PYTHON" -m venv --help >/dev/null 2>&1 && "$PYTHON" -c 'import ensurepip' 2>/dev/null || missing="$missing python${py_version}-venv"

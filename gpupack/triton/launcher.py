@@ -16,6 +16,7 @@ import ctypes
 import hashlib
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -109,7 +110,32 @@ def find_tritonserver(env: Mapping[str, str] | None = None) -> TritonInstallatio
     return installation
 
 
+_PORT_TAKEN = "already in use"
+_FRESH_PORT_ATTEMPTS = 3
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
+    """A loopback port nobody listens on, chosen below the kernel's ephemeral range: a port the
+    kernel hands out for outgoing connections can be taken by any client between our check and the
+    server's bind, which lost races in CI. Falls back to an ephemeral port if none is free below."""
+    low, _ = _ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    with _handed_out_lock:
+        for port in candidates[:200]:
+            if port not in _handed_out and _ports_free(port):
+                _handed_out.add(port)  # a port handed out is not bound yet: never hand it out twice
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -158,6 +184,7 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else None
         self.process: subprocess.Popen[bytes] | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
+        self._fresh_ports = True
         self._log_file: object | None = None
 
     @property
@@ -186,7 +213,8 @@ class TritonServer:
     def launch(self, *, same_ports: bool = False) -> "TritonServer":
         """Start the process without waiting; pair with :meth:`wait_ready`. ``same_ports``: reuse the
         ports of the previous launch (a restart), so clients configured with its URLs find it again."""
-        if not (same_ports and self.http_port):
+        self._fresh_ports = not (same_ports and self.http_port)
+        if self._fresh_ports:
             self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         if self.log_path is None:
             self.log_path = Path(tempfile.mkstemp(prefix=f"tritonserver-{self.name}-", suffix=".log")[1])
@@ -221,8 +249,18 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout_seconds: float = 60.0) -> "TritonServer":
+        """Until the server answers ready. A server that lost a race for a port it was given fresh
+        (another process bound it between our check and Triton's bind) is relaunched on new ports."""
+        attempts_left = _FRESH_PORT_ATTEMPTS
+
         def ready() -> bool:
+            nonlocal attempts_left
             if self.process is None or self.process.poll() is not None:
+                if self._fresh_ports and attempts_left > 1 and _PORT_TAKEN in self.log_tail(3):
+                    attempts_left -= 1
+                    self.stop()
+                    self.launch()
+                    return False
                 raise TritonStartError(f"tritonserver {self.name} exited during start-up:\n{self.log_tail()}")
             with contextlib.suppress(requests.RequestException):
                 return requests.get(f"{self.http_url}/v2/health/ready", timeout=1).status_code == 200

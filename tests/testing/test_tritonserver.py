@@ -86,6 +86,36 @@ def test_fleet_starts_servers_on_distinct_ports_and_stops_them_all(model_reposit
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
 
 
+def test_a_server_that_loses_the_race_for_its_port_starts_on_fresh_ones(model_repository, triton_installation,
+                                                                        monkeypatch):
+    """CI saw another process bind a port between our check and Triton's bind; the start must not fail."""
+    import socket
+
+    from gpupack.triton import launcher
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    taken = squatter.getsockname()[1]
+    ports = iter([taken])
+    real_free_port = launcher.free_port
+    monkeypatch.setattr(launcher, "free_port", lambda: next(ports, None) or real_free_port())
+    try:
+        with TritonServer(model_repository, name="raced", installation=triton_installation) as server:
+            assert server.http_port != taken
+            assert requests.get(f"{server.http_url}/v2/health/ready", timeout=5).ok
+    finally:
+        squatter.close()
+
+
+def test_free_ports_lie_below_the_range_the_kernel_gives_outgoing_connections():
+    from gpupack.triton.launcher import _ephemeral_range, free_port
+
+    low, _ = _ephemeral_range()
+    ports = [free_port() for _ in range(20)]
+    assert all(port < low for port in ports) and len(set(ports)) == 20
+
+
 def test_a_failed_load_is_reported_with_tritons_reason(start_triton):
     server = start_triton(name="failing")
     with pytest.raises(TritonControlError, match="failing: loading broken: .*fail_to_load"):
