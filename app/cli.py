@@ -17,10 +17,12 @@ from gpupack.errors import ExitStatus, GpupackError
 COMMANDS: dict[str, tuple[str, str]] = {
     "exporter": ("gpupack.exporter.cli", "run the exporter daemon: per-model GPU memory/utilisation, peaks, /metrics"),
     "rules": ("gpupack.app.rules_command", "check, evaluate and export capacity policies"),
-    "plan": ("gpupack.scheduler.plan_cli", "compute the best placement of models on devices"),
-    "rebalance": ("gpupack.scheduler.rebalance.cli", "move models to the planned placement, safely"),
+    "plan": ("gpupack.app.plan_verify", "compute the best placement of models on devices"),
+    "rebalance": ("gpupack.app.rebalance_verify", "move models to the planned placement, safely"),
     "profile": ("gpupack.profiler.cli", "measure models' requirements across batch sizes and concurrency"),
+    "verify": ("gpupack.app.verify_command", "replay each device of a plan on a scratch server and judge it"),
     "demo": ("gpupack.app.demo", "run a demo fleet of real Triton servers on this machine (no GPU needed)"),
+    "router": ("gpupack.app.router_command", "route clients to the models wherever they move (HAProxy)"),
 }
 
 

@@ -3,9 +3,11 @@
 Real Triton servers stand in for GPUs (one CPU-only server per device, each with a memory
 budget); the article's nine models (footprints scaled down 1/20) are loaded two per device at
 random, as the article's naive placement does. The exporter measures them, the rules engine finds
-the device over the 80% policy, and the scheduler moves models live until the fleet is healthy.
-Every part runs as the same gpupack command a user would start, from one config file. Ctrl-C,
-SIGTERM or SIGHUP stops everything the demo started, at any point.
+the device over the 80% policy, and the scheduler moves models live until the fleet is healthy,
+driving HAProxy in front of the fleet so that clients calling the router follow every move (without
+haproxy installed the demo runs without a router, and says so). Every part runs as the same command
+a user would start, from one config file. Ctrl-C, SIGTERM or SIGHUP stops everything the demo
+started, at any point.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence, cast
+from typing import Any, Iterator, Sequence
 
 import requests
 import yaml
@@ -30,6 +32,8 @@ from prometheus_client.samples import Sample
 
 from gpupack.config import ConfigFile
 from gpupack.errors import GpupackError
+from gpupack.router.haproxy_config import SERVER_HEADER
+from gpupack.router.launcher import HaproxyProcess, HaproxyStartError, find_haproxy
 from gpupack.timing import WaitTimeout, wait_until
 from gpupack.triton.launcher import TritonServer, die_with_parent, free_port, triton_fleet
 from gpupack.triton.sample_models import seed_models, write_model_repository
@@ -40,6 +44,7 @@ DEVICE_BUDGET = "1GiB"  # DEVICE_BUDGET_BYTES as the config file and the planner
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_GRACE_SECONDS = 4.0  # per gpupack child group, before SIGKILL; Triton's own grace follows (5 s)
 POLICY_NAME = "gpu-memory-80"
+_SOCKET_PATH_MAX = 107  # bytes in a unix socket's path (sun_path, less its terminating NUL)
 # The article's "two per GPU at random", fixed so that the demo always shows its failure: liver and
 # brain tumour share a device (the article's OOM risk) while breast and chest leave one mostly idle.
 NAIVE_PLACEMENT = (
@@ -124,8 +129,11 @@ class _Demo:
         self.keep = keep
         self.exporter_url = f"http://127.0.0.1:{_port(9478)}"
         self.rules_url = f"http://127.0.0.1:{_port(9479)}"
+        self.router_url = f"http://127.0.0.1:{_port(8080)}"
+        self.router_off = _router_off()  # why there is no router, or "" when there is one
+        self.admin_socket = "" if self.router_off else self._admin_socket()
         self.started = time.monotonic()
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []  # (who, process), in start order
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
@@ -156,6 +164,10 @@ class _Demo:
         finally:
             pool.shutdown(wait=False)  # on a stop, the servers go now; their loads fail with them
         config_path = self._write_config(servers)
+        if self.router_off:
+            self.say(f"router off: {self.router_off}; clients call each Triton server directly")
+        else:
+            self._start_router(config_path)
         self.say(f"exporter on {self.exporter_url}  (/metrics, /api/v1/peaks)")
         self._start("exporter", "--config", str(config_path), "exporter")
         self._wait_for_peaks(expected_models=sum(len(group) for group in NAIVE_PLACEMENT))
@@ -191,10 +203,11 @@ class _Demo:
     def _serve_until_stopped(self) -> None:
         """--keep: the demo has said what it had to; a stop signal now is the expected end, not a failure."""
         try:
-            while all(p.poll() is None for p in self.processes):
+            while all(p.poll() is None for _, p in self.processes):
                 time.sleep(1)
         except _Stopped as e:
-            self.say(f"stopping on {e}: the rules engine, the exporter and the Triton servers")
+            router = "" if self.router_off else ", the router"
+            self.say(f"stopping on {e}: the rules engine, the exporter{router} and the Triton servers")
             return
         self._check_alive()
 
@@ -205,6 +218,11 @@ class _Demo:
             print(f"  {server.name:<13} {server.http_url}  (Triton HTTP; metrics {server.metrics_url})")
         print(f"  {'exporter':<13} {self.exporter_url}/metrics  {self.exporter_url}/api/v1/peaks")
         print(f"  {'rules engine':<13} {self.rules_url}/metrics  {self.rules_url}/api/v1/placement")
+        if self.router_off:
+            print(f"  (no router: {self.router_off})")
+        else:
+            print(f"  {'router':<13} {self.router_url}  (HAProxy: clients call /v2/models/<model>/infer here, wherever "
+                  f"the model is; the header {SERVER_HEADER} names the server that answered)")
         print(f"Every subcommand reads the fleet from it: gpupack --config {shown} rules evaluate", flush=True)
 
     def _write_config(self, servers: Sequence[TritonServer]) -> Path:
@@ -225,11 +243,43 @@ class _Demo:
                                   for s in servers]},
             "rebalance": {"state_dir": str(self.workdir / "state" / "scheduler"), "drain": "1s", "cooldown": "1m"},
         }
+        if not self.router_off:
+            config["router"] = {"kind": "haproxy", "listen": self.router_url.removeprefix("http://"),
+                                "admin_socket": self.admin_socket}
         path = self.workdir / "gpupack.yaml"
-        path.write_text(f"# The fleet gpupack demo runs: its Triton servers (url, metrics_url), the exporter (listen)\n"
-                        f"# and the rules engine (listen). Every subcommand reads it: gpupack --config {path} ...\n"
+        path.write_text(f"# The fleet gpupack demo runs: its Triton servers (url, metrics_url), the exporter (listen),\n"
+                        f"# the rules engine (listen) and the router in front of the servers (listen: where clients\n"
+                        f"# connect). Every subcommand reads it: gpupack --config {path} ...\n"
                         + yaml.safe_dump(config, sort_keys=False))
         return path
+
+    def _admin_socket(self) -> str:
+        """HAProxy's admin socket in the work folder (mode 600: only this user drives the router), or
+        its runtime API on loopback where the folder's path is too long for a socket."""
+        path = self.workdir / "router" / "admin.sock"
+        if len(str(path).encode()) <= _SOCKET_PATH_MAX:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return str(path)
+        return f"127.0.0.1:{free_port()}"
+
+    def _start_router(self, config_path: Path) -> None:
+        """HAProxy's configuration written by `gpupack router config` from today's placement, as a user
+        writes it, then HAProxy on it; the rules engine drives it through each move."""
+        router_config = self.workdir / "router" / "haproxy.cfg"
+        router_config.parent.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([sys.executable, "-m", "gpupack", "--config", str(config_path), "router", "config",
+                                 "--output", str(router_config)], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise DemoError(f"gpupack router config failed: {result.stderr.strip()}")
+        router = HaproxyProcess(router_config, self.admin_socket, self.router_url,
+                                log_path=self.workdir / "logs" / "router.log")
+        try:
+            router.start()
+        finally:
+            if router.process is not None:
+                self.processes.append(("router", router.process))  # stopped last: the rules engine drives it
+        self.say(f"router on {self.router_url}  (HAProxy in front of the servers: clients call "
+                 "/v2/models/<model>/infer there and follow every move)")
 
     def _start(self, name: str, *args: str) -> None:
         """In a session of its own: a terminal's Ctrl-C reaches the demo alone, which stops its
@@ -240,14 +290,15 @@ class _Demo:
         process = subprocess.Popen([sys.executable, "-m", "gpupack", *args], stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    preexec_fn=lambda: die_with_parent(parent_pid))  # noqa: PLW1509 - PDEATHSIG
-        self.processes.append(process)
+        self.processes.append(({"rules": "rules engine"}.get(name, name), process))
 
     def _stop_processes(self) -> None:
-        for process in reversed(self.processes):  # the rules engine (a client of the exporter) first
+        # The rules engine (a client of the exporter and the router) first, the router last.
+        for _, process in reversed(self.processes):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for process in self.processes:
+        for _, process in self.processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             with contextlib.suppress(ProcessLookupError):
@@ -255,11 +306,9 @@ class _Demo:
             process.wait()
 
     def _check_alive(self) -> None:
-        for process in self.processes:
+        for who, process in self.processes:
             if process.poll() is not None:
-                command = cast(list[str], process.args)  # as _start built it; the stubs allow any command form
-                raise DemoError(f"'{' '.join(command[3:])}' exited with status {process.returncode}; "
-                                f"see {self.workdir / 'logs'}")
+                raise DemoError(f"the {who} exited with status {process.returncode}; see {self.workdir / 'logs'}")
 
     def _wait_for_peaks(self, expected_models: int, timeout_seconds: float = 90) -> None:
         def all_measured() -> bool:
@@ -376,3 +425,12 @@ Point Prometheus at the exporter and the rules engine:
       static_configs: [{{targets: ["{self.rules_url.removeprefix('http://')}"]}}]
 Grafana dashboards: grafana/dashboards/*.json (provisioning in grafana/provisioning/);
 alert rules: deploy/prometheus/rules/; the full stack: deploy/README.md.""")
+
+
+def _router_off() -> str:
+    """Why the demo runs without a router ("" when haproxy is installed): it still runs, and says so."""
+    try:
+        find_haproxy()
+    except HaproxyStartError as e:
+        return f"{e} (the bootstrap installs it)"
+    return ""

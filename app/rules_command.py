@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from gpupack.config import ConfigFile, resolve_settings
 from gpupack.errors import InputError
+from gpupack.router.settings import router_from_settings
 from gpupack.rules import cli as rules_cli
 from gpupack.rules.loop import Acting
 from gpupack.rules.policy import PolicySet
@@ -63,7 +64,8 @@ def build_acting(settings: dict[str, Any], args: argparse.Namespace, config: Con
     demand = observed_demand(settings)
     if demand is not None:
         inputs = DemandInputs(inputs, demand)
-    rebalancer = Rebalancer(endpoints, inputs, policies(), rebalance_settings(rebalance, os.environ),
+    router = router_from_settings(config, getattr(args, "router", None))
+    rebalancer = Rebalancer(endpoints, inputs, policies(), rebalance_settings(rebalance, os.environ, router),
                             progress=lambda line: log.info("rebalance: %s", line))
     trigger = RebalanceTrigger(rebalancer, policies, apply=settings["apply"])
     return Acting(trigger, rebalancer.refresh_placement, functools.partial(scheduler_app, rebalancer.state),

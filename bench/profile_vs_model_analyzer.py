@@ -12,12 +12,18 @@ Printed, per tool:
 - the memory each tool reports for that config against the kernel's high-water mark (VmHWM) of
   the model's backend processes while perf_analyzer drives it.
 
+``--quick-search`` times gpupack's default quick search alone (its own window, stability rule and
+warm-up; 2 instance counts x 2 max batch sizes x dynamic batching off/on) on one model, and
+re-measures the configuration it picks with perf_analyzer: the seconds, the points measured, the
+throughput gpupack claims, perf_analyzer's, and their ratio.
+
 Model Analyzer (PyPI triton-model-analyzer, remote mode, --dcgm-disable, cpu_only models) and
 perf_analyzer (the binary in the tritonclient==2.51.0 manylinux wheel, which needs Debian's
 libb64-0d and libcudart.so.12 from the nvidia-cuda-runtime-cu12 wheel) are installed in a
 virtual environment of their own, created on first use.
 
     python bench/profile_vs_model_analyzer.py [--budget 100ms] [--instances 1,2,3] [--max-batch 1,2,4]
+    python bench/profile_vs_model_analyzer.py --quick-search [--budget 100ms] [--instances 1,2] [--max-batch 1,4]
 """
 
 from __future__ import annotations
@@ -68,14 +74,16 @@ def install_tools() -> tuple[Path, Path, dict[str, str]]:
     return TOOLS / "bin" / "model-analyzer", perf_analyzer, env
 
 
-def run_gpupack(server: TritonServer, work: Path, args: argparse.Namespace) -> tuple[float, dict[str, dict]]:
-    """Wall seconds, and per model (config override, concurrency, memory reported)."""
+def run_gpupack(server: TritonServer, work: Path, args: argparse.Namespace, models: list[SampleModel],
+                *measurement: str) -> tuple[float, dict[str, dict], int]:
+    """Wall seconds, per model (config override, concurrency, throughput claimed, memory reported),
+    and the points measured. ``measurement``: flags such as --duration (none: gpupack's defaults)."""
     out = work / "gpupack-profile.yaml"
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "gpupack", "profile", "--server", server.http_url, "--backend", "host",
-                    "--models", ",".join(m.name for m in MODELS), "--search", "quick",
+                    "--models", ",".join(m.name for m in models), "--search", "quick",
                     "--instances", args.instances, "--max-batch", args.max_batch, "--dynamic-batching", "off,on",
-                    "--latency-budget", args.budget, "--duration", "2s", "--warmup", "0.5s", "--out", str(out),
+                    "--latency-budget", args.budget, *measurement, "--out", str(out),
                     "--out-repository", str(work / "gpupack-configs"), "--report", str(work / "gpupack-report")],
                    check=True)
     wall = time.monotonic() - started
@@ -85,8 +93,10 @@ def run_gpupack(server: TritonServer, work: Path, args: argparse.Namespace) -> t
         config = next(c for c in entry["configs"]
                       if any(p["throughput_per_second"] == entry["throughput_per_second"] for p in c["points"]))
         chosen[entry["model"]] = {"name": config["name"], "config": checkpoint["configs"][entry["model"]][config["name"]]["config"],
-                                  "concurrency": entry["concurrency"], "memory_bytes": config["peak_gpu_memory_bytes"]}
-    return wall, chosen
+                                  "concurrency": entry["concurrency"], "memory_bytes": config["peak_gpu_memory_bytes"],
+                                  "throughput_per_second": entry["throughput_per_second"]}
+    points = sum(len(record["points"]) for configs in checkpoint["configs"].values() for record in configs.values())
+    return wall, chosen, points
 
 
 def run_model_analyzer(server: TritonServer, repository: Path, work: Path, tools: tuple[Path, Path, dict[str, str]],
@@ -186,19 +196,47 @@ def _vm_hwm_bytes(pid: int) -> int:
     return 0
 
 
+def quick_search(args: argparse.Namespace, tools: tuple[Path, Path, dict[str, str]]) -> None:
+    """gpupack's default quick search on one model, timed, and its pick re-measured by perf_analyzer."""
+    model = MODELS[0]
+    work = Path(tempfile.mkdtemp(prefix="gpupack-quick-search-"))
+    repository = write_model_repository(work / "models", [model])
+    budget = parse_duration(args.budget)
+    print(f"work in {work}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
+    with TritonServer(repository, name="bench", log_path=work / "tritonserver.log").start() as server:
+        wall, chosen, points = run_gpupack(server, work, args, [model])
+        choice = chosen[model.name]
+        claimed = choice["throughput_per_second"]
+        throughput, p99, _ = remeasure(server, tools[1], tools[2], model.name, choice, work)
+    print(f"\ndefault quick search of {model.name} (instances {args.instances} x max batch {args.max_batch} x "
+          f"dynamic batching off,on; p99 budget {budget * 1000:g} ms): {wall:.0f} s, {points} points")
+    print(f"picked {choice['name']} at concurrency {choice['concurrency']}: gpupack claims {claimed:.1f} infer/s, "
+          f"perf_analyzer measures {throughput:.1f} infer/s (ratio {throughput / claimed:.2f}), p99 {p99 * 1000:.1f} ms "
+          f"{'within' if p99 <= budget else 'OVER'} budget")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (the machine is shared)")
+    shutil.rmtree(work / "models", ignore_errors=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", default="100ms", help="p99 latency budget")
-    parser.add_argument("--instances", default="1,2,3")
-    parser.add_argument("--max-batch", default="1,2,4")
+    parser.add_argument("--instances", help="instance counts to search (default: 1,2,3; 1,2 with --quick-search)")
+    parser.add_argument("--max-batch", help="max batch sizes to search (default: 1,2,4; 1,4 with --quick-search)")
+    parser.add_argument("--quick-search", action="store_true", help="time gpupack's default quick search on one "
+                        "model and re-measure its pick with perf_analyzer (Model Analyzer is not run)")
     args = parser.parse_args()
+    args.instances = args.instances or ("1,2" if args.quick_search else "1,2,3")
+    args.max_batch = args.max_batch or ("1,4" if args.quick_search else "1,2,4")
     tools = install_tools()
+    if args.quick_search:
+        quick_search(args, tools)
+        return 0
     work = Path(tempfile.mkdtemp(prefix="gpupack-vs-ma-"))
     repository = write_model_repository(work / "models", MODELS)
     budget = parse_duration(args.budget)
     print(f"work in {work}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the start")
     with TritonServer(repository, name="bench", log_path=work / "tritonserver.log").start() as server:
-        gpupack_wall, gpupack_choice = run_gpupack(server, work, args)
+        gpupack_wall, gpupack_choice, _ = run_gpupack(server, work, args, MODELS, "--duration", "2s", "--warmup", "0.5s")
         ma_wall, ma_choice, notes = run_model_analyzer(server, repository, work, tools, args, 3 * gpupack_wall)
         for model in list(TritonControl(ServerConfig("bench", server.http_url)).ready_models()):
             TritonControl(ServerConfig("bench", server.http_url)).unload(model)

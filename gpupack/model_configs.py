@@ -74,11 +74,12 @@ def config_document(config: ModelConfig) -> dict:
         if getattr(config, key) is not None:
             document[key] = getattr(config, key)
     document["peak_gpu_memory_bytes"] = int(config.peak_gpu_memory_bytes)
-    document["points"] = [_point_document(p) for p in config.points]
+    document["points"] = [point_document(p) for p in config.points]
     return document
 
 
-def _point_document(point: ConfigPoint) -> dict:
+def point_document(point: ConfigPoint) -> dict:
+    """One measured point as a profile writes it (a configuration's points, a colocation's members)."""
     document: dict = {}
     for key in ("concurrency", "request_rate_per_second", "throughput_per_second", "latency_p50_seconds",
                 "latency_p99_seconds"):

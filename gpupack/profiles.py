@@ -18,6 +18,20 @@ list only, so a planner names it instead of leaving it out::
       configs: []
       rejected:
         - {name: i1-b1, reason: p99 72 ms is over the 50 ms budget}
+
+A profile may also carry ``colocations``: groups of models measured together on one server
+(``gpupack profile --colocate``), each model at its load with its throughput, latencies and
+Triton's breakdown next to the same model measured alone, and the device's peaks against the sum
+of the parts. Utilisation is not additive and latency even less so: a group measured to break a
+budget is one the planner must not build again::
+
+    colocations:
+      - peak_gpu_memory_bytes: 138MB          # the device, the group driven, the server included
+        peak_gpu_utilization_ratio: 100%
+        sum_of_parts: {peak_gpu_memory_bytes: 140MB, peak_gpu_utilization_ratio: 84%}
+        models:
+          - {model: heavy-a, request_rate_per_second: 8, throughput_per_second: 5.9, latency_p99_seconds: 1.2,
+             alone: {request_rate_per_second: 8, throughput_per_second: 8, latency_p99_seconds: 0.06}}
 """
 
 from __future__ import annotations
@@ -34,7 +48,9 @@ import yaml
 
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import InputError
-from gpupack.model_configs import POINT_RESOURCES, ConfigPoint, ModelConfig, config_document, single_point_config
+from gpupack.model_configs import (
+    POINT_RESOURCES, ConfigPoint, ModelConfig, point_document, config_document, single_point_config,
+)
 from gpupack.units import UnitError, parse_bytes_field, parse_count, parse_duration, parse_ratio
 from gpupack.yamlfile import LineDict, LineList, load_yaml_text, read_text_file
 
@@ -77,12 +93,40 @@ class RejectedConfig:
 
 
 @dataclass(frozen=True)
+class ColocatedModel:
+    """One model of a group measured together, beside the same model measured alone at the same load."""
+
+    model: str
+    together: ConfigPoint  # its load, throughput, p50/p99 and Triton's breakdown with the group driven
+    alone: ConfigPoint | None = None  # the same load with the model alone on the server
+    config: str | None = None  # the profiled configuration it ran; None: as its repository has it
+
+
+@dataclass(frozen=True)
+class Colocation:
+    """A group measured together on one server: each model, and the device's peaks with all driven."""
+
+    models: tuple[ColocatedModel, ...]
+    peaks: Mapping[Resource, float]  # measured with the group driven, the server included
+    sum_of_parts: Mapping[Resource, float] = field(default_factory=dict)  # the baseline plus each alone
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peaks", MappingProxyType(dict(self.peaks)))
+        object.__setattr__(self, "sum_of_parts", MappingProxyType(dict(self.sum_of_parts)))
+
+    @property
+    def group(self) -> frozenset[str]:
+        return frozenset(m.model for m in self.models)
+
+
+@dataclass(frozen=True)
 class Profile:
     server_baseline: Mapping[Resource, float]
     models: tuple[ModelFootprint, ...]
     points: Mapping[str, tuple[ModelFootprint, ...]] = field(default_factory=dict)  # model -> every measured point
     configs: Mapping[str, tuple[ModelConfig, ...]] = field(default_factory=dict)  # model -> searched configurations
     rejected: Mapping[str, tuple[RejectedConfig, ...]] = field(default_factory=dict)  # model -> set aside, and why
+    colocations: tuple[Colocation, ...] = ()  # groups measured together (profile --colocate)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "server_baseline", MappingProxyType(dict(self.server_baseline)))
@@ -117,6 +161,9 @@ def write_profile(profile: Profile, path: str | Path, notes: Sequence[str] = ())
         if profile.rejected:
             raise InputError(f"a CSV profile has no place for rejected configurations (models "
                              f"{', '.join(profile.rejected)}): write .yaml or .json", path=str(path))
+        if profile.colocations:
+            raise InputError("a CSV profile has no place for groups measured together (colocations): "
+                             "write .yaml or .json", path=str(path))
         path.write_text(_to_csv(profile), encoding="utf-8")
         return
     document = {
@@ -130,11 +177,24 @@ def write_profile(profile: Profile, path: str | Path, notes: Sequence[str] = ())
             for m in profile.models
         ] + [{"model": m, "configs": [], **_rejected_document(profile, m)} for m in profile.unplaceable],
     }
+    if profile.colocations:
+        document["colocations"] = [_colocation_document(c) for c in profile.colocations]
     if path.suffix.lower() == ".json":
         path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     else:
         path.write_text("".join(f"# {note}\n" for note in notes) + yaml.safe_dump(document, sort_keys=False),
                         encoding="utf-8")
+
+
+def _colocation_document(colocation: Colocation) -> dict[str, Any]:
+    return {
+        **_peak_fields(colocation.peaks),
+        **({"sum_of_parts": _peak_fields(colocation.sum_of_parts)} if colocation.sum_of_parts else {}),
+        "models": [{"model": m.model, **({"config": m.config} if m.config is not None else {}),
+                    **point_document(m.together),
+                    **({"alone": point_document(m.alone)} if m.alone is not None else {})}
+                   for m in colocation.models],
+    }
 
 
 def _rejected_document(profile: Profile, model: str) -> dict[str, Any]:
@@ -158,7 +218,7 @@ def _peak_fields(peaks: Mapping[Resource, float]) -> dict[str, float | int]:
 def _from_document(document: Any, path: str) -> Profile:
     if not isinstance(document, LineDict):
         raise InputError(f"top level must be a mapping with '{BASELINE}' and 'models'", path=path, line=1)
-    _reject_unknown(document, {BASELINE, "models"}, path, "")
+    _reject_unknown(document, {BASELINE, "models", "colocations"}, path, "")
     for key in (BASELINE, "models"):
         if key not in document:
             raise InputError("missing", path=path, line=document.line, field=key)
@@ -194,8 +254,50 @@ def _from_document(document: Any, path: str) -> Profile:
         )
         if "configs" in row:
             configs[model.model] = _configs(row["configs"], path, row.line_of("configs"), f"{where}.configs")
+    colocations = _colocations(document["colocations"], path, document.line_of("colocations")) \
+        if "colocations" in document else ()
     return Profile(_peaks(baseline, path, BASELINE), tuple(models), {m: p for m, p in points.items() if p}, configs,
-                   rejected)
+                   rejected, colocations)
+
+
+def _colocations(raw: Any, path: str, line: int) -> tuple[Colocation, ...]:
+    if not isinstance(raw, LineList):
+        raise InputError("must be a list of groups measured together", path=path, line=line, field="colocations")
+    found = []
+    for index, item in enumerate(raw):
+        at = f"colocations[{index}]"
+        row = _mapping(item, path, raw.item_lines[index], at)
+        _reject_unknown(row, set(_PEAK_FIELDS) | {"sum_of_parts", "models"}, path, at + ".")
+        members = row.get("models")
+        if not isinstance(members, LineList) or len(members) < 2:
+            raise InputError("must list the two or more models measured together", path=path,
+                             line=row.line_of("models"), field=f"{at}.models")
+        models = [_colocated(_mapping(m, path, members.item_lines[k], f"{at}.models[{k}]"), path, f"{at}.models[{k}]")
+                  for k, m in enumerate(members)]
+        names = [m.model for m in models]
+        if len(set(names)) < len(names):
+            raise InputError(f"a model appears twice in the group ({', '.join(names)})", path=path,
+                             line=row.line_of("models"), field=f"{at}.models")
+        parts = {}
+        if "sum_of_parts" in row:
+            raw_parts = _mapping(row["sum_of_parts"], path, row.line_of("sum_of_parts"), f"{at}.sum_of_parts")
+            _reject_unknown(raw_parts, set(_PEAK_FIELDS), path, f"{at}.sum_of_parts.")
+            parts = _peaks(raw_parts, path, f"{at}.sum_of_parts", ratio=_sum_of_ratios)
+        found.append(Colocation(tuple(models), _peaks(row, path, at), parts))
+    return tuple(found)
+
+
+def _colocated(row: LineDict, path: str, where: str) -> ColocatedModel:
+    name = str(row.get("model") or "").strip()
+    if not name:
+        raise InputError("missing model name", path=path, line=row.line, field=f"{where}.model")
+    alone = None
+    if row.get("alone") is not None:
+        alone = _point(_mapping(row["alone"], path, row.line_of("alone"), f"{where}.alone"), path, f"{where}.alone")
+    together = LineDict({k: v for k, v in row.items() if k not in ("model", "config", "alone")})
+    together.line, together.key_lines = row.line, row.key_lines
+    config = row.get("config")
+    return ColocatedModel(name, _point(together, path, where), alone, None if config is None else str(config))
 
 
 def _unplaceable(row: LineDict, path: str, where: str) -> None:
@@ -277,11 +379,12 @@ def _footprint(row: LineDict, name: str, path: str, where: str, require_model: b
     return ModelFootprint(model=name, peaks=_peaks(row, path, where), **details)
 
 
-def _peaks(row: LineDict, path: str, where: str) -> dict[Resource, float]:
+def _peaks(row: LineDict, path: str, where: str,
+           ratio: Callable[[Any], float] = parse_ratio) -> dict[Resource, float]:
     peaks = {}
     for key, resource in _PEAK_FIELDS.items():
         if row.get(key) is not None:
-            parse = parse_bytes_field if resource.is_bytes else parse_ratio
+            parse = parse_bytes_field if resource.is_bytes else ratio
             peaks[resource] = float(_parse(parse, row[key], path, row.line_of(key), f"{where}.{key}"))
     return peaks
 
@@ -304,6 +407,12 @@ def _reject_unknown(row: LineDict, known: set[str], path: str, prefix: str) -> N
         if key not in known:
             raise InputError(f"unknown field (known: {', '.join(sorted(known))})", path=path,
                              line=row.line_of(key), field=f"{prefix}{key}")
+
+
+def _sum_of_ratios(value: Any) -> float:
+    """A sum of peaks measured apart, which can pass 100% where the device measured together cannot."""
+    text = str(value).strip()
+    return _non_negative(float(text.removesuffix("%")) / 100 if text.endswith("%") else float(text))
 
 
 def _non_negative(value: float) -> float:

@@ -235,13 +235,20 @@ def fleet_capacity() -> Json:
     history = [
         panel("bargauge", "Models per device", "Models with a current memory reading on each device.",
               [target(f'count by (device) (gpupack_model_memory_bytes{{{SERVER_DEVICE_FILTER}}})',
-                      "{{device}}")], unit="none", width=8),
+                      "{{device}}")], unit="none", width=6),
         panel("timeseries", "Violations over time", "Violated (policy, device, model) triples, by policy.",
               [target(f"count by (policy, severity) ({VIOLATIONS})", "{{policy}} ({{severity}})")],
-              unit="none", width=8, no_value="0"),
+              unit="none", width=6, no_value="0"),
         panel("timeseries", "Rebalance moves", "Moves per interval by result (succeeded, failed, rolled back).",
               [target("sum by (result) (increase(gpupack_rebalance_moves_total[$__rate_interval]))", "{{result}}")],
-              unit="none", width=8, no_value="0"),
+              unit="none", width=6, no_value="0"),
+        panel("timeseries", "Ready copies against desired",
+              "Copies of each model ready on a server that answers, beside the copies the scheduler's desired"
+              " state wants (the rules engine with --apply). Ready below desired is a model being restored;"
+              " ready at 0 fires GpupackModelNotServed.",
+              [target('gpupack_model_ready_copies{model=~"$model"}', "{{model}} ready"),
+               target('gpupack_model_desired_copies{model=~"$model"}', "{{model}} desired", ref_id="B")],
+              unit="none", width=6),
     ]
     return dashboard("gpupack-fleet-capacity", "gpupack / Fleet capacity",
                      "Every device's memory and utilisation against the policy limit, violations and moves.",

@@ -6,28 +6,21 @@ with --search, tries each model's configurations and recommends the best within 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from gpupack.addresses import host_and_port, network_address
 from gpupack.config import ConfigFile, Setting, resolve_settings, split_list
 from gpupack.errors import ExitStatus, InputError
-from gpupack.servers import SERVERS_SETTING, ServerConfig
-from gpupack.measurement.host import HostSource, find_listening_pid
-from gpupack.measurement.nvml import NvmlSource
+from gpupack.servers import SERVERS_SETTING
 from gpupack.profiler.choose import Limits, choose_point, why_no_point
 from gpupack.profiler.control import ServerControl
 from gpupack.profiler.loadgen import LoadGenerator
 from gpupack.profiler.output import OWN_CONFIG, to_profile, write_whole_profile
 from gpupack.profiler.rank import OBJECTIVES
 from gpupack.profiler.report import ProgressLine, format_summary
-from gpupack.profiler.sampler import HostProbe, NvmlProbe, Probe
 from gpupack.profiler.search import STRATEGIES
+from gpupack.profiler.session import Stop, default_backend, probe_factory, server_under_test, stopped_by_signals
 from gpupack.profiler.sweep import Sweep, SweepPlan, SweepResult
 from gpupack.profiler.target import Target, resolve_target
 from gpupack.profiler.variants import INSTANCE_KINDS
@@ -35,7 +28,6 @@ from gpupack.units import UnitError, parse_bytes, parse_count, parse_duration, p
 
 SECTION = "profile"
 BACKENDS = ("host", "nvml")
-_SERVER_NAME = "profile"
 
 
 def _names(value: Any) -> tuple[str, ...]:
@@ -107,8 +99,17 @@ def _kinds(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(INSTANCE_KINDS[item] for item in items))
 
 
-def _default_backend() -> str:
-    return "nvml" if Path("/proc/driver/nvidia/version").exists() else "host"
+def _percentage(value: Any) -> float:
+    """perf_analyzer's ``--stability-percentage``: ``10`` (or ``10%``) is 10%, kept as the ratio 0.1."""
+    try:
+        number = float(str(value).strip().removesuffix("%"))
+    except ValueError:
+        raise UnitError(f"{value!r} is not a percentage (write 10 for 10%)") from None
+    if number <= 0:
+        raise UnitError(f"stability percentage {value!r} must be above 0")
+    return number / 100
+
+
 
 
 SETTINGS = (
@@ -120,8 +121,10 @@ SETTINGS = (
     Setting("server", str, None),
     SERVERS_SETTING,  # read by load_servers: the servers --server NAME picks from
     Setting("shared_server", _boolean, False),
-    Setting("duration", parse_duration, 10.0),
-    Setting("warmup", parse_duration, 2.0),
+    # Measurement that stops when it is stable: see profiler/stats.py.
+    Setting("duration", parse_duration, 5.0),
+    Setting("warmup", parse_duration, 1.0),
+    Setting("stability_percentage", _percentage, 0.10),
     Setting("latency_budget", parse_duration, None),
     Setting("max_memory", parse_bytes, None),
     Setting("out", str, "profile.yaml"),
@@ -141,7 +144,6 @@ SETTINGS = (
 LEGACY_CONCURRENCY = (1,)
 # Every way to be asked to stop: each ends the run as Ctrl-C does (what was loaded is unloaded,
 # a server started here is stopped, what was measured is written).
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -158,8 +160,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="measure on a server that has other models loaded, leaving them loaded and untouched: "
                         "their traffic can lower the throughput and raise the latency measured, and the server "
                         "baseline includes their memory")
-    parser.add_argument("--duration", metavar="DURATION", help="measurement window per point (default: 10s)")
-    parser.add_argument("--warmup", metavar="DURATION", help="load before each window, not measured (default: 2s)")
+    # Measurement that stops when it is stable: see profiler/stats.py.
+    parser.add_argument("--duration", metavar="DURATION", help="the longest a point is measured (default: 5s): in "
+                        "windows of a tenth of it, until three in a row agree within --stability-percentage")
+    parser.add_argument("--stability-percentage", metavar="N", help="how far apart (max over min, in %%) the last "
+                        "three windows' throughput and mean latency may be for a point to count as stable, as "
+                        "perf_analyzer's flag (default: 10)")
+    parser.add_argument("--warmup", metavar="DURATION", help="load after each model (or configuration) is loaded, "
+                        "before its first point, not measured (default: 1s)")
     parser.add_argument("--latency-budget", metavar="DURATION",
                         help="p99 budget: stop raising concurrency once p99 passes it; such points are not chosen")
     parser.add_argument("--max-memory", metavar="SIZE",
@@ -185,10 +193,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
     search.add_argument("--top", metavar="N", help="configurations to list per model (default: 3)")
     search.add_argument("--out-repository", metavar="DIR", help="write each model's chosen config.pbtxt here")
     search.add_argument("--resume", action="store_true", help="continue an interrupted search from its checkpoint")
+    together = parser.add_argument_group("models measured together (instead of --models)")
+    together.add_argument("--colocate", metavar="NAME,...", action="append", help="load these models on one server "
+                          "and drive them all at once, at --request-rate or --concurrency (one value for all, or one "
+                          "per model in order); each is also measured alone, and the group is added to the profile's "
+                          "colocations (repeat for several groups)")
+    together.add_argument("--colocate-from-plan", metavar="FILE", help="measure each device of a plan (gpupack plan "
+                          "--format json) together: a demand plan's copies at their rates and configurations")
 
 
 def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     values = resolve_settings(SECTION, SETTINGS, config, os.environ, vars(args))
+    if args.colocate or args.colocate_from_plan:
+        from gpupack.profiler.colocate_cli import run_from_flags  # noqa: PLC0415 - one path or the other
+
+        return run_from_flags(args, values, config)
     if not values["models"]:
         raise InputError("no model to profile (give --models NAME,...)")
     if values["request_rate"] and values["concurrency"]:
@@ -196,8 +215,8 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if args.resume and not values["search"]:
         raise InputError("--resume continues a configuration search: give --search too")
     target = resolve_target(values, config, bool(values["shared_server"]))
-    backend = values["backend"] or _default_backend()
-    with _stopped_by_signals() as stop:
+    backend = values["backend"] or default_backend()
+    with stopped_by_signals() as stop:
         try:
             return _measure(values, bool(args.resume), target, backend, stop)
         except KeyboardInterrupt:
@@ -205,9 +224,9 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
             return stop.exit_status
 
 
-def _measure(values: dict[str, Any], resume: bool, target: Target, backend: str, stop: "_Stop") -> int:
-    with _server(target) as (address, pid):
-        probes = _probe_factory(backend, address, pid, target.shared_with)
+def _measure(values: dict[str, Any], resume: bool, target: Target, backend: str, stop: "Stop") -> int:
+    with server_under_test(target) as (address, pid):
+        probes = probe_factory(backend, address, pid, target.shared_with)
         notes = _shared_notes(target)
         for note in notes:
             print(f"gpupack profile: {note}", file=sys.stderr)
@@ -217,7 +236,8 @@ def _measure(values: dict[str, Any], resume: bool, target: Target, backend: str,
             return run_search(values, resume, address, probes, target, notes, stop.exit_status)
         values["concurrency"] = values["concurrency"] or LEGACY_CONCURRENCY
         plan = SweepPlan(values["models"], values["batch"], values["concurrency"], values["duration"],
-                         values["warmup"], values["latency_budget"], values["request_rate"] or ())
+                         values["warmup"], values["latency_budget"], values["request_rate"] or (),
+                         values["stability_percentage"])
         control = ServerControl(address)
         progress = ProgressLine()
         sweep = Sweep(plan, control, probes, lambda signature: LoadGenerator(address, signature),
@@ -268,67 +288,3 @@ def _shared_notes(target: Target) -> list[str]:
     return [f"measured on a shared server ({target.server.url if target.server else ''}) with "
             f"{', '.join(sorted(target.shared_with))} loaded beside each model (--shared-server): their traffic "
             "may lower the throughput and raise the latencies measured; the server baseline includes their memory"]
-
-
-class _Stop:
-    """Which stop signal ended the run, for its exit status (128 + the signal, as a shell reports it)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    @property
-    def name(self) -> str | None:
-        return signal.Signals(self.signal).name if self.signal is not None else None
-
-    @property
-    def exit_status(self) -> int:
-        return 128 + (self.signal or signal.SIGINT)
-
-
-@contextlib.contextmanager
-def _stopped_by_signals() -> Iterator[_Stop]:
-    """SIGTERM and SIGHUP stop the run as Ctrl-C does; once one has, the others wait for the clean-up."""
-    stop = _Stop()
-
-    def handle(signum: int, frame: object) -> None:
-        if stop.signal is not None:
-            return
-        stop.signal = signum
-        raise KeyboardInterrupt
-
-    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    for signum in STOP_SIGNALS:
-        if previous[signum] is not signal.SIG_IGN:  # a background job's ignored Ctrl-C stays ignored
-            signal.signal(signum, handle)
-    try:
-        yield stop
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-@contextlib.contextmanager
-def _server(target: Target) -> Iterator[tuple[str, int | None]]:
-    """(host:port, pid or None) of the server to profile; one started here is stopped on the way out."""
-    if target.server is not None:
-        address = network_address(target.server.url)
-        _, port = host_and_port(address)
-        yield address, target.server.pid or (find_listening_pid(port) if port else None)
-        return
-    from gpupack.triton.launcher import TritonServer  # noqa: PLC0415 - only when we start one
-
-    assert target.repository is not None
-    log_path = Path(tempfile.mkstemp(prefix="gpupack-profile-tritonserver-", suffix=".log")[1])
-    with TritonServer(target.repository, name=_SERVER_NAME, log_path=log_path).start() as server:
-        print(f"started tritonserver (pid {server.pid}, log {log_path})", file=sys.stderr)
-        yield server.http_address, server.pid
-
-
-def _probe_factory(backend: str, address: str, pid: int | None, others: frozenset[str]) -> Callable[[], Probe]:
-    server = ServerConfig(name=_SERVER_NAME, url=f"http://{address}", pid=pid)
-    if backend == "host":
-        if pid is None:
-            raise InputError(f"--backend host needs the server on this machine; nothing here listens on {address}")
-        return lambda: HostProbe(HostSource(server), others)
-    nvml = NvmlSource()
-    return lambda: NvmlProbe(nvml, HostSource(server) if pid is not None else None, others)

@@ -1,7 +1,9 @@
 """Which measured configurations meet the user's constraints, how they rank, and why the rest fail.
 
-A configuration stands for its best point: the highest throughput among its points without
-errors and within the p99 budget. Its memory is its peak over *all* its points (a config that
+A configuration stands for its best point: of its points without errors and within the p99
+budget, the lightest load whose throughput is within the saturation margin of the highest (past
+the knee more load only queues: noise decides which saturated point is fastest, and the lightest
+has the p99 that serving would see). Its memory is its peak over *all* its points (a config that
 once needs more memory needs it on the device). The objective scores that point: throughput, or
 throughput per GiB of the config's peak memory (packing more models per device).
 """
@@ -16,6 +18,8 @@ from gpupack.profiler.variants import Variant
 from gpupack.units import format_bytes
 
 GIB = 2**30
+# A step up in load must add this much throughput to count as growth; less is saturation.
+SATURATION_GAIN_RATIO = 0.05
 OBJECTIVES = ("throughput", "throughput-per-gib")
 
 
@@ -27,7 +31,7 @@ class MeasuredConfig:
     config: dict = field(default_factory=dict)
     points: list[PointResult] = field(default_factory=list)
     failure: str | None = None  # it did not load, or a point had failed requests
-    stopped: str | None = None  # why its load ramp ended (saturated, over budget)
+    stopped: str | None = None  # why its load search ended (saturated, over budget)
 
     @property
     def name(self) -> str:
@@ -51,8 +55,11 @@ class Constraints:
         usable = [p for p in config.points if p.status is not PointStatus.ERRORS and p.request_count > 0
                   and p.latencies is not None and not p.short_of_rate
                   and (self.latency_p99_seconds is None or p.latencies.p99_seconds <= self.latency_p99_seconds)]
-        return max(usable, key=lambda p: (p.throughput_per_second, -p.latencies.p99_seconds if p.latencies else 0.0),
-                   default=None)
+        if not usable:
+            return None
+        top = max(p.throughput_per_second for p in usable)
+        saturated = [p for p in usable if p.throughput_per_second * (1 + SATURATION_GAIN_RATIO) >= top]
+        return min(saturated, key=lambda p: (p.load.sort_key, p.latencies.p99_seconds if p.latencies else 0.0))
 
     def score(self, config: MeasuredConfig) -> float | None:
         """The objective at the config's best point; None when it misses the budget or memory."""

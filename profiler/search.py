@@ -6,9 +6,12 @@ whatever stops it ends in a result) whose per-model step tries variants instead 
 - each variant is loaded with a config override built from the model's own config, measured at
   single-item requests under a rising concurrency (or request rate), then unloaded (the server
   found the model unloaded, and so it leaves it, after Ctrl-C, a failed variant or an error);
-- a variant's ramp stops as soon as throughput stops growing, falls short of the offered rate, or
-  p99 passes the budget: there is
-  nothing to learn by queueing more on a saturated server, which is where Model Analyzer sat;
+- a variant's load is searched, not ramped level by level (:func:`search_loads`): from the load
+  that fills its instances' batches, doubling while throughput grows and p99 holds the budget
+  (halving when that first load already saturates or breaks it), then bisecting between the
+  last load within the budget and the first past it. Nothing is learnt by queueing more on a
+  saturated server, which is where Model Analyzer sat; every point is measured until stable
+  (:class:`~gpupack.profiler.stats.Stability`), and a variant is warmed up once, when loaded;
 - ``exhaustive`` measures every variant; ``quick`` hill-climbs from the fewest instances and the
   smallest batch (dynamic batching on where allowed) to the best neighbour, one axis step at a
   time, until no neighbour improves the objective;
@@ -23,8 +26,8 @@ from typing import Callable, Sequence
 
 from gpupack.profiler.checkpoint import Checkpoint
 from gpupack.profiler.control import ModelLoadError, ServerControl
-from gpupack.profiler.loadgen import UnsupportedModelError, signature_from_config
-from gpupack.profiler.rank import Constraints, MeasuredConfig
+from gpupack.profiler.loadgen import Load, UnsupportedModelError, signature_from_config
+from gpupack.profiler.rank import SATURATION_GAIN_RATIO, Constraints, MeasuredConfig
 from gpupack.profiler.sampler import Peaks
 from gpupack.profiler.stats import PointResult, PointStatus
 from gpupack.profiler.sweep import LoadRunner, ModelOutcome, Sweep, SweepPlan
@@ -34,8 +37,8 @@ from gpupack.units import counted
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("exhaustive", "quick")
-# A step up in concurrency must add this much throughput to count as growth; less is saturation.
-SATURATION_GAIN_RATIO = 0.05
+# Bisection ends when the last load within the budget is this close below the first past it.
+BISECT_PRECISION_RATIO = 0.25
 # A neighbour must beat the current config by this much to move the climb: less is noise.
 CLIMB_GAIN_RATIO = 0.02
 CLIENT_BATCH_SIZE = 1  # requests as serving traffic sends them; the server batches them
@@ -60,7 +63,9 @@ class ConfigSearch(Sweep):
         self.constraints = constraints
         self.checkpoint = checkpoint
         self.searches: dict[str, ModelSearch] = {}
-        self._total = len(plan.models) * len(space.indexes()) * len(plan.loads)
+        # Progress counts a variant as its doubling ramp; the search corrects the total as it goes.
+        self._per_variant = len(_doubling(_levels(plan.loads), 0))
+        self._total = len(plan.models) * len(space.indexes()) * self._per_variant
 
     def run(self):  # type: ignore[no-untyped-def]
         self._restore_left_over()
@@ -89,7 +94,7 @@ class ConfigSearch(Sweep):
         self._report(model)
         base = self._base_config(model, outcome)
         if base is None:
-            self._skip(len(self.space.indexes()) * len(self.plan.loads), model)
+            self._skip(len(self.space.indexes()) * self._per_variant, model)
             return
         measured: dict[tuple[int, ...], MeasuredConfig] = {}
 
@@ -102,7 +107,7 @@ class ConfigSearch(Sweep):
             return self.constraints.score(measured[index])
 
         (exhaustive if self.strategy == "exhaustive" else hill_climb)(self.space, evaluate)
-        self._skip((len(self.space.indexes()) - len(measured)) * len(self.plan.loads), model)
+        self._skip((len(self.space.indexes()) - len(measured)) * self._per_variant, model)
         if all(c.failure for c in search.configs):
             outcome.failure = "every configuration failed: " + "; ".join(
                 dict.fromkeys(str(c.failure) for c in search.configs))
@@ -130,7 +135,7 @@ class ConfigSearch(Sweep):
         measured = self.checkpoint.record(model, variant) or MeasuredConfig(variant, variant.override(base))
         if self.checkpoint.is_done(model, variant):
             self._done += len(measured.points)
-            self._skip(len(self.plan.loads) - len(measured.points), model)
+            self._skip(self._per_variant - len(measured.points), model)
             return measured
         self._mark_loaded(model)
         try:
@@ -149,23 +154,28 @@ class ConfigSearch(Sweep):
     def _ramp(self, model: str, measured: MeasuredConfig, loadgen: LoadRunner, baseline: Peaks) -> None:
         probe = self._probe_factory()
         done = {p.load: p for p in measured.points}
-        ramp: list[PointResult] = []
-        for n, load in enumerate(self.plan.loads):
-            point = done.get(load)
+        loads = self.plan.loads
+        warm = False  # the variant was just loaded: its first point measured here warms it up
+
+        def measure(index: int) -> PointResult:
+            nonlocal warm
+            point = done.get(loads[index])
             if point is None:
-                point = self._point(model, loadgen, probe, CLIENT_BATCH_SIZE, load, baseline)
+                point = self._point(model, loadgen, probe, CLIENT_BATCH_SIZE, loads[index], baseline, not warm)
+                warm = True
+                done[point.load] = point
                 measured.points.append(point)
                 self.checkpoint.store(model, measured, done=False)
             self._done += 1
             self._report(model)
-            ramp.append(point)
-            reason = stop_reason(ramp)
-            if reason is not None:
-                if point.status is PointStatus.ERRORS:
-                    measured.failure = f"{measured.name}: {reason}"
-                measured.stopped = reason
-                self._skip(len(self.plan.loads) - n - 1, model)
-                return
+            return point
+
+        reason = search_loads(loads, measure, start_index(loads, measured.variant))
+        self._skip(self._per_variant - len(measured.points), model)
+        if reason is not None:
+            if any(p.status is PointStatus.ERRORS for p in measured.points):
+                measured.failure = f"{measured.name}: {reason}"
+            measured.stopped = reason
 
     def _mark_loaded(self, model: str | None) -> None:
         self._on_loaded(model)
@@ -173,22 +183,134 @@ class ConfigSearch(Sweep):
         self.checkpoint.save()
 
 
-def stop_reason(ramp: Sequence[PointResult]) -> str | None:
-    """Why raising the load further would teach nothing, or None to go on."""
-    point = ramp[-1]
-    where = str(point.load)
-    if point.status is PointStatus.ERRORS:
-        return f"{counted(point.error_count, 'failed request')} at {where}" + (f": {point.errors[0]}" if point.errors else "")
+def start_index(loads: Sequence[Load], variant: Variant) -> int:
+    """Where a variant's concurrency search starts: the load that keeps each instance's batch full
+    (instances x max batch with dynamic batching, one request per instance without), which is
+    where such a variant usually stops gaining. A rate search starts at the lowest rate."""
+    if loads and loads[0].concurrency is None:
+        return 0
+    fill = variant.instance_count * (variant.max_batch_size if variant.batching.enabled else 1)
+    levels = _levels(loads)
+    return max((i for i, level in enumerate(levels) if level <= fill), default=0)
+
+
+def search_loads(loads: Sequence[Load], measure: Callable[[int], PointResult], start: int = 0) -> str | None:
+    """Find the highest throughput within the limits over ``loads`` (rising), measuring few of them.
+
+    From ``start``: double the load while throughput grows (by :data:`SATURATION_GAIN_RATIO`) and
+    the point is within the budget; a first load already saturated, its requests queueing in
+    Triton longer than an execution, is halved while nothing is lost, and one already past the
+    budget is halved until within it. Between the last load within the budget and the first past
+    it, bisect to :data:`BISECT_PRECISION_RATIO`. ``measure(i)`` measures ``loads[i]`` (or returns
+    it measured before). Returns why raising the load further would teach nothing (None: the last
+    load was reached still growing)."""
+    levels = _levels(loads)
+    points: dict[int, PointResult] = {}
+
+    def at(index: int) -> PointResult:
+        if index not in points:
+            points[index] = measure(index)
+        return points[index]
+
+    first = at(start)
+    if (failed := _failed(first)) is not None:
+        return failed
+    if _over(first) is not None:
+        high = start
+        for low in _halving(levels, start):
+            point = at(low)
+            if (failed := _failed(point)) is not None:
+                return failed
+            if _over(point) is None:
+                return _bisect(levels, at, low, high)
+            high = low
+        return _over(at(high))
+    low, saturated = start, False
+    for up in _doubling(levels, start)[1:]:
+        point = at(up)
+        if (failed := _failed(point)) is not None:
+            return failed
+        if _over(point) is not None:
+            return _bisect(levels, at, low, up)
+        if not _grew(at(low), point):
+            saturated = True
+            break
+        low = up
+    if low == start and _queued(at(start)):  # the first load may be past the knee: is half of it as good?
+        for down in _halving(levels, start):
+            point = at(down)
+            if _failed(point) is not None or _over(point) is not None or _grew(point, at(low)):
+                break
+            low, saturated = down, True
+    return f"saturated: throughput stopped growing at {loads[low]}" if saturated else None
+
+
+def _bisect(levels: Sequence[float], at: Callable[[int], PointResult], low: int, high: int) -> str | None:
+    """``low`` within the budget, ``high`` past it: narrow the bracket, then say why ``high`` stopped it."""
+    while high - low > 1 and levels[high] > levels[low] * (1 + BISECT_PRECISION_RATIO):
+        middle_value = (levels[low] + levels[high]) / 2
+        middle = min(range(low + 1, high), key=lambda i: abs(levels[i] - middle_value))
+        point = at(middle)
+        if (failed := _failed(point)) is not None:
+            return failed
+        if _over(point) is not None:
+            high = middle
+        elif not _grew(at(low), point):
+            return f"saturated: throughput stopped growing at {at(low).load}"
+        else:
+            low = middle
+    return _over(at(high))
+
+
+def _failed(point: PointResult) -> str | None:
+    """Failed requests end a variant: more load would fail more, and its numbers are never used."""
+    if point.status is not PointStatus.ERRORS:
+        return None
+    return f"{counted(point.error_count, 'failed request')} at {point.load}" + (f": {point.errors[0]}" if point.errors else "")
+
+
+def _over(point: PointResult) -> str | None:
+    """Past the limits: p99 over the budget, or an offered rate served short (saturated)."""
     if point.status is PointStatus.OVER_LATENCY_BOUND:
         p99 = point.latencies.p99_seconds if point.latencies else 0.0
-        return f"p99 {p99 * 1000:.1f} ms passed the budget at {where}"
+        return f"p99 {p99 * 1000:.1f} ms passed the budget at {point.load}"
     if point.short_of_rate:
-        return f"saturated: served {point.request_count / point.window_seconds:.1f} of the {where} offered"
-    if len(ramp) > 1:
-        before = max(p.throughput_per_second for p in ramp[:-1])
-        if point.throughput_per_second < before * (1 + SATURATION_GAIN_RATIO):
-            return f"saturated: throughput stopped growing at {where}"
+        return f"saturated: served {point.request_count / point.window_seconds:.1f} of the {point.load} offered"
     return None
+
+
+def _queued(point: PointResult) -> bool:
+    """Requests waited in Triton's queue longer than an execution takes: more were in flight than
+    the instances could take, so a lighter load may serve as much. (Unknown: assume so.) Less
+    waiting than that is the batch being formed while the last one runs: no load to spare."""
+    server = point.server_latency
+    return server is None or server.queue_seconds > server.compute_infer_seconds
+
+
+def _grew(before: PointResult, after: PointResult) -> bool:
+    return after.throughput_per_second >= before.throughput_per_second * (1 + SATURATION_GAIN_RATIO)
+
+
+def _levels(loads: Sequence[Load]) -> list[float]:
+    return [float(load.concurrency if load.concurrency is not None else load.request_rate_per_second or 0.0)
+            for load in loads]
+
+
+def _doubling(levels: Sequence[float], start: int) -> list[int]:
+    """``start``, then each next level at least twice the one before (the last level to end on)."""
+    chain = [start]
+    while chain[-1] < len(levels) - 1:
+        chain.append(next((i for i in range(chain[-1] + 1, len(levels)) if levels[i] >= 2 * levels[chain[-1]]),
+                          len(levels) - 1))
+    return chain
+
+
+def _halving(levels: Sequence[float], start: int) -> list[int]:
+    """The levels below ``start``, each at most half the one before (the lowest to end on)."""
+    chain = [start]
+    while chain[-1] > 0:
+        chain.append(max((i for i in range(chain[-1]) if levels[i] <= levels[chain[-1]] / 2), default=0))
+    return chain[1:]
 
 
 def exhaustive(space: SearchSpace, evaluate: Callable[[tuple[int, ...]], float | None]) -> None:

@@ -27,12 +27,15 @@ from gpupack.profiler.search_report import ModelRanking, RunHeader, format_searc
 from gpupack.profiler.sweep import SweepPlan, SweepResult
 from gpupack.profiler.target import Target
 from gpupack.profiler.variants import SearchSpace, batchings, write_config
+from gpupack.units import counted
 
-# Doubling from 1: the ramp stops at saturation or the budget long before the end.
-SEARCH_CONCURRENCY = (1, 2, 4, 8, 16, 32, 64, 128)
+# Every concurrency up to 128: the search doubles through them and bisects between, stopping at
+# saturation or the budget long before the end.
+SEARCH_CONCURRENCY = tuple(range(1, 129))
 # What a resumed search must share with the one it continues.
-_CHECKPOINTED = ("models", "concurrency", "request_rate", "duration", "warmup", "latency_budget", "search", "instances",
-                 "instance_kind", "max_batch", "dynamic_batching", "max_queue_delay")
+_CHECKPOINTED = ("models", "concurrency", "request_rate", "duration", "warmup", "stability_percentage",
+                 "latency_budget", "search", "instances", "instance_kind", "max_batch", "dynamic_batching",
+                 "max_queue_delay")
 
 
 def checkpoint_path(out: str) -> Path:
@@ -43,7 +46,7 @@ def run_search(values: dict[str, Any], resume: bool, address: str, probe_factory
                target: Target, notes: list[str], stopped_status: int) -> int:
     concurrency = values["concurrency"] or SEARCH_CONCURRENCY
     plan = SweepPlan(values["models"], (1,), concurrency, values["duration"], values["warmup"],
-                     values["latency_budget"], values["request_rate"] or ())
+                     values["latency_budget"], values["request_rate"] or (), values["stability_percentage"])
     space = SearchSpace(values["instances"], values["max_batch"],
                         batchings(values["dynamic_batching"], values["max_queue_delay"]),
                         values["instance_kind"] or (None,))
@@ -71,6 +74,7 @@ def run_search(values: dict[str, Any], resume: bool, address: str, probe_factory
                        tuple(notes))
     rankings = {model: ModelRanking(*rank(found.configs, constraints)) for model, found in search.searches.items()}
     print(format_search_summary(search.searches, rankings, values["top"], values["objective"]))
+    _warn_unstable(search, values["stability_percentage"])
     recommended = {model: r.ranked[0] for model, r in rankings.items() if r.ranked}
     rejected = _rejected(result, search, rankings)
     if result.baseline is not None and (recommended or rejected):
@@ -97,6 +101,15 @@ def run_search(values: dict[str, Any], resume: bool, address: str, probe_factory
               "the reasons each was rejected, so gpupack plan refuses them by name", file=sys.stderr)
         return ExitStatus.FAILURE
     return ExitStatus.OK
+
+
+def _warn_unstable(search: ConfigSearch, tolerance_ratio: float) -> None:
+    points = [p for found in search.searches.values() for c in found.configs for p in c.points if p.usable]
+    unstable = [p for p in points if not p.stable]
+    if unstable:
+        print(f"gpupack profile: {len(unstable)} of {counted(len(points), 'point')} never had three windows in a row "
+              f"within {tolerance_ratio * 100:g}% of each other (a busy machine?): each is its last three windows; "
+              "--stability-percentage accepts more spread", file=sys.stderr)
 
 
 def _rejected(result: SweepResult, search: ConfigSearch,

@@ -1,5 +1,12 @@
 """One measured point: client-side numbers, cross-checked against Triton's own counters.
 
+A point is measured in short windows until it is stable, by perf_analyzer's rule
+(``--stability-percentage``): the last three windows agree within the percentage, max over min,
+in throughput and in mean latency; at most ten windows (its ``--max-trials``). The point is then
+those last three windows together. A fixed long window either wastes time on a steady server or
+averages a drift into one number; the rule stops as soon as the numbers stop moving, and says so
+when they never did (:attr:`PointResult.stable`).
+
 Throughput is inferences per second (requests x batch size), as in the article's Table 2. The
 server's ``inference_count`` over the same window gives a second throughput; their difference is
 kept in the point, not hidden. A point with failed requests is marked and keeps its raw numbers:
@@ -8,6 +15,7 @@ nothing averages it with the good ones, and :mod:`profiler.choose` never picks i
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
@@ -27,6 +35,37 @@ class PointStatus(str, enum.Enum):
 # Served below this share of an offered rate (or any send dropped): the rate is past saturation.
 RATE_SHORTFALL_RATIO = 0.1
 _STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+AGREEING_WINDOWS = 3  # perf_analyzer's: the last three measurements must agree
+MAX_WINDOWS = 10  # perf_analyzer's --max-trials default
+
+
+@dataclass(frozen=True)
+class Stability:
+    """How a point is measured: windows of ``window_seconds`` until the last three agree within
+    ``tolerance_ratio`` (0.1 is perf_analyzer's default 10%), at most ``max_windows`` of them."""
+
+    window_seconds: float
+    tolerance_ratio: float = 0.10
+    max_windows: int = MAX_WINDOWS
+
+    @classmethod
+    def within(cls, duration_seconds: float, tolerance_ratio: float = 0.10) -> "Stability":
+        """Windows sized so that a point never measures longer than ``duration_seconds``."""
+        return cls(duration_seconds / MAX_WINDOWS, tolerance_ratio)
+
+    @property
+    def shortest_seconds(self) -> float:
+        """What a stable point costs at best: the agreeing windows."""
+        return self.window_seconds * min(AGREEING_WINDOWS, self.max_windows)
+
+    def agree(self, windows: Sequence[LoadWindow]) -> bool:
+        """The last three windows within the tolerance of each other, in throughput and mean latency."""
+        last = windows[-AGREEING_WINDOWS:]
+        if len(last) < AGREEING_WINDOWS or any(not w.latencies_seconds or w.elapsed_seconds <= 0 for w in last):
+            return False
+        throughputs = [w.success_count / w.elapsed_seconds for w in last]
+        latencies = [sum(w.latencies_seconds) / w.success_count for w in last]
+        return all(max(values) <= min(values) * (1 + self.tolerance_ratio) for values in (throughputs, latencies))
 
 
 @dataclass(frozen=True)
@@ -106,6 +145,8 @@ class PointResult:
     request_rate_per_second: float | None = None  # the offered rate, when the load was a rate
     dropped_count: int = 0  # sends the open loop skipped, the server being a whole interval behind
     late_count: int = 0  # sends the open loop made over half an interval late
+    window_count: int = 1  # windows measured, the unstable ones before the last three included
+    stable: bool = True  # False: the windows never agreed within the cap (its numbers are the last three)
 
     @property
     def load(self) -> Load:
@@ -171,6 +212,57 @@ def measure_point(
         request_rate_per_second=window.request_rate_per_second,
         dropped_count=window.dropped_count,
         late_count=window.late_count,
+    )
+
+
+class WindowSeries:
+    """One point being measured window by window: :meth:`add` each window with the server's
+    counters after it, until :attr:`done`; then :meth:`point` is the last three together.
+
+    Windows must follow each other with no request in between (the load generator ends a window
+    with nothing in flight), so the counters around the last three cover exactly their requests.
+    Failed requests end the series at once: a point with errors is never used, however stable."""
+
+    def __init__(self, model: str, counters_before: TritonCounters, stability: Stability) -> None:
+        self.model = model
+        self.stability = stability
+        self.windows: list[LoadWindow] = []
+        self._counters = [counters_before]
+
+    def add(self, window: LoadWindow, counters_after: TritonCounters) -> None:
+        self.windows.append(window)
+        self._counters.append(counters_after)
+
+    @property
+    def stable(self) -> bool:
+        return self.stability.agree(self.windows)
+
+    @property
+    def done(self) -> bool:
+        failed = bool(self.windows) and (self.windows[-1].error_count > 0
+                                         or (self._counters[-1] - self._counters[-2]).fail_count > 0)
+        return failed or self.stable or len(self.windows) >= self.stability.max_windows
+
+    def point(self, peaks: Peaks, baseline: Peaks, latency_bound_seconds: float | None = None) -> PointResult:
+        last = self.windows[-AGREEING_WINDOWS:]
+        result = measure_point(self.model, merge_windows(last), self._counters[-len(last) - 1], self._counters[-1],
+                               peaks, baseline, latency_bound_seconds)
+        return dataclasses.replace(result, window_count=len(self.windows), stable=self.stable)
+
+
+def merge_windows(windows: Sequence[LoadWindow]) -> LoadWindow:
+    """Consecutive windows of one load as one window: their times and requests added up."""
+    first = windows[0]
+    return LoadWindow(
+        batch_size=first.batch_size,
+        concurrency=first.concurrency,
+        elapsed_seconds=sum(w.elapsed_seconds for w in windows),
+        latencies_seconds=tuple(latency for w in windows for latency in w.latencies_seconds),
+        error_count=sum(w.error_count for w in windows),
+        error_messages=tuple(dict.fromkeys(m for w in windows for m in w.error_messages)),
+        request_rate_per_second=first.request_rate_per_second,
+        late_count=sum(w.late_count for w in windows),
+        dropped_count=sum(w.dropped_count for w in windows),
     )
 
 

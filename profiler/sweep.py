@@ -3,9 +3,10 @@
 A load is a concurrency (closed loop) or, with ``request_rates_per_second``, a request rate (open
 loop); a rate the server serves short of ends that batch size's ramp, as saturation does.
 
-Per model: explicit load, then for each batch size a rising concurrency ramp (warm-up, then the
-measurement window while the sampler records peaks), then unload and wait until the model's
-backend processes are gone, so the next model starts from the baseline again.
+Per model: explicit load, a warm-up (once per load: a model already warm needs no second one),
+then for each batch size a rising concurrency ramp (each point measured in windows until stable,
+:class:`~gpupack.profiler.stats.Stability`, while the sampler records peaks), then unload and wait
+until the model's backend processes are gone, so the next model starts from the baseline again.
 
 The run always ends in a :class:`SweepResult` holding what was measured, whatever stopped it:
 Ctrl-C (``interrupted``), a dead server (``server_error``) or the end of the plan. Whatever it
@@ -24,7 +25,7 @@ from gpupack.measurement import SourceError
 from gpupack.profiler.control import ModelLoadError, ServerControl, ServerGoneError
 from gpupack.profiler.loadgen import Load, LoadWindow, ModelSignature, UnsupportedModelError, signature_from_config
 from gpupack.profiler.sampler import PeakSampler, Peaks, Probe
-from gpupack.profiler.stats import PointResult, PointStatus, measure_point
+from gpupack.profiler.stats import PointResult, PointStatus, Stability, WindowSeries
 from gpupack.units import counted
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class SweepPlan:
     warmup_seconds: float
     latency_bound_seconds: float | None = None
     request_rates_per_second: tuple[float, ...] = ()  # given: the load levels are these rates instead
+    stability_tolerance_ratio: float = 0.10  # --stability-percentage, as a ratio
+
+    @property
+    def stability(self) -> Stability:
+        """``duration_seconds`` is the most a point measures: windows of a tenth of it, until stable."""
+        return Stability.within(self.duration_seconds, self.stability_tolerance_ratio)
 
     @property
     def loads(self) -> tuple[Load, ...]:
@@ -145,11 +152,11 @@ class Sweep:
         return result
 
     def _baseline(self) -> Peaks:
-        """Table 1: the server alone, over one measurement window."""
+        """Table 1: the server alone, for as long as a stable point measures."""
         self._report(None)
         sampler = PeakSampler(self._probe_factory()).start()
         try:
-            self._sleep(self.plan.duration_seconds)
+            self._sleep(self.plan.stability.shortest_seconds)
         finally:
             peaks = sampler.stop()
         self._raise_if_gone(sampler, "measuring the server alone")
@@ -179,13 +186,15 @@ class Sweep:
         probe = self._probe_factory()
         loadgen = self._loadgen_factory(signature)
         per_batch = len(self.plan.loads)
+        warm_up = True
         for b, batch_size in enumerate(self.plan.batch_sizes):
             if not signature.supports_batch(batch_size):
                 outcome.stopped = f"batch size {batch_size} is above max_batch_size {signature.max_batch_size}"
                 self._skip(per_batch * (len(self.plan.batch_sizes) - b), outcome.model)
                 return
             for c, load in enumerate(self.plan.loads):
-                point = self._point(outcome.model, loadgen, probe, batch_size, load, baseline)
+                point = self._point(outcome.model, loadgen, probe, batch_size, load, baseline, warm_up)
+                warm_up = False
                 outcome.points.append(point)
                 self._done += 1
                 self._report(outcome.model)
@@ -205,22 +214,29 @@ class Sweep:
                 break
 
     def _point(self, model: str, loadgen: LoadRunner, probe: Probe, batch_size: int, load: Load,
-               baseline: Peaks) -> PointResult:
+               baseline: Peaks, warm_up: bool) -> PointResult:
+        """One point, measured in windows until stable; ``warm_up`` for the first point after a load."""
+        stability = self.plan.stability
         # The warm-up is sampled too: a peak it reaches is a peak the model reaches at this point.
         sampler = PeakSampler(probe).start()
         try:
-            if self.plan.warmup_seconds > 0:
+            if warm_up and self.plan.warmup_seconds > 0:
                 run_load(loadgen, batch_size, load, self.plan.warmup_seconds)
-            before = self._control.counters(model)
-            window = run_load(loadgen, batch_size, load, self.plan.duration_seconds)
+            series = WindowSeries(model, self._control.counters(model), stability)
+            lost: str | None = None  # a failed request's message, the server having died
+            while not series.done and lost is None:
+                window = run_load(loadgen, batch_size, load, stability.window_seconds)
+                if window.error_count and not self._control.live():
+                    lost = window.error_messages[0] if window.error_messages else "no answer"
+                else:
+                    series.add(window, self._control.counters(model))
         finally:
             peaks = sampler.stop()
         where = f"profiling {model} at batch {batch_size}, {load}"
         self._raise_if_gone(sampler, where)
-        if window.error_count and not self._control.live():
-            raise ServerGoneError(f"server {self._control.address} stopped answering while {where}: {window.error_messages[0]}")
-        after = self._control.counters(model)
-        return measure_point(model, window, before, after, peaks, baseline, self.plan.latency_bound_seconds)
+        if lost is not None:
+            raise ServerGoneError(f"server {self._control.address} stopped answering while {where}: {lost}")
+        return series.point(peaks, baseline, self.plan.latency_bound_seconds)
 
     def _unload(self, model: str) -> None:
         try:

@@ -25,10 +25,12 @@ from gpupack.profiles import Profile, load_profile
 from gpupack.rules.loader import load_policies_if_given
 from gpupack.rules.policy import CapacityPolicy, PolicySet
 from gpupack.rules.compiled import compile_policies
+from gpupack.scheduler.colocations import broken_groups
 from gpupack.scheduler.constraints import ALL_RESOURCES, build_problem, fleet_for
 from gpupack.scheduler.devices_file import PlannedDevices, identical_devices, load_devices
 from gpupack.scheduler.plan_report import CapacityPolicyCost, Limits, TimeBudget, render_json, render_table
 from gpupack.scheduler.planning import plan_under
+from gpupack.scheduler.verify_loop import Verification
 from gpupack.scheduler.packing.problem import InfeasibleError
 from gpupack.scheduler.packing.solver import Objective, solve
 from gpupack.timing import Deadline
@@ -89,6 +91,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "e.g. 20%%")
     parser.add_argument("--extra-copies", metavar="N", type=int, default=0,
                         help="with --demand, also consider up to N more copies than a model's demand needs (default: 0)")
+    parser.add_argument("--latency-aware", action="store_true",
+                        help="with --demand, refuse a device where a model's p99, estimated from its measured points "
+                             "at the load the device reaches (each request waits for the work ahead of it, a wait "
+                             "that grows as 1/(1 - utilisation)), would exceed its budget")
     parser.add_argument("--demand-series", metavar="FILE",
                         help="plan one placement for every step of a demand series (YAML: step, latency_p99_seconds, "
                              "series of rates per model), packed by the peak of the sum")
@@ -107,7 +113,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="also draw the placement as a PNG: one stacked bar per device per resource")
 
 
-def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
+def run(args: argparse.Namespace, config: ConfigFile | None, verification: Verification | None = None) -> int:
+    """``verification``: verify the demand plan device by device and re-plan without the groups that
+    fail (``gpupack.app`` builds it from ``--verify``, since the verifier is the profiler's)."""
     settings = resolve_settings("plan", SETTINGS, config, os.environ, vars(args))
     started = _command_started(settings["time_limit"])
     profile = load_profile(args.profile)
@@ -119,6 +127,12 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
     if (args.schedule or args.forecast_weeks is not None) and not series:
         raise InputError("--schedule and --forecast-weeks plan a demand series: give --demand-series FILE, or "
                          "--demand-from-prometheus URL with --step")
+    if args.latency_aware and (series or not (args.demand or args.demand_from_prometheus)):
+        raise InputError("--latency-aware holds each model's p99 to the budget of a demand: give --demand FILE "
+                         "(or --demand-from-prometheus URL), without a demand series")
+    if verification is not None and (series or not (args.demand or args.demand_from_prometheus)):
+        raise InputError("--verify replays each copy at the rate a demand plan sends it: give --demand FILE "
+                         "(or --demand-from-prometheus URL), without a demand series")
     if series:
         if args.demand_series and (args.demand or args.demand_from_prometheus):
             raise InputError("give --demand-series FILE or --demand/--demand-from-prometheus, not both")
@@ -130,21 +144,23 @@ def run(args: argparse.Namespace, config: ConfigFile | None) -> int:
         from gpupack.scheduler.demand.cli import run_demand
 
         return run_demand(args, settings, profile, policies, lambda count: _devices(settings, profile, policies, count),
-                          limits, started, deadline)
+                          limits, started, deadline, verification)
     planned_devices = _devices(settings, profile, policies)
     devices = planned_devices.devices
     fleet = fleet_for(profile.models, devices, profile.server_baseline, planned_devices.servers)
     share = PLAN_SHARE if _at_full_capacity(policies) is not None else 1.0
     startup_seconds = timing.clock() - started
+    forbidden = broken_groups(profile.colocations, {}, devices)
     planned = plan_under(compile_policies(policies, fleet), profile.models, devices,
                          profile.server_baseline, settings["objective"], left(deadline) * share,
-                         soft_alerts=args.soft_alerts, limited=limits.limited)
+                         soft_alerts=args.soft_alerts, limited=limits.limited, forbidden_groups=forbidden)
     problem, result = planned.problem, planned.result
     cost = None
     relaxed = _at_full_capacity(PolicySet(tuple(p for p in policies.policies if p.name in planned.kept)))
     if relaxed is not None:
-        full = build_problem(profile.models, devices, profile.server_baseline, relaxed[1],
-                             servers=planned_devices.servers, limited=limits.limited)
+        full = dataclasses.replace(build_problem(profile.models, devices, profile.server_baseline, relaxed[1],
+                                                 servers=planned_devices.servers, limited=limits.limited),
+                                   forbidden_groups=forbidden)
         cost = CapacityPolicyCost(relaxed[0], solve(full, settings["objective"], left(deadline)))
     render = render_json if args.format == "json" else render_table
     sys.stdout.write(render(problem, result, cost, limits, planned.broken_alerts,

@@ -9,7 +9,7 @@ judged by the rules evaluator on the same compiled constraints.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Collection, Iterable, Mapping, Sequence
 
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
@@ -39,14 +39,18 @@ def plan_under(
     current: Placement | None = None,
     soft_alerts: bool = True,
     limited: Collection[Resource] = ALL_RESOURCES,
+    forbidden_groups: tuple[frozenset[str], ...] = (),
 ) -> PolicyPlan:
     """The best placement under every policy, or, with ``soft_alerts``, under the rebalance
     policies and as many alert policies as can be kept; ``limited``: the resources held to each
-    device's capacity. Raises :class:`InfeasibleError` when the hard ones alone have no solution."""
+    device's capacity; ``forbidden_groups``: models measured to break a budget together, never all
+    on one device whatever the policies kept. Raises :class:`InfeasibleError` when the hard ones
+    alone have no solution."""
     models, devices = tuple(models), tuple(devices)
 
     def attempt(kept: Constraints) -> PolicyPlan:
-        problem = problem_from(kept, models, devices, server_baseline, current, limited)
+        problem = replace(problem_from(kept, models, devices, server_baseline, current, limited),
+                          forbidden_groups=forbidden_groups)
         return PolicyPlan(problem, solve(problem, objectives, time_limit_seconds), kept.policies)
 
     try:

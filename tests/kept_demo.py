@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import yaml
 
 SERVING = "Every subcommand reads the fleet from it"  # the last line --keep prints before it waits
 _URL_LINE = re.compile(r"^  (\S+(?: \S+)?)\s+(http://\S+)")
@@ -69,6 +70,10 @@ class KeptDemo:
         block = self.output.split("(--keep)")[-1]
         return {m.group(1): re.findall(r"http://[^\s)]+", line)
                 for line in block.splitlines() if (m := _URL_LINE.match(line))}
+
+    def config(self) -> dict:
+        """Its gpupack.yaml, as every subcommand reads it."""
+        return yaml.safe_load((self.workdir / "gpupack.yaml").read_text())
 
     def children(self) -> list[psutil.Process]:
         """Every process under the demo: Triton servers, their model stubs, exporter, rules engine."""

@@ -37,8 +37,8 @@ def test_demo_finds_the_overfull_device_moves_a_model_and_ends_healthy(triton_in
 
 
 def _netlocs(config: dict) -> set[str]:
-    """Every host:port the demo's config file names: servers (HTTP and metrics), exporter, rules engine."""
-    found = {config["exporter"]["listen"], config["rules"]["listen"]}
+    """Every host:port the demo's config file names: servers (HTTP and metrics), exporter, rules engine, router."""
+    found = {config["exporter"]["listen"], config["rules"]["listen"], config["router"]["listen"]}
     for section in ("exporter", "rules"):
         for server in config[section]["servers"]:
             found |= {urlsplit(server["url"]).netloc, urlsplit(server["metrics_url"]).netloc}
@@ -50,15 +50,17 @@ def test_a_kept_demo_prints_every_url_it_serves_and_sigterm_stops_all_it_started
     try:
         urls = demo.serving().urls()
         children = demo.children()
-        assert sorted(urls) == ["exporter", "rules engine", *(f"triton-{i}" for i in range(5))], demo.output
+        assert sorted(urls) == ["exporter", "router", "rules engine", *(f"triton-{i}" for i in range(5))], demo.output
         for name, addresses in urls.items():
-            answering = [f"{addresses[0]}/v2/health/ready", *addresses[1:]] if name.startswith("triton-") else addresses
+            triton_api = name.startswith("triton-") or name == "router"  # the router passes health to any server
+            answering = [f"{addresses[0]}/v2/health/ready", *addresses[1:]] if triton_api else addresses
             for url in answering:
                 assert requests.get(url, timeout=5).status_code == 200, f"{name}: {url}"
         config = yaml.safe_load((tmp_path / "demo" / "gpupack.yaml").read_text())
         assert {urlsplit(url).netloc for addresses in urls.values() for url in addresses} <= _netlocs(config)
         commands = [" ".join(p.cmdline()) for p in children]
         assert sum(p.name() == "tritonserver" for p in children) == 5, commands
+        assert sum(p.name() == "haproxy" for p in children) >= 1, commands
         assert any(c.endswith(" exporter") for c in commands) and any(" rules run" in c for c in commands), commands
 
         status, still_running = demo.signalled(signal.SIGTERM, within_seconds=10)

@@ -42,6 +42,10 @@ NOT_RUN = {
     "make test-fast": "a lane of the test suite, this test included",
     "MODEL_REPOSITORY=/srv/models docker compose -f deploy/compose.yaml up --build":
         "needs Docker with the NVIDIA Container Toolkit and a GPU",
+    "gpupack plan --profile profile.yaml --demand demand.yaml --device-memory 16GiB --format json > plan.json":
+        "the reader's profile and demand; tests/profiler/test_verify.py plans and verifies on real servers",
+    "gpupack verify --plan plan.json --demand demand.yaml --profile profile.yaml --server http://scratch:8000 "
+    "--duration 10s": "needs the reader's scratch Triton server; tests/profiler/test_verify.py verifies on a real one",
     "make containers": "builds the container images; tests/containers builds and runs the same stack",
     "curl -s 127.0.0.1:9090/api/v1/targets": "the container stack's Prometheus; tests/containers checks its targets",
     "sh deploy/podman/stack.sh down": "the container stack; tests/containers checks that `down` leaves nothing",
@@ -66,7 +70,7 @@ NOT_RUN = {
 # ports and its work folder, which stand in the pages for where the kept demo really is. What such a
 # command prints is a measurement: its numbers and model names vary.
 DEMO_COMMANDS = (".venv/bin/gpupack demo", ".venv/bin/gpupack demo --keep --workdir demo")
-DEMO_WORDS = ("127.0.0.1:9478", "127.0.0.1:9479", "demo/gpupack.yaml")
+DEMO_WORDS = ("127.0.0.1:9478", "127.0.0.1:9479", "127.0.0.1:8080", "demo/gpupack.yaml")
 _DEMO_FOLDER = re.compile(r"(?<![\w/.-])demo/")
 _MODEL_NAMES = re.compile("|".join(sorted((re.escape(m.name) for m in seed_models()), key=len, reverse=True)))
 _NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
@@ -204,6 +208,7 @@ def _substitutions(scratch: Path, demo: KeptDemo | None) -> list[tuple[re.Patter
         config = yaml.safe_load((demo.workdir / "gpupack.yaml").read_text())
         subs += [(re.compile(re.escape("127.0.0.1:9478")), config["exporter"]["listen"]),
                  (re.compile(re.escape("127.0.0.1:9479")), config["rules"]["listen"]),
+                 (re.compile(re.escape("127.0.0.1:8080")), config["router"]["listen"]),
                  (_DEMO_FOLDER, f"{demo.workdir}/")]
     return subs
 

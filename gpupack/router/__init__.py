@@ -22,6 +22,9 @@ from gpupack.errors import GpupackError
 SERVING = "serving"  # in rotation: takes new requests by its weight
 DRAINING = "draining"  # finishes what it has, takes nothing new
 OFF = "off"  # maintenance: not placed here, or unloaded
+# Weights run 1..MAX_WEIGHT (HAProxy's range); the copy that serves most gets MAX_WEIGHT, and a
+# configuration written before gpupack has weighed anything gives every copy it, an even split.
+MAX_WEIGHT = 256
 
 
 def backend_name(model: str) -> str:
@@ -53,7 +56,7 @@ class Router(Protocol):
     def status(self, model: str, server: str) -> RouteStatus: ...
 
     def enable(self, model: str, server: str, weight: int) -> None:
-        """Into rotation with this weight (1..256); the router's health check decides when it is up."""
+        """Into rotation with this weight (1..MAX_WEIGHT); the router's health check decides when it is up."""
 
     def set_weight(self, model: str, server: str, weight: int) -> None: ...
 

@@ -1,6 +1,8 @@
 """Real Triton servers and sample models with known footprints, for tests, benchmarks and the demo."""
 
 from gpupack.triton.sample_models import SampleModel, seed_models, write_model_repository
+from gpupack.router.launcher import HaproxyProcess, HaproxyStartError
+from gpupack.testing.haproxy import haproxy_in_front
 from gpupack.triton.launcher import (
     TritonInstallation,
     TritonServer,
@@ -10,6 +12,9 @@ from gpupack.triton.launcher import (
 )
 
 __all__ = [
+    "HaproxyProcess",
+    "HaproxyStartError",
+    "haproxy_in_front",
     "SampleModel",
     "TritonInstallation",
     "TritonServer",

@@ -26,7 +26,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import requests
 
@@ -161,11 +161,23 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _prepare_child(parent_pid: int, cpus: frozenset[int]) -> None:
+    """``preexec_fn`` of a server: tied to its parent, and held to its CPU budget. The affinity is
+    inherited by the backend stubs it forks, so the models' work shares those cores only."""
+    die_with_parent(parent_pid)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 class TritonServer:
     """One real tritonserver on loopback, in explicit model-control mode.
 
     PR_SET_PDEATHSIG fires when the *thread* that started the server exits, so start servers
     from a thread that outlives them (the main thread, in tests and the demo).
+
+    ``cpus``: the cores the server and its models may run on (a CPU budget, as ``taskset -c``
+    gives); empty, every core this process may use. CPU-only servers otherwise share all of the
+    machine's cores, and models put together never queue for them as they would on one device.
     """
 
     def __init__(
@@ -176,8 +188,14 @@ class TritonServer:
         installation: TritonInstallation | None = None,
         extra_args: Sequence[str] = (),
         log_path: str | Path | None = None,
+        cpus: Iterable[int] = (),
     ) -> None:
         self.name = name
+        self.cpus = frozenset(cpus)
+        allowed = os.sched_getaffinity(0)
+        if not self.cpus <= allowed:
+            raise TritonStartError(f"server {name}: cores {sorted(self.cpus - allowed)} are not among those this "
+                                   f"process may use ({', '.join(map(str, sorted(allowed)))})")
         self.model_repository = Path(model_repository).resolve()
         self.installation = installation or find_tritonserver()
         self.extra_args = tuple(extra_args)
@@ -236,7 +254,7 @@ class TritonServer:
         ]
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log_file = log_file
-        parent_pid = os.getpid()
+        parent_pid, cpus = os.getpid(), self.cpus
         self.process = subprocess.Popen(  # noqa: S603 - fixed argv
             args,
             stdin=subprocess.DEVNULL,
@@ -244,7 +262,7 @@ class TritonServer:
             stderr=subprocess.STDOUT,
             env=self.installation.environment(),
             start_new_session=True,
-            preexec_fn=lambda: die_with_parent(parent_pid),  # noqa: PLW1509 - needed for PDEATHSIG
+            preexec_fn=lambda: _prepare_child(parent_pid, cpus),  # noqa: PLW1509 - needed for PDEATHSIG
         )
         return self
 

@@ -37,9 +37,11 @@ def solve_joint(
     objective: Objective,
     time_limit_seconds: float,
     hint: Choice,
+    forbidden: Sequence[Sequence[int]] = (),
     workers: int = min(8, os.cpu_count() or 1),
 ) -> JointOutcome:
-    """``groups``: anti-affinity as model indices. The hint bounds how many devices of each kind are offered."""
+    """``groups``: anti-affinity as model indices; ``forbidden``: groups of models (indices) never all
+    on one device. The hint bounds how many devices of each kind are offered."""
     model = cp_model.CpModel()
     devices = _offered(options, hint, objective)
     y = {d: model.NewBoolVar(f"y{d}") for d in devices}
@@ -69,6 +71,10 @@ def solve_joint(
             in_group = [x[o, d] for m in group for o in by_model.get(m, []) if (o, d) in x]
             if len(in_group) > 1:
                 model.AddAtMostOne(in_group)
+        for group in forbidden:  # a no-good cut: a model's copies sit on distinct devices, so each counts once
+            present = [[x[o, d] for o in by_model.get(m, []) if (o, d) in x] for m in group]
+            if all(present):
+                model.Add(sum(v for vs in present for v in vs) <= len(group) - 1)
     for device_class in options.device_classes():
         offered = [d for d in device_class if d in y]
         for a, b in zip(offered, offered[1:]):

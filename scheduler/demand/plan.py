@@ -20,15 +20,16 @@ import numpy as np
 
 from gpupack.demand import ModelDemand
 from gpupack import timing
-from gpupack.domain import Placement
+from gpupack.domain import Placement, Resource
 from gpupack.profiles import Profile
 from gpupack.scheduler.packing.bounds import volume_bound
 from gpupack.scheduler.demand.cpsat import Choice, solve_joint
+from gpupack.scheduler.demand.latency import Load, latency_copy, latency_limits
 from gpupack.scheduler.demand.options import CopyOption, options_for
 from gpupack.scheduler.packing.heuristic import Assignment, best_heuristic
 from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals
 from gpupack.scheduler.packing.problem import (
-    DeviceCountProof, InfeasibleError, Objective, PlacementProblem, PlacementResult, ProofStatus,
+    DeviceCountProof, InfeasibleError, Objective, PlacementProblem, PlacementResult, ProofStatus, ScopedLimit,
 )
 from gpupack.scheduler.packing.solver import solve
 from gpupack.timing import Deadline
@@ -37,6 +38,7 @@ from gpupack.units import counted
 # Above this many (option, device) decisions the joint model takes longer to build than it helps.
 JOINT_MAX_PAIRS = 120_000
 JOINT_SHARE = 0.6  # of the time left after the heuristics, when the joint model runs
+JOINT_LEAST_SECONDS = 0.5  # with less left, the joint model cannot improve on the heuristics: skip it
 PRICE_ROUNDS = 3
 SHARPER_PRICES = (2, 4)
 
@@ -77,28 +79,34 @@ def plan_for_demand(
     objectives: Sequence[Objective] = (Objective.MIN_DEVICES,),
     time_limit_seconds: float = 10.0,
     extra_copies: int = 0,
+    latency_aware: bool = False,
 ) -> DemandPlan:
-    """Raises :class:`InfeasibleError` naming the model and why when some demand cannot be served."""
+    """Raises :class:`InfeasibleError` naming the model and why when some demand cannot be served.
+    ``latency_aware``: no device where a copy's p99, estimated at the device's utilisation, would
+    exceed its budget (``scheduler/demand/latency.py``)."""
     started = timing.clock()
     deadline = Deadline.after(time_limit_seconds)
     objectives = tuple(dict.fromkeys(objectives)) or (Objective.MIN_DEVICES,)
     primary = objectives[0] if objectives[0] in (Objective.MIN_DEVICES, Objective.MIN_COST) else Objective.MIN_DEVICES
     per_model = demand_by_model(profile, demands)
     options, owner = _all_options(profile, per_model, base, extra_copies)
-    instance = _option_instance(base, options)
+    budgets = {d.model: d.latency_p99_seconds for d in per_model} if latency_aware else {}
+    instance = _option_instance(base, options, budgets)
     options, owner, instance = _usable(options, owner, instance, per_model)
     groups = _groups(base, per_model)
+    forbidden = _forbidden(base, per_model)
     bound, source = _joint_bound(instance, owner, len(per_model), groups), "combinatorial"
-    choice, assignment = _priced_choice(instance, owner, len(per_model), groups, primary)
+    choice, assignment = _priced_choice(instance, owner, len(per_model), groups, forbidden, primary, deadline)
     method = "priced-choice"
     score: Callable[[Assignment], float] = _count if primary is Objective.MIN_DEVICES else functools.partial(_cost, instance)
     devices_used = _count(assignment)
     proven = False
     pairs = instance.n_models * devices_used
-    if (devices_used > bound or primary is Objective.MIN_COST) and pairs <= JOINT_MAX_PAIRS:
+    if (devices_used > bound or primary is Objective.MIN_COST) and pairs <= JOINT_MAX_PAIRS \
+            and deadline.remaining() >= JOINT_LEAST_SECONDS:
         remaining = deadline.remaining()
         hint: Choice = {m: (choice[m], assignment[m]) for m in range(len(per_model))}
-        outcome = solve_joint(instance, owner, groups, primary, remaining * JOINT_SHARE, hint)
+        outcome = solve_joint(instance, owner, groups, primary, remaining * JOINT_SHARE, hint, forbidden)
         if outcome.choice is not None and score({m: ds for m, (_, ds) in outcome.choice.items()}) <= score(assignment):
             choice = [outcome.choice[m][0] for m in range(len(per_model))]
             assignment = {m: ds for m, (_, ds) in outcome.choice.items()}
@@ -107,7 +115,8 @@ def plan_for_demand(
             bound, source = outcome.device_bound, "cp-sat"
     chosen = [options[o] for o in choice]
     problem = dataclasses.replace(
-        base, models=tuple(o.footprint for o in chosen), replicas={o.model: o.copies for o in chosen}, current=None
+        base, models=tuple(o.footprint for o in chosen), replicas={o.model: o.copies for o in chosen}, current=None,
+        scoped_limits=base.scoped_limits + _latency_limits(base, [(o.model, o) for o in chosen], budgets),
     )
     remaining = max(0.1, deadline.remaining())
     result = solve(problem, objectives, remaining)
@@ -156,18 +165,33 @@ def _all_options(profile: Profile, demands: list[ModelDemand], base: PlacementPr
     return options, owner
 
 
-def _option_instance(base: PlacementProblem, options: list[CopyOption]) -> Instance:
-    """Every option as if it were a model of its own, named ``model#k``, with its model's pins."""
+def _option_instance(base: PlacementProblem, options: list[CopyOption],
+                     budgets: Mapping[str, float | None]) -> Instance:
+    """Every option as if it were a model of its own, named ``model#k``, with its model's pins
+    (and, with ``budgets``, the latency limit of each option's copies)."""
     names = [f"{o.model}#{k}" for k, o in enumerate(options)]
     problem = dataclasses.replace(
         base,
         models=tuple(dataclasses.replace(o.footprint, model=n) for o, n in zip(options, names)),
         allowed_devices={n: base.allowed_devices[o.model] for o, n in zip(options, names) if o.model in base.allowed_devices},
         anti_affinity=(),
+        forbidden_groups=(),  # of models, not options: _forbidden gives them by model index
         replicas={n: o.copies for o, n in zip(options, names)},
         current=None,
+        scoped_limits=base.scoped_limits + _latency_limits(base, list(zip(names, options)), budgets),
     )
     return compile_problem(problem)
+
+
+def _latency_limits(base: PlacementProblem, named: list[tuple[str, CopyOption]],
+                    budgets: Mapping[str, float | None]) -> tuple[ScopedLimit, ...]:
+    """The latency-aware capacity of each copy with a budget (none without ``budgets``)."""
+    if not budgets:
+        return ()
+    loads = [Load(name, o.footprint.peak(Resource.GPU_UTILIZATION), o.rate_per_copy) for name, o in named]
+    copies = [c for c in (latency_copy(load, o.config, budgets.get(o.model))
+                          for (_, o), load in zip(named, loads)) if c is not None]
+    return latency_limits(copies, loads, base.devices, base.server_baseline.get(Resource.GPU_UTILIZATION, 0.0))
 
 
 def _usable(options: list[CopyOption], owner: list[int], instance: Instance,
@@ -180,7 +204,7 @@ def _usable(options: list[CopyOption], owner: list[int], instance: Instance,
             raise InfeasibleError(_why_unplaceable(options[mine[0]], instance, mine[0], demand))
     index = np.flatnonzero(keep)
     sliced = dataclasses.replace(instance, demand=instance.demand[index], allowed=instance.allowed[index],
-                                 replicas=instance.replicas[index], groups=())
+                                 replicas=instance.replicas[index], groups=(), forbidden=())
     return [options[o] for o in index], [owner[o] for o in index], sliced
 
 
@@ -199,6 +223,12 @@ def _why_unplaceable(option: CopyOption, instance: Instance, o: int, demand: Mod
 def _groups(base: PlacementProblem, demands: list[ModelDemand]) -> list[list[int]]:
     index = {d.model: m for m, d in enumerate(demands)}
     return [sorted(index[n] for n in group if n in index) for group in base.anti_affinity]
+
+
+def _forbidden(base: PlacementProblem, demands: list[ModelDemand]) -> list[list[int]]:
+    """Forbidden groups as model indices, those whose every model is planned."""
+    index = {d.model: m for m, d in enumerate(demands)}
+    return [sorted(index[n] for n in group) for group in base.forbidden_groups if all(n in index for n in group)]
 
 
 def _volumes(instance: Instance) -> np.ndarray:
@@ -226,8 +256,9 @@ def _joint_bound(instance: Instance, owner: list[int], n_models: int, groups: li
 
 
 def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: list[list[int]],
-                   primary: Objective) -> tuple[list[int], Assignment]:
-    """The best packing among option choices priced by different views of the bottleneck."""
+                   forbidden: list[list[int]], primary: Objective, deadline: Deadline) -> tuple[list[int], Assignment]:
+    """The best packing among option choices priced by different views of the bottleneck; once the
+    deadline has passed, the best complete one so far (a plan is always answered in time)."""
     volumes = _volumes(instance)
     owner_array = np.array(owner)
     prices = [np.ones(volumes.shape[1])]
@@ -241,7 +272,9 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
     candidates.append(_choose(volumes.max(axis=1), owner_array, n_models))
     best: tuple[float, list[int], Assignment] | None = None
     for choice in candidates:
-        assignment = best_heuristic(_chosen_instance(instance, choice, groups))
+        if best is not None and deadline.passed():
+            break
+        assignment = best_heuristic(_chosen_instance(instance, choice, groups, forbidden))
         if assignment is None:
             continue
         score = _count(assignment) if primary is Objective.MIN_DEVICES else _cost(instance, assignment)
@@ -267,11 +300,13 @@ def _choose(scores: np.ndarray, owner: np.ndarray, n_models: int) -> list[int]:
     return [int(o) for o in picked]
 
 
-def _chosen_instance(instance: Instance, choice: list[int], groups: list[list[int]]) -> Instance:
+def _chosen_instance(instance: Instance, choice: list[int], groups: list[list[int]],
+                     forbidden: list[list[int]]) -> Instance:
     """The options chosen, one per model, in model order: a plain placement instance."""
     return dataclasses.replace(instance, demand=instance.demand[choice], allowed=instance.allowed[choice],
                                replicas=instance.replicas[choice],
-                               groups=tuple(np.array(g) for g in groups if len(g) > 1))
+                               groups=tuple(np.array(g) for g in groups if len(g) > 1),
+                               forbidden=tuple(np.array(g) for g in forbidden))
 
 
 def _count(assignment: Assignment) -> int:

@@ -10,6 +10,7 @@ import json
 from typing import Any, Sequence
 
 from gpupack.scheduler.demand.plan import DemandPlan
+from gpupack.scheduler.verify_loop import VerifiedPlan
 from gpupack.scheduler.demand.baselines import JOINT, TITLES, BaselineOutcome
 from gpupack.scheduler.plan_report import (
     Limits, TimeBudget, columns, device_count_summary, device_table, limited_document, limits_document, limits_line,
@@ -70,6 +71,12 @@ def _baseline_line(baseline: BaselineOutcome | None, plan: DemandPlan) -> str:
 
 def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome], limits: Limits,
                 budget: TimeBudget | None = None) -> str:
+    return json.dumps(plan_document(plan, baselines, limits, budget), indent=2) + "\n"
+
+
+def plan_document(plan: DemandPlan, baselines: Sequence[BaselineOutcome], limits: Limits,
+                  budget: TimeBudget | None = None) -> dict[str, Any]:
+    """The plan as ``--format json`` writes it (a verified plan adds its verification to it)."""
     result = plan.result
     by_name = {d.name: d for d in plan.problem.devices}
     document: dict[str, Any] = {
@@ -104,4 +111,19 @@ def render_json(plan: DemandPlan, baselines: Sequence[BaselineOutcome], limits: 
     if budget is not None:
         document["time_limit_seconds"] = budget.limit_seconds
         document["startup_seconds"] = round(budget.startup_seconds, 6)
-    return json.dumps(document, indent=2) + "\n"
+    return document
+
+
+def verification_lines(verified: VerifiedPlan[DemandPlan], where: str) -> list[str]:
+    """Under the plan's table: each round and what it learned, then each device's verdict."""
+    lines = [f"Verified {where}: {counted(len(verified.rounds), 'round')}, stopped: {verified.stopped}."]
+    for r in verified.rounds:
+        failed = ", ".join(f"{v.name} ({' + '.join(sorted(v.failed_group))})" for v in r.failed)
+        learned = "; ".join(" + ".join(sorted(g)) for g in r.learned)
+        lines.append(f"round {r.number}: {counted(len(r.verdicts), 'device')} ({r.replayed} replayed), "
+                     f"{'failed: ' + failed if failed else 'all passed'}"
+                     + (f"; never again on one device: {learned}" if learned else ""))
+    passed = [d for d, ok in verified.verified.items() if ok]
+    failing = [d for d, ok in verified.verified.items() if not ok]
+    lines.append(f"verified: {', '.join(passed) or 'none'}" + (f"; not verified: {', '.join(failing)}" if failing else ""))
+    return lines

@@ -62,6 +62,10 @@ class _Model:
                 in_group = [self.x[i, d] for i in group if (i, d) in self.x]
                 if len(in_group) > 1:
                     model.AddAtMostOne(in_group)
+            for group in inst.forbidden:  # a no-good cut: never the whole group on one device
+                present = [self.x[i, d] for i in group if (i, d) in self.x]
+                if len(present) == len(group):
+                    model.Add(sum(present) <= len(group) - 1)
         if inst.max_devices is not None:
             model.Add(sum(self.y.values()) <= inst.max_devices)
 

@@ -67,6 +67,9 @@ def explain_unsolved(instance: Instance, proven: bool) -> str:
     policies = sorted({n for names in problem.constraint_sources.values() for n in names.split(", ")}
                       | {s.name for s in problem.scoped_limits})
     involved = f" (policies: {', '.join(policies)})" if policies else ""
+    if problem.forbidden_groups:
+        groups = "; ".join(", ".join(sorted(g)) for g in problem.forbidden_groups)
+        involved += f" (measured to break their budgets together, never on one device: {groups})"
     if proven:
         return f"no placement of the {instance.n_models} models satisfies all constraints together{involved}"
     return f"no placement found within the time limit that satisfies all constraints{involved}; allow more time"

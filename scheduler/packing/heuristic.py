@@ -21,7 +21,7 @@ Assignment = dict[int, list[int]]  # model index -> device indices
 
 class _Packing:
     """Open devices in the order they were opened, with the room left on each, and the rules that
-    involve other placements (replicas on distinct devices, anti-affinity). Open devices' rooms sit
+    involve other placements (replicas on distinct devices, anti-affinity, forbidden groups). Open devices' rooms sit
     resource-major, so that first fit is a few contiguous numpy comparisons."""
 
     def __init__(self, instance: Instance):
@@ -37,6 +37,13 @@ class _Packing:
         for g, members in enumerate(instance.groups):
             for i in members:
                 self.groups_of[i].append(g)
+        # [group, device]: members of each forbidden group already there; the last one may not join.
+        self.forbidden_present = np.zeros((len(instance.forbidden), instance.n_devices), dtype=np.int64)
+        self.forbidden_others = np.array([len(g) - 1 for g in instance.forbidden], dtype=np.int64)
+        self.forbidden_of: list[list[int]] = [[] for _ in range(instance.n_models)]
+        for g, members in enumerate(instance.forbidden):
+            for i in members:
+                self.forbidden_of[i].append(g)
 
     def first_fit(self, i: int, fresh: np.ndarray | None = None) -> int | None:
         """The first open device model ``i`` fits on, or (given ``fresh``) the first of those unopened devices."""
@@ -58,6 +65,9 @@ class _Packing:
             ok &= ~np.isin(devices, self.devices_of[i])
         if self.groups_of[i]:
             ok &= ~self.group_present[self.groups_of[i]][:, devices].any(axis=0)
+        if self.forbidden_of[i]:
+            mine = self.forbidden_of[i]
+            ok &= ~(self.forbidden_present[mine][:, devices] >= self.forbidden_others[mine][:, None]).any(axis=0)
         return ok
 
     def place(self, i: int, d: int) -> None:
@@ -67,6 +77,7 @@ class _Packing:
         self.room[:, self.slot[d]] -= self.instance.demand[i]
         self.devices_of[i].append(d)
         self.group_present[self.groups_of[i], d] = True
+        self.forbidden_present[self.forbidden_of[i], d] += 1
 
     def assignment(self) -> Assignment:
         return {i: sorted(ds) for i, ds in enumerate(self.devices_of)}

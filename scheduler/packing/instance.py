@@ -46,6 +46,7 @@ class Instance:
     current: frozenset[tuple[int, int]]  # (model, device) pairs of problem.current
     max_devices: int | None = None
     columns: tuple[str, ...] = ()  # per column: "" for a device's own limit, else the scoped limit's policy
+    forbidden: tuple[np.ndarray, ...] = ()  # forbidden groups as model indices: never all on one device
 
     @property
     def n_models(self) -> int:
@@ -117,6 +118,11 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         np.array(sorted(model_index[m] for m in group if m in model_index))
         for group in problem.anti_affinity
     )
+    # A group with a model outside this problem can never be whole on a device: it binds nothing.
+    forbidden = tuple(
+        np.array(sorted(model_index[m] for m in group))
+        for group in problem.forbidden_groups if all(m in model_index for m in group)
+    )
     current = frozenset(
         (model_index[m], device_index[d])
         for m, d in (problem.current.pairs() if problem.current else ())
@@ -137,6 +143,7 @@ def compile_problem(problem: PlacementProblem) -> Instance:
         current=current,
         max_devices=problem.max_devices,
         columns=tuple([""] * len(resources) + [s.name for s in scoped]),
+        forbidden=forbidden,
     )
 
 
@@ -157,6 +164,16 @@ def overfilled(instance: Instance, assignment: Mapping[int, list[int]]) -> list[
             loads[d] += demand[row]
     over = instance.bounded & (loads > instance.capacity * instance.unit)
     return [instance.problem.devices[d].name for d in np.flatnonzero(over.any(axis=1))]
+
+
+def together(instance: Instance, assignment: Mapping[int, list[int]]) -> list[str]:
+    """Devices that hold every model of a forbidden group: the final check that no solver path
+    put a group measured to break its budgets back together."""
+    names = []
+    for group in instance.forbidden:
+        shared = set.intersection(*(set(assignment.get(int(i), ())) for i in group))
+        names += [instance.problem.devices[d].name for d in sorted(shared)]
+    return sorted(set(names))
 
 
 def _exact_demand(problem: PlacementProblem, resources: Sequence[Resource], models: Iterable[int]) -> np.ndarray:

@@ -13,8 +13,8 @@ equal repackings the fullest device is filled first, so that room gathers on a f
 pool model eventually fits: the large-neighbourhood search of Shaw (CP 1998) with the
 slack-gathering idea of minimum-bin-slack packing (Gupta and Ho, 1999).
 
-Models with replicas or in an anti-affinity group stay where they are: moving them would need the
-distinct-device rules re-checked across devices, and such fleets are small enough for full CP-SAT.
+Models with replicas or in an anti-affinity or forbidden group stay where they are: moving them would
+need the distinct-device rules re-checked across devices, and such fleets are small enough for full CP-SAT.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class _Search:
     def __init__(self, instance: Instance, assignment: Assignment, rng: np.random.Generator):
         self.instance, self.rng = instance, rng
         grouped = np.zeros(instance.n_models, dtype=bool)
-        for group in instance.groups:
+        for group in (*instance.groups, *instance.forbidden):
             grouped[group] = True
         movable = (instance.replicas == 1) & ~grouped
         self.size = _scalar_sizes(instance)

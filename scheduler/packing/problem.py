@@ -63,7 +63,9 @@ class PlacementProblem:
     ``limits`` are absolute (bytes, ratios of capacity) and include the server baseline, which is
     paid once on every device that hosts at least one model (``device_baselines`` where a device's
     differs). A resource missing from a device's limits is limited by its capacity; ``math.inf``
-    leaves it unconstrained. ``scoped_limits`` count only some models.
+    leaves it unconstrained. ``scoped_limits`` count only some models. ``forbidden_groups`` are
+    sets of models measured to break a latency budget or a limit together (``gpupack verify``, a
+    profile's ``colocations:``): no device holds all of a group, though it may hold any part of it.
     """
 
     devices: tuple[Device, ...]
@@ -78,8 +80,14 @@ class PlacementProblem:
     constraint_sources: Mapping[str, str] = field(default_factory=dict)
     scoped_limits: tuple[ScopedLimit, ...] = ()
     device_baselines: Mapping[str, Mapping[Resource, float]] = field(default_factory=dict)
+    forbidden_groups: tuple[frozenset[str], ...] = ()
 
     def __post_init__(self) -> None:
+        # A group of one would forbid the model everywhere: that is "does not fit", not a colocation.
+        small = [sorted(g) for g in self.forbidden_groups if len(g) < 2]
+        if small:
+            raise ValueError(f"a forbidden group needs at least two models: {small}")
+        object.__setattr__(self, "forbidden_groups", tuple(dict.fromkeys(frozenset(g) for g in self.forbidden_groups)))
         object.__setattr__(
             self, "device_baselines",
             MappingProxyType({d: MappingProxyType(dict(v)) for d, v in self.device_baselines.items()}))

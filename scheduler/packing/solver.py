@@ -11,8 +11,10 @@ is proven, CP-SAT only optimises the remaining objectives (headroom, moves) on t
 otherwise small and medium fleets go to CP-SAT for the rest of the time, hinted by the best
 placement so far. Fleets too large for the exact model get the best placement found with the bound
 beside it, so the gap is always visible. Problems with rules column generation does not model
-(pins, anti-affinity, replicas, a fleet-size limit, devices of different sizes) go the CP-SAT way,
-and the proof says so.
+(pins, anti-affinity, replicas, a fleet-size limit, devices of different sizes, forbidden groups) go
+the CP-SAT way, and the proof says so: its no-good cuts keep each forbidden group off any one device,
+first fit skips a device that would complete a group, and the local search leaves their members where
+they are. The placement returned is checked against the forbidden groups as against the limits.
 
 :func:`solve` runs these as steps in that order, each offering a placement on fewer devices than
 the best so far, on one deadline whose shares the constants below set. Every step works on one
@@ -38,7 +40,7 @@ from gpupack.scheduler.packing.colgen import ColumnGeneration, declines
 from gpupack.scheduler.packing.explain import explain_infeasible, explain_unsolved
 from gpupack.scheduler.packing.fixed_count import pack_fewer, searchable
 from gpupack.scheduler.packing.heuristic import Assignment, best_heuristic, keep_current
-from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals, overfilled
+from gpupack.scheduler.packing.instance import Instance, compile_problem, device_totals, overfilled, together
 from gpupack.scheduler.packing.local_search import reduce_devices
 from gpupack.scheduler.packing.problem import (
     DeviceCountProof,
@@ -280,6 +282,9 @@ class _Portfolio:
         if over:
             # The solving units have the same packings as bytes (resolution.py): this is a bug.
             raise RuntimeError(f"placement exceeds a limit of {', '.join(over)} in exact units; please report it")
+        rejoined = together(instance, best)
+        if rejoined:
+            raise RuntimeError(f"placement puts a forbidden group together on {', '.join(rejoined)}; please report it")
         count = _devices(best)
         placement = instance.placement(best)
         return PlacementResult(

@@ -3,17 +3,24 @@
 Two ways a fleet is laid out, two executors:
 
 - ``server-per-device`` (a): every device has its own server. Load on the target server, wait
-  until the model is ready *and* answers an inference, keep both copies for a drain period so
-  routers notice the new one, then unload from the source.
-- ``multi-gpu`` (b): one server drives several GPUs. Reload the model with a config whose
-  ``instance_group`` names the target GPUs; Triton keeps the old instances serving until the new
-  ones are ready, and keeps the old model entirely if the new one fails to load.
+  until the model is ready *and* answers an inference, then hand clients over, then unload from
+  the source. With a router (:mod:`gpupack.router`), the hand-over is exact: the target is
+  enabled and seen up by the router, the other copies re-weighted by what each serves
+  (:mod:`gpupack.scheduler.traffic`), the source drained until the router holds nothing for it,
+  then taken out of rotation. Without one, both copies are kept for a fixed drain period, and
+  clients must find the new copy themselves (the placement document names it).
+- ``multi-gpu`` (b): one server drives several GPUs
+  (:mod:`gpupack.scheduler.rebalance.multi_gpu`).
 
 A step that fails before the source copy is gone is rolled back: the source stays loaded, the
 half-loaded target is unloaded, and :class:`StepFailedError` says what happened. The one
 destructive act, unloading the source, re-checks its precondition at the moment it acts: the
 target must still be ready and answer an inference after the drain (it may have died during it);
-otherwise the source is left serving.
+otherwise the source is left serving. Whatever fails, the source is left serving *and* in the
+router: a drain is undone by setting it back to serving.
+
+After every phase the context's ``publish`` hook hears of it (:class:`Phase`), so that the
+placement document routers poll changes with the step, not only after it.
 
 A step with a configuration loads its copy with a config override (``config_override``) built on
 the config a server already runs the model with; a step that reconfigures a copy in place
@@ -28,12 +35,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping, NoReturn, Protocol
 
-from gpupack.domain import Placement
 from gpupack.errors import GpupackError
 from gpupack.model_configs import ModelConfig
+from gpupack.router import DRAINING, OFF, SERVING, Router
+from gpupack.scheduler.demand.cost import capacity_per_second
 from gpupack.scheduler.rebalance.audit import AuditLog
 from gpupack.scheduler.rebalance.config_override import triton_override
+from gpupack.scheduler.rebalance.routing import Routes, RoutingFailed
 from gpupack.scheduler.rebalance.steps import Step
+from gpupack.scheduler.traffic import router_weights
 from gpupack.triton.control import TritonControl, TritonControlError
 from gpupack.servers import ServerConfig
 
@@ -57,20 +67,35 @@ class Executor(Protocol):
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One phase of a step done (named as its audit event): how the step's model is routed now
+    on the servers the phase changed (SERVING, DRAINING or OFF; a server left out is unchanged)."""
+
+    event: str
+    model: str
+    routes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StepContext:
-    """What every executor needs besides its fleet map: timing, and where to report."""
+    """What every executor needs besides its fleet map: timing, routing, and where to report."""
 
     audit: AuditLog
     step_timeout_seconds: float = 60.0
-    drain_seconds: float = 5.0
+    drain_seconds: float = 5.0  # without a router: how long both copies serve before the source goes
     progress: Callable[[str], None] = lambda line: None
     control: Callable[[ServerConfig, float], TritonControl] = TritonControl
     configs: Mapping[str, Mapping[str, ModelConfig]] = field(default_factory=dict)  # model -> name -> profiled
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
+    router: Router | None = None
+    publish: Callable[[Phase], None] = lambda phase: None
+    # (model, server) -> what the copy loaded there serves per second (None: unknown): the copies
+    # a move weights the router by, as the run found them.
+    copies: Mapping[tuple[str, str], float | None] = field(default_factory=dict)
 
 
-class _Steps:
+class StepMechanics:
     """Shared mechanics: deadlines, waiting for readiness, and the audit trail of a step."""
 
     def __init__(self, context: StepContext) -> None:
@@ -112,7 +137,7 @@ class _Steps:
 
 def reload_model(context: StepContext, endpoint: ServerConfig, model: str) -> None:
     """Load a model that has no ready copy anywhere, as the repository has it, until it answers."""
-    steps = _Steps(context)
+    steps = StepMechanics(context)
     deadline = context.clock() + context.step_timeout_seconds
     triton = steps.triton(endpoint, deadline)
     triton.load(model)
@@ -127,12 +152,14 @@ def serving(triton: TritonControl, model: str) -> bool | None:
         return None
 
 
-class ServerPerDeviceExecutor(_Steps):
+class ServerPerDeviceExecutor(StepMechanics):
     """Mode (a): device -> its own server."""
 
     def __init__(self, servers: Mapping[str, ServerConfig], context: StepContext) -> None:
         super().__init__(context)
         self.servers = MappingProxyType(dict(servers))
+        self.routes = Routes(context.router, context.clock, context.sleep) if context.router is not None else None
+        self.copies = dict(context.copies)  # kept up to date step by step: later steps weight by it
 
     def _server(self, device: str) -> ServerConfig:
         if device not in self.servers:
@@ -140,13 +167,43 @@ class ServerPerDeviceExecutor(_Steps):
         return self.servers[device]
 
     def execute(self, step: Step) -> None:
-        deadline = self.context.clock() + self.context.step_timeout_seconds + self.context.drain_seconds
+        # With a router the drain ends when the router says so, within the step timeout.
+        routed = self.routes is not None and step.kind != "reconfigure"
+        deadline = self.context.clock() + self.context.step_timeout_seconds + \
+            (0.0 if routed else self.context.drain_seconds)
         self.event("step_started", step, mode="server-per-device")
         if step.target is not None:
             self._arrive(step, deadline)
         if step.source is not None and step.kind != "reconfigure":
             self._leave(step, deadline)
+        if step.target is not None:
+            self.copies[step.model, self._server(step.target).name] = self._arriving_capacity(step)
+        if step.source is not None and step.kind != "reconfigure":
+            self.copies.pop((step.model, self._server(step.source).name), None)
         self.event("step_succeeded", step)
+
+    def _published(self, event: str, step: Step, routes: Mapping[str, str] | None = None) -> None:
+        self.context.publish(Phase(event, step.model, MappingProxyType(dict(routes or {}))))
+
+    def _arriving_capacity(self, step: Step) -> float | None:
+        """What the arriving copy serves: its configuration's profiled rate, else the source copy's."""
+        config = self.context.configs.get(step.model, {}).get(step.config) if step.config is not None else None
+        if config is not None:
+            return capacity_per_second(config, None)
+        if step.source is not None and step.source in self.servers:
+            return self.copies.get((step.model, self.servers[step.source].name))
+        return None
+
+    def _weights(self, step: Step, leaving: str | None, arriving: str | None) -> dict[str, int]:
+        """Router weights of the step's model over its copies, less the one leaving, plus the one arriving."""
+        copies = {server: c for (model, server), c in self.copies.items() if model == step.model}
+        if step.source is not None and step.source in self.servers:
+            copies.setdefault(self.servers[step.source].name, None)
+        if leaving is not None:
+            del copies[leaving]
+        if arriving is not None:
+            copies[arriving] = self._arriving_capacity(step)
+        return router_weights(copies)
 
     def _loaded_config(self, step: Step, deadline: float) -> dict[str, Any]:
         """The config of a copy already serving: the source's, else any managed server's."""
@@ -171,7 +228,7 @@ class ServerPerDeviceExecutor(_Steps):
                 where = f"; {step.model} still serving on {step.source}" if still_serving else ""
                 raise StepFailedError(f"{step.describe()}: {e}{where}") from e
             self._roll_back(step, target, e)
-        if step.kind == "reconfigure":
+        if step.kind == "reconfigure":  # the same copy, the same router entry: routing stays as it is
             self.event("target_ready", step, server=target.endpoint.name, config=step.config)
             self.context.progress(f"  {step.model} serving as {step.config} on {step.target} ({target.endpoint.name})")
             return
@@ -180,24 +237,109 @@ class ServerPerDeviceExecutor(_Steps):
             source_serving = serving(self.triton(self._server(step.source), deadline), step.model)
         self.event("target_ready", step, server=target.endpoint.name, source_serving=source_serving)
         self.context.progress(f"  {step.model} ready on {step.target} ({target.endpoint.name})")
-        if step.source is not None and self.context.drain_seconds > 0:
+        self._published("target_ready", step, {target.endpoint.name: OFF if self.routes is not None else SERVING})
+        if self.routes is not None:
+            self._route_in(step, target, deadline)
+        elif step.source is not None and self.context.drain_seconds > 0:
+            # No router to ask: routers that poll the placement document see the source draining.
+            self._published("source_draining", step, {self._server(step.source).name: DRAINING})
             self.context.progress(f"  draining {step.model} on {step.source} for {self.context.drain_seconds:g}s")
             self.context.sleep(self.context.drain_seconds)
+
+    def _route_in(self, step: Step, target: TritonControl, deadline: float) -> None:
+        """The target into rotation and up, then the other copies weighted for the copies to come."""
+        assert self.routes is not None
+        name = target.endpoint.name
+        leaving = self._server(step.source).name if step.source is not None else None
+        weights = self._weights(step, leaving=leaving, arriving=name)
+        try:
+            self.routes.enable(step.model, name, weights[name], deadline)
+        except RoutingFailed as e:  # never up: it took no request, so it may go at once
+            self._roll_back(step, target, e, phase="target_enabled")
+        self.event("target_enabled", step, server=name, weight=weights[name])
+        self.context.progress(f"  {step.model} up in {self.routes.router.describe()} on {step.target} "
+                              f"(weight {weights[name]})")
+        self._published("target_enabled", step, {name: SERVING})
+        others = {server: weight for server, weight in weights.items() if server != name}
+        if others:
+            try:
+                self.routes.reweight(step.model, others)
+            except RoutingFailed as e:
+                self._roll_back(step, target, e, phase="copies_reweighted")
+            self.event("copies_reweighted", step, weights=others)
+            self._published("copies_reweighted", step)
 
     def _leave(self, step: Step, deadline: float) -> None:
         assert step.source is not None
         source = self.triton(self._server(step.source), deadline)
-        if step.target is not None:
-            self._confirm_target(step, source, deadline)
-        else:
-            self._confirm_other_copy(step, deadline)
+        name = source.endpoint.name
+        if self.routes is not None:
+            self._route_out(step, source, deadline)
+        try:
+            if step.target is not None:
+                self._confirm_target(step, source, deadline)
+            else:
+                self._confirm_other_copy(step, deadline)
+        except StepFailedError:
+            self._restore_source(step, name)
+            raise
         try:
             source.unload(step.model)
             self.wait_gone(source, step.model, deadline)
         except TritonControlError as e:
-            self.event("step_failed", step, error=str(e), source_serving=serving(source, step.model))
-            raise StepFailedError(f"{step.describe()}: {e}; the model may be loaded on both devices") from e
-        self.event("source_unloaded", step, server=source.endpoint.name)
+            still_serving = serving(source, step.model)
+            if still_serving:
+                self._restore_source(step, name)
+            self.event("step_failed", step, error=str(e), source_serving=still_serving)
+            where = f"{step.model} still serving on {step.source}" if still_serving else \
+                "the model may be loaded on both devices"
+            raise StepFailedError(f"{step.describe()}: {e}; {where}") from e
+        self.event("source_unloaded", step, server=name)
+        self._published("source_unloaded", step, {name: OFF})
+
+    def _route_out(self, step: Step, source: TritonControl, deadline: float) -> None:
+        """The source out of rotation with nothing in flight: drained until the router holds no
+        session and nothing queued for it, then off. A failure sets it back to serving."""
+        assert self.routes is not None and step.source is not None
+        name = source.endpoint.name
+        try:
+            if step.target is None:  # dropping a copy: the others take its part first
+                weights = self._weights(step, leaving=name, arriving=None)
+                if weights:
+                    self.routes.reweight(step.model, weights)
+                    self.event("copies_reweighted", step, weights=weights)
+                    self._published("copies_reweighted", step)
+            started = self.context.clock()
+            self.routes.drain(step.model, name)
+            self.event("source_draining", step, server=name)
+            self.context.progress(f"  draining {step.model} on {step.source}: until the router holds no request for it")
+            self._published("source_draining", step, {name: DRAINING})
+            self.routes.wait_drained(step.model, name, deadline)
+            self.event("source_drained", step, server=name, seconds=round(self.context.clock() - started, 3))
+            self._published("source_drained", step)
+            self.routes.disable(step.model, name)
+            self.event("source_disabled", step, server=name)
+            self._published("source_disabled", step, {name: OFF})
+        except RoutingFailed as e:
+            self._restore_source(step, name)
+            still_serving = serving(source, step.model)
+            self.event("step_failed", step, error=str(e), source_serving=still_serving)
+            where = f"{step.model} still serving on {step.source}" if still_serving else \
+                f"{step.source} does not answer"
+            raise StepFailedError(f"{step.describe()}: {e}; {where}") from e
+
+    def _restore_source(self, step: Step, name: str) -> None:
+        """After a failure once the hand-over began: the source back in rotation at its weight."""
+        if self.routes is not None:
+            arriving = self._server(step.target).name if step.target is not None else None
+            weight = self._weights(step, leaving=None, arriving=arriving)[name]
+            try:
+                self.routes.router.enable(step.model, name, weight)
+                restored, error = True, ""
+            except GpupackError as e:
+                restored, error = False, str(e)
+            self.event("source_restored", step, server=name, weight=weight, restored=restored, error=error)
+        self._published("source_restored", step, {name: SERVING})
 
     def _confirm_target(self, step: Step, source: TritonControl, deadline: float) -> None:
         """The target answered before the drain; a target that died since must not cost the source copy."""
@@ -231,70 +373,37 @@ class ServerPerDeviceExecutor(_Steps):
         raise StepFailedError(f"{step.describe()}: no other copy of {step.model} answers now; "
                               f"it stays on {step.source}", result="target_lost")
 
-    def _roll_back(self, step: Step, target: TritonControl, error: TritonControlError) -> NoReturn:
-        try:
-            target.unload(step.model)
-            target_cleared = True
-        except TritonControlError:
-            target_cleared = False
+    def _roll_back(self, step: Step, target: TritonControl, error: GpupackError, phase: str = "target_ready") -> NoReturn:
+        """The target goes, the source stays. A target that took requests through the router is
+        drained first; one that cannot be drained stays loaded rather than fail its requests."""
+        name = target.endpoint.name
+        withdrawn = True
+        if self.routes is not None and phase == "copies_reweighted":
+            try:
+                self.routes.withdraw(step.model, name, self.context.clock() + self.context.step_timeout_seconds)
+            except RoutingFailed:
+                withdrawn = False
+        elif self.routes is not None and phase == "target_enabled":
+            try:
+                self.routes.router.disable(step.model, name)
+            except GpupackError:
+                pass  # never up, so the router sends it nothing either way
+        target_cleared = False
+        if withdrawn:
+            try:
+                target.unload(step.model)
+                target_cleared = True
+            except TritonControlError:
+                pass
+        if self.routes is not None:
+            self._published("target_withdrawn", step, {name: OFF})
         source_serving = (
             serving(self.triton(self._server(step.source), self.context.clock() + self.context.step_timeout_seconds),
                     step.model)
             if step.source is not None
             else None
         )
-        self.event("step_failed", step, error=str(error), source_serving=source_serving, target_cleared=target_cleared)
+        self.event("step_failed", step, error=str(error), source_serving=source_serving, target_cleared=target_cleared,
+                   phase=phase)
         where = f"; {step.model} still serving on {step.source}" if source_serving else ""
         raise StepFailedError(f"{step.describe()}: {error}{where}") from error
-
-
-@dataclass(frozen=True)
-class GpuSlot:
-    """Mode (b): a device is a server plus the instance_group entry that puts instances on it."""
-
-    server: ServerConfig
-    instance_group: Mapping[str, Any] = field(default_factory=dict)  # e.g. {"kind": "KIND_GPU", "gpus": [1]}
-
-
-class MultiGpuExecutor(_Steps):
-    """Mode (b): reload with a new instance_group; Triton swaps instances without a gap."""
-
-    def __init__(self, slots: Mapping[str, GpuSlot], current: Placement, context: StepContext) -> None:
-        super().__init__(context)
-        self.slots = MappingProxyType(dict(slots))
-        self.placement = current
-
-    def _server_of(self, step: Step) -> ServerConfig:
-        servers = {self.slots[d].server for d in (step.source, step.target) if d is not None and d in self.slots}
-        if len(servers) != 1 or any(d is not None and d not in self.slots for d in (step.source, step.target)):
-            raise StepFailedError(f"{step.describe()}: source and target must be GPUs of one known server")
-        return servers.pop()
-
-    def instance_groups(self, config: Mapping[str, Any], devices: tuple[str, ...]) -> list[dict[str, Any]]:
-        """One group per device; the instance count per device stays what it was."""
-        groups = config.get("instance_group") or [{}]
-        count = int(groups[0].get("count", 1))
-        return [{"count": count, **self.slots[device].instance_group} for device in devices]
-
-    def execute(self, step: Step) -> None:
-        deadline = self.context.clock() + self.context.step_timeout_seconds
-        triton = self.triton(self._server_of(step), deadline)
-        kept = [*self.placement.assignments.get(step.model, ()), step.target]
-        leaving = step.source if step.kind != "reconfigure" else None
-        devices = tuple(sorted({d for d in kept if d is not None and d != leaving}))
-        self.event("step_started", step, mode="multi-gpu", server=triton.endpoint.name)
-        try:
-            config = dict(triton.model_config(step.model))
-            config = self.override(step, config) or config
-            config["instance_group"] = self.instance_groups(config, devices)
-            triton.load(step.model, config)
-            self.wait_serving(triton, step.model, deadline)
-        except TritonControlError as e:
-            # Triton keeps the previous instances when a reload fails: nothing to undo but to check.
-            still = serving(triton, step.model)
-            self.event("step_failed", step, error=str(e), source_serving=still)
-            where = f"; {step.model} still serving on {step.source}" if still else ""
-            raise StepFailedError(f"{step.describe()}: {e}{where}") from e
-        self.placement = Placement({**self.placement.assignments, step.model: devices})
-        self.event("step_succeeded", step, instance_group=config["instance_group"])
-

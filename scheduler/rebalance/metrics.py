@@ -4,12 +4,20 @@ A :class:`RebalanceState` holds one immutable :class:`RebalanceSnapshot`, replac
 lock whenever something changes; the Prometheus collector and the ``/api/v1/placement`` handler
 only read the snapshot they got, so a scrape never sees half an update, and a model that left a
 server simply stops appearing.
+
+The placement document serves routers that poll it: each copy's server URL, its state in the
+rotation (``serving``, ``draining``, ``off``: the words of :mod:`gpupack.router`), its weight and
+traffic share by what its configuration serves (:mod:`gpupack.scheduler.traffic`), and a
+``generation`` that grows with every publish. The executor publishes after every phase of a step,
+so a router sees the target serving before the source drains, and the source draining before it
+is unloaded.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -19,8 +27,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
+from gpupack.router import SERVING
 from gpupack.scheduler.rebalance.current import FleetView, LoadedModel
 from gpupack.scheduler.rebalance.desired import Desired
+from gpupack.scheduler.traffic import router_weights, traffic_shares
 
 # target_lost: a failed step whose target stopped serving before the source was unloaded (the source kept it).
 MOVE_RESULTS = ("succeeded", "failed", "target_lost", "deferred")
@@ -34,14 +44,22 @@ class RebalanceSnapshot:
     last_success_timestamp_seconds: float | None = None
     desired_copies: Mapping[str, int] = field(default_factory=dict)  # model -> copies the desired state wants
     servers_down: tuple[str, ...] = ()
+    server_urls: Mapping[str, str] = field(default_factory=dict)  # server -> its URL, for routers
+    # (model, server) -> what the copy loaded there serves per second (None: unknown)
+    capacities: Mapping[tuple[str, str], float | None] = field(default_factory=dict)
+    # (model, server) -> DRAINING or OFF for a copy out of rotation during a step; the others serve
+    routes: Mapping[tuple[str, str], str] = field(default_factory=dict)
+    generation: int = 0
 
 
 class RebalanceState:
     """The one mutable holder; every writer swaps in a new snapshot."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
-        self._snapshot = RebalanceSnapshot()
+        # Generations start at the wall clock's milliseconds: a restarted engine's documents are
+        # still newer than the last one a router applied.
+        self._snapshot = RebalanceSnapshot(generation=int(clock() * 1000))
 
     def snapshot(self) -> RebalanceSnapshot:
         return self._snapshot
@@ -50,9 +68,35 @@ class RebalanceState:
         with self._lock:
             self._snapshot = change(self._snapshot)
 
-    def publish_placement(self, fleet: FleetView, desired: Desired) -> None:
-        self._swap(lambda s: replace(s, placement=fleet.models, placement_read_at_seconds=fleet.generated_at_seconds,
-                                     desired_copies=_counts(desired), servers_down=tuple(sorted(fleet.down))))
+    def publish_placement(self, fleet: FleetView, desired: Desired,
+                          capacities: Mapping[tuple[str, str], float | None] | None = None,
+                          server_urls: Mapping[str, str] | None = None) -> None:
+        """Where every copy is now; a copy no longer loaded drops its routing state with it."""
+        loaded = {(m.model, m.server) for m in fleet.models}
+        self._swap(lambda s: replace(
+            s, placement=fleet.models, placement_read_at_seconds=fleet.generated_at_seconds,
+            desired_copies=_counts(desired), servers_down=tuple(sorted(fleet.down)),
+            capacities=MappingProxyType(dict(capacities if capacities is not None else s.capacities)),
+            server_urls=MappingProxyType(dict(server_urls if server_urls is not None else s.server_urls)),
+            routes=MappingProxyType({k: v for k, v in s.routes.items() if k in loaded}),
+            generation=s.generation + 1))
+
+    def publish_routes(self, model: str, routes: Mapping[str, str]) -> None:
+        """A step's phase changed how ``model`` is routed on these servers (server -> state)."""
+        def change(s: RebalanceSnapshot) -> RebalanceSnapshot:
+            updated = dict(s.routes)
+            for server, state in routes.items():
+                if state == SERVING:
+                    updated.pop((model, server), None)
+                else:
+                    updated[model, server] = state
+            return replace(s, routes=MappingProxyType(updated), generation=s.generation + 1)
+
+        self._swap(change)
+
+    def all_serving(self) -> None:
+        """The router was brought in line with the placement: every loaded copy serves."""
+        self._swap(lambda s: replace(s, routes=MappingProxyType({}), generation=s.generation + 1))
 
     def publish_desired(self, desired: Desired) -> None:
         self._swap(lambda s: replace(s, desired_copies=_counts(desired)))
@@ -119,17 +163,30 @@ class RebalanceCollector(Collector):
 def placement_document(snapshot: RebalanceSnapshot) -> dict[str, Any]:
     """The ``/api/v1/placement`` JSON: where each model is, for routers and dashboards.
 
-    ``traffic_share`` is each copy's part of its model version's traffic: copies split demand
-    evenly, as the demand planner sized them; a server's share is the sum of its copies'.
+    ``traffic_share`` is each copy's part of its model version's traffic by what its configuration
+    serves, ``weight`` the same as a router weight (1..256); a copy out of rotation (draining, off)
+    has neither share nor weight. A server's share is the sum of its copies'. ``generation`` grows
+    with every publish: a router applies a document only when it is newer than the last one.
     """
-    copies: dict[tuple[str, str], int] = {}
+    def state(m: LoadedModel) -> str:
+        return snapshot.routes.get((m.model, m.server), SERVING)
+
+    # By (server, device): one server over several GPUs holds one copy per GPU.
+    serving: dict[tuple[str, str], dict[tuple[str, str], float | None]] = {}
     for m in snapshot.placement:
-        copies[m.model, m.version] = copies.get((m.model, m.version), 0) + 1
+        if state(m) == SERVING:
+            serving.setdefault((m.model, m.version), {})[m.server, m.device] = \
+                snapshot.capacities.get((m.model, m.server))
+    shares = {key: traffic_shares(copies) for key, copies in serving.items()}
+    weights = {key: router_weights(copies) for key, copies in serving.items()}
     return {
+        "generation": snapshot.generation,
         "read_at_seconds": snapshot.placement_read_at_seconds,
         "models": [
-            {"server": m.server, "model": m.model, "version": m.version, "device": m.device,
-             "traffic_share": 1 / copies[m.model, m.version]}
+            {"server": m.server, "url": snapshot.server_urls.get(m.server), "model": m.model, "version": m.version,
+             "device": m.device, "state": state(m),
+             "weight": weights.get((m.model, m.version), {}).get((m.server, m.device), 0),
+             "traffic_share": shares.get((m.model, m.version), {}).get((m.server, m.device), 0.0)}
             for m in snapshot.placement
         ],
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Callable, Sequence
 
 from gpupack.domain import Placement
@@ -25,21 +25,21 @@ from gpupack.scheduler.rebalance.desired import (
 )
 from gpupack.scheduler.rebalance.executor import (
     Executor,
-    GpuSlot,
-    MultiGpuExecutor,
+    Phase,
     ServerPerDeviceExecutor,
     StepContext,
     StepFailedError,
     reload_model,
 )
+from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
+from gpupack.scheduler.rebalance.routing import align, by_model, copy_capacities
 from gpupack.scheduler.rebalance.restore import where_to_reload
 from gpupack.scheduler.rebalance.inputs import FleetInputs
 from gpupack.scheduler.rebalance.metrics import RebalanceState
-from gpupack.scheduler.rebalance.moves import MovePlan
+from gpupack.scheduler.rebalance.outcome import RebalanceOutcome, RebalancePlan, StepOutcome
 from gpupack.scheduler.rebalance.solving import Fleet as SolvedFleet, target_for
-from gpupack.scheduler.rebalance.steps import Budget, Step
-from gpupack.scheduler.packing.problem import DeviceCountProof, Objective
-from gpupack.scheduler.rebalance.admission import Admission, Cooldowns, admit
+from gpupack.scheduler.packing.problem import Objective
+from gpupack.scheduler.rebalance.admission import Cooldowns, admit
 from gpupack.scheduler.rebalance.locks import Lock, LockHeldError, LockLostError
 from gpupack.scheduler.rebalance.settings import RebalanceSettings, lock_factory
 from gpupack.triton.control import TritonControl, TritonControlError
@@ -59,39 +59,6 @@ OBJECTIVES = (Objective.MIN_MOVES, Objective.BALANCE)
 
 class StalePlanError(GpupackError):
     """The fleet changed between planning and acting."""
-
-
-@dataclass(frozen=True)
-class RebalancePlan:
-    fleet: FleetView
-    inputs: FleetInputs
-    violations: tuple[Result, ...]
-    target: Placement
-    moves: MovePlan
-    admission: Admission
-    broken_alerts: tuple[str, ...] = ()  # alert policies the target still breaks (they never block a plan)
-    proof: DeviceCountProof | None = None  # of the target's device count; None when nothing was solved
-    unsatisfiable: tuple[str, ...] = ()  # rebalance policies no placement meets: planned without them
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    step: Step
-    succeeded: bool
-    seconds: float
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class RebalanceOutcome:
-    plan: RebalancePlan
-    steps: tuple[StepOutcome, ...] = field(default_factory=tuple)
-    stopped: str = ""  # why the run stopped before its remaining steps (the lock was lost)
-
-    @property
-    def succeeded(self) -> bool:
-        return (all(s.succeeded for s in self.steps) and not self.stopped and not self.plan.unsatisfiable
-                and (self.plan.moves.safe or not self.plan.violations))
 
 
 class Rebalancer:
@@ -158,7 +125,8 @@ class Rebalancer:
         for server in sorted(set(self._down) - set(fleet.down)):
             log.warning("server %s answers again", server)
         self._down = dict(fleet.down)
-        self.state.publish_placement(fleet, observed(self._desired(), fleet))
+        self.state.publish_placement(fleet, observed(self._desired(), fleet), copy_capacities(inputs, fleet),
+                                     {s.name: s.url for s in self.servers})
         self._copy_capacity_per_second = inputs.loaded_capacities(fleet)
         return fleet
 
@@ -175,14 +143,20 @@ class Rebalancer:
                               reason="the scheduler stopped before the run finished; closed by the next one")
 
     def restore(self, policies: PolicySet | None = None) -> FleetView:
-        """Reload every model the fleet should serve that has no ready copy, under the lock."""
+        """Reload every model the fleet should serve that has no ready copy, under the lock; with a
+        router, also bring it in line with the placement, so a copy loaded by hand is reachable at
+        the next evaluation rather than at the next rebalance run."""
         inputs = self._inputs(REFRESH_INPUTS_SECONDS)
         fleet = self._read_fleet(inputs)
-        if not lost(observed(self._desired(), fleet), fleet) and self.audit.unfinished_run() is None \
-                and self.desired.path.exists():
+        whole = not lost(observed(self._desired(), fleet), fleet) and self.audit.unfinished_run() is None \
+            and self.desired.path.exists()
+        if whole and self.settings.router is None:
             return fleet
         try:
-            with self.lock() as held:
+            with self.lock() as held:  # never re-route while another scheduler is mid-move
+                if whole:
+                    self._align_router(inputs, fleet)
+                    return fleet
                 self._close_unfinished_run()
                 return self._restore(inputs, policies or self.policies, held)
         except LockHeldError:  # the scheduler that holds it restores them
@@ -220,6 +194,10 @@ class Rebalancer:
             self.audit.record("model_reloaded", model=model, server=where.server, device=where.device)
             self.progress(f"reloaded {model} on {where.device} ({where.server}): it had no ready copy")
             fleet = self._reread(inputs) or fleet
+        try:
+            self._align_router(inputs, fleet)  # clients reach what was reloaded
+        except GpupackError as e:
+            log.error("the router was not brought in line with the placement: %s", e)
         desired = observed(desired, fleet)
         self._write_desired(desired)
         return fleet
@@ -304,6 +282,13 @@ class Rebalancer:
         stopped = ""
         succeeded = False
         try:
+            self._align_router(plan.inputs, plan.fleet)
+            if admitted and isinstance(executor, ServerPerDeviceExecutor):
+                self.progress(f"clients follow each move through {self.settings.router.describe()}"
+                              if self.settings.router is not None else
+                              "clients are not being redirected: no router is configured (--router haproxy:PATH), "
+                              f"so each move keeps both copies {self.settings.drain_seconds:g}s and clients of the "
+                              "source must find the target themselves (/api/v1/placement names it)")
             for number, step in enumerate(admitted, start=1):
                 self.progress(f"[{number}/{len(admitted)}] {step.describe()}")
                 try:
@@ -355,7 +340,24 @@ class Rebalancer:
             log.warning("placement not re-read after a step, /api/v1/placement shows the last one read: %s", e)
             return None
 
-    def _context(self, inputs: FleetInputs) -> StepContext:
+    def _align_router(self, inputs: FleetInputs, fleet: FleetView) -> None:
+        """Under the lock, before acting: the router in line with the placement, so a router that
+        restarted (or a run cut short mid-drain) does not route by a stale picture."""
+        if self.settings.router is None:
+            return
+        changes = align(self.settings.router, by_model(copy_capacities(inputs, fleet)),
+                        tuple(s.name for s in self.servers))
+        if changes:
+            self.audit.record("router_aligned", router=self.settings.router.describe(), changes=changes)
+            self.progress(f"{self.settings.router.describe()} brought in line with the placement: {'; '.join(changes)}")
+        self.state.all_serving()
+
+    def _published(self, inputs: FleetInputs, phase: Phase) -> None:
+        """A phase of a step is done: ``/api/v1/placement`` shows it now, not after the step."""
+        self.state.publish_routes(phase.model, phase.routes)
+        self._reread(inputs)
+
+    def _context(self, inputs: FleetInputs, fleet: FleetView | None = None) -> StepContext:
         return StepContext(
             self.audit,
             self.settings.step_timeout_seconds,
@@ -363,10 +365,13 @@ class Rebalancer:
             progress=self.progress,
             control=self.control,
             configs=_profiled_configs(inputs),
+            router=self.settings.router,
+            publish=lambda phase: self._published(inputs, phase),
+            copies=copy_capacities(inputs, fleet) if fleet is not None else {},
         )
 
     def _executor(self, plan: RebalancePlan) -> Executor:
-        return build_executor(plan.inputs, plan.fleet.placement, self.servers, self._context(plan.inputs))
+        return build_executor(plan.inputs, plan.fleet.placement, self.servers, self._context(plan.inputs, plan.fleet))
 
 
 def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:

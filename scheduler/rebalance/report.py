@@ -8,7 +8,7 @@ from typing import Any
 from gpupack.domain import Resource
 from gpupack.rules.evaluator import Result
 from gpupack.rules.policy import PolicySet
-from gpupack.scheduler.rebalance.rebalancer import RebalanceOutcome, RebalancePlan
+from gpupack.scheduler.rebalance.outcome import RebalanceOutcome, RebalancePlan
 from gpupack.units import counted, format_bytes, format_percent
 
 

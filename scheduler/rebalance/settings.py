@@ -15,6 +15,8 @@ from typing import Any, Mapping
 
 from gpupack.config import Setting, default_state_dir
 from gpupack.errors import InputError
+from gpupack.router import Router
+from gpupack.router.settings import FLAG_HELP as ROUTER_FLAG_HELP
 from gpupack.scheduler.rebalance.lease import KubernetesApi, LeaseLock
 from gpupack.scheduler.rebalance.locks import LOCK_FILE_NAME, FileLock, LockFactory
 from gpupack.units import parse_bytes, parse_count, parse_duration
@@ -47,8 +49,8 @@ SETTINGS = (
             metavar="DURATION"),
     Setting("step_timeout", parse_duration, 60.0, help="per-step limit before rollback (default: 60s)",
             metavar="DURATION"),
-    Setting("drain", parse_duration, 5.0, help="keep both copies this long before unloading the source (default: 5s)",
-            metavar="DURATION"),
+    Setting("drain", parse_duration, 5.0, help="without a router, keep both copies this long before unloading the "
+            "source (default: 5s)", metavar="DURATION"),
     Setting("state_dir", str, default_state_dir(),
             help="lock, cooldowns, audit log and desired state (default: ~/.local/state/gpupack)", metavar="DIR"),
     Setting("lock", LockSpec.parse, None,
@@ -60,14 +62,17 @@ SAFETY_KEYS = ("device_memory", "max_moves", "cooldown", "step_timeout", "drain"
 
 
 def add_safety_flags(parser: argparse.ArgumentParser, suppress: bool = False) -> None:
-    """One flag per safety setting, from its one declaration; ``suppress`` keeps a flag given
-    before a subcommand from being reset by the subparser's default."""
+    """One flag per safety setting, from its one declaration, and the router's; ``suppress`` keeps
+    a flag given before a subcommand from being reset by the subparser's default."""
     for setting in SETTINGS:
         if setting.key in SAFETY_KEYS:
             env = f"env: {setting.env_name('rebalance')}"
             help_text = f"{setting.help[:-1]}; {env})" if setting.help.endswith(")") else f"{setting.help} ({env})"
             parser.add_argument(f"--{setting.key.replace('_', '-')}", metavar=setting.metavar,
                                 default=argparse.SUPPRESS if suppress else None, help=help_text)
+    # Read by gpupack.router.settings alone, with the config file's router section.
+    parser.add_argument("--router", metavar="SPEC", default=argparse.SUPPRESS if suppress else None,
+                        help=ROUTER_FLAG_HELP)
 
 
 def lock_factory(spec: LockSpec | None, state_dir: Path, environ: Mapping[str, str]) -> LockFactory:
@@ -98,9 +103,11 @@ class RebalanceSettings:
     drain_seconds: float = 5.0
     solve_time_limit_seconds: float = 10.0
     lock: LockFactory | None = None  # one scheduler at a time; default: a file lock in state_dir
+    router: Router | None = None  # what sends clients to the copies; None: clients are not redirected
 
 
-def rebalance_settings(resolved: Mapping[str, Any], environ: Mapping[str, str]) -> RebalanceSettings:
+def rebalance_settings(resolved: Mapping[str, Any], environ: Mapping[str, str],
+                       router: Router | None = None) -> RebalanceSettings:
     """What the rebalancer needs of the settings ``resolve_settings("rebalance", SETTINGS, ...)``
     resolved; ``environ`` names the pod that holds a Lease lock."""
     state_dir = Path(resolved["state_dir"])
@@ -111,4 +118,5 @@ def rebalance_settings(resolved: Mapping[str, Any], environ: Mapping[str, str]) 
         step_timeout_seconds=resolved["step_timeout"],
         drain_seconds=resolved["drain"],
         lock=lock_factory(resolved["lock"], state_dir, environ),
+        router=router,
     )

@@ -29,6 +29,8 @@ VALUES = {"server": SERVER, "device": f"cpu:{SERVER}", "model": LOADED_MODEL,
 COMPONENTS = [
     ("gpupack_device_memory_bandwidth_", "gpu"),
     ("gpupack_rebalance_", "rebalance"),
+    ("gpupack_model_ready_copies", "rebalance"),
+    ("gpupack_model_desired_copies", "rebalance"),
     ("gpupack_policy_", "rules"),
     ("gpupack_", "exporter"),
     ("nv_", "triton"),

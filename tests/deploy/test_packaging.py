@@ -52,12 +52,12 @@ def test_every_deployed_command_line_is_accepted_by_the_cli(where: str) -> None:
         parsed = build_parser().parse_args(args)
     except SystemExit as e:
         pytest.fail(f"{where}: 'gpupack {' '.join(args)}' is rejected (exit {e.code})")
-    assert parsed.command in ("exporter", "rules")
+    assert parsed.command in ("exporter", "rules", "router")
 
 
 def test_compose_runs_every_component_with_existing_files() -> None:
     services = COMPOSE["services"]
-    assert set(services) == {"triton", "exporter", "rules", "prometheus", "alertmanager", "grafana"}
+    assert set(services) == {"triton", "exporter", "rules", "router-config", "router", "prometheus", "alertmanager", "grafana"}
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]

@@ -103,9 +103,11 @@ def test_model_that_fails_to_load_is_reported_and_skipped(
 
 
 def _start_profile(server: TritonServer, out: Path, *extra: str) -> subprocess.Popen[str]:
+    # A steady point stops after three windows of a tenth of --duration: 3s leaves a busy test
+    # machine over 2 s to send its signal before SMALL's four points are all measured.
     return start_gpupack("profile", "--server", server.http_url, "--backend", "host",
                          "--models", f"{SMALL.name},{PROFILED[0].name}", "--batch", "1,2", "--concurrency", "1,2",
-                         "--duration", "1s", "--warmup", "0.2s", "--out", str(out), *extra)
+                         "--duration", "3s", "--warmup", "0.2s", "--out", str(out), *extra)
 
 
 def test_ctrl_c_writes_the_points_measured_and_leaves_no_model_loaded(

@@ -18,7 +18,8 @@ from gpupack.profiler.loadgen import LoadWindow, ModelSignature
 from gpupack.profiler.output import model_config, to_search_profile
 from gpupack.profiler.rank import Constraints, MeasuredConfig, rank
 from gpupack.profiler.sampler import Peaks
-from gpupack.profiler.search import ConfigSearch, exhaustive, hill_climb, stop_reason
+from gpupack.profiler.loadgen import Load
+from gpupack.profiler.search import ConfigSearch, exhaustive, hill_climb, search_loads
 from gpupack.profiler.stats import PointResult, TritonCounters, measure_point
 from gpupack.profiler.sweep import SweepPlan
 from gpupack.profiler.variants import Batching, SearchSpace, Variant, batchings, config_pbtxt
@@ -64,12 +65,20 @@ def test_chosen_config_is_written_as_the_protobuf_text_triton_reads() -> None:
     assert list(parsed.dynamic_batching.preferred_batch_size) == [4]
 
 
+def _searched(*points: PointResult) -> tuple[str | None, list[int | None]]:
+    """What :func:`search_loads` says over the loads of ``points`` (concurrency 1, 2, 4 ...), and which it measured."""
+    seen: list[int | None] = []
+    reason = search_loads([p.load for p in points], lambda i: seen.append(points[i].concurrency) or points[i])
+    return reason, seen
+
+
 def test_ramp_stops_when_throughput_stops_growing_or_p99_passes_the_budget_or_requests_fail() -> None:
-    assert stop_reason([_point(1, 100)]) is None
-    assert stop_reason([_point(1, 100), _point(2, 180)]) is None
-    assert "saturated" in str(stop_reason([_point(1, 100), _point(2, 180), _point(4, 182)]))
-    assert "passed the budget" in str(stop_reason([_point(1, 100), _point(2, 300, p99=0.05, bound=0.02)]))
-    assert "failed requests" in str(stop_reason([_point(1, 100, errors=2)]))
+    assert _searched(_point(1, 100), _point(2, 180)) == (None, [1, 2])
+    assert _searched(_point(1, 100), _point(2, 180), _point(4, 182), _point(8, 400)) == (
+        "saturated: throughput stopped growing at concurrency 2", [1, 2, 4])
+    reason, _ = _searched(_point(1, 100), _point(2, 300, p99=0.05, bound=0.02))
+    assert reason == "p99 50.0 ms passed the budget at concurrency 2"
+    assert _searched(_point(1, 100, errors=2), _point(2, 180)) == ("2 failed requests at concurrency 1: boom", [1])
 
 
 def test_quick_search_climbs_to_the_best_config_measuring_fewer_than_all() -> None:
@@ -225,7 +234,12 @@ def test_exhaustive_search_measures_every_variant_stops_each_ramp_at_saturation_
 
     configs = search.searches["m"].configs
     assert len(configs) == 8 and control.loaded == {}
-    assert all(load.windows == [1, 2, 4] for load in loads)  # 4 adds nothing over 2: no 8
+    # 4 adds nothing over 2: no 8 from below. A variant starts where its instances' batches are
+    # full and stops one doubling later (nothing queues in this fake Triton: no need to look below).
+    assert loads[0].windows == [1, 1, 1, 2, 2, 2, 4, 4, 4]  # each point three windows, all alike
+    assert {c.name: [p.concurrency for p in c.points] for c in configs} == {
+        "i1-b1-dyn-off": [1, 2, 4], "i1-b1-dyn-500us": [1, 2, 4], "i1-b4-dyn-off": [1, 2, 4], "i1-b4-dyn-500us": [4, 8],
+        "i2-b1-dyn-off": [2, 4], "i2-b1-dyn-500us": [2, 4], "i2-b4-dyn-off": [2, 4], "i2-b4-dyn-500us": [8]}
     best = rank(configs, Constraints())[0][0]
     assert best.config.name == "i2-b4-dyn-500us" and best.point.throughput_per_second == 800
 

@@ -15,7 +15,8 @@ from gpupack.domain import Placement, Resource
 from gpupack.errors import InputError
 from gpupack.scheduler.rebalance.audit import AuditLog
 from gpupack.scheduler.rebalance.current import FleetView, GpuIndex, LoadedModel, devices_of
-from gpupack.scheduler.rebalance.executor import MultiGpuExecutor, StepContext
+from gpupack.scheduler.rebalance.executor import StepContext
+from gpupack.scheduler.rebalance.multi_gpu import MultiGpuExecutor
 from gpupack.scheduler.rebalance.inputs import ExporterInputs
 from gpupack.scheduler.rebalance.rebalancer import build_executor
 from gpupack.servers import ServerConfig

@@ -14,18 +14,15 @@ import requests
 
 from gpupack.domain import Placement
 from gpupack.scheduler.rebalance.audit import AuditLog, read_audit
-from gpupack.scheduler.rebalance.executor import (
-    GpuSlot,
-    MultiGpuExecutor,
-    ServerPerDeviceExecutor,
-    StepContext,
-    StepFailedError,
-)
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext, StepFailedError
+from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
 from gpupack.scheduler.rebalance.steps import Step
+from gpupack.router.haproxy_config import SERVER_HEADER
 from gpupack.triton.control import TritonControl
 from gpupack.servers import ServerConfig
 from gpupack.timing import wait_until
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
+from gpupack.testing.haproxy import haproxy_in_front
 
 pytestmark = pytest.mark.triton
 MIB = 2**20
@@ -234,3 +231,58 @@ def test_a_replica_is_not_dropped_while_no_other_copy_answers(
     with pytest.raises(StepFailedError, match="no other copy of large answers now; it stays on cpu:a"):
         executor.execute(Step("large", "cpu:a", None))
     assert a.ready_models() == ["large"]
+
+
+class RoutedClient(threading.Thread):
+    """Sends one request after another through the router, noting who answered each and when."""
+
+    def __init__(self, url: str, model: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.model = url, model
+        self.answered: list[tuple[float, str]] = []  # (wall-clock time, server)
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        body = {"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32", "data": [1.0] * 16}]}
+        with requests.Session() as session:
+            while not self.stop.is_set():
+                try:
+                    response = session.post(f"{self.url}/v2/models/{self.model}/infer", json=body, timeout=10)
+                except requests.RequestException as e:
+                    self.failed.append(str(e))
+                    continue
+                if response.status_code == 200:
+                    self.answered.append((time.time(), response.headers.get(SERVER_HEADER, "")))
+                else:
+                    self.failed.append(f"{response.status_code} {response.text[:80]}")
+
+
+def test_a_routed_move_hands_clients_of_the_router_over_without_a_failed_request(
+    start_triton: Callable[..., TritonServer], audit: AuditLog, tmp_path: Path
+) -> None:
+    a, b = start_triton(name="a", models=["large"]), start_triton(name="b")
+    servers = [endpoint(a), endpoint(b)]
+    with haproxy_in_front(servers, ["large"], {("large", "a")}, tmp_path / "haproxy") as proxy:
+        context = StepContext(audit, step_timeout_seconds=60, router=proxy.router(),
+                              copies={("large", "a"): None})
+        clients = [RoutedClient(proxy.url, "large") for _ in range(3)]
+        for client in clients:
+            client.start()
+        wait_until(lambda: all(c.answered for c in clients), 30, "clients answered through the router")
+        ServerPerDeviceExecutor({"cpu:a": servers[0], "cpu:b": servers[1]}, context).execute(
+            Step("large", "cpu:a", "cpu:b"))
+        after = time.time()
+        wait_until(lambda: all(any(t > after for t, _ in c.answered) for c in clients), 30, "answers after the move")
+        for client in clients:
+            client.stop.set()
+            client.join()
+    assert [f for c in clients for f in c.failed] == []
+    events = {e["event"]: e["time_seconds"] for e in read_audit(audit.path)}
+    answers = [(t, server) for c in clients for t, server in c.answered]
+    # The target answered while the source was still loaded; only the target once it was unloaded.
+    assert "b" in {server for t, server in answers if events["target_enabled"] <= t <= events["source_unloaded"]}
+    assert {server for t, server in answers if t > events["source_unloaded"]} == {"b"}
+    assert [e for e in events if e.startswith("source_")] == ["source_draining", "source_drained",
+                                                              "source_disabled", "source_unloaded"]
+    assert a.ready_models() == [] and b.ready_models() == ["large"]

@@ -92,6 +92,25 @@ def test_a_moved_model_waits_out_its_cooldown(
     assert a.ready_models() == ["large-a", "large-b"] and b.ready_models() == []
 
 
+@pytest.mark.triton
+def test_a_canary_that_does_not_answer_stops_the_plan_before_any_move(
+    start_crowded_fleet: Callable[[str, str], tuple[TritonServer, TritonServer]], files: dict[str, Path]
+) -> None:
+    from gpupack.triton.launcher import free_port
+
+    a, b = start_crowded_fleet("a", "b")
+    canary = f"http://127.0.0.1:{free_port()}"
+    result = gpupack(
+        "--server", f"a={a.http_url}", "--server", f"b={b.http_url}", "--profile", str(files["profile"]),
+        "--device-memory", DEVICE_MEMORY, "--policies", str(files["policies"]), "--state-dir", str(files["state"]),
+        "--apply", "--verify-on", canary, "--verify-duration", "2s",
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines()[-1] == \
+        f"gpupack rebalance: error: cannot reach the Triton server at {canary}: connection refused"
+    assert a.ready_models() == ["large-a", "large-b"] and b.ready_models() == []
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
