@@ -28,6 +28,7 @@ def render_table(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget 
         f"The schedule uses {hours['schedule'] / hours['sum_of_peaks']:.0%} of the sum of the peaks' GPU-hours and "
         f"{hours['schedule'] / hours['static']:.0%} of the static plan's, with at most "
         f"{counted(max((len(s.moves) for s in schedule.steps), default=0), 'move')} between steps.",
+        *([f"Note: {schedule.note}."] if schedule.note else []),
         time_line([("series plan", outcome.result), ("schedule", schedule),
                    ("sum of the peaks", outcome.sum_of_peaks.result)], budget, phases=False),
     ]
@@ -51,7 +52,8 @@ def render_json(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget |
                                 for m in step.moves]}
                      for t, step in enumerate(schedule.steps)],
         "gpu_hours": hours["schedule"], "gpu_hours_lower_bound": hours["bound"],
-        "solve_seconds": round(schedule.solve_seconds, 6),
+        "solve_seconds": round(schedule.solve_seconds, 6), "cut_short_at_step": schedule.cut_short_at_step,
+        "note": schedule.note,
         "static": {**solve_document(outcome.result), "gpu_hours": hours["static"],
                    "devices": devices_document(outcome.plan)},
         "sum_of_peaks": {**solve_document(outcome.sum_of_peaks.result), "gpu_hours": hours["sum_of_peaks"]},

@@ -11,11 +11,15 @@ device that their peaks added up would not fit on.
 Each model takes one configuration for the whole series, chosen by pricing its volume against the
 fleet's busiest (resource, step) cells, and the copies are packed first-fit decreasing; the
 plan's lower bound is the busiest cell's volume (the peak of the sum), or the most copies above
-half a device in one cell, or the most copies of one model.
+half a device in one cell, or the most copies of one model, or a priced mix of the resources that
+makes each model pay for one configuration across them all. Packing stops at a deadline with the
+best complete placement so far.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -28,11 +32,14 @@ from gpupack.model_configs import POINT_RESOURCES, ModelConfig
 from gpupack.profiles import Profile
 from gpupack.scheduler.demand.cost import capacity_per_second, copy_peaks_at
 from gpupack.scheduler.packing.problem import InfeasibleError, PlacementProblem
+from gpupack.timing import Deadline
 from gpupack.units import counted
 
 RESOURCES = (Resource.GPU_MEMORY, *POINT_RESOURCES)
 SHARPER_PRICES = (1, 2, 4)
 TOLERANCE = 1e-9
+# Prices for the priced bound: every mix of the resources in steps of 1/PRICE_GRID.
+PRICE_GRID = 10
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class SeriesPlan:
     devices: tuple[tuple[int, ...], ...]  # per model: the fleet devices its copies sit on
     fleet: Fleet
     lower_bound: int
+    stopped_early: bool = False  # the deadline came before every packing was tried
 
     @property
     def device_count(self) -> int:
@@ -117,37 +125,38 @@ def copy_cost(config: ModelConfig, rates_per_copy: np.ndarray) -> np.ndarray:
 
 
 def plan_series(options: Sequence[Sequence[SeriesOption]], fleet: Fleet,
-                seeds: Sequence[Mapping[str, str]] = ()) -> SeriesPlan:
+                seeds: Sequence[Mapping[str, str]] = (), deadline: Deadline | None = None) -> SeriesPlan:
     """The fewest devices found over the pricings tried and the ``seeds`` (model -> configuration,
-    as another plan chose them), each packed first-fit and best-fit; raises :class:`InfeasibleError`."""
+    as another plan chose them), each packed first-fit and best-fit, until the ``deadline`` (the
+    best complete packing so far then, at least one); raises :class:`InfeasibleError`."""
     scale = _scale(fleet)
     volumes = [[o.copies * o.cost / scale for o in mine] for mine in options]
     least = sum((np.min(np.stack(v), axis=0) for v in volumes), np.zeros_like(scale))
-    bound = int(_bounds(options, scale, [[(o.copies, o.cost) for o in mine] for mine in options]).max(initial=0))
+    bound = int(np.maximum(_bounds(options, scale, [[(o.copies, o.cost) for o in mine] for mine in options]),
+                           _priced_bound([np.stack(v) for v in volumes])).max(initial=0))
     prices = [np.ones_like(least)] + [(least / max(float(least.max()), 1e-12)) ** k for k in SHARPER_PRICES]
     choices = [tuple(mine[int(np.argmin([float((v * price).sum()) for v in vs]))] for mine, vs in zip(options, volumes))
                for price in prices]
     for seed in seeds:
         choices.append(tuple(next((o for o in mine if o.config.name == seed.get(o.model)), mine[0]) for mine in options))
     best: SeriesPlan | None = None
-    for chosen in choices:
-        for best_fit in (False, True):
-            devices = pack(chosen, fleet, best_fit)
-            if devices is not None and (best is None or SeriesPlan(chosen, devices, fleet, bound).device_count
-                                        < best.device_count):
-                best = SeriesPlan(chosen, devices, fleet, bound)
-        if best is not None and best.device_count <= bound:
+    tries = [(chosen, best_fit) for chosen in choices for best_fit in (False, True)]
+    for chosen, best_fit in tries:
+        if best is not None and (best.device_count <= bound or (deadline is not None and deadline.passed())):
+            best = dataclasses.replace(best, stopped_early=best.device_count > bound)
             break
+        devices = pack(chosen, fleet, best_fit)
+        if devices is not None and (best is None or len({d for ds in devices for d in ds}) < best.device_count):
+            best = SeriesPlan(chosen, devices, fleet, bound)
     if best is None:
         raise InfeasibleError(f"no packing of {counted(len(options), 'model')} into "
                               f"{counted(len(fleet.names), 'device')} holds every limit at every step")
     return best
 
 
-def step_bounds(options: Sequence[Sequence[SeriesOption]], fleet: Fleet) -> np.ndarray:
-    """[step]: the devices no plan of each step alone can do without, each configuration with the
-    copies that step needs (what a schedule may use)."""
-    scale = _scale(fleet)
+def step_choices(options: Sequence[Sequence[SeriesOption]]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per model and configuration: the copies each step alone needs, and one copy's
+    [resource, step] cost at them (what a plan per step may use)."""
     per_step = []
     for mine in options:
         choices = []
@@ -157,7 +166,39 @@ def step_bounds(options: Sequence[Sequence[SeriesOption]], fleet: Fleet) -> np.n
                 else np.ones_like(rates)
             choices.append((copies, copy_cost(o.config, rates / copies)))
         per_step.append(choices)
-    return _bounds(options, scale, per_step)
+    return per_step
+
+
+def step_volumes(choices: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], fleet: Fleet) -> list[np.ndarray]:
+    """Per model, [configuration, resource, step]: the share of the largest device its copies take
+    (0 for a resource nothing limits)."""
+    scale = _scale(fleet)
+    return [np.stack([n * c / scale for n, c in mine]) for mine in choices]
+
+
+def step_bounds(options: Sequence[Sequence[SeriesOption]], fleet: Fleet) -> np.ndarray:
+    """[step]: the devices no plan of each step alone can do without, each configuration with the
+    copies that step needs (what a schedule may use): the bounds of :func:`_bounds`, or the priced
+    bound of :func:`_priced_bound`, whichever is higher."""
+    per_step = step_choices(options)
+    return np.maximum(_bounds(options, _scale(fleet), per_step), _priced_bound(step_volumes(per_step, fleet)))
+
+
+def _priced_bound(volumes: Sequence[np.ndarray]) -> np.ndarray:
+    """[step]: the most, over prices p on the resources (p >= 0, summing to 1), of the sum over
+    models of their cheapest configuration's priced volume. On D devices every resource's volume is
+    at most D, so any priced mix of them is too, and each model pays at least its cheapest price:
+    a bound that, unlike the busiest resource's least volume, makes each model pick one
+    configuration for all resources at once (the LP relaxation's dual, on a grid of prices)."""
+    if not volumes:
+        return np.zeros(0, dtype=int)
+    resources = volumes[0].shape[1]
+    grid = np.array([p for p in itertools.product(range(PRICE_GRID + 1), repeat=resources) if sum(p) == PRICE_GRID],
+                    dtype=float) / PRICE_GRID
+    priced = np.zeros((len(grid), volumes[0].shape[2]))
+    for volume in volumes:  # [option, resource, step]
+        priced += np.einsum("pr,ort->pot", grid, volume).min(axis=1)
+    return np.ceil(priced.max(axis=0) - 1e-6).astype(int)
 
 
 def _bounds(options: Sequence[Sequence[SeriesOption]], scale: np.ndarray,

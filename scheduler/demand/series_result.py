@@ -10,6 +10,7 @@ from gpupack.scheduler.demand.series import RESOURCES, SeriesPlan
 from gpupack.scheduler.packing.problem import DeviceCountProof, PlacementResult, ProofStatus
 
 METHOD = "series-first-fit-decreasing"
+STOPPED_NOTE = "the time limit stopped the search; the best packing found by then"
 
 
 def as_result(plan: SeriesPlan, solve_seconds: float) -> PlacementResult:
@@ -20,7 +21,7 @@ def as_result(plan: SeriesPlan, solve_seconds: float) -> PlacementResult:
                for d in plan.used()}
     optimal = plan.device_count <= plan.lower_bound
     proof = DeviceCountProof(ProofStatus.OPTIMAL if optimal else ProofStatus.GAP, plan.device_count, plan.lower_bound,
-                             "peak-of-the-sum")
+                             "peak-of-the-sum", STOPPED_NOTE if plan.stopped_early else "")
     return PlacementResult(placement, busiest, plan.device_count, plan.lower_bound, optimal, solve_seconds, METHOD,
                            None, proof)
 

@@ -16,7 +16,7 @@ BUDGET_SECONDS = 0.1
 
 def schedule(capsys, profile, series, *args):
     status = main(["plan", "--profile", profile, "--device-memory", "16GiB", "--demand-series", series, "--schedule",
-                   "--format", "json", *args])
+                   "--format", "json", "--time-limit", "60s", *args])
     out, err = capsys.readouterr()
     return status, (json.loads(out) if status == 0 else None), err
 

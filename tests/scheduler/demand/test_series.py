@@ -34,7 +34,7 @@ def write(tmp_path, models, series, step="1h", budgets="{default: 100ms}"):
 
 def plan(capsys, profile, series, *args):
     status = main(["plan", "--profile", profile, "--device-memory", "16GiB", "--demand-series", series,
-                   "--format", "json", *args])
+                   "--format", "json", "--time-limit", "60s", *args])
     out, err = capsys.readouterr()
     return status, (json.loads(out) if status == 0 else None), err
 
@@ -177,3 +177,14 @@ def test_exceeded_share_counts_steps_above_what_was_placed():
     placed = DemandSeries(3600, {"a": (10, 10), "b": (5, 5)}, {})
     actual = DemandSeries(3600, {"a": (12, 10), "b": (1, 5)}, {})
     assert exceeded_share(placed, actual) == 0.25
+
+
+def test_a_profile_with_measured_colocations_is_refused_rather_than_ignored(capsys, tmp_path):
+    profile, series = write(tmp_path, [model_yaml("a", 1, [(100, 0.01, 0.5, 0.1)]),
+                                       model_yaml("b", 1, [(100, 0.01, 0.5, 0.1)])], {"a": [10, 20], "b": [20, 10]})
+    with open(profile, "a") as f:
+        f.write("colocations:\n  - peak_gpu_memory_bytes: 3GiB\n    models:\n"
+                "      - {model: a, request_rate_per_second: 10, throughput_per_second: 10, latency_p99_seconds: 1}\n"
+                "      - {model: b, request_rate_per_second: 10, throughput_per_second: 10, latency_p99_seconds: 1}\n")
+    status, _, err = plan(capsys, profile, series)
+    assert status == 2 and "does not plan with measured colocations yet" in err
