@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import requests
 
@@ -153,6 +153,9 @@ class _SkipsTheDrain:
         status = self.router.status(model, server)
         state = self._pretended.get((model, server))
         return status if state is None else RouteStatus(model, server, state, status.up, status.weight, 0, 0)
+
+    def statuses(self, models: Iterable[str]) -> dict[tuple[str, str], RouteStatus]:
+        return {pair: self.status(*pair) for pair in self.router.statuses(models)}
 
     def enable(self, model: str, server: str, weight: int) -> None:
         self._pretended.pop((model, server), None)

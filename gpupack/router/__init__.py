@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Iterable, Protocol
 
 from gpupack.errors import GpupackError
 
@@ -54,6 +54,10 @@ class Router(Protocol):
     """
 
     def status(self, model: str, server: str) -> RouteStatus: ...
+
+    def statuses(self, models: Iterable[str]) -> dict[tuple[str, str], RouteStatus]:
+        """Every entry of these models, read at once; a model the router lacks has none. Aligning
+        the router with the whole fleet, on every evaluation, reads this, not each entry alone."""
 
     def enable(self, model: str, server: str, weight: int) -> None:
         """Into rotation with this weight (1..MAX_WEIGHT); the router's health check decides when it is up."""

@@ -11,6 +11,7 @@ import csv
 import io
 import socket
 from dataclasses import dataclass
+from typing import Iterable
 
 from gpupack.addresses import host_and_port
 from gpupack.errors import UnreachableError
@@ -72,18 +73,18 @@ class HaproxyRouter:
         backend = backend_name(model)
         states = _table(self.command(f"show servers state {backend}"), f"{backend}/{server}", " ", skip=1)
         stats = _table(self.command(f"show stat {backend} 4 -1"), f"{backend}/{server}", ",")
-        state = _row(states, "srv_name", server, backend)
-        stat = _row(stats, "svname", server, backend)
-        admin = int(state["srv_admin_state"])
-        return RouteStatus(
-            model=model,
-            server=server,
-            state=OFF if admin & _ADMIN_MAINT else DRAINING if admin & _ADMIN_DRAIN else SERVING,
-            up=int(state["srv_op_state"]) != _OP_STOPPED,
-            weight=int(state["srv_uweight"]),
-            sessions=int(stat["scur"] or 0),
-            queued=int(stat["qcur"] or 0),
-        )
+        return _status(model, server, _row(states, "srv_name", server, backend), _row(stats, "svname", server, backend))
+
+    def statuses(self, models: Iterable[str]) -> dict[tuple[str, str], RouteStatus]:
+        """Two commands for the whole router, whatever the number of models and servers."""
+        wanted = {backend_name(model): model for model in models}
+        states = _table(self.command("show servers state"), "show servers state", " ", skip=1)
+        stats = {(row["pxname"], row["svname"]): row
+                 for row in _table(self.command("show stat -1 4 -1"), "show stat", ",")}  # 4: server entries
+        return {(wanted[state["be_name"]], state["srv_name"]):
+                _status(wanted[state["be_name"]], state["srv_name"], state, stats[state["be_name"], state["srv_name"]])
+                for state in states
+                if state["be_name"] in wanted and (state["be_name"], state["srv_name"]) in stats}
 
     def retry_counts(self) -> list[RetryCount]:
         """Every backend's and server entry's retries and redispatches since HAProxy started: a
@@ -137,6 +138,19 @@ def _table(answer: str, what: str, separator: str, skip: int = 0) -> list[dict[s
     reader = csv.reader(io.StringIO("\n".join(body)), delimiter=separator)
     header = next(reader)
     return [dict(zip(header, row)) for row in reader]
+
+
+def _status(model: str, server: str, state: dict[str, str], stat: dict[str, str]) -> RouteStatus:
+    admin = int(state["srv_admin_state"])
+    return RouteStatus(
+        model=model,
+        server=server,
+        state=OFF if admin & _ADMIN_MAINT else DRAINING if admin & _ADMIN_DRAIN else SERVING,
+        up=int(state["srv_op_state"]) != _OP_STOPPED,
+        weight=int(state["srv_uweight"]),
+        sessions=int(stat["scur"] or 0),
+        queued=int(stat["qcur"] or 0),
+    )
 
 
 def _row(rows: list[dict[str, str]], column: str, server: str, backend: str) -> dict[str, str]:

@@ -14,7 +14,7 @@ import time
 from typing import Callable, Mapping, TypeVar
 
 from gpupack.errors import GpupackError
-from gpupack.router import DRAINING, OFF, SERVING, Router, RouterError, RouteStatus
+from gpupack.router import DRAINING, OFF, SERVING, Router, RouteStatus
 from gpupack.scheduler.demand.cost import capacity_per_second
 from gpupack.scheduler.rebalance.current import FleetView
 from gpupack.scheduler.rebalance.inputs import FleetInputs
@@ -100,13 +100,13 @@ def align(router: Router, placed: Mapping[str, Mapping[str, float | None]], serv
     to run before every run; a restarted router comes back right. ``placed``: model -> server ->
     what the copy there serves per second (None: unknown). Returns the changes, for people."""
     changes = []
+    known = router.statuses(placed)
     for model, copies in sorted(placed.items()):
         weights = router_weights(copies)
         for server in servers:
-            try:
-                status = router.status(model, server)
-            except RouterError as e:  # a model added since the router's configuration was written
-                changes.append(f"{model} on {server}: not in the router ({e})")
+            status = known.get((model, server))
+            if status is None:  # a model added since the router's configuration was written
+                changes.append(f"{model} on {server}: not in the router (write its configuration again)")
                 continue
             if server in weights:
                 if status.state != SERVING or status.weight != weights[server]:

@@ -103,6 +103,17 @@ def test_an_entry_is_up_only_once_a_check_sees_its_model_ready(proxy: HaproxyPro
             b.load_model("small")
 
 
+def test_the_whole_router_read_at_once_says_what_each_entry_says(proxy: HaproxyProcess) -> None:
+    router = proxy.router()
+    router.drain("small", "a")
+    router.set_weight(MODELS[1].name, "a", 7)
+    read = router.statuses([model.name for model in MODELS] + ["not-routed"])
+    assert sorted(read) == sorted((model.name, server) for model in MODELS for server in ("a", "b"))
+    assert read == {(model, server): router.status(model, server) for model, server in read}
+    assert read["small", "a"].state == DRAINING and read[MODELS[1].name, "a"].weight == 7
+    assert read["small", "b"].state == OFF
+
+
 def test_weights_split_requests_in_their_ratio(proxy: HaproxyProcess) -> None:
     router = proxy.router()
     router.set_weight("small", "a", 3)

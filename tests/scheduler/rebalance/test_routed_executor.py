@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pytest
 import requests
@@ -124,6 +124,9 @@ class FakeRouter:
         elif entry.state == DRAINING:
             entry = RouteStatus(**{**entry.__dict__, "sessions": 3, "queued": 1})
         return entry
+
+    def statuses(self, models: Iterable[str]) -> dict[tuple[str, str], RouteStatus]:
+        return {(model, server): self.status(model, server) for model in models for server in sorted(self.fleet.loaded)}
 
     def enable(self, model: str, server: str, weight: int) -> None:
         self._change("enable", model, server, weight, state=SERVING, weight=weight)
