@@ -33,7 +33,7 @@ from gpupack.profiles import load_profile
 from gpupack.testing import SampleModel, TritonServer, write_model_repository
 
 sys.path.insert(0, str(Path(__file__).parent))
-from profile_vs_model_analyzer import TOOLS, install_tools  # noqa: E402 - the same tools, installed once
+from profile_vs_model_analyzer import TOOLS, install_tools, remote_config  # noqa: E402 - the same tools, installed once
 
 MIB = 2**20
 SERVER_CORE = max(os.sched_getaffinity(0))
@@ -72,11 +72,7 @@ def run_model_analyzer(server: TritonServer, repository: Path, work: Path, args:
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "openmpi-bin"], check=True)
     export = work / "model-analyzer"
     config = {
-        "model_repository": str(repository), "triton_launch_mode": "remote",
-        "triton_http_endpoint": server.http_address, "triton_grpc_endpoint": server.grpc_address,
-        "triton_metrics_url": server.metrics_url, "perf_analyzer_path": str(perf_analyzer),
-        "dcgm_disable": True, "collect_cpu_metrics": True, "export_path": str(export),
-        "output_model_repository_path": str(export / "output"), "override_output_model_repository": True,
+        **remote_config(server, repository, perf_analyzer, export),
         "run_config_profile_models_concurrently_enable": True, "run_config_search_disable": True,
         "client_protocol": "http",  # as gpupack's load generator: the server's core pays the same per request
         "concurrency": [args.concurrency], "batch_sizes": [1], "skip_summary_reports": True,

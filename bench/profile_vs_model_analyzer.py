@@ -99,6 +99,18 @@ def run_gpupack(server: TritonServer, work: Path, args: argparse.Namespace, mode
     return wall, chosen, points
 
 
+def remote_config(server: TritonServer, repository: Path, perf_analyzer: Path, export: Path) -> dict:
+    """Model Analyzer's settings for a server we started (remote mode, no DCGM, CPU metrics): what
+    every comparison here shares; each adds its own search."""
+    return {
+        "model_repository": str(repository), "triton_launch_mode": "remote",
+        "triton_http_endpoint": server.http_address, "triton_grpc_endpoint": server.grpc_address,
+        "triton_metrics_url": server.metrics_url, "perf_analyzer_path": str(perf_analyzer),
+        "dcgm_disable": True, "collect_cpu_metrics": True, "export_path": str(export),
+        "output_model_repository_path": str(export / "output"), "override_output_model_repository": True,
+    }
+
+
 def run_model_analyzer(server: TritonServer, repository: Path, work: Path, tools: tuple[Path, Path, dict[str, str]],
                        args: argparse.Namespace, timeout_seconds: float) -> tuple[float | None, dict[str, dict], str]:
     """Wall seconds to its recommendation (None: none in time), per model what it chose, and notes."""
@@ -107,11 +119,7 @@ def run_model_analyzer(server: TritonServer, repository: Path, work: Path, tools
     batches = [int(n) for n in split_list(args.max_batch)]
     export = work / "model-analyzer"
     config = {
-        "model_repository": str(repository), "triton_launch_mode": "remote",
-        "triton_http_endpoint": server.http_address, "triton_grpc_endpoint": server.grpc_address,
-        "triton_metrics_url": server.metrics_url, "perf_analyzer_path": str(perf_analyzer),
-        "dcgm_disable": True, "collect_cpu_metrics": True, "export_path": str(export),
-        "output_model_repository_path": str(export / "output"), "override_output_model_repository": True,
+        **remote_config(server, repository, perf_analyzer, export),
         "run_config_search_mode": "brute", "run_config_search_max_instance_count": max(counts),
         "run_config_search_min_model_batch_size": min(batches), "run_config_search_max_model_batch_size": max(batches),
         "latency_budget": round(parse_duration(args.budget) * 1000), "skip_summary_reports": True,

@@ -6,6 +6,8 @@ per module when a suite only reads from them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -71,6 +73,25 @@ def start_triton(
     yield start
     for server in servers:
         server.stop()
+
+
+# Raised before any model loads, so the backend stubs inherit it: other processes on a shared test
+# machine would otherwise take the core as they please, and the budget would not be the server's.
+_ONE_CORE_NICENESS = -10
+
+
+@contextlib.contextmanager
+def held_to_one_core(installation: TritonInstallation, models: list[SampleModel], name: str,
+                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    """A server (and its models) held to one core: a device whose capacity the models share, where
+    models that keep their budgets alone can break them together."""
+    repository = write_model_repository(tmp_path_factory.mktemp(f"{name}-models"), models)
+    server = TritonServer(repository, name=name, installation=installation, cpus={max(os.sched_getaffinity(0))},
+                          log_path=tmp_path_factory.mktemp("logs") / f"{name}.log")
+    with server.start():
+        with contextlib.suppress(PermissionError):  # not root: the core is shared as it comes
+            os.setpriority(os.PRIO_PROCESS, server.pid, _ONE_CORE_NICENESS)
+        yield server
 
 
 # Two 160 MiB models: on one 448 MiB device both together (with a ~64 MiB server) break an 80%

@@ -3,7 +3,6 @@ their budgets alone can break them together, and verify must say so before a pla
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,9 +12,11 @@ from typing import Iterator
 
 import pytest
 
-from gpupack.testing import SampleModel, TritonInstallation, TritonServer, TritonStartError, write_model_repository
+from gpupack.testing import SampleModel, TritonInstallation, TritonServer, TritonStartError
 from gpupack.triton.processes import backend_processes
 from gpupack.timing import wait_until
+
+from tests.conftest import held_to_one_core
 
 from .conftest import MIB, gpupack, interrupted, start_gpupack
 
@@ -32,22 +33,10 @@ BUDGET_SECONDS = 0.5
 DEMAND = "demand:\n" + "".join(f"  - {{model: {m.name}, rate_per_second: {RATE_PER_SECOND}, "
                                f"latency_p99_seconds: {BUDGET_SECONDS}}}\n" for m in HEAVY + LIGHT)
 DURATION = "5s"
-# Before any model loads: the backend stubs inherit it. Other processes on a shared test machine
-# would otherwise take the core as they please, and the budget would not be the server's.
-_SERVER_NICENESS = -10
-
-
 @pytest.fixture(scope="module")
 def one_core_server(triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[TritonServer]:
-    """A server (and its models) held to one core: a device whose capacity the models share."""
-    repository = write_model_repository(tmp_path_factory.mktemp("contention-models"), HEAVY + LIGHT)
-    server = TritonServer(repository, name="one-core", installation=triton_installation,
-                          cpus={max(os.sched_getaffinity(0))},
-                          log_path=tmp_path_factory.mktemp("logs") / "one-core.log")
-    with server.start():
-        with contextlib.suppress(PermissionError):  # not root: the core is shared as it comes
-            os.setpriority(os.PRIO_PROCESS, server.pid, _SERVER_NICENESS)
+    with held_to_one_core(triton_installation, HEAVY + LIGHT, "one-core", tmp_path_factory) as server:
         yield server
 
 

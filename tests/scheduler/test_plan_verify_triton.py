@@ -6,7 +6,6 @@ them and verifies. A pair that coexists is verified as planned, in one round."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from gpupack.testing import SampleModel, TritonInstallation, TritonServer, write_model_repository
+from gpupack.testing import SampleModel, TritonInstallation, TritonServer
+
+from tests.conftest import held_to_one_core
 
 MIB = 2**20
 # 60 ms of CPU a request: 9/s is 54% of the core alone, 108% together. The load generator sends at
@@ -33,11 +34,7 @@ def profile(models: list[SampleModel]) -> str:
 @pytest.fixture(scope="module")
 def one_core_server(triton_installation: TritonInstallation, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[TritonServer]:
-    repository = write_model_repository(tmp_path_factory.mktemp("verify-models"), HEAVY + LIGHT)
-    server = TritonServer(repository, name="one-core-plan", installation=triton_installation,
-                          cpus={max(os.sched_getaffinity(0))},
-                          log_path=tmp_path_factory.mktemp("logs") / "one-core-plan.log")
-    with server.start():
+    with held_to_one_core(triton_installation, HEAVY + LIGHT, "one-core-plan", tmp_path_factory) as server:
         yield server
 
 
