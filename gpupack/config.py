@@ -87,13 +87,26 @@ def load_config_file(path: str | Path) -> ConfigFile:
     return ConfigFile(str(path), data)  # type: ignore[arg-type]
 
 
+class ResolvedSettings(dict):
+    """Settings by key, and where each that is not a default was said, so that output explaining a
+    setting cites the flag, variable or config-file line the user actually wrote."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.origins: dict[str, str] = {}
+
+    def said_by(self, key: str) -> str | None:
+        """``--resources``, ``GPUPACK_PLAN_RESOURCES`` or ``plan.resources in FILE:LINE``; None for a default."""
+        return self.origins.get(key)
+
+
 def resolve_settings(
     section: str,
     settings: Sequence[Setting],
     config: ConfigFile | None,
     environ: Mapping[str, str],
     flags: Mapping[str, Any],
-) -> dict[str, Any]:
+) -> ResolvedSettings:
     """Defaults < file section < environment < flags (a flag left at None does not count)."""
     file_section = config.section(section) if config else None
     known = {s.key for s in settings}
@@ -106,7 +119,7 @@ def resolve_settings(
                     line=file_section.line_of(key),
                     field=f"{section}.{key}",
                 )
-    values: dict[str, Any] = {}
+    values = ResolvedSettings()
     for setting in settings:
         value: Any = setting.default
         origin: tuple[str, str, int | None] | None = None
@@ -121,6 +134,8 @@ def resolve_settings(
             value, origin = flag_value, ("flag", "--" + setting.key.replace("_", "-"), None)
         if origin is not None and value is not None:
             value = _parse(setting, value, section, origin)
+            kind, where, line = origin
+            values.origins[setting.key] = f"{section}.{setting.key} in {where}:{line}" if kind == "file" else where
         values[setting.key] = value
     return values
 

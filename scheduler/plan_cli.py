@@ -122,7 +122,7 @@ def run(args: argparse.Namespace, config: ConfigFile | None, verification: Verif
     _every_model_placeable(profile, args.profile)
     deadline = Deadline(started + settings["time_limit"] - RESERVE_SECONDS - RESERVE_SECONDS_PER_MODEL * len(profile.models))
     policies = load_policies_if_given(settings["policies"])
-    limits = _limits(settings["resources"])
+    limits = _limits(settings["resources"], settings.said_by("resources"))
     series = args.demand_series or (args.demand_from_prometheus and args.step)
     if (args.schedule or args.forecast_weeks is not None) and not series:
         raise InputError("--schedule and --forecast-weeks plan a demand series: give --demand-series FILE, or "
@@ -221,10 +221,12 @@ def _resources(value: object) -> frozenset[Resource]:
     return resources
 
 
-def _limits(limited: frozenset[Resource]) -> Limits:
+def _limits(limited: frozenset[Resource], said_by: str | None) -> Limits:
+    """``said_by``: where the user chose the resources (a flag, a variable or a config-file line)."""
     if limited == ALL_RESOURCES:
         return Limits(limited)
-    return Limits(limited, f"--resources {','.join(r.short_name for r in Resource if r in limited)}")
+    chosen = ",".join(r.short_name for r in Resource if r in limited)
+    return Limits(limited, f"{said_by} {chosen}" if said_by and said_by.startswith("--") else f"{said_by}: {chosen}")
 
 
 def _devices(settings: dict, profile: Profile, policies: PolicySet,

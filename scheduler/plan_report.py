@@ -42,11 +42,12 @@ class TimeBudget:
 
 @dataclass(frozen=True)
 class Limits:
-    """Which resources the plan holds to each device's capacity, and the flag that chose them
-    (None: the default, every resource)."""
+    """Which resources the plan holds to each device's capacity, and where the user chose them, as
+    written (``--resources memory``, ``plan.resources in gpupack.yaml:3: memory``; None: the
+    default, every resource)."""
 
     limited: frozenset[Resource]
-    flag: str | None = None
+    chosen_by: str | None = None
 
 
 def total_field(resource: Resource) -> str:
@@ -88,7 +89,7 @@ def limits_line(limits: Limits, result: PlacementResult) -> str:
     free = [r.short_name for r in measured if r not in limits.limited]
     if not free:
         return f"Limits: 100% of each device's {_listed(held)}, or a policy's lower limit."
-    return (f"Limits: {_listed(held)} only ({limits.flag}); {_listed(free)} not limited "
+    return (f"Limits: {_listed(held)} only ({limits.chosen_by}); {_listed(free)} not limited "
             f"unless a policy limits {'it' if len(free) == 1 else 'them'}.")
 
 

@@ -51,6 +51,17 @@ def test_case_study_1_memory_only_is_asked_for_by_name_four_devices_proven(capsy
     assert "Limits: memory only (--resources memory); utilization and bandwidth not limited unless a policy" in out
 
 
+def test_the_limits_line_cites_where_the_resources_were_chosen(capsys, tmp_path, monkeypatch):
+    config = tmp_path / "gpupack.yaml"
+    config.write_text("plan:\n  resources: memory\n")
+    status = main(["--config", str(config), "plan", "--profile", SEED, "--device-memory", "16GiB"])
+    out, _ = capsys.readouterr()
+    assert status == 0 and f"Limits: memory only (plan.resources in {config}:2: memory);" in out
+    monkeypatch.setenv("GPUPACK_PLAN_RESOURCES", "memory,utilization")
+    status, out, _ = plan(capsys)
+    assert "Limits: memory and utilization only (GPUPACK_PLAN_RESOURCES: memory,utilization);" in out
+
+
 def test_resources_must_include_memory_and_be_known(capsys):
     status, _, err = plan(capsys, "--resources", "utilization")
     assert status == 2 and "--resources: memory is always limited" in err and "memory,utilization" in err
