@@ -50,6 +50,9 @@ def build_acting(settings: dict[str, Any], args: argparse.Namespace, config: Con
     endpoints = model_control_servers(load_servers(config, os.environ, {"servers": getattr(args, "servers", None)},
                                                  section=rules_cli.SECTION))
     if not endpoints:
+        if settings["schedule"]:
+            raise InputError("--schedule needs Triton servers whose models it may move: give --server NAME=URL "
+                             "(servers in explicit model control mode), or servers: in the rules section")
         return None
     rebalance = resolve_settings("rebalance", SETTINGS, config, os.environ, vars(args))
     inputs: Callable[[], FleetInputs]
@@ -68,5 +71,13 @@ def build_acting(settings: dict[str, Any], args: argparse.Namespace, config: Con
     rebalancer = Rebalancer(endpoints, inputs, policies(), rebalance_settings(rebalance, os.environ, router),
                             progress=lambda line: log.info("rebalance: %s", line))
     trigger = RebalanceTrigger(rebalancer, policies, apply=settings["apply"])
-    return Acting(trigger, rebalancer.refresh_placement, functools.partial(scheduler_app, rebalancer.state),
-                  rebalancer.loaded_copy_capacities)
+    acting = Acting(trigger, rebalancer.refresh_placement, functools.partial(scheduler_app, rebalancer.state),
+                    rebalancer.loaded_copy_capacities)
+    if not settings["schedule"]:
+        return acting
+    from gpupack.closedloop.follower import ScheduleFollower, following  # noqa: PLC0415
+    from gpupack.closedloop.schedule_file import load_schedule  # noqa: PLC0415
+
+    follower = ScheduleFollower(load_schedule(settings["schedule"]), rebalancer, policies, settings["lead"],
+                                settings["apply"])
+    return following(acting, follower)

@@ -1,4 +1,5 @@
-"""The closed loop: the rules engine's violations of ``rebalance`` policies, handed to the scheduler.
+"""The closed loop: the rules engine's violations of ``rebalance`` policies handed to the scheduler,
+and a schedule of placements followed step by step (``--schedule``).
 
 This package sits above both: ``gpupack.rules`` judges and knows nothing of the scheduler (it takes
 an :class:`~gpupack.rules.loop.Acting` if one is given), ``gpupack.scheduler`` plans and moves and

@@ -3,6 +3,7 @@ week), so that plans can follow traffic's shape instead of adding up every model
 
 ```yaml
 step: 1h                      # the length of one step
+start: 2026-12-07T00:00:00Z   # optional: when step 0 begins (RFC 3339, with a zone)
 latency_p99_seconds: {default: 0.1, segmentation_ct_liver: 0.05}
 series:                       # one rate per step, the same number of steps for every model
   segmentation_ct_liver: [40, 42, 38]
@@ -10,12 +11,15 @@ series:                       # one rate per step, the same number of steps for 
 
 Rates read as in demand files ("20/s", "1200/m", 0 for idle); durations may carry units ("50ms").
 ``latency_p99_seconds`` may be left out, or give only some models (then the others have no budget).
+``start`` anchors the steps in time, so that a schedule planned from the series can be followed
+(``gpupack rules run --schedule``); without it the steps are a shape, not a date.
 Every error names file:line:field.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,7 +28,7 @@ from gpupack.errors import InputError
 from gpupack.units import UnitError, parse_duration
 from gpupack.yamlfile import LineDict, LineList, load_yaml_file
 
-_FIELDS = ("step", "latency_p99_seconds", "series")
+_FIELDS = ("step", "start", "latency_p99_seconds", "series")
 DEFAULT = "default"
 
 
@@ -33,6 +37,7 @@ class DemandSeries:
     step_seconds: float
     rates_per_second: Mapping[str, tuple[float, ...]]  # model -> one rate per step
     latency_p99_seconds: Mapping[str, float]  # model -> budget; models absent have none
+    start_seconds: float | None = None  # when step 0 begins (epoch seconds); None: not anchored in time
 
     @property
     def steps(self) -> int:
@@ -48,8 +53,8 @@ class DemandSeries:
 
     def scaled(self, factor: float) -> "DemandSeries":
         """Every rate times ``factor`` (headroom, or a what-if)."""
-        return DemandSeries(self.step_seconds, {m: tuple(r * factor for r in rs) for m, rs in self.rates_per_second.items()},
-                            self.latency_p99_seconds)
+        rates = {m: tuple(r * factor for r in rs) for m, rs in self.rates_per_second.items()}
+        return DemandSeries(self.step_seconds, rates, self.latency_p99_seconds, self.start_seconds)
 
     def peaks(self) -> tuple[ModelDemand, ...]:
         """Every model at its own peak: what a plan by the sum of the peaks serves."""
@@ -90,7 +95,38 @@ def parse_demand_series(document: Any, path: str) -> DemandSeries:
             raise InputError(f"has {len(parsed)} steps but series.{first[0]} has {first[1]}: every model needs "
                              "one rate per step", path=path, line=line, field=where)
         rates[str(model)] = tuple(parsed)
-    return DemandSeries(step, rates, _budgets(document, path, rates))
+    start = None
+    if document.get("start") is not None:
+        try:
+            start = parse_timestamp(document["start"])
+        except ValueError as e:
+            raise InputError(str(e), path=path, line=document.line_of("start"), field="start") from e
+    return DemandSeries(step, rates, _budgets(document, path, rates), start)
+
+
+def parse_timestamp(value: Any) -> float:
+    """An RFC 3339 timestamp with its zone (``2026-12-07T00:00:00Z``) -> epoch seconds. YAML reads
+    an unquoted one as a datetime already; a time without a zone is refused, as it names no moment."""
+    if isinstance(value, datetime):
+        moment = value
+    elif isinstance(value, date) or not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a timestamp with a zone, like 2026-12-07T00:00:00Z")
+    else:
+        try:
+            moment = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not an RFC 3339 timestamp, like 2026-12-07T00:00:00Z") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{value!s} has no zone: write it in UTC (2026-12-07T00:00:00Z) or with an offset "
+                         "(+01:00)")
+    return moment.timestamp()
+
+
+def format_timestamp(seconds: float) -> str:
+    """Epoch seconds -> RFC 3339 in UTC (``2026-12-07T00:00:00Z``), as written in schedules."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
 
 
 def _step(document: LineDict, path: str) -> float:

@@ -16,6 +16,11 @@ logs the plan (--dry-run, the default) or carries it out (--apply), under the sc
 limits and cooldowns (the rebalance section of --config, shared with 'gpupack rebalance'), and
 serves /api/v1/placement beside /metrics. A request that is skipped, fails or leaves moves
 deferred is asked again later.
+
+With --schedule FILE (a schedule from 'gpupack plan --demand-series FILE --schedule --format json'
+whose series has a start), 'run' also follows it: each step's placement is carried out --lead
+(default 10m) before the step begins, its moves planned from the placement live then; a step that
+live demand would break is re-planned under the policies, which keep guarding throughout.
 """
 
 # The docstring above is `gpupack rules --help`. This module knows nothing of the scheduler:
@@ -96,6 +101,10 @@ SETTINGS = (
     # Parsed by the exporter's server list parser (load_servers); here for the file's known keys.
     Setting("servers", lambda value: value, help="Triton servers the scheduler manages, with 'run'"),
     Setting("apply", _boolean, False, "carry out rebalance plans (default: log them only)"),
+    Setting("schedule", str, help="a schedule to follow (gpupack plan --demand-series FILE --schedule --format json, "
+            "with a start), with servers", metavar="FILE"),
+    Setting("lead", parse_duration, 600.0,
+            "carry out each step of --schedule this long before it begins (default: 10m)", metavar="DURATION"),
 )
 
 
@@ -111,7 +120,7 @@ def _add_settings(parser: argparse.ArgumentParser, keys: tuple[str, ...]) -> Non
 
 _SOURCE_KEYS = ("policies", "source", "exporter_url", "prometheus_url", "window", "profile", "placement",
                 "demand_from_prometheus", "demand_window")
-_RUN_KEYS = (*_SOURCE_KEYS, "interval", "listen")
+_RUN_KEYS = (*_SOURCE_KEYS, "interval", "listen", "schedule", "lead")
 # What acts on rebalance policies, given the resolved settings, the flags, the config file and
 # the current policies: None when there is nothing to manage.
 ActingFactory = Callable[[dict[str, Any], argparse.Namespace, "ConfigFile | None", Callable[[], Any]], "Acting | None"]

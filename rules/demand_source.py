@@ -53,7 +53,9 @@ def demand_series_from_prometheus(url: str, window_seconds: float, step_seconds:
                                   rate_window_seconds: float = RATE_WINDOW_SECONDS, timeout_seconds: float = 30.0,
                                   at_seconds: float | None = None) -> DemandSeries:
     """The window before ``at_seconds`` (now) in steps: per model and step, the peak of the same
-    request rate within the step, from one range query. A step without samples reads 0 (idle)."""
+    request rate within the step, from one range query. A step without samples reads 0 (idle).
+    Each sample is the peak of the step that ends at its time, so the series starts one step
+    before the first sample."""
     steps = int(window_seconds // step_seconds)
     if steps < 1:
         raise InputError("--window: must hold at least one --step")
@@ -73,7 +75,8 @@ def demand_series_from_prometheus(url: str, window_seconds: float, step_seconds:
                 k = round((float(at) - (end - (steps - 1) * step_seconds)) / step_seconds)
                 if 0 <= k < steps:
                     mine[k] = max(mine[k], float(value))
-    return DemandSeries(step_seconds, {m: tuple(rates[m]) for m in sorted(rates)}, {})
+    return DemandSeries(step_seconds, {m: tuple(rates[m]) for m in sorted(rates)}, {},
+                        start_seconds=end - steps * step_seconds)
 
 
 def copy_capacities(profile: Profile) -> dict[str, float]:

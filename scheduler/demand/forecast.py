@@ -2,7 +2,10 @@
 the same step in the last ``periods`` periods (a week of hourly steps: the same hour of the same
 weekday), times one plus the headroom. A step that was busy in any recent week is planned busy;
 what none of them saw (a new burst, growth beyond the headroom) is left to the live guard, the
-throughput policy. :func:`exceeded_share` measures how often that happens on held-out periods."""
+throughput policy. :func:`exceeded_share` measures how often that happens on held-out periods.
+
+The forecast begins where the history ends: a history anchored in time (``start``) gives a forecast
+anchored at its end, so the schedule planned from it can be followed as it comes."""
 
 from __future__ import annotations
 
@@ -24,7 +27,8 @@ def forecast(history: DemandSeries, period_steps: int, periods: int, headroom_ra
     for model, series in history.rates_per_second.items():
         recent = np.array(series[history.steps - period_steps * periods:]).reshape(periods, period_steps)
         rates[model] = tuple(float(r) for r in recent.max(axis=0) * (1 + headroom_ratio))
-    return DemandSeries(history.step_seconds, rates, history.latency_p99_seconds)
+    start = None if history.start_seconds is None else history.start_seconds + history.steps * history.step_seconds
+    return DemandSeries(history.step_seconds, rates, history.latency_p99_seconds, start)
 
 
 def exceeded_share(placed_per_second: DemandSeries, actual: DemandSeries) -> float:

@@ -1,12 +1,15 @@
 """How ``gpupack plan --demand-series --schedule`` shows a schedule: a timeline (step, devices,
 moves), GPU-hours against the static plans and the bound, and where the time went. JSON gives
-every step's devices with each copy's rate in that step, and the moves into it in a safe order."""
+every step's devices with each copy's rate in that step, and the moves into it in a safe order,
+and when step 0 begins (``start``, from the series), which ``gpupack rules run --schedule`` needs
+to follow it."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from gpupack.demand_series import format_timestamp
 from gpupack.scheduler.demand.schedule import SECONDS_PER_HOUR, Schedule
 from gpupack.scheduler.demand.series_report import SeriesOutcome, devices_document
 from gpupack.scheduler.plan_report import TimeBudget, columns, solve_document, time_line
@@ -29,6 +32,8 @@ def render_table(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget 
         f"{hours['schedule'] / hours['static']:.0%} of the static plan's, with at most "
         f"{counted(max((len(s.moves) for s in schedule.steps), default=0), 'move')} between steps.",
         *([f"Note: {schedule.note}."] if schedule.note else []),
+        *([f"Starts: step 0 at {format_timestamp(outcome.series.start_seconds)}."]
+          if outcome.series.start_seconds is not None else []),
         time_line([("series plan", outcome.result), ("schedule", schedule),
                    ("sum of the peaks", outcome.sum_of_peaks.result)], budget, phases=False),
     ]
@@ -46,6 +51,7 @@ def render_json(outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget |
     hours = _hours(outcome, schedule)
     document: dict[str, Any] = {
         "step_seconds": outcome.series.step_seconds, "steps": outcome.series.steps,
+        "start": None if outcome.series.start_seconds is None else format_timestamp(outcome.series.start_seconds),
         "schedule": [{"step": t, "device_count": step.device_count, "lower_bound": int(schedule.lower_bounds[t]),
                       "devices": _step_devices(schedule, t),
                       "moves": [{"kind": m.kind, "model": m.model, "source": m.source, "target": m.target}

@@ -13,8 +13,7 @@ import time
 from dataclasses import replace
 from typing import Callable, Sequence
 
-from gpupack.domain import Placement
-from gpupack.errors import GpupackError, InputError, UnreachableError
+from gpupack.errors import GpupackError, UnreachableError
 from gpupack.model_configs import ModelConfig
 from gpupack.rules.evaluator import Result, evaluate
 from gpupack.rules.policy import PolicySet
@@ -24,16 +23,12 @@ from gpupack.scheduler.rebalance.desired import (
     Copy, Desired, DesiredStateError, DesiredStateFile, lost, observed, with_copy,
 )
 from gpupack.scheduler.rebalance.executor import (
-    Executor,
-    Phase,
-    ServerPerDeviceExecutor,
-    StepContext,
-    StepFailedError,
-    reload_model,
+    Executor, Phase, ServerPerDeviceExecutor, StepContext, StepFailedError, reload_model,
 )
-from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
+from gpupack.scheduler.rebalance.drivers import build_executor, managed_devices
 from gpupack.scheduler.rebalance.routing import align, by_model, copy_capacities
 from gpupack.scheduler.rebalance.restore import where_to_reload
+from gpupack.scheduler.rebalance.toward import TowardPlan, Wish, plan_toward
 from gpupack.scheduler.rebalance.inputs import FleetInputs
 from gpupack.scheduler.rebalance.metrics import RebalanceState
 from gpupack.scheduler.rebalance.outcome import RebalanceOutcome, RebalancePlan, StepOutcome
@@ -220,14 +215,7 @@ class Rebalancer:
         just evaluated, which it reloads when the files change.
         """
         policies = self.policies if policies is None else policies
-        inputs = self._inputs()
-        fleet = self._read_fleet(inputs)
-        if self.servers and len(fleet.down) == len(self.servers):  # nothing to plan for: we cannot tell
-            first = self.servers[0]
-            raise UnreachableError(f"Triton server {first.name}", first.url, fleet.down[first.name])
-        # Nothing is planned onto a server that does not answer; its models are at risk, not movable.
-        inputs = replace(inputs, devices=tuple(d for d in inputs.devices if not fleet.is_down(d.servers)))
-        inputs = inputs.with_fleet(fleet)
+        inputs, fleet = self._live()
         violations = evaluate(inputs.snapshot(fleet), policies, fleet.placement).violations
         devices = tuple(d.device for d in inputs.devices)
         placed = SolvedFleet(inputs, fleet, inputs.models(fleet), devices, inputs.server_baseline())
@@ -239,6 +227,35 @@ class Rebalancer:
         )
         return RebalancePlan(fleet, inputs, violations, solved.target, solved.moves, admission, solved.broken_alerts,
                              solved.proof, solved.unsatisfiable)
+
+    def _live(self) -> tuple[FleetInputs, FleetView]:
+        """The inputs, read now, over the devices whose servers answer, and the fleet read now."""
+        inputs = self._inputs()
+        fleet = self._read_fleet(inputs)
+        if self.servers and len(fleet.down) == len(self.servers):  # nothing to plan for: we cannot tell
+            first = self.servers[0]
+            raise UnreachableError(f"Triton server {first.name}", first.url, fleet.down[first.name])
+        # Nothing is planned onto a server that does not answer; its models are at risk, not movable.
+        inputs = replace(inputs, devices=tuple(d for d in inputs.devices if not fleet.is_down(d.servers)))
+        return inputs.with_fleet(fleet), fleet
+
+    def plan_toward(self, wish: Wish, policies: PolicySet | None = None) -> TowardPlan:
+        """The moves from the placement now toward ``wish`` (a schedule's step); changes nothing."""
+        inputs, fleet = self._live()
+        return plan_toward(inputs, fleet, self.policies if policies is None else policies, wish,
+                           self.settings.max_moves, self.cooldowns.remaining_seconds(), OBJECTIVES,
+                           self.settings.solve_time_limit_seconds)
+
+    def move_toward(self, wish: Wish, policies: PolicySet | None = None) -> tuple[TowardPlan, RebalanceOutcome | None]:
+        """Plan toward ``wish`` and carry it out under the lock, as a run (audit log, router,
+        desired state, admission); lost models come back first. No run when there is nothing to do."""
+        with self.lock() as held:
+            self._close_unfinished_run()
+            self._restore(self._inputs(), policies or self.policies, held)
+            planned = self.plan_toward(wish, policies)
+            if planned.plan is None or not planned.plan.admission.admitted:
+                return planned, None
+            return planned, self._execute(planned.plan, held)
 
     def apply(self, plan: RebalancePlan) -> RebalanceOutcome:
         """Carry out a plan's admitted steps, if the fleet still looks as it did when planned."""
@@ -377,39 +394,3 @@ class Rebalancer:
 def _profiled_configs(inputs: FleetInputs) -> dict[str, dict[str, ModelConfig]]:
     searched = inputs.profile.configs if inputs.profile is not None else {}
     return {model: {c.name: c for c in configs} for model, configs in searched.items()}
-
-
-def managed_devices(inputs: FleetInputs, servers: Sequence[ServerConfig]) -> dict[str, str]:
-    """Device -> the one managed server that drives it."""
-    names = {s.name for s in servers}
-    server_of: dict[str, str] = {}
-    for entry in inputs.devices:
-        managed = [s for s in entry.servers if s in names]
-        if len(managed) > 1:
-            raise InputError(f"device {entry.device.name} is shared by servers {', '.join(managed)}: rebalancing "
-                             "needs one server per device or one server over several GPUs")
-        if managed:
-            server_of[entry.device.name] = managed[0]
-    return server_of
-
-
-def build_executor(
-    inputs: FleetInputs, current: Placement, servers: Sequence[ServerConfig], context: StepContext
-) -> Executor:
-    """One server per device (mode a), or one server over several GPUs (mode b); nothing in between."""
-    endpoints = {s.name: s for s in servers}
-    server_of = managed_devices(inputs, servers)
-    devices_per_server: dict[str, list[str]] = {}
-    for device, server in server_of.items():
-        devices_per_server.setdefault(server, []).append(device)
-    if all(len(devices) == 1 for devices in devices_per_server.values()):
-        return ServerPerDeviceExecutor({d: endpoints[s] for d, s in server_of.items()}, context)
-    if len(devices_per_server) > 1:
-        raise InputError("several servers each drive several GPUs: rebalance one multi-GPU server per run")
-    (server, devices), = devices_per_server.items()
-    index_of = {name: index for (owner, index), name in inputs.gpus.names.items() if owner == server}
-    missing = sorted(d for d in devices if d not in index_of)
-    if missing:
-        raise InputError(f"device {missing[0]} of server {server} has no GPU index in the exporter's data")
-    slots = {d: GpuSlot(endpoints[server], {"kind": "KIND_GPU", "gpus": [index_of[d]]}) for d in devices}
-    return MultiGpuExecutor(slots, current, context)

@@ -18,7 +18,7 @@ from gpupack.scheduler.rebalance.current import FleetView, GpuIndex, LoadedModel
 from gpupack.scheduler.rebalance.executor import StepContext
 from gpupack.scheduler.rebalance.multi_gpu import MultiGpuExecutor
 from gpupack.scheduler.rebalance.inputs import ExporterInputs
-from gpupack.scheduler.rebalance.rebalancer import build_executor
+from gpupack.scheduler.rebalance.drivers import build_executor
 from gpupack.servers import ServerConfig
 
 GPUS = GpuIndex({("multi", 0): "GPU-aaaa", ("multi", 1): "GPU-bbbb"})
