@@ -64,6 +64,13 @@ NOT_RUN = {
     "gpupack rules run --policies policies.yaml --exporter-url http://127.0.0.1:9478 --server "
     "triton-0=http://10.0.0.5:8000 --server triton-1=http://10.0.0.6:8000 --apply --max-moves 2 --cooldown 30m":
         "a daemon, until stopped, on the reader's servers; the kept demo runs `rules run --apply` here",
+    "gpupack plan --profile profile.yaml --device-memory 80GiB --demand-from-prometheus http://prometheus:9090 "
+    "--window 28d --step 1h --forecast-weeks 4 --headroom 10% --schedule --format json > week.json":
+        "the reader's profile and Prometheus; tests/scheduler/demand/test_series_prometheus.py plans from a real one",
+    "gpupack rules run --policies policies.yaml --exporter-url http://127.0.0.1:9478 --server "
+    "triton-0=http://10.0.0.5:8000 --server triton-1=http://10.0.0.6:8000 --schedule week.json --lead 10m --apply":
+        "a daemon, until stopped, on the reader's servers; tests/closedloop/test_schedule_triton.py follows a "
+        "schedule on real ones",
 }
 
 # The demo itself (its output is the kept demo's), and what ties a command to the demo's fleet: its
