@@ -16,6 +16,7 @@ from typing import Sequence
 
 from ortools.sat.python import cp_model
 
+from gpupack import timing
 from gpupack.scheduler.packing.instance import Instance
 from gpupack.scheduler.packing.problem import Objective
 
@@ -41,7 +42,9 @@ def solve_joint(
     workers: int = min(8, os.cpu_count() or 1),
 ) -> JointOutcome:
     """``groups``: anti-affinity as model indices; ``forbidden``: groups of models (indices) never all
-    on one device. The hint bounds how many devices of each kind are offered."""
+    on one device. The hint bounds how many devices of each kind are offered. Building the model
+    counts against ``time_limit_seconds`` (seconds on a thousand options)."""
+    started = timing.clock()
     model = cp_model.CpModel()
     devices = _offered(options, hint, objective)
     y = {d: model.NewBoolVar(f"y{d}") for d in devices}
@@ -88,7 +91,7 @@ def solve_joint(
     _hint(model, _relabel(options, hint, devices), x, y, z)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = workers
-    solver.parameters.max_time_in_seconds = max(0.1, time_limit_seconds)
+    solver.parameters.max_time_in_seconds = max(0.1, time_limit_seconds - (timing.clock() - started))
     status = solver.Solve(model)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return JointOutcome(None, False, 0)

@@ -39,6 +39,9 @@ from gpupack.units import counted
 JOINT_MAX_PAIRS = 120_000
 JOINT_SHARE = 0.6  # of the time left after the heuristics, when the joint model runs
 JOINT_LEAST_SECONDS = 0.5  # with less left, the joint model cannot improve on the heuristics: skip it
+# Building the joint model, per (option, device) pair: measured 50-85 us on a shared 2-core machine
+# (100 models, 53,000 pairs: 2.6-4.5 s). With less time than building takes, it is skipped.
+JOINT_BUILD_SECONDS_PER_PAIR = 6e-5
 PRICE_ROUNDS = 3
 SHARPER_PRICES = (2, 4)
 
@@ -96,14 +99,15 @@ def plan_for_demand(
     groups = _groups(base, per_model)
     forbidden = _forbidden(base, per_model)
     bound, source = _joint_bound(instance, owner, len(per_model), groups), "combinatorial"
-    choice, assignment = _priced_choice(instance, owner, len(per_model), groups, forbidden, primary, deadline)
+    choice, assignment, packing_seconds = _priced_choice(instance, owner, len(per_model), groups, forbidden, primary,
+                                                         deadline)
     method = "priced-choice"
     score: Callable[[Assignment], float] = _count if primary is Objective.MIN_DEVICES else functools.partial(_cost, instance)
     devices_used = _count(assignment)
     proven = False
     pairs = instance.n_models * devices_used
     if (devices_used > bound or primary is Objective.MIN_COST) and pairs <= JOINT_MAX_PAIRS \
-            and deadline.remaining() >= JOINT_LEAST_SECONDS:
+            and deadline.remaining() * JOINT_SHARE >= max(JOINT_LEAST_SECONDS, pairs * JOINT_BUILD_SECONDS_PER_PAIR):
         remaining = deadline.remaining()
         hint: Choice = {m: (choice[m], assignment[m]) for m in range(len(per_model))}
         outcome = solve_joint(instance, owner, groups, primary, remaining * JOINT_SHARE, hint, forbidden)
@@ -118,16 +122,19 @@ def plan_for_demand(
         base, models=tuple(o.footprint for o in chosen), replicas={o.model: o.copies for o in chosen}, current=None,
         scoped_limits=base.scoped_limits + _latency_limits(base, [(o.model, o) for o in chosen], budgets),
     )
-    remaining = max(0.1, deadline.remaining())
-    result = solve(problem, objectives, remaining)
-    by_name = {d.name: k for k, d in enumerate(problem.devices)}
-    solved = {m: [by_name[n] for n in result.placement.assignments.get(o.model, ())] for m, o in enumerate(chosen)}
-    if score(solved) > score(assignment):  # the joint model's placement was better than time allowed again
-        placement = Placement({chosen[m].model: tuple(problem.devices[d].name for d in ds) for m, ds in assignment.items()})
-        result = dataclasses.replace(result, placement=placement, device_totals=device_totals(problem, placement),
-                                     device_count=_count(assignment))
-    elif score(solved) < score(assignment):
-        method, proven = result.method, False
+    placement = Placement({chosen[m].model: tuple(problem.devices[d].name for d in ds) for m, ds in assignment.items()})
+    if deadline.remaining() < packing_seconds:  # the solver's first packing alone would end past the deadline
+        result = PlacementResult(placement, device_totals(problem, placement), _count(assignment), bound, False, 0.0,
+                                 method, None)
+    else:
+        result = solve(problem, objectives, deadline.remaining())
+        by_name = {d.name: k for k, d in enumerate(problem.devices)}
+        solved = {m: [by_name[n] for n in result.placement.assignments.get(o.model, ())] for m, o in enumerate(chosen)}
+        if score(solved) > score(assignment):  # the joint model's placement was better than time allowed again
+            result = dataclasses.replace(result, placement=placement, device_totals=device_totals(problem, placement),
+                                         device_count=_count(assignment))
+        elif score(solved) < score(assignment):
+            method, proven = result.method, False
     if primary is Objective.MIN_DEVICES:
         optimal = result.device_count <= bound
     else:  # fewest devices need not be cheapest: only the joint model's proof counts
@@ -198,10 +205,11 @@ def _usable(options: list[CopyOption], owner: list[int], instance: Instance,
             demands: list[ModelDemand]) -> tuple[list[CopyOption], list[int], Instance]:
     """Only options whose copies each fit on a distinct device the model may use."""
     keep = instance.allowed.sum(axis=1) >= instance.replicas
-    for m, demand in enumerate(demands):
-        mine = [o for o, owned in enumerate(owner) if owned == m]
-        if not keep[mine].any():
-            raise InfeasibleError(_why_unplaceable(options[mine[0]], instance, mine[0], demand))
+    kept = np.zeros(len(demands), dtype=bool)
+    np.logical_or.at(kept, np.array(owner, dtype=np.int64), keep)
+    for m in np.flatnonzero(~kept):
+        first = owner.index(int(m))
+        raise InfeasibleError(_why_unplaceable(options[first], instance, first, demands[m]))
     index = np.flatnonzero(keep)
     sliced = dataclasses.replace(instance, demand=instance.demand[index], allowed=instance.allowed[index],
                                  replicas=instance.replicas[index], groups=(), forbidden=())
@@ -256,9 +264,11 @@ def _joint_bound(instance: Instance, owner: list[int], n_models: int, groups: li
 
 
 def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: list[list[int]],
-                   forbidden: list[list[int]], primary: Objective, deadline: Deadline) -> tuple[list[int], Assignment]:
-    """The best packing among option choices priced by different views of the bottleneck; once the
-    deadline has passed, the best complete one so far (a plan is always answered in time)."""
+                   forbidden: list[list[int]], primary: Objective,
+                   deadline: Deadline) -> tuple[list[int], Assignment, float]:
+    """The best packing among option choices priced by different views of the bottleneck, and the
+    seconds the longest packing took; when another would end past the deadline, the best complete
+    one so far (a plan is always answered in time)."""
     volumes = _volumes(instance)
     owner_array = np.array(owner)
     prices = [np.ones(volumes.shape[1])]
@@ -271,10 +281,13 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
     candidates = [_choose(volumes @ p, owner_array, n_models) for p in prices]
     candidates.append(_choose(volumes.max(axis=1), owner_array, n_models))
     best: tuple[float, list[int], Assignment] | None = None
+    packing_seconds = 0.0
     for choice in candidates:
-        if best is not None and deadline.passed():
+        if best is not None and deadline.remaining() < packing_seconds:  # another packing would end past it
             break
-        assignment = best_heuristic(_chosen_instance(instance, choice, groups, forbidden))
+        started = timing.clock()
+        assignment = best_heuristic(_chosen_instance(instance, choice, groups, forbidden), deadline=deadline)
+        packing_seconds = max(packing_seconds, timing.clock() - started)
         if assignment is None:
             continue
         score = _count(assignment) if primary is Objective.MIN_DEVICES else _cost(instance, assignment)
@@ -282,7 +295,7 @@ def _priced_choice(instance: Instance, owner: list[int], n_models: int, groups: 
             best = (score, choice, assignment)
     if best is None:
         raise InfeasibleError(f"no packing of the copies of {counted(n_models, 'model')} found that satisfies all constraints")
-    return best[1], best[2]
+    return best[1], best[2], packing_seconds
 
 
 def _least_totals(volumes: np.ndarray, owner: np.ndarray, n_models: int) -> np.ndarray:

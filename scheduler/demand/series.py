@@ -26,6 +26,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from gpupack import timing
 from gpupack.demand_series import DemandSeries
 from gpupack.domain import Resource
 from gpupack.model_configs import POINT_RESOURCES, ModelConfig
@@ -141,11 +142,16 @@ def plan_series(options: Sequence[Sequence[SeriesOption]], fleet: Fleet,
         choices.append(tuple(next((o for o in mine if o.config.name == seed.get(o.model)), mine[0]) for mine in options))
     best: SeriesPlan | None = None
     tries = [(chosen, best_fit) for chosen in choices for best_fit in (False, True)]
+    packing_seconds = 0.0
     for chosen, best_fit in tries:
-        if best is not None and (best.device_count <= bound or (deadline is not None and deadline.passed())):
+        # Another packing is tried only when it would end before the deadline.
+        if best is not None and (best.device_count <= bound or
+                                 (deadline is not None and deadline.remaining() < packing_seconds)):
             best = dataclasses.replace(best, stopped_early=best.device_count > bound)
             break
+        started = timing.clock()
         devices = pack(chosen, fleet, best_fit)
+        packing_seconds = max(packing_seconds, timing.clock() - started)
         if devices is not None and (best is None or len({d for ds in devices for d in ds}) < best.device_count):
             best = SeriesPlan(chosen, devices, fleet, bound)
     if best is None:

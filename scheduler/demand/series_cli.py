@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-from typing import Callable
+from typing import Callable, Sequence
 
 from gpupack import timing
 from gpupack.demand_series import DemandSeries, load_demand_series
+from gpupack.domain import Resource
 from gpupack.errors import InputError
 from gpupack.profiles import Profile
 from gpupack.rules.policy import PolicySet
@@ -21,19 +22,21 @@ from gpupack.scheduler.demand.forecast import forecast
 from gpupack.units import parse_duration, parse_ratio
 from gpupack.scheduler.demand.plan import plan_for_demand
 from gpupack.scheduler.demand import schedule_report
-from gpupack.scheduler.demand.schedule import SECONDS_PER_HOUR, schedule_series
+from gpupack.scheduler.demand.schedule import SECONDS_PER_HOUR, Schedule, schedule_series
 from gpupack.scheduler.demand.series import fleet_of, plan_series, series_options
 from gpupack.scheduler.demand.series_report import SeriesOutcome, render_json, render_table
 from gpupack.scheduler.demand.series_result import as_result
 from gpupack.scheduler.devices_file import PlannedDevices
+from gpupack.scheduler.packing.problem import Objective, PlacementProblem
 from gpupack.scheduler.plan_report import Limits, TimeBudget
 from gpupack.timing import Deadline
 
 LEAST_SOLVE_SECONDS = 0.1
 WEEK_SECONDS = 7 * 86400.0
 PEAKS_SHARE = 0.5  # of the time left, for the sum of the peaks: the series plans are quick heuristics
-# With --schedule: less for the sum of the peaks, and of what is left then, this for the series plan.
-SCHEDULE_PEAKS_SHARE, STATIC_SHARE = 0.3, 0.3
+# With --schedule: less for the sum of the peaks, and of what is left then, this for the series plan;
+# the schedule, a step at a time, takes the rest (on 1,000 models, 20-40 ms a step, 168 steps a week).
+SCHEDULE_PEAKS_SHARE, STATIC_SHARE = 0.25, 0.15
 JSON_SECONDS_PER_COPY_STEP = 1e-5  # measured: 2,000 copies x 168 steps take about 3 s to write
 
 
@@ -56,26 +59,18 @@ def run_series(args: argparse.Namespace, settings: dict, profile: Profile, polic
         raise InputError("--demand-series plans capacity limits, replicas and fleet size; "
                          "pins, anti-affinity and scoped limits are not planned over steps yet")
     startup_seconds = timing.clock() - started
-    solving = timing.clock()
-    share = SCHEDULE_PEAKS_SHARE if args.schedule else PEAKS_SHARE
-    sum_of_peaks = plan_for_demand(profile, peaks, base, settings["objective"],
-                                   max(deadline.remaining() * share, LEAST_SOLVE_SECONDS))
-    solving = timing.clock()
-    options = series_options(profile, series, base.replicas)
-    # The sum of the peaks' configurations are one more choice to pack by the peak of the sum.
-    packing = deadline.share(STATIC_SHARE) if args.schedule else deadline
-    plan = plan_series(options, fleet_of(base, limits.limited), seeds=(sum_of_peaks.configs,), deadline=packing)
-    result = as_result(plan, timing.clock() - solving)
-    outcome = SeriesOutcome(series, base, plan, result, sum_of_peaks)
+    writing = JSON_SECONDS_PER_COPY_STEP if args.format == "json" else 0.0
+    outcome, schedule = solve_series(profile, series, base, limits.limited, settings["objective"], deadline,
+                                     args.max_moves_per_step if args.schedule else None, writing)
     budget = TimeBudget(settings["time_limit"], startup_seconds)
-    if args.schedule:
-        return _schedule(args, outcome, options, budget, deadline)
+    if schedule is not None:
+        return _schedule(args, outcome, schedule, budget)
     render = render_json if args.format == "json" else render_table
     sys.stdout.write(render(outcome, limits, budget))
     if args.plot:
         from gpupack.scheduler.plot import plot_placement  # matplotlib only when asked
 
-        plot_placement(base, result, args.plot)
+        plot_placement(base, outcome.result, args.plot)
     return 0
 
 
@@ -101,15 +96,31 @@ def _series(args: argparse.Namespace) -> tuple[DemandSeries, str]:
     return forecast(series, round(week_steps), args.forecast_weeks, headroom), origin
 
 
-def _schedule(args: argparse.Namespace, outcome: SeriesOutcome, options: list, budget: TimeBudget,
-              deadline: Deadline) -> int:
+def solve_series(profile: Profile, series: DemandSeries, base: PlacementProblem, limited: frozenset[Resource],
+                 objectives: Sequence[Objective], deadline: Deadline, max_moves_per_step: int | None = None,
+                 writing_seconds_per_copy_step: float = 0.0) -> tuple[SeriesOutcome, Schedule | None]:
+    """The sum of the peaks, the series plan and, with ``max_moves_per_step``, the schedule, each
+    within its share of the ``deadline`` (start-up already spent): what `plan --demand-series`
+    prints, and what bench/time_plans.py times. The schedule stops early enough to leave
+    ``writing_seconds_per_copy_step`` for every copy and step its answer writes."""
+    share = SCHEDULE_PEAKS_SHARE if max_moves_per_step else PEAKS_SHARE
+    sum_of_peaks = plan_for_demand(profile, series.peaks(), base, objectives,
+                                   max(deadline.remaining() * share, LEAST_SOLVE_SECONDS))
     solving = timing.clock()
-    # JSON writes every step's devices: time in proportion to the copies and steps written.
-    writing = (JSON_SECONDS_PER_COPY_STEP * outcome.series.steps * sum(o.copies for o in outcome.plan.chosen)
-               if args.format == "json" else 0.0)
-    schedule = schedule_series(outcome.series, outcome.plan, options, args.max_moves_per_step,
-                               Deadline(deadline.at - writing))
-    schedule = dataclasses.replace(schedule, solve_seconds=timing.clock() - solving)
+    options = series_options(profile, series, base.replicas)
+    # The sum of the peaks' configurations are one more choice to pack by the peak of the sum.
+    packing = deadline.share(STATIC_SHARE) if max_moves_per_step else deadline
+    plan = plan_series(options, fleet_of(base, limited), seeds=(sum_of_peaks.configs,), deadline=packing)
+    outcome = SeriesOutcome(series, base, plan, as_result(plan, timing.clock() - solving), sum_of_peaks)
+    if max_moves_per_step is None:
+        return outcome, None
+    solving = timing.clock()
+    writing = writing_seconds_per_copy_step * series.steps * sum(o.copies for o in plan.chosen)
+    schedule = schedule_series(series, plan, options, max_moves_per_step, Deadline(deadline.at - writing))
+    return outcome, dataclasses.replace(schedule, solve_seconds=timing.clock() - solving)
+
+
+def _schedule(args: argparse.Namespace, outcome: SeriesOutcome, schedule: Schedule, budget: TimeBudget) -> int:
     render = schedule_report.render_json if args.format == "json" else schedule_report.render_table
     sys.stdout.write(render(outcome, schedule, budget))
     if args.plot:
