@@ -13,6 +13,7 @@ Every error names file:line:field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -90,8 +91,11 @@ def _row(row: LineDict, path: str, where: str) -> ModelDemand:
 
 def parse_rate_field(value: Any) -> float:
     """A rate as demand files write it: as flags read rates, and 0 for a model loaded once, idle."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0:
-        return 0.0  # idle: parse_rate, as flags read rates, asks for more than nothing
+    if type(value) is float or type(value) is int:
+        if 0 < value < math.inf:
+            return float(value)  # what parse_rate makes of a number, without its text: a series has 170,000
+        if value == 0:
+            return 0.0  # idle: parse_rate, as flags read rates, asks for more than nothing
     return parse_rate(value)
 
 

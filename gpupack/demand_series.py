@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from gpupack.demand import ModelDemand, parse_rate_field
 from gpupack.errors import InputError
 from gpupack.units import UnitError, parse_duration
-from gpupack.yamlfile import LineDict, LineList, load_yaml_file
+from gpupack.yamlfile import LineDict, LineList, collection_paused, load_yaml_file
 
 _FIELDS = ("step", "start", "latency_p99_seconds", "series")
 DEFAULT = "default"
@@ -62,7 +62,8 @@ class DemandSeries:
 
 
 def load_demand_series(path: str | Path) -> DemandSeries:
-    return parse_demand_series(load_yaml_file(path), str(path))
+    with collection_paused():  # a week of 1,000 models is 170,000 numbers: see collection_paused
+        return parse_demand_series(load_yaml_file(path), str(path))
 
 
 def parse_demand_series(document: Any, path: str) -> DemandSeries:
@@ -83,12 +84,10 @@ def parse_demand_series(document: Any, path: str) -> DemandSeries:
         where, line = f"series.{model}", series.line_of(model)
         if not isinstance(values, LineList) or not values:
             raise InputError("must be a list of rates, one per step", path=path, line=line, field=where)
-        parsed = []
-        for k, value in enumerate(values):
-            try:
-                parsed.append(parse_rate_field(value))
-            except UnitError as e:
-                raise InputError(str(e), path=path, line=values.item_lines[k], field=f"{where}[{k}]") from e
+        try:
+            parsed = [parse_rate_field(value) for value in values]
+        except UnitError:
+            parsed = [_rate(value, path, values.item_lines[k], f"{where}[{k}]") for k, value in enumerate(values)]
         if first is None:
             first = (str(model), len(parsed))
         elif len(parsed) != first[1]:
@@ -102,6 +101,13 @@ def parse_demand_series(document: Any, path: str) -> DemandSeries:
         except ValueError as e:
             raise InputError(str(e), path=path, line=document.line_of("start"), field="start") from e
     return DemandSeries(step, rates, _budgets(document, path, rates), start)
+
+
+def _rate(value: Any, path: str, line: int, field: str) -> float:
+    try:
+        return parse_rate_field(value)
+    except UnitError as e:
+        raise InputError(str(e), path=path, line=line, field=field) from e
 
 
 def parse_timestamp(value: Any) -> float:

@@ -52,7 +52,7 @@ from gpupack.model_configs import (
     POINT_RESOURCES, ConfigPoint, ModelConfig, point_document, config_document, single_point_config,
 )
 from gpupack.units import UnitError, parse_bytes_field, parse_count, parse_duration, parse_ratio
-from gpupack.yamlfile import LineDict, LineList, load_yaml_text, read_text_file
+from gpupack.yamlfile import LineDict, LineList, collection_paused, load_yaml_text, read_text_file
 
 BASELINE = "server_baseline"
 _PEAK_FIELDS = {r.profile_field: r for r in Resource}
@@ -148,9 +148,10 @@ class Profile:
 def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     text = read_text_file(path)
-    if path.suffix.lower() == ".csv":
-        return _from_csv(text, str(path))
-    return _from_document(load_yaml_text(text, str(path)), str(path))
+    with collection_paused():  # 1,000 models are 200,000 objects: see collection_paused
+        if path.suffix.lower() == ".csv":
+            return _from_csv(text, str(path))
+        return _from_document(load_yaml_text(text, str(path)), str(path))
 
 
 def write_profile(profile: Profile, path: str | Path, notes: Sequence[str] = ()) -> None:
