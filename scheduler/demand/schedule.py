@@ -12,14 +12,21 @@ together (on 1,000 models about 0.8x a full step's time, for 1.31x the bound rat
 or, with less time still, not at all (about 0.6x, 1.46x; surplus copies are still unloaded, new
 ones loaded and devices over a limit relieved, each transition within the move limit and safe).
 A step drains as far as the time left covers the steps after it draining one level less, their
-time measured as the schedule goes. Should the deadline pass all the same, the steps left are
-placed undrained rather than thrown away. Every step keeps the series plan's placement, which
-serves them all with no move, only when the deadline has passed before the schedule starts, or no
-transition fits within the move limit, or the schedule needs no fewer GPU-hours (a note says which).
+time measured as the schedule goes (every step is timed, at the level it ran) and counted with a
+margin. Undrained steps are the floor: the schedule ends by its deadline only if the time left
+covers them all. As soon as it does not (known once the first step is timed, on a machine too busy
+for the limit), the schedule starts again with several steps planned as one: each plan serves the
+busiest of its steps, the fleet changes only between plans, and there are as many plans as the time
+left covers (on 1,000 models, plans of 2 steps take half the time, for 1.5x the bound rather than
+1.3x). Every step keeps the series plan's placement, which serves them all with no move, when not
+even two plans fit in the time left, or no transition fits within the move limit, or the schedule
+needs no fewer GPU-hours (a note says which).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -29,7 +36,7 @@ from gpupack import timing
 from gpupack.demand_series import DemandSeries
 from gpupack.errors import InputError
 from gpupack.scheduler.demand.schedule_copies import copies_within_moves, copy_costs, schedule_configs
-from gpupack.scheduler.demand.schedule_placer import Drain, Move, Placer, ScheduledStep
+from gpupack.scheduler.demand.schedule_placer import LOOKAHEAD_STEPS, Drain, Move, Placer, ScheduledStep
 from gpupack.scheduler.demand.series import Fleet, SeriesOption, SeriesPlan, step_bounds
 from gpupack.scheduler.packing.problem import InfeasibleError
 from gpupack.timing import Deadline
@@ -45,6 +52,10 @@ NO_TIME_NOTE = "the time limit left no time to schedule: every step keeps the st
 # A step that drains one level less, against one that drains more, until one is timed: measured
 # 0.63-0.82 on 1,000 models (20, 26 and 32 ms), with room to spare.
 STEP_COST_SHARE = 0.9
+# Steps to come are reserved this much more than they have cost on average, and this many seconds
+# more: on 1,000 models under a load of 3-4 on 2 cores, single steps took up to 3x the mean, and the
+# mean of the steps left drifts as other work comes and goes (the command keeps a second for exiting too).
+STEP_MARGIN, MARGIN_SECONDS = 1.25, 0.05
 
 
 @dataclass(frozen=True)
@@ -91,9 +102,17 @@ def schedule_series(series: DemandSeries, plan: SeriesPlan, options: Sequence[Se
         return _static(series, plan, fleet, bounds, NO_TIME_NOTE, 0)
     chosen = schedule_configs(options, fleet, plan.chosen)
     static_hours = plan.device_count * series.steps * series.step_seconds / SECONDS_PER_HOUR
+    block, timed = 1, None
     for share in COPY_CHANGE_SHARES:
         try:
-            schedule = _follow(series, chosen, fleet, bounds, max_moves_per_step, share, deadline)
+            while True:
+                try:
+                    schedule = _follow(series, chosen, fleet, bounds, max_moves_per_step, share, deadline, block, timed)
+                    break
+                except _OutOfTime as e:
+                    block, timed = max(block + 1, e.block(series.steps)), e.clock
+                    if block >= series.steps:
+                        return _static(series, plan, fleet, bounds, str(e), e.step)
         except InfeasibleError:
             continue
         if schedule.gpu_hours < static_hours:
@@ -103,13 +122,35 @@ def schedule_series(series: DemandSeries, plan: SeriesPlan, options: Sequence[Se
                                                 "was found: every step keeps the static plan")
 
 
+class _OutOfTime(Exception):
+    """The time left cannot place the steps to come, even undrained: the schedule stops at ``step``."""
+
+    def __init__(self, step: int, plans_left: int, remaining_seconds: float, clock: _StepClock) -> None:
+        per_plan_seconds = clock.per_step(Drain.NONE)
+        super().__init__(f"the time limit left {remaining_seconds:.1f} s for {counted(plans_left, 'more plan')} "
+                         f"(about {per_plan_seconds * 1000:.0f} ms each, undrained): every step keeps the static plan")
+        self.step, self.per_plan_seconds, self.remaining_seconds = step, per_plan_seconds, remaining_seconds
+        self.setup_seconds, self.clock = clock.setup_seconds, clock
+
+    def block(self, steps: int) -> int:
+        """Steps to plan as one, so that the time left places them all again from the first, undrained
+        (its copies counted and placed first as this try did): ``steps`` or more when it cannot."""
+        left = self.remaining_seconds - STEP_MARGIN * self.setup_seconds - MARGIN_SECONDS
+        if left <= 0 or self.per_plan_seconds <= 0:
+            return steps
+        plans = int(left / (STEP_MARGIN * self.per_plan_seconds))
+        return steps if plans < 2 else max(2, math.ceil(steps / plans))
+
+
 @dataclass
 class _StepClock:
     """What a step has cost at each :class:`Drain` (from one step's start to the next's): the time
     to reserve for the steps left."""
 
+    setup_seconds: float  # counting the copies and placing the first step
     seconds: list[float] = field(default_factory=lambda: [0.0] * len(Drain))
     counts: list[int] = field(default_factory=lambda: [0] * len(Drain))
+    checks: int = 0
 
     def timed(self, drain: Drain, seconds: float) -> None:
         self.seconds[drain] += seconds
@@ -117,45 +158,82 @@ class _StepClock:
 
     def per_step(self, drain: Drain) -> float:
         """Until a step is timed at ``drain``, it is taken to cost its measured share of a step
-        that drains more, with room to spare."""
+        that drains more, with room to spare; a level timed cheaper than one below it costs that one's time."""
+        below = self.per_step(Drain(drain - 1)) if drain > Drain.NONE else 0.0
         if self.counts[drain]:
-            return self.seconds[drain] / self.counts[drain]
-        return STEP_COST_SHARE * self.per_step(Drain(drain + 1)) if drain < Drain.ALL else 0.0
+            return max(self.seconds[drain] / self.counts[drain], below)
+        above = next((d for d in Drain if d > drain and self.counts[d]), None)
+        if above is None:
+            return below
+        return max(STEP_COST_SHARE ** (above - drain) * self.seconds[above] / self.counts[above], below)
 
-    def affordable(self, deadline: Deadline, steps_left: int) -> Drain:
-        """The most draining this step can do and still leave each step after it the next less
-        (and one more such step's time to spare: the last step ends past its estimate as often as not)."""
+    def reserve(self, drain: Drain, steps: int, margin: float = STEP_MARGIN) -> float:
+        """Seconds to keep for ``steps`` at ``drain``, with the margin a busy machine needs."""
+        return margin * self.per_step(drain) * steps + MARGIN_SECONDS if steps else 0.0
+
+    def affordable(self, deadline: Deadline, t: int, steps_left: int) -> Drain:
+        """The most draining step ``t`` can do and still leave each step after it the next less
+        (and one more such step's time to spare: the last step ends past its estimate as often as
+        not); raises :class:`_OutOfTime` when the time left covers not even every step undrained:
+        with the margin at the first checks, so that starting again costs a step or two; later,
+        once the margin kept by draining less has been spent."""
         remaining = deadline.remaining()
+        self.checks += 1
+        margin = STEP_MARGIN if self.checks <= 2 else 1.0
+        if remaining < self.reserve(Drain.NONE, steps_left, margin):
+            raise _OutOfTime(t, steps_left, remaining, self)
         for drain in (Drain.ALL, Drain.EMPTIEST):
-            if remaining > self.per_step(drain) + self.per_step(Drain(drain - 1)) * steps_left:
+            if remaining > self.reserve(drain, 1) + self.reserve(Drain(drain - 1), steps_left):
                 return drain
         return Drain.NONE
 
 
 def _follow(series: DemandSeries, chosen: Sequence[SeriesOption], fleet: Fleet, bounds: np.ndarray, limit: int,
-            share: float, deadline: Deadline | None) -> Schedule:
+            share: float, deadline: Deadline | None, block: int = 1, timed: _StepClock | None = None) -> Schedule:
     """Each step placed from the one before, drained as far as the ``deadline`` leaves the steps
-    after it the time to drain a little less (once it has passed, not at all); raises
-    :class:`InfeasibleError` when a step's transition cannot be ordered safely within ``limit`` moves."""
-    copies = copies_within_moves(chosen, series.steps, max(1, int(limit * share)))
-    placer = Placer(chosen, copy_costs(chosen, copies), fleet)
-    steps = [ScheduledStep(placer.first(copies[:, 0]), ())]
-    clock, cut_short_at, last = _StepClock(), None, None
-    for t in range(1, series.steps):
+    after it the time to drain a little less; raises :class:`InfeasibleError` when a step's
+    transition cannot be ordered safely within ``limit`` moves, and :class:`_OutOfTime` when the
+    time left cannot place the steps to come even undrained. With ``block`` above 1, every
+    ``block`` steps are placed as one, which serves the busiest of them: the fleet changes less
+    often, and the schedule takes ``block`` times less time. ``timed``: what a try before this one
+    measured each step to cost, so that its first steps are not drained blind."""
+    entered, plans = timing.clock(), -(-series.steps // block)
+    busiest = [dataclasses.replace(o, rates_per_copy=_busiest(o.rates_per_copy, block)) for o in chosen]
+    planned = copies_within_moves(busiest, plans, max(1, int(limit * share)))
+    copies = np.repeat(planned, block, axis=1)[:, :series.steps]
+    costs = copy_costs(chosen, copies)
+    # Each block placed at each copy's costliest step within it: a lower rate may cost more bandwidth.
+    placer = Placer(chosen, [_busiest(c, block) for c in costs], fleet, lookahead=-(-LOOKAHEAD_STEPS // block))
+    placed = [ScheduledStep(placer.first(planned[:, 0]), ())]
+    clock = _StepClock(timing.clock() - entered, *((list(timed.seconds), list(timed.counts)) if timed else ()))
+    cut_short_at, last, begun = None, None, 0.0
+    for t in range(1, plans):
         started = timing.clock()
         if last is not None:
             clock.timed(last, started - begun)
-        begun, last = started, None
-        drain = Drain.ALL if steps[-1].device_count > bounds[t] else Drain.NONE
-        if drain and deadline is not None:
-            # Steps that could be drained are timed, however far they are: the others cost less.
-            last = drain = clock.affordable(deadline, series.steps - t)
-            cut_short_at = t if cut_short_at is None and drain < Drain.ALL else cut_short_at
-        steps.append(placer.next(steps[-1].devices, copies[:, t], t, limit, drain=drain))
-    note = "" if cut_short_at is None else (f"the time limit cut the search short at step {cut_short_at}: from there "
-                                            "on, devices are drained only as far as the time left allows")
-    return Schedule(tuple(chosen), copies, tuple(placer.costs), tuple(steps), fleet, series.step_seconds, bounds,
-                    cut_short_at_step=cut_short_at, note=note)
+        begun = started
+        drain = Drain.ALL if placed[-1].device_count > bounds[t * block:(t + 1) * block].max() else Drain.NONE
+        if deadline is not None:
+            affordable = clock.affordable(deadline, t * block, plans - t)
+            if drain:
+                drain = min(drain, affordable)
+                cut_short_at = t * block if cut_short_at is None and drain < Drain.ALL else cut_short_at
+        placed.append(placer.next(placed[-1].devices, planned[:, t], t, limit, drain=drain))
+        last = drain
+    steps = tuple(placed[t // block] if t % block == 0 else ScheduledStep(placed[t // block].devices, ())
+                  for t in range(series.steps))
+    notes = [] if block == 1 else [f"the time limit left time for a plan every {block} steps only: the fleet "
+                                   f"changes every {block} steps, each plan serving the busiest of them"]
+    if cut_short_at is not None:
+        notes.append(f"the time limit cut the search short at step {cut_short_at}: from there on, devices are "
+                     "drained only as far as the time left allows")
+    return Schedule(tuple(chosen), copies, costs, steps, fleet, series.step_seconds, bounds,
+                    cut_short_at_step=cut_short_at, note="; ".join(notes))
+
+
+def _busiest(values: np.ndarray, block: int) -> np.ndarray:
+    """The most of each ``block`` steps (the last axis), one per block."""
+    return values if block == 1 else np.maximum.reduceat(values, np.arange(0, values.shape[-1], block), axis=-1)
 
 
 def _static(series: DemandSeries, plan: SeriesPlan, fleet: Fleet, bounds: np.ndarray, note: str,
