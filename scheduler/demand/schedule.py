@@ -72,9 +72,6 @@ class Schedule:
     solve_seconds: float = 0.0
     seconds_by_phase: Mapping[str, float] = field(default_factory=dict)
 
-    def rates_per_copy(self, model: int, step: int) -> float:
-        return float(self.chosen[model].rates_per_copy[step] * self.chosen[model].copies / self.copies[model, step])
-
     @property
     def gpu_hours(self) -> float:
         return sum(s.device_count for s in self.steps) * self.step_seconds / SECONDS_PER_HOUR

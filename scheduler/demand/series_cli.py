@@ -37,9 +37,10 @@ PEAKS_SHARE = 0.5  # of the time left, for the sum of the peaks: the series plan
 # With --schedule: less for the sum of the peaks, and of what is left then, this for the series plan;
 # the schedule, a step at a time, takes the rest (on 1,000 models, 20-40 ms a step, 168 steps a week).
 SCHEDULE_PEAKS_SHARE, STATIC_SHARE = 0.25, 0.15
-# Measured under a load of 3.5 on 2 cores: 14-21 us a copy and step (4,055 copies x 168 steps: 9-12 s);
-# the copies of the series plan at every step, which a schedule's steps hold at most.
-JSON_SECONDS_PER_COPY_STEP = 2e-5
+# Writing the JSON, a copy and step: 4.3 us on a quiet core (a week of 1,000 models, 22 MB: 1.1 s),
+# twice that kept back for a busy machine; counted over the series plan's copies at every step,
+# which a schedule's steps hold at most.
+JSON_SECONDS_PER_COPY_STEP = 1e-5
 
 
 def run_series(args: argparse.Namespace, settings: dict, profile: Profile, policies: PolicySet | None,
