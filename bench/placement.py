@@ -13,7 +13,10 @@ measured in this run with the command's default time limit.
 ``--command`` instead runs every 1-D instance through the real ``gpupack plan`` command with
 ``--time-limit 10s``, in the units users have: as small integers (``--device-memory 1000B``), in
 MiB (every size and the capacity times 2^20) and in bytes (MiB less up to 4 KiB a size, seeded),
-and prints the three side by side: devices, proof and the wall time of the whole command.
+and prints the three side by side: devices, proof and the wall time of the whole command. With
+``--policy-column`` it also runs each instance as integers under an 80% GPU-memory policy (the
+plan then solves twice: under the policy, and at 100% to price it), as users plan, and prints the
+worst wall time of those runs.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -219,6 +223,10 @@ SCALES = ("integers", "MiB", "bytes")
 MiB = 2**20
 JITTER_BYTES = 4096
 JITTER_SEED = 26
+# Users plan under policies: the plan then solves twice (under the policy, and at 100% to price
+# it) within the one time limit, so --policy-column times that too.
+POLICY_NAME = "80% memory"
+POLICY = "policies:\n  - {name: memory-80, resource: gpu_memory, max: 80%}\n"
 
 
 def scaled_instance(path: Path, scale: str) -> tuple[list[int], str]:
@@ -231,35 +239,33 @@ def scaled_instance(path: Path, scale: str) -> tuple[list[int], str]:
     return (weights * MiB - (jitter if scale == "bytes" else 0)).tolist(), f"{capacity}MiB"
 
 
-def command_check(paths: list[Path], optima: dict[str, int], classes: dict[str, str], limit: str = "10s") -> None:
+def command_check(
+    paths: list[Path], optima: dict[str, int], classes: dict[str, str], limit: str = "10s", policy_column: bool = False
+) -> None:
     """`gpupack plan --time-limit 10s` per instance at each of SCALES: devices and wall time,
-    process start, imports and output included, which is what a user waits for."""
+    process start, imports and output included, which is what a user waits for; with
+    ``policy_column``, also as integers under POLICY (devices, wall time; no known optimum)."""
     print(f"\n`gpupack plan --time-limit {limit}` per instance: devices (* proven optimal) and wall time")
-    print(f"{'case':26} {'models':>6} " + " ".join(f"{scale:>14}" for scale in SCALES) + "  optimum")
-    rows: list[dict[str, tuple[int, bool, float]]] = []
+    policy_title = f"  {'integers, ' + POLICY_NAME:>20}" if policy_column else ""
+    print(f"{'case':26} {'models':>6} " + " ".join(f"{scale:>14}" for scale in SCALES) + f"  optimum{policy_title}")
+    rows: list[dict[str, tuple[float, bool, float]]] = []
+    under_policy: list[tuple[str, float, float]] = []
     with tempfile.TemporaryDirectory() as folder:
+        policies = Path(folder) / "memory-80.yaml"
+        policies.write_text(POLICY)
         for path in paths:
-            runs = {}
-            for scale in SCALES:
-                sizes, memory = scaled_instance(path, scale)
-                profile = Path(folder) / f"{path.stem}.csv"
-                profile.write_text("model,peak_gpu_memory_bytes\nserver_baseline,0\n"
-                                   + "".join(f"item-{i},{w}\n" for i, w in enumerate(sizes)))
-                command = [sys.executable, "-m", "gpupack", "plan", "--profile", str(profile), "--device-memory",
-                           memory, "--time-limit", limit, "--format", "json"]
-                started = time.perf_counter()
-                done = subprocess.run(command, capture_output=True, text=True)
-                seconds = time.perf_counter() - started
-                if done.returncode != 0:  # said, and counted as a miss: never a device count
-                    print(f"{path.stem} in {scale}: exit {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
-                document = json.loads(done.stdout) if done.returncode == 0 else {}
-                proven = document.get("proof", {}).get("status") == "optimal"
-                runs[scale] = (document.get("device_count", math.inf), proven, seconds)
+            runs = {scale: _plan(path, scale, folder, limit) for scale in SCALES}
             rows.append(runs)
             cells = " ".join(f"{count:>5}{'*' if proven else ' '} {seconds:6.1f}s" for count, proven, seconds in runs.values())
-            print(f"{path.stem:26} {len(sizes):6} {cells}  {optima[path.stem]}", flush=True)
+            line = f"{path.stem:26} {len(scaled_instance(path, 'integers')[0]):6} {cells}  {optima[path.stem]:7}"
+            if policy_column:
+                count, _, seconds = _plan(path, "integers", folder, limit, ["--policies", str(policies)])
+                under_policy.append((path.stem, count, seconds))
+                # "none": no placement exists (a model above 80% of a device), said within the limit too.
+                line += f"  {count if math.isfinite(count) else 'none':>12} {seconds:6.1f}s"
+            print(line, flush=True)
     names = [p.stem for p in paths]
-    print(f"\nAt the known optimum (with jitter: at most it), proven optimal, worst wall time; per class")
+    print("\nAt the known optimum (with jitter: at most it), proven optimal, worst wall time; per class")
     print(f"{'class':18} {'n':>3}  " + "  ".join(f"{scale:>27}" for scale in SCALES))
     for name in sorted({classes[n] for n in names}) + ["all"]:
         picked = [(n, r) for n, r in zip(names, rows) if name == "all" or classes[n] == name]
@@ -270,6 +276,27 @@ def command_check(paths: list[Path], optima: dict[str, int], classes: dict[str, 
             worst = max(r[scale][2] for _, r in picked)
             line += f"  {hits:>3}/{len(picked):<3} ({hits / len(picked):4.0%}) {proven:>3} pr {worst:5.1f}s"
         print(f"{name:18} {len(picked):3}" + line)
+    if under_policy:
+        name, _, seconds = max(under_policy, key=lambda run: run[2])
+        print(f"\nUnder {POLICY_NAME} (integers): worst wall time {seconds:.1f} s ({name}); "
+              f"{sum(math.isfinite(run[1]) for run in under_policy)}/{len(under_policy)} planned")
+
+
+def _plan(path: Path, scale: str, folder: str, limit: str, extra: Sequence[str] = ()) -> tuple[float, bool, float]:
+    """One `gpupack plan` of the instance at ``scale``: (devices, proven optimal, wall seconds);
+    devices is infinite where the command did not answer with a plan (said on stderr)."""
+    sizes, memory = scaled_instance(path, scale)
+    profile = Path(folder) / f"{path.stem}.csv"
+    profile.write_text("model,peak_gpu_memory_bytes\nserver_baseline,0\n" + "".join(f"item-{i},{w}\n" for i, w in enumerate(sizes)))
+    command = [sys.executable, "-m", "gpupack", "plan", "--profile", str(profile), "--device-memory", memory,
+               "--time-limit", limit, "--format", "json", *extra]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:  # said, and counted as a miss: never a device count
+        print(f"{path.stem} in {scale} {' '.join(extra)}: exit {done.returncode}: {done.stderr.strip()[-300:]}", file=sys.stderr)
+    document = json.loads(done.stdout) if done.returncode == 0 else {}
+    return document.get("device_count", math.inf), document.get("proof", {}).get("status") == "optimal", seconds
 
 
 def main() -> None:
@@ -280,6 +307,8 @@ def main() -> None:
     parser.add_argument("--only", metavar="TEXT", help="run only the 1-D instances whose name contains TEXT")
     parser.add_argument("--command", action="store_true",
                         help="only run the whole `gpupack plan --time-limit 10s` command on the 1-D instances, as integers, MiB and bytes")
+    parser.add_argument("--policy-column", action="store_true",
+                        help=f"with --command: also run each instance as integers under a {POLICY_NAME} policy")
     parser.add_argument("--shares", metavar="NAME=RATIO,...",
                         help="try other budget shares of the solver for this run, e.g. COLGEN_SHARE=0.5,FIXED_COUNT_SHARE=0.8 "
                              "(in-process runs only, not --command)")
@@ -291,7 +320,7 @@ def main() -> None:
         setattr(solver, name, float(value))
     if args.command:
         optima, classes, paths = bpp_instances(args.only)
-        command_check(paths, optima, classes)
+        command_check(paths, optima, classes, policy_column=args.policy_column)
         return
     rows = [run_case(name, problem, args.time_limit, target) for name, problem, target in seed_cases()]
     targets = {100: "", 1000: "within 1% of bound, <2 s", 5000: ""}

@@ -12,11 +12,14 @@ from gpupack.app.cli import main
 from gpupack.domain import Device, ModelFootprint, Placement, Resource
 from gpupack.scheduler import plan_cli, planning
 from gpupack.scheduler.packing.bounds import device_lower_bound
+from gpupack.scheduler.packing import colgen
 from gpupack.scheduler.packing.colgen import ColumnGeneration, declines
 from gpupack.scheduler.packing.instance import compile_problem
 from gpupack.scheduler.packing.problem import Objective, PlacementProblem, ProofStatus, ScopedLimit
 from gpupack.scheduler.packing.solver import Strategy, solve
 from gpupack.timing import Deadline
+
+from tests.scheduler.packing.test_dive import triplet_instance
 
 MEM, UTIL = Resource.GPU_MEMORY, Resource.GPU_UTILIZATION
 SEED = str(Path(__file__).resolve().parents[3] / "examples" / "seed-profile.yaml")
@@ -152,3 +155,33 @@ def test_exchange_columns_leave_the_root_lp_value_unchanged():
     deadline = Deadline.after(30)
     assert with_exchanges.root(deadline).lp_value == pytest.approx(without.root(deadline).lp_value, abs=1e-6)
     assert with_exchanges.master.exchanges == 0  # gone before any dive fixes a column
+
+
+class _CountingMaster(colgen._Master):
+    """The master LP, counting HiGHS's simplex iterations; ``dual_only`` re-solves every LP by
+    dual simplex, as the master did before it chose by what changed."""
+
+    def __init__(self, types, columns, dual_only: bool):
+        super().__init__(types, columns)
+        self.dual_only, self.iterations = dual_only, 0
+
+    def solve(self):
+        if self.dual_only:
+            self._rows_changed = True
+        solved = super().solve()
+        self.iterations += self.highs.getInfo().simplex_iteration_count
+        return solved
+
+
+def test_the_root_lp_re_solves_after_each_added_column_by_primal_simplex_in_fewer_iterations():
+    """A column added keeps the basis primal feasible: primal simplex re-solves from it where dual
+    simplex starts over in all but name (the triplets' root LP: 666 iterations against 1,974)."""
+    instance = triplet_instance()
+    types = colgen.item_types(instance)
+    iterations = {}
+    for dual_only in (False, True):
+        master = _CountingMaster(types, colgen._initial_columns(instance, types, None), dual_only)
+        _, bound, converged = colgen._generate(master, types.counts.copy(), Deadline.after(60), settle_early=True)
+        assert (bound, converged) == (20, True)
+        iterations[dual_only] = master.iterations
+    assert iterations[False] * 2 < iterations[True]

@@ -10,12 +10,12 @@ from gpupack.scheduler.packing.problem import PlacementProblem
 from gpupack.timing import Deadline
 
 MEM = Resource.GPU_MEMORY
-# 20 triplets that each fill a 1000-unit device exactly (a Falkenauer "t" instance): the optimum is
-# 20 devices, first-fit-decreasing uses 24, and one dive through the LP ends on 21.
+# 20 triplets that each fill a 1000-unit device exactly (Falkenauer_t60_01, three by three): the
+# optimum is 20 devices, first-fit-decreasing uses 23, and one dive through the LP ends on 21.
 TRIPLETS = (
-    454, 269, 277, 382, 298, 320, 432, 268, 300, 449, 257, 294, 488, 250, 262, 410, 267, 323, 443, 261,
-    296, 394, 252, 354, 380, 252, 368, 396, 302, 302, 401, 282, 317, 463, 254, 283, 411, 269, 320, 409,
-    294, 297, 399, 295, 306, 468, 264, 268, 392, 271, 337, 449, 262, 289, 453, 266, 281, 453, 251, 296,
+    475, 269, 256, 473, 267, 260, 468, 270, 262, 465, 280, 255, 462, 277, 261, 447, 302, 251, 444, 305,
+    251, 426, 314, 260, 423, 319, 258, 412, 313, 275, 411, 307, 282, 409, 339, 252, 403, 308, 289, 402,
+    333, 265, 399, 347, 254, 396, 340, 264, 396, 304, 300, 382, 361, 257, 376, 366, 258, 369, 334, 297,
 )
 
 
@@ -32,7 +32,7 @@ def devices_used(assignment):
 def test_column_generation_packs_the_triplets_on_the_lp_bound_where_first_fit_cannot():
     instance = triplet_instance()
     ffd = first_fit_decreasing(instance)
-    assert devices_used(ffd) == 24
+    assert devices_used(ffd) == 23
     lp = colgen.ColumnGeneration(instance, ffd)
     assert lp.root(Deadline.after(60), devices_used(ffd)).lp_bound == 20
     found = lp.search(Deadline.after(60), devices_used(ffd))
