@@ -3,18 +3,13 @@ that ``gpupack rules run --schedule`` can follow the schedule in time."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from gpupack.app.cli import main
 from gpupack.demand_series import load_demand_series
 from gpupack.errors import InputError
-from gpupack.rules.demand_source import demand_series_from_prometheus
 from gpupack.scheduler.demand.forecast import forecast
 
 from tests.scheduler.demand.test_schedule import daily_fleet, schedule
@@ -68,38 +63,3 @@ def test_the_schedule_says_when_it_starts_in_json_and_in_its_table(tmp_path: Pat
     assert main(["plan", "--profile", profile, "--device-memory", "16GiB", "--demand-series", series, "--schedule",
                  "--time-limit", "60s"]) == 0
     assert "Starts: step 0 at 2026-12-07T00:00:00Z." in capsys.readouterr().out
-
-
-class RangeQueries:
-    """Answers /api/v1/query_range with one sample per step at the asked times, 5/s each."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                asked = {k: v[0] for k, v in parse_qs(urlparse(self.path).query).items()}
-                first, end, step = float(asked["start"]), float(asked["end"]), float(asked["step"])
-                values = [[first + k * step, "5"] for k in range(int(round((end - first) / step)) + 1)]
-                body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": [
-                    {"metric": {"model": "a"}, "values": values}]}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
-def test_a_series_from_prometheus_starts_one_step_before_its_first_sample() -> None:
-    """Each sample is the peak of the step that ends at its time."""
-    prometheus = RangeQueries()
-    try:
-        series = demand_series_from_prometheus(prometheus.url, 3 * 3600.0, 3600.0, at_seconds=MONDAY)
-    finally:
-        prometheus.server.shutdown()
-    assert series.rates_per_second == {"a": (5.0, 5.0, 5.0)}
-    assert series.start_seconds == MONDAY - 3 * 3600

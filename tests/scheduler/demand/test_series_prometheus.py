@@ -53,6 +53,7 @@ def test_a_week_of_history_becomes_a_series_and_a_plan_by_the_peak_of_the_sum(tm
     with run_prometheus({"global": {"scrape_interval": "15s"}}, tmp_path / "prometheus") as prometheus:
         series = demand_series_from_prometheus(prometheus.url, WEEK_SECONDS, 3600, at_seconds=end)
         assert series.steps == 168 and set(series.models) == {"day", "night"}
+        assert series.start_seconds == end - WEEK_SECONDS, "each sample is the peak of the step ending at its time"
         for model, rates in series.rates_per_second.items():
             assert max(rates) == pytest.approx(BUSY, rel=0.05)
             assert min(rates) == pytest.approx(QUIET, rel=0.05)
