@@ -185,3 +185,41 @@ def test_the_root_lp_re_solves_after_each_added_column_by_primal_simplex_in_fewe
         assert (bound, converged) == (20, True)
         iterations[dual_only] = master.iterations
     assert iterations[False] * 2 < iterations[True]
+
+
+def test_a_root_lp_closing_its_gap_too_slowly_for_its_deadline_gives_up():
+    """csBB500_1's root LP: value and Farley bound draw together ever slower, and at the last
+    stretch's pace would not meet by the deadline, while the value leaves room for one device more
+    than the proven bound at most: it stops, for the searches to use the time."""
+    pace = colgen.Pace(Deadline.after(30), proven=1821)
+    start = pace.started
+    # Before a third of its time the pace is not judged, however slow.
+    assert not pace.hopeless(start + 1, value=1821.9, farley=1810.0)
+    assert not pace.hopeless(start + 8, value=1821.6, farley=1810.5)
+    # From 8 s to 12 s the gap closed by 0.6: 0.15 a second, 2.7 in the 18 s left, against 10.5.
+    assert pace.hopeless(start + 12, value=1821.5, farley=1811.0) and pace.gave_up
+
+
+def test_a_root_lp_keeps_going_where_it_can_converge_or_raise_the_bound_by_more():
+    fast = colgen.Pace(Deadline.after(30), proven=1821)
+    fast.hopeless(fast.started + 8, value=1821.6, farley=1810.6)
+    assert not fast.hopeless(fast.started + 12, value=1821.2, farley=1818.2)  # 2 a second: 36 in 18 s
+    # A value of 1822.5 leaves the LP room to prove 1823, two above the bound: the time is well spent.
+    room = colgen.Pace(Deadline.after(30), proven=1821)
+    room.hopeless(room.started + 8, value=1822.6, farley=1810.5)
+    assert not room.hopeless(room.started + 12, value=1822.5, farley=1811.0)
+    # No progress at all is no pace: a degenerate LP (csAA125_1) sits still for seconds, then converges.
+    still = colgen.Pace(Deadline.after(30), proven=1821)
+    still.hopeless(still.started + 8, value=1821.5, farley=1811.0)
+    assert not still.hopeless(still.started + 12, value=1821.5, farley=1811.0) and not still.gave_up
+
+
+def test_a_root_lp_that_gives_up_says_so_and_the_searches_still_reach_the_bound(monkeypatch):
+    # The triplets' root LP converges in a tenth of a second; here its pace is judged hopeless at once.
+    monkeypatch.setattr(colgen.Pace, "hopeless", lambda self, now, value, farley: setattr(self, "gave_up", True) or True)
+    instance = triplet_instance()
+    root = ColumnGeneration(instance, None).root(Deadline.after(30), 23, proven=20)
+    assert (root.converged, root.hopeless) == (False, True)
+    result = solve(instance.problem, time_limit_seconds=5)
+    assert result.device_count == 20 and result.optimal
+    assert result.seconds_by_phase["fixed-count-search"] > 0
