@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from gpupack.demand import ModelDemand
 from gpupack.domain import Placement, Resource
@@ -47,10 +47,7 @@ def plan_configurations(
 ) -> ConfigPlan | None:
     """None unless a throughput policy weighs a loaded model the profile searched configurations for."""
     profile = inputs.profile
-    required: dict[str, float] = {}
-    for c in constraints.of_type(Throughput):
-        for model, rate in c.required_per_second.items():
-            required[model] = max(rate, required.get(model, 0.0))
+    required = required_rates(constraints.of_type(Throughput))
     loaded = set(fleet.placement.assignments)
     if profile is None or not set(required) & set(profile.configs) & loaded:
         return None
@@ -74,7 +71,7 @@ def plan_configurations(
         max_devices=most,
     )
     result = solve(problem, objectives, time_limit_seconds / 2)
-    budget = _budget(inputs, fleet, problem, configs, demand.rates, required)
+    budget = configured_budget(Budget.from_problem(problem), inputs, fleet, configs, demand.rates, required)
     # A model planned in the profile's default (none searched, or none matching today) loads as the repository has it.
     searched = {m: name for m, name in demand.configs.items() if m in profile.configs and name != DEFAULT_CONFIG_NAME}
     return ConfigPlan(problem, result.placement, searched, budget)
@@ -102,29 +99,41 @@ def _unknown_demand_kept(
     return profile, dataclasses.replace(base, replicas=replicas)
 
 
-def _budget(
+def required_rates(throughput: Iterable[Throughput]) -> dict[str, float]:
+    """Per model, the highest rate any throughput policy requires of it."""
+    required: dict[str, float] = {}
+    for c in throughput:
+        for model, rate in c.required_per_second.items():
+            required[model] = max(rate, required.get(model, 0.0))
+    return required
+
+
+def configured_budget(
+    budget: Budget,
     inputs: FleetInputs,
     fleet: FleetView,
-    problem: PlacementProblem,
     configs: Mapping[str, Mapping[str, ModelConfig]],
     rates: Mapping[str, float],
     required: Mapping[str, float],
 ) -> Budget:
-    """A copy in a configuration the profile does not list costs and serves what the model's top-level entry says."""
+    """``budget`` with what each configuration of ``configs`` costs at the model's rate and serves,
+    so a copy switching configuration counts both while it switches and no step leaves a model
+    serving less than ``required``. A copy in a configuration the profile does not list costs and
+    serves what the model's top-level entry says."""
     assert inputs.profile is not None
-    searched = inputs.profile.configs
     default_capacity = copy_capacities(inputs.profile)
     peaks: dict[str, dict[str, Mapping[Dimension, float]]] = {}
     capacities: dict[str, dict[str, float]] = {}
-    for model in searched:
+    for model in inputs.profile.configs:
         if model not in configs:
             continue
-        peaks[model] = {name: _dimensions(copy_peaks(c, rates[model])) for name, c in configs[model].items()}
-        peaks[model][DEFAULT_CONFIG_NAME] = _dimensions(inputs.footprints[model])
+        rate = rates.get(model, 0.0)
+        peaks[model] = {name: _dimensions(copy_peaks(c, rate)) for name, c in configs[model].items()}
+        peaks[model][DEFAULT_CONFIG_NAME] = _dimensions(inputs.footprints.get(model, {}))
         capacities[model] = {name: capacity_per_second(c, None) for name, c in configs[model].items()}
         capacities[model][DEFAULT_CONFIG_NAME] = default_capacity.get(model, 0.0)
     return dataclasses.replace(
-        Budget.from_problem(problem),
+        budget,
         config_peaks=peaks,
         loaded_configs=inputs.loaded_configs(fleet),
         config_capacity_per_second=capacities,
@@ -133,7 +142,4 @@ def _budget(
 
 
 def _dimensions(peaks: Mapping[Resource, float]) -> dict[Dimension, float]:
-    dimensions: dict[Dimension, float] = {}
-    for resource, value in peaks.items():
-        dimensions[resource] = value
-    return dimensions
+    return {resource: value for resource, value in peaks.items()}

@@ -16,17 +16,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from gpupack.domain import Placement, Resource
+from gpupack.domain import Placement
 from gpupack.model_configs import DEFAULT_CONFIG_NAME, ModelConfig
 from gpupack.rules.compiled import Throughput
-from gpupack.rules.demand_source import copy_capacities
 from gpupack.rules.evaluator import evaluate
 from gpupack.rules.policy import Action, PolicySet
 from gpupack.scheduler.constraints import problem_from
 from gpupack.scheduler.demand.cost import capacity_per_second, copy_peaks
-from gpupack.scheduler.packing.problem import Dimension, InfeasibleError, Objective
+from gpupack.scheduler.packing.problem import InfeasibleError, Objective
 from gpupack.scheduler.planning import plan_under
 from gpupack.scheduler.rebalance.admission import admit
+from gpupack.scheduler.rebalance.configurations import configured_budget, required_rates
 from gpupack.scheduler.rebalance.current import FleetView, LoadedModel
 from gpupack.scheduler.rebalance.inputs import FleetInputs
 from gpupack.scheduler.rebalance.moves import plan_moves
@@ -97,10 +97,13 @@ def plan_toward(inputs: FleetInputs, fleet: FleetView, policies: PolicySet, wish
         target, problem = planned.result.placement, planned.problem
     else:
         problem = problem_from(constraints, models, devices, inputs.server_baseline(), current=target)
-    budget = _budget(Budget.from_problem(problem), inputs, fleet, wish, constraints.of_type(Throughput))
-    searched = inputs.profile.configs if inputs.profile is not None else {}
-    configs = {m: c for m, c in wish.configs.items()
-               if c != DEFAULT_CONFIG_NAME and any(s.name == c for s in searched.get(m, ()))}
+    budget = Budget.from_problem(problem)
+    if inputs.profile is not None and inputs.profile.configs:
+        # Every profiled configuration at the wished rate: a copy switching counts both while it switches.
+        budget = configured_budget(budget, inputs, fleet,
+                                   {m: {c.name: c for c in cs} for m, cs in inputs.profile.configs.items()},
+                                   wish.rates_per_second, required_rates(constraints.of_type(Throughput)))
+    configs = {m: c for m, c in wish.configs.items() if c != DEFAULT_CONFIG_NAME and _searched(inputs, m, c) is not None}
     moves = plan_moves(current, target, budget, configs)
     violations = evaluate(inputs.snapshot(fleet), policies, current).violations
     return TowardPlan(RebalancePlan(fleet, inputs, violations, target, moves,
@@ -129,31 +132,3 @@ def _in_wished_configs(inputs: FleetInputs, wish: Wish) -> FleetInputs:
             footprints[model] = copy_peaks(config, wish.rates_per_second.get(model, 0.0))
             capacities[model] = capacity_per_second(config, None)
     return dataclasses.replace(inputs, footprints=footprints, copy_capacity_per_second=capacities)
-
-
-def _budget(budget: Budget, inputs: FleetInputs, fleet: FleetView, wish: Wish, throughput: tuple) -> Budget:
-    """Every profiled configuration's peaks (at the wished rate) and capacity, so a copy switching
-    configuration counts both while it switches and no step leaves a model serving less than the
-    throughput policies require."""
-    if inputs.profile is None or not inputs.profile.configs:
-        return budget
-    default_capacity = copy_capacities(inputs.profile)
-    peaks: dict[str, dict[str, Mapping[Dimension, float]]] = {}
-    served: dict[str, dict[str, float]] = {}
-    for model, configs in inputs.profile.configs.items():
-        rate = wish.rates_per_second.get(model, 0.0)
-        peaks[model] = {c.name: _dimensions(copy_peaks(c, rate)) for c in configs}
-        peaks[model][DEFAULT_CONFIG_NAME] = _dimensions(inputs.footprints.get(model, {}))
-        served[model] = {c.name: capacity_per_second(c, None) for c in configs}
-        served[model][DEFAULT_CONFIG_NAME] = default_capacity.get(model, 0.0)
-    required: dict[str, float] = {}
-    for c in throughput:
-        for model, rate in c.required_per_second.items():
-            if model in served:
-                required[model] = max(rate, required.get(model, 0.0))
-    return dataclasses.replace(budget, config_peaks=peaks, loaded_configs=inputs.loaded_configs(fleet),
-                               config_capacity_per_second=served, required_per_second=required)
-
-
-def _dimensions(peaks: Mapping[Resource, float]) -> dict[Dimension, float]:
-    return {resource: value for resource, value in peaks.items()}
