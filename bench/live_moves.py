@@ -35,7 +35,8 @@ from gpupack.router import DRAINING, OFF, Router, RouteStatus
 from gpupack.router.haproxy_config import SERVER_HEADER
 from gpupack.router.launcher import HaproxyProcess
 from gpupack.scheduler.rebalance.audit import AuditLog, read_audit
-from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import StepContext
 from gpupack.scheduler.rebalance.routing import align
 from gpupack.scheduler.rebalance.steps import Step
 from gpupack.servers import ServerConfig

@@ -56,7 +56,8 @@ def test_a_server_that_is_not_there_is_named_and_not_live() -> None:
 def test_a_server_that_does_not_answer_is_not_a_model_that_unloaded(tmp_path) -> None:
     """Silence says nothing about the model: waiting for it to be gone must fail, not succeed."""
     from gpupack.scheduler.rebalance.audit import AuditLog
-    from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext
+    from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+    from gpupack.scheduler.rebalance.step_mechanics import StepContext
 
     gone = ServerConfig("gone", f"http://127.0.0.1:{free_port()}")
     control = TritonControl(gone, timeout_seconds=5)

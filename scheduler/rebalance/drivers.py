@@ -7,7 +7,8 @@ from typing import Sequence
 
 from gpupack.domain import Placement
 from gpupack.errors import InputError
-from gpupack.scheduler.rebalance.executor import Executor, ServerPerDeviceExecutor, StepContext
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import Executor, StepContext
 from gpupack.scheduler.rebalance.inputs import FleetInputs
 from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
 from gpupack.servers import ServerConfig

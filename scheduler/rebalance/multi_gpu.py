@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from gpupack.domain import Placement
-from gpupack.scheduler.rebalance.executor import StepContext, StepFailedError, StepMechanics, serving
+from gpupack.scheduler.rebalance.step_mechanics import StepContext, StepFailedError, StepMechanics, serving
 from gpupack.scheduler.rebalance.steps import Step
 from gpupack.servers import ServerConfig
 from gpupack.triton.control import TritonControlError

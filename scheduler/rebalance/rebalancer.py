@@ -22,9 +22,8 @@ from gpupack.scheduler.rebalance.current import FleetView, read_fleet
 from gpupack.scheduler.rebalance.desired import (
     Copy, Desired, DesiredStateError, DesiredStateFile, lost, observed, with_copy,
 )
-from gpupack.scheduler.rebalance.executor import (
-    Executor, Phase, ServerPerDeviceExecutor, StepContext, StepFailedError, reload_model,
-)
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import Executor, Phase, StepContext, StepFailedError, reload_model
 from gpupack.scheduler.rebalance.drivers import build_executor, managed_devices
 from gpupack.scheduler.rebalance.routing import align, by_model, copy_capacities
 from gpupack.scheduler.rebalance.restore import where_to_reload

@@ -17,7 +17,8 @@ from gpupack.domain import Placement
 from gpupack.model_configs import ConfigPoint, ModelConfig
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.rebalance.audit import AuditLog
-from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext, StepFailedError
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import StepContext, StepFailedError
 from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
 from gpupack.scheduler.rebalance.inputs import FleetInputs, ProfileInputs
 from gpupack.scheduler.rebalance.steps import Step

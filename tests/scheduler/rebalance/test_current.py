@@ -15,7 +15,7 @@ from gpupack.domain import Placement, Resource
 from gpupack.errors import InputError
 from gpupack.scheduler.rebalance.audit import AuditLog
 from gpupack.scheduler.rebalance.current import FleetView, GpuIndex, LoadedModel, devices_of
-from gpupack.scheduler.rebalance.executor import StepContext
+from gpupack.scheduler.rebalance.step_mechanics import StepContext
 from gpupack.scheduler.rebalance.multi_gpu import MultiGpuExecutor
 from gpupack.scheduler.rebalance.inputs import ExporterInputs
 from gpupack.scheduler.rebalance.drivers import build_executor

@@ -14,7 +14,8 @@ import requests
 
 from gpupack.domain import Placement
 from gpupack.scheduler.rebalance.audit import AuditLog, read_audit
-from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext, StepFailedError
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import StepContext, StepFailedError
 from gpupack.scheduler.rebalance.multi_gpu import GpuSlot, MultiGpuExecutor
 from gpupack.scheduler.rebalance.steps import Step
 from gpupack.router.haproxy_config import SERVER_HEADER

@@ -20,7 +20,8 @@ from gpupack.router import DRAINING, OFF, SERVING, RouterError, RouteStatus
 from gpupack.router.haproxy_config import SERVER_HEADER
 from gpupack.rules.loader import load_policies
 from gpupack.scheduler.rebalance.audit import AuditLog, read_audit
-from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor, StepContext, StepFailedError
+from gpupack.scheduler.rebalance.executor import ServerPerDeviceExecutor
+from gpupack.scheduler.rebalance.step_mechanics import StepContext, StepFailedError
 from gpupack.scheduler.rebalance.inputs import ProfileInputs
 from gpupack.scheduler.rebalance.rebalancer import Rebalancer
 from gpupack.scheduler.rebalance.settings import RebalanceSettings
