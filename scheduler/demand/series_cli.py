@@ -34,13 +34,14 @@ from gpupack.timing import Deadline
 LEAST_SOLVE_SECONDS = 0.1
 WEEK_SECONDS = 7 * 86400.0
 PEAKS_SHARE = 0.5  # of the time left, for the sum of the peaks: the series plans are quick heuristics
-# With --schedule: less for the sum of the peaks, and of what is left then, this for the series plan;
-# the schedule, a step at a time, takes the rest (on 1,000 models, 20-40 ms a step, 168 steps a week).
-SCHEDULE_PEAKS_SHARE, STATIC_SHARE = 0.25, 0.15
-# Writing the JSON, a copy and step: 4.3 us on a quiet core (a week of 1,000 models, 22 MB: 1.1 s),
+# With --schedule: less for the sum of the peaks (on bench/time_plans.py's fleets, 1.2 s finds the
+# same 125 and 1,123 devices as 2.5 s), and of what is left then, this for the series plan; the
+# schedule, a step at a time, takes the rest (on 1,000 models, 20-40 ms a step, 168 steps a week).
+SCHEDULE_PEAKS_SHARE, STATIC_SHARE = 0.12, 0.15
+# Writing the JSON, a copy and step: 2.5 us on a quiet core (a week of 1,000 models, 38 MB: 0.7 s),
 # twice that kept back for a busy machine; counted over the series plan's copies at every step,
 # which a schedule's steps hold at most.
-JSON_SECONDS_PER_COPY_STEP = 1e-5
+JSON_SECONDS_PER_COPY_STEP = 3e-6
 
 
 def run_series(args: argparse.Namespace, settings: dict, profile: Profile, policies: PolicySet | None,

@@ -17,6 +17,7 @@ from gpupack.scheduler.packing.instance import Instance
 from gpupack.timing import Deadline
 
 Assignment = dict[int, list[int]]  # model index -> device indices
+FRESH_AHEAD = 8  # unopened devices looked at before all of them
 
 
 class _Packing:
@@ -32,6 +33,7 @@ class _Packing:
         self.count = 0
         self.slot = np.full(instance.n_devices, -1, dtype=np.int64)
         self.devices_of: list[list[int]] = [[] for _ in range(instance.n_models)]
+        self.pinned = not instance.allowed.all()
         self.group_present = np.zeros((len(instance.groups), instance.n_devices), dtype=bool)
         self.groups_of: list[list[int]] = [[] for _ in range(instance.n_models)]
         for g, members in enumerate(instance.groups):
@@ -51,7 +53,7 @@ class _Packing:
             devices, room = self.opened[: self.count], self.room[:, : self.count]
         else:
             devices, room = fresh, self.instance.capacity[fresh].T
-        ok = self._fitting(i, devices, room)
+        ok = self._fitting(i, devices, room, opened=fresh is None)
         k = int(np.argmax(ok)) if len(ok) else 0
         return int(devices[k]) if len(ok) and ok[k] else None
 
@@ -59,10 +61,16 @@ class _Packing:
         room = self.room[:, self.slot[d]] if self.slot[d] >= 0 else self.instance.capacity[d]
         return bool(self._fitting(i, np.array([d]), room[:, None])[0])
 
-    def _fitting(self, i: int, devices: np.ndarray, room: np.ndarray) -> np.ndarray:
-        ok = np.all(room >= self.instance.demand[i][:, None], axis=0) & self.instance.allowed[i, devices]
+    def _fitting(self, i: int, devices: np.ndarray, room: np.ndarray, opened: bool = False) -> np.ndarray:
+        """Where model ``i`` may go among ``devices`` (``opened``: the open devices, in their order)."""
+        ok = np.all(room >= self.instance.demand[i][:, None], axis=0)
+        if self.pinned:
+            ok &= self.instance.allowed[i, devices]
         if self.devices_of[i]:
-            ok &= ~np.isin(devices, self.devices_of[i])
+            if opened:  # a model's devices are open, each where its slot says: no search (a first fit of 1,000 models: 0.4 s less)
+                ok[self.slot[self.devices_of[i]]] = False
+            else:
+                ok &= ~np.isin(devices, self.devices_of[i])
         if self.groups_of[i]:
             ok &= ~self.group_present[self.groups_of[i]][:, devices].any(axis=0)
         if self.forbidden_of[i]:
@@ -107,11 +115,19 @@ def first_fit_decreasing(
     order = np.lexsort((-sizes.sum(axis=1), -key))
     room = np.maximum(instance.capacity, 0) / np.maximum(instance.capacity.max(axis=0), 1)
     preference = np.lexsort((np.arange(instance.n_devices), -room.sum(axis=1), instance.cost))
+    unopened = 0  # preference[:unopened] are all open
     for i in order:
         for _ in range(int(instance.replicas[i]) - len(packing.devices_of[i])):
             d = packing.first_fit(i)
             if d is None:
-                d = packing.first_fit(i, preference[packing.slot[preference] < 0])
+                # The first unopened devices first: a fleet offered for the sum of the peaks of 1,000
+                # models has 12,000, and looking at all for each new device took 0.3 s.
+                while unopened < len(preference) and packing.slot[preference[unopened]] >= 0:
+                    unopened += 1
+                ahead = preference[unopened:unopened + FRESH_AHEAD]
+                d = packing.first_fit(i, ahead[packing.slot[ahead] < 0])
+                if d is None:
+                    d = packing.first_fit(i, preference[packing.slot[preference] < 0])
                 if d is None:
                     return None
             packing.place(i, d)

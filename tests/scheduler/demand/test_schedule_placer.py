@@ -11,9 +11,9 @@ DEVICES = 6
 
 def placer(utilisation):
     """One copy of each model costs 10% of the memory, 5% of the bandwidth and its utilisation in
-    each of two steps; every device has room for 100% of each."""
-    costs = [np.array([[0.1, 0.1], u, [0.05, 0.05]]) for u in utilisation]
-    chosen = [SeriesOption(f"m{m}", None, 1, 1.0, np.zeros(2), c) for m, c in enumerate(costs)]
+    each step; every device has room for 100% of each."""
+    costs = [np.array([[0.1] * len(u), u, [0.05] * len(u)]) for u in utilisation]
+    chosen = [SeriesOption(f"m{m}", None, 1, 1.0, np.zeros(len(u)), c) for m, (u, c) in enumerate(zip(utilisation, costs))]
     fleet = Fleet(tuple(f"gpu{d}" for d in range(DEVICES)), np.ones((DEVICES, 3)), np.zeros((DEVICES, 3)))
     return Placer(chosen, costs, fleet), np.stack(costs)
 
@@ -47,3 +47,28 @@ def test_a_quiet_step_drains_devices_onto_those_that_copies_leave():
     assert step.device_count == 2, "a third device is left a quarter full"
     assert len(step.moves) <= 10
     replay(before, step, cost)
+
+
+def test_a_deep_drain_goes_on_past_devices_that_cannot_be_emptied():
+    # The five emptiest devices each hold a copy at 55% that fits beside no other; the sixth holds
+    # two at 30% that fit beside any of them. A drain gives up after five devices; a deep one does not.
+    utilisation = [[0.55, 0.55]] * 5 + [[0.3, 0.3]] * 2
+    before = ((0,), (1,), (2,), (3,), (4,), (5,), (5,))
+    place, cost = placer(utilisation)
+    assert place.next(before, np.ones(7, dtype=int), 1, 10, Drain.ALL).device_count == 6
+    step = place.next(before, np.ones(7, dtype=int), 1, 10, Drain.DEEP)
+    assert step.device_count == 5
+    replay(before, step, cost)
+
+
+def test_a_device_full_only_at_the_next_step_opens_no_device_ahead_of_it():
+    # gpu0's two copies fit in step 1 (90%) but not in step 2 (120%), and no open device has room:
+    # step 1 keeps two devices, and step 2 relieves gpu0 when it must.
+    utilisation = [[0.45, 0.45, 0.6], [0.45, 0.45, 0.6], [0.9, 0.9, 0.9]]
+    before = ((0,), (0,), (1,))
+    place, cost = placer(utilisation)
+    step = place.next(before, np.ones(3, dtype=int), 1, 10, Drain.ALL)
+    assert step.device_count == 2, "a device opened in step 1 for demand that comes in step 2"
+    replay(before, step, cost)
+    after = place.next(step.devices, np.ones(3, dtype=int), 2, 10, Drain.ALL)
+    assert after.device_count == 3
