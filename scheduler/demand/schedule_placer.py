@@ -31,9 +31,9 @@ from gpupack.units import counted
 # and 3 agree), against 1.28x and 1.24x with two, and 1.37x on 100 with none.
 LOOKAHEAD_STEPS = 1
 # Draining stops after this many devices could not be emptied: fuller ones rarely will be. When time
-# allows, a step tries more: 30 rather than 5 gives 1.23x the bound rather than 1.24x on 100 models
-# (1.30x rather than 1.30x and 1.19x rather than 1.20x on seeds 2 and 3), and 1.18x rather than 1.19x
-# on 1,000, for about 1.2x the time a step.
+# allows, a step tries more: 30 rather than 5 gives 1.229x the bound rather than 1.243x on 100 models
+# (1.296x rather than 1.304x and 1.191x rather than 1.197x on seeds 2 and 3), and 1.184x rather than
+# 1.190x on 1,000, for about 1.2x the time a step (bench/time_plans.py's fleets, no time limit).
 DRAIN_TRIES, DEEP_DRAIN_TRIES = 5, 30
 _Change = tuple[int, int | None, int | None]  # (model, source, target): a load, an unload or a move
 
