@@ -141,16 +141,20 @@ def plan_series(options: Sequence[Sequence[SeriesOption]], fleet: Fleet,
     for seed in seeds:
         choices.append(tuple(next((o for o in mine if o.config.name == seed.get(o.model)), mine[0]) for mine in options))
     best: SeriesPlan | None = None
-    tries = [(chosen, best_fit) for chosen in choices for best_fit in (False, True)]
+    # Models with the most copies first, after every packing biggest first: copies of one model need
+    # distinct devices, and placed last they open devices the rest no longer fill (on 100 models with
+    # its configurations, 109 devices rather than 155; on 1,000, 738 rather than 722).
+    tries = [(chosen, best_fit, copies_first) for copies_first in (False, True) for chosen in choices
+             for best_fit in (False, True)]
     packing_seconds = 0.0
-    for chosen, best_fit in tries:
+    for chosen, best_fit, copies_first in tries:
         # Another packing is tried only when it would end before the deadline.
         if best is not None and (best.device_count <= bound or
                                  (deadline is not None and deadline.remaining() < packing_seconds)):
             best = dataclasses.replace(best, stopped_early=best.device_count > bound)
             break
         started = timing.clock()
-        devices = pack(chosen, fleet, best_fit)
+        devices = pack(chosen, fleet, best_fit, copies_first)
         packing_seconds = max(packing_seconds, timing.clock() - started)
         if devices is not None and (best is None or len({d for ds in devices for d in ds}) < best.device_count):
             best = SeriesPlan(chosen, devices, fleet, bound)
@@ -222,13 +226,16 @@ def _bounds(options: Sequence[Sequence[SeriesOption]], scale: np.ndarray,
     return np.maximum.reduce([np.ceil(least.max(axis=0) - 1e-6), big.max(axis=0), copies]).astype(int)
 
 
-def pack(chosen: Sequence[SeriesOption], fleet: Fleet, best_fit: bool) -> tuple[tuple[int, ...], ...] | None:
-    """First-fit (or best-fit) decreasing over (resource, step) vectors, a model's copies on
+def pack(chosen: Sequence[SeriesOption], fleet: Fleet, best_fit: bool,
+         copies_first: bool = False) -> tuple[tuple[int, ...], ...] | None:
+    """First-fit (or best-fit) decreasing over (resource, step) vectors (``copies_first``: models
+    with the most copies first, then the biggest), a model's copies on
     distinct devices; None when the fleet runs out."""
     scale = _scale(fleet)
     slack = fleet.room[:, :, None] + TOLERANCE * np.maximum(np.abs(fleet.room[:, :, None]), 1.0)
     load = np.zeros((len(fleet.names), len(RESOURCES), chosen[0].cost.shape[1] if chosen else 0))
-    order = sorted(range(len(chosen)), key=lambda m: -float((chosen[m].cost / scale).max(initial=0.0)))
+    size = [float((o.cost / scale).max(initial=0.0)) for o in chosen]
+    order = sorted(range(len(chosen)), key=lambda m: (-chosen[m].copies if copies_first else 0, -size[m]))
     placed: list[tuple[int, ...]] = [()] * len(chosen)
     opened = 0
     for m in order:

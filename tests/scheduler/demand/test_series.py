@@ -7,6 +7,7 @@ and every device within every limit at every step."""
 import json
 import random
 
+import numpy as np
 import pytest
 import yaml
 
@@ -188,3 +189,19 @@ def test_a_profile_with_measured_colocations_is_refused_rather_than_ignored(caps
                 "      - {model: b, request_rate_per_second: 10, throughput_per_second: 10, latency_p99_seconds: 1}\n")
     status, _, err = plan(capsys, profile, series)
     assert status == 2 and "does not plan with measured colocations yet" in err
+
+
+def test_a_model_with_many_small_copies_is_packed_before_bigger_single_copies():
+    # Two models of one copy at 50% of the memory and one of four copies at 45%: biggest first, the
+    # two halves fill one device and the four copies need four more; most copies first, each half
+    # joins one of the four.
+    from gpupack.scheduler.demand.series import Fleet, SeriesOption, plan_series
+
+    def option(name, copies, memory):
+        return SeriesOption(name, None, copies, 1.0, np.zeros(1), np.array([[memory], [0.0], [0.0]]))
+
+    options = [[option("x", 1, 0.5)], [option("y", 1, 0.5)], [option("z", 4, 0.45)]]
+    fleet = Fleet(tuple(f"gpu{d}" for d in range(6)), np.ones((6, 3)), np.zeros((6, 3)))
+    plan = plan_series(options, fleet)
+    assert plan.device_count == 4 == plan.lower_bound
+    assert len(set(plan.devices[2])) == 4
