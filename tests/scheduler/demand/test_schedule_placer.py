@@ -72,3 +72,16 @@ def test_a_device_full_only_at_the_next_step_opens_no_device_ahead_of_it():
     replay(before, step, cost)
     after = place.next(step.devices, np.ones(3, dtype=int), 2, 10, Drain.ALL)
     assert after.device_count == 3
+
+
+def test_a_deep_drain_moves_a_smaller_copy_aside_to_make_room():
+    # Four devices at 30%, 90% (50% + 40%), 55% and 20% of their utilisation, 195% in all. Drains
+    # that only move copies where they fit stop at three devices; making room for a copy that fits
+    # nowhere, by moving a smaller one from where it would fit to a third device, gets two.
+    utilisation = [[u, u] for u in (0.4, 0.2, 0.5, 0.4, 0.15, 0.3)]
+    before = ((2,), (3,), (1,), (1,), (2,), (0,))
+    place, cost = placer(utilisation)
+    assert place.next(before, np.ones(6, dtype=int), 1, 10, Drain.ALL).device_count == 3
+    step = place.next(before, np.ones(6, dtype=int), 1, 10, Drain.DEEP)
+    assert step.device_count == 2
+    replay(before, step, cost)
