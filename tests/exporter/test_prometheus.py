@@ -14,7 +14,6 @@ from prometheus_client import parser as text_parser
 from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from gpupack.exporter.families import parse_family_selection
-from gpupack.timing import wait_until
 
 from tests.deploy.promstack import Prometheus, require_binary, run_prometheus
 from tests.exporter.conftest import wait_until

@@ -18,7 +18,6 @@ from gpupack.profiler.loadgen import LoadWindow, ModelSignature
 from gpupack.profiler.output import model_config, to_search_profile
 from gpupack.profiler.rank import Constraints, MeasuredConfig, rank
 from gpupack.profiler.sampler import Peaks
-from gpupack.profiler.loadgen import Load
 from gpupack.profiler.search import ConfigSearch, exhaustive, hill_climb, search_loads
 from gpupack.profiler.stats import PointResult, TritonCounters, measure_point
 from gpupack.profiler.sweep import SweepPlan
