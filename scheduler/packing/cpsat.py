@@ -107,6 +107,10 @@ class _Model:
         return assignment
 
 
+# Fleets up to this many models are searched deterministically.
+DETERMINISTIC_MODELS = 64
+
+
 def solve_exact(
     instance: Instance,
     objectives: Sequence[Objective],
@@ -132,6 +136,10 @@ def solve_exact(
         built.hint(hint)
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = workers
+    # A small fleet is solved to optimality in milliseconds, often with several optimal placements:
+    # the interleaved search returns the same one every time (a parallel search returned whichever
+    # worker finished first, which changed with the machine's load).
+    solver.parameters.interleave_search = instance.n_models <= DETERMINISTIC_MODELS
     assignment, proven, device_bound = None, True, 0
     for phase, objective in enumerate(objectives):
         expression = built.expression(objective)
