@@ -18,9 +18,10 @@ covers them all. As soon as it does not (known once the first step is timed, on 
 for the limit), the schedule starts again with runs of steps planned as one: each plan serves the
 busiest of its steps, the fleet changes only between plans, there are 0.6 as many plans as the time
 left covers, and steps are merged where that adds the fewest device-steps (:func:`_runs`; on 1,000
-models, 107 plans of 168 steps: 1.37x the bound, where plans of 2 steps each gave 1.5x). Every step keeps the series plan's placement, which serves them all with no move, when not
-even two plans fit in the time left, or no transition fits within the move limit, or the schedule
-needs no fewer GPU-hours (a note says which). With twice the schedule's time still left (on 100
+models, 107 plans of 168 steps: 1.37x the bound, where plans of 2 steps each gave 1.5x). Every step
+keeps the series plan's placement, which serves them all with no move, when not even two plans fit
+in the time left, or no transition fits within the move limit, or the schedule needs no fewer
+GPU-hours (a note says which). With twice the schedule's time still left (on 100
 models; not on 1,000 within 10 s), it is planned again with drains that go on past more devices
 that could not be emptied and that make room by moving a smaller copy aside (1.225x the bound
 rather than 1.243x), and the one with fewer GPU-hours is kept.
@@ -168,7 +169,6 @@ class _StepClock:
     setup_seconds: float  # counting the copies and placing the first step
     seconds: list[float] = field(default_factory=lambda: [0.0] * len(Drain))
     counts: list[int] = field(default_factory=lambda: [0] * len(Drain))
-    checks: int = 0
 
     def timed(self, drain: Drain, seconds: float) -> None:
         self.seconds[drain] += seconds
@@ -198,7 +198,6 @@ class _StepClock:
         with a margin on top, the command planned every step in one run and gave up on them in the
         next, whichever way its first step's time fell."""
         remaining = deadline.remaining()
-        self.checks += 1
         if remaining < self.reserve(Drain.NONE, steps_left, 1.0):
             raise _OutOfTime(t, steps_left, remaining, self)
         for drain in (Drain(d) for d in range(top, Drain.NONE, -1)):

@@ -316,16 +316,8 @@ class Placer:
         busy_devices = [b for b in on if b != drained]
         for m in leaving:
             taken = placed[m] | picked.get(m, set())
-            n = min(len(load), self.opened + 1)
-            fits = (load[:n] + cost[m] <= self.slack[:n]).all(1) & (load[:n] > 0).any(1)
-            fits[drained] = False
-            for x in taken:
-                if x < n:
-                    fits[x] = False
-            if fits.any():
-                d = int(np.where(fits, (load[:n] / self.scale).max(1), -np.inf).argmax())
-            else:
-                d = -1
+            d = self._fit(load, None, taken, cost[m], None, exclude=drained, only_open=True)
+            if d < 0:
                 if spare_moves - len(ejected) < 1:
                     return None
                 for b in sorted(busy_devices, key=lambda b: -(load[b] / self.scale).max()):
@@ -338,13 +330,8 @@ class Placer:
                         if np.any(cost[y] < need):
                             continue
                         load[b] += cost[m] - cost[y]
-                        room = (load[:n] + cost[y] <= self.slack[:n]).all(1) & (load[:n] > 0).any(1)
-                        room[[drained, b]] = False
-                        for x in placed[y]:
-                            if x < n:
-                                room[x] = False
-                        if room.any():
-                            c = int(np.where(room, (load[:n] / self.scale).max(1), -np.inf).argmax())
+                        c = self._fit(load, None, placed[y] | {drained}, cost[y], None, exclude=b, only_open=True)
+                        if c >= 0:
                             load[c] += cost[y]
                             ejected[y] = (b, c)
                             d = b
