@@ -67,7 +67,7 @@ class _Packing:
         if self.pinned:
             ok &= self.instance.allowed[i, devices]
         if self.devices_of[i]:
-            if opened:  # a model's devices are open, each where its slot says: no search (a first fit of 1,000 models: 0.4 s less)
+            if opened:  # a model's devices are open, each at the position its slot gives: no search
                 ok[self.slot[self.devices_of[i]]] = False
             else:
                 ok &= ~np.isin(devices, self.devices_of[i])
