@@ -40,7 +40,8 @@ from gpupack.demand_series import DemandSeries
 from gpupack.errors import InputError
 from gpupack.scheduler.demand.schedule_copies import copies_within_moves, copy_costs, schedule_configs
 from gpupack.scheduler.demand.schedule_placer import Drain, Move, Placer, ScheduledStep
-from gpupack.scheduler.demand.series import Fleet, SeriesOption, SeriesPlan, step_bounds, step_volumes
+from gpupack.scheduler.demand.series import (Fleet, SeriesOption, SeriesPlan, step_bounds, step_choices,
+                                             step_volumes)
 from gpupack.scheduler.packing.problem import InfeasibleError
 from gpupack.timing import Deadline
 from gpupack.units import counted
@@ -103,10 +104,11 @@ def schedule_series(series: DemandSeries, plan: SeriesPlan, options: Sequence[Se
     # that leaves the greedy room to spare and keeps every device array short.
     pool = min(len(fleet.names), 2 * len({d for ds in devices for d in ds}) + 1) if devices else len(fleet.names)
     fleet = Fleet(fleet.names[:pool], fleet.room[:pool], fleet.baseline[:pool])
-    bounds = step_bounds(options, fleet)
+    choices = step_choices(options)
+    bounds = step_bounds(options, fleet, choices)
     if deadline is not None and deadline.passed():
         return _static(series, plan, fleet, bounds, NO_TIME_NOTE, 0)
-    chosen = schedule_configs(options, fleet, plan.chosen)
+    chosen = schedule_configs(options, choices, fleet, plan.chosen)
     static_hours = plan.device_count * series.steps * series.step_seconds / SECONDS_PER_HOUR
     plans, timed = series.steps, None
     for share in COPY_CHANGE_SHARES:

@@ -186,11 +186,11 @@ def step_volumes(choices: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], fle
     return [np.stack([n * c / scale for n, c in mine]) for mine in choices]
 
 
-def step_bounds(options: Sequence[Sequence[SeriesOption]], fleet: Fleet) -> np.ndarray:
+def step_bounds(options: Sequence[Sequence[SeriesOption]], fleet: Fleet,
+                per_step: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> np.ndarray:
     """[step]: the devices no plan of each step alone can do without, each configuration with the
-    copies that step needs (what a schedule may use): the bounds of :func:`_bounds`, or the priced
-    bound of :func:`_priced_bound`, whichever is higher."""
-    per_step = step_choices(options)
+    copies that step needs (``per_step``, :func:`step_choices`: what a schedule may use): the
+    bounds of :func:`_bounds`, or the priced bound of :func:`_priced_bound`, whichever is higher."""
     return np.maximum(_bounds(options, _scale(fleet), per_step), _priced_bound(step_volumes(per_step, fleet)))
 
 

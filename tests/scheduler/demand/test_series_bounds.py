@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from gpupack.demand_series import DemandSeries
 from gpupack.profiles import load_profile
 from gpupack.scheduler.constraints import ALL_RESOURCES, build_problem
-from gpupack.scheduler.demand.series import fleet_of, series_options, step_bounds
+from gpupack.scheduler.demand.series import fleet_of, series_options, step_bounds, step_choices
 from gpupack.scheduler.devices_file import identical_devices
 
 from tests.scheduler.demand.test_series import GIB, linear
@@ -79,7 +79,8 @@ def step_bound(tmp_path, models):
                           {f"m{m}": 0.1 for m in range(len(models))})
     base = build_problem(profile.models, identical_devices(8, 16 * GIB).devices, profile.server_baseline, None,
                          limited=ALL_RESOURCES)
-    return step_bounds(series_options(profile, series), fleet_of(base, ALL_RESOURCES))
+    options = series_options(profile, series)
+    return step_bounds(options, fleet_of(base, ALL_RESOURCES), step_choices(options))
 
 
 def test_a_model_cheap_in_memory_or_in_utilisation_but_not_both_pays_for_one_configuration(tmp_path):
