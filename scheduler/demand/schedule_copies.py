@@ -72,15 +72,16 @@ def copy_costs(chosen: Sequence[SeriesOption], copies: np.ndarray) -> tuple[np.n
     return tuple(copy_cost(o.config, o.rates_per_copy * o.copies / copies[m]) for m, o in enumerate(chosen))
 
 
-def copies_within_moves(chosen: Sequence[SeriesOption], steps: int, limit: int) -> np.ndarray:
-    """[model, step]: each step's copies, raised where a transition would change more than ``limit``."""
+def copies_within_moves(chosen: Sequence[SeriesOption], steps: int, limits: np.ndarray) -> np.ndarray:
+    """[model, step]: each step's copies, raised where the transition into a step would change more
+    than ``limits`` [step] allows (``limits[0]``, before the first step, is not read)."""
     need = np.array([[max(1, math.ceil(float(r) * o.copies / o.capacity_per_second - 1e-9)) if o.capacity_per_second > 0
                       else 1 for r in o.rates_per_copy] for o in chosen], dtype=int).reshape(len(chosen), steps)
     need = np.minimum(need, np.array([o.copies for o in chosen])[:, None])
     for t in range(steps - 1, 0, -1):  # load ahead what a step adds beyond the limit
-        _even_out(need, t, limit, rising=True)
+        _even_out(need, t, int(limits[t]), rising=True)
     for t in range(1, steps):  # unload later what a step drops beyond the limit
-        _even_out(need, t, limit, rising=False)
+        _even_out(need, t, int(limits[t]), rising=False)
     return need
 
 
