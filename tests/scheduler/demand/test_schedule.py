@@ -131,3 +131,51 @@ def test_schedule_needs_a_demand_series(capsys, tmp_path):
     profile, _ = daily_fleet(tmp_path)
     assert main(["plan", "--profile", profile, "--device-memory", "16GiB", "--schedule"]) == 2
     assert "--schedule and --forecast-weeks plan a demand series" in capsys.readouterr().err
+
+
+def test_a_busy_model_takes_the_configuration_that_needs_fewer_devices_for_its_copies(capsys, tmp_path):
+    # At 1,000 requests/s, one instance (50/s a copy) needs 20 copies, on 20 distinct devices; four
+    # instances (200/s) need 5. One instance is cheaper by volume (0.05 of a device's utilisation per
+    # 50/s against 0.3 per 200/s), and the rest of the fleet fills about two devices.
+    busy = ("  - model: busy\n    peak_gpu_memory_bytes: 4GiB\n    configs:\n"
+            "      - name: one-instance\n        peak_gpu_memory_bytes: 1GiB\n        points:\n"
+            "          - {throughput_per_second: 50, latency_p99_seconds: 0.01, peak_gpu_utilization_ratio: 0.05,"
+            " peak_memory_bandwidth_utilization_ratio: 0.05}\n"
+            "      - name: four-instances\n        peak_gpu_memory_bytes: 4GiB\n        points:\n"
+            "          - {throughput_per_second: 200, latency_p99_seconds: 0.01, peak_gpu_utilization_ratio: 0.3,"
+            " peak_memory_bandwidth_utilization_ratio: 0.2}\n")
+    others = [model_yaml(f"m{k}", 2, [(100, 0.05, 0.5, 0.2)]) for k in range(4)]
+    profile, series = write(tmp_path, [busy, *others], {"busy": [1000, 1000, 100, 100],
+                                                        **{f"m{k}": [50, 50, 50, 50] for k in range(4)}})
+    status, document, _ = schedule(capsys, profile, series, "--max-moves-per-step", "30")
+    assert status == 0
+    counts = [s["device_count"] for s in document["schedule"]]
+    assert counts[2] < counts[0] < 20, "five copies of four instances, not twenty of one, set the busy steps' devices"
+    assert {c["config"] for s in document["schedule"] for d in s["devices"] for c in d["copies"]
+            if c["model"] == "busy"} == {"four-instances"}
+    replay_transitions(document, profile, 30)
+
+
+def test_a_transition_that_needs_more_moves_gets_fewer_copy_changes_on_its_own(capsys, tmp_path, monkeypatch):
+    """The move limit is 10, of which copy changes may take 7, then 4, then 1. The transition into
+    step 2 is made to need more moves than 7 copy changes leave (the placer refuses it then):
+    it gets 4, and the others keep 7."""
+    from gpupack.scheduler.demand.schedule_placer import Placer
+    from gpupack.scheduler.packing.problem import InfeasibleError
+
+    place = Placer.next
+
+    def refusing(self, before, copies, t, limit, drain):
+        if t == 2 and sum(abs(int(n) - len(ds)) for n, ds in zip(copies, before)) > 4:
+            raise InfeasibleError("step 2: no transition within 10 moves keeps every device within its limits")
+        return place(self, before, copies, t, limit, drain)
+
+    monkeypatch.setattr(Placer, "next", refusing)
+    models = [model_yaml(f"m{k}", 1, [(100, 0.05, 0.5, 0.2)]) for k in range(4)]
+    profile, series = write(tmp_path, models, {f"m{k}": [10, 10, 350, 10] for k in range(4)})
+    status, document, _ = schedule(capsys, profile, series, "--max-moves-per-step", "10")
+    assert status == 0 and "static" not in document.get("note", "")
+    copy_changes = [sum(1 for m in s["moves"] if m["source"] is None or m["target"] is None) for s in document["schedule"]]
+    assert copy_changes[2] <= 4
+    assert max(copy_changes[1:]) > 4, "the other transitions keep their share of copy changes"
+    replay_transitions(document, profile, 10)
