@@ -39,7 +39,8 @@ from gpupack import timing
 from gpupack.demand_series import DemandSeries
 from gpupack.errors import InputError
 from gpupack.scheduler.demand.schedule_copies import copies_within_moves, copy_costs, schedule_configs
-from gpupack.scheduler.demand.schedule_placer import Drain, Move, Placer, ScheduledStep
+from gpupack.scheduler.demand.schedule_moves import Move, ScheduledStep
+from gpupack.scheduler.demand.schedule_placer import Drain, Placer
 from gpupack.scheduler.demand.series import (Fleet, SeriesOption, SeriesPlan, step_bounds, step_choices,
                                              step_volumes)
 from gpupack.scheduler.packing.problem import InfeasibleError

@@ -16,12 +16,12 @@ rather than 1.29x on 100 (bench/time_plans.py's fleets, two looks ahead).
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
 from enum import IntEnum
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gpupack.scheduler.demand.schedule_moves import Change, Move, ScheduledStep, Transition
 from gpupack.scheduler.demand.series import TOLERANCE, Fleet, SeriesOption
 from gpupack.scheduler.packing.problem import InfeasibleError
 from gpupack.units import counted
@@ -39,7 +39,6 @@ LOOKAHEAD_STEPS = 1
 # 1.204x, for twice the time; draining plainly, that order gave 1.26x rather than 1.23x: the first few
 # devices tried, each with one big copy, could seldom be emptied.
 DRAIN_TRIES, DEEP_DRAIN_TRIES = 5, 30
-_Change = tuple[int, int | None, int | None]  # (model, source, target): a load, an unload or a move
 
 
 class Drain(IntEnum):
@@ -51,30 +50,6 @@ class Drain(IntEnum):
     DEEP = 3  # as ALL, trying more devices, and making room by moving a smaller copy to a third device
 
 
-@dataclass(frozen=True)
-class Move:
-    """One copy changing devices, as the rebalancer's steps do: ``source`` None loads a copy,
-    ``target`` None unloads one."""
-
-    model: str
-    source: str | None
-    target: str | None
-
-    @property
-    def kind(self) -> str:
-        return "load" if self.source is None else "unload" if self.target is None else "move"
-
-
-@dataclass(frozen=True)
-class ScheduledStep:
-    devices: tuple[tuple[int, ...], ...]  # per model: the fleet devices its copies sit on in this step
-    moves: tuple[Move, ...]  # from the step before, in a safe order (none for the first step)
-
-    @property
-    def device_count(self) -> int:
-        return len({d for ds in self.devices for d in ds})
-
-
 class Placer:
     """Places one step after another for a fixed choice of configurations and copies per step."""
 
@@ -83,9 +58,8 @@ class Placer:
         self.chosen, self.costs, self.fleet, self.lookahead = chosen, costs, fleet, lookahead
         self.cost = np.stack(costs)  # [model, resource, step]
         self.opened = 0  # devices past this many have never held a copy
-        self._passing_at: tuple[int, np.ndarray, np.ndarray, list, list[set[int]]] = (-1, np.zeros(0), np.zeros(0), [], [])
+        self._into: tuple[int, Transition | None] = (-1, None)  # the transition last worked out, into which step
         self.slack = fleet.room + TOLERANCE * np.maximum(np.abs(fleet.room), 1.0)
-        self._slack_list = self.slack.tolist()
         room = np.where(np.isfinite(fleet.room), fleet.room, 0.0).max(axis=0)
         self.scale = np.where(room > 0, room, np.inf)
 
@@ -106,14 +80,13 @@ class Placer:
         safely within ``limit``. Not draining, a step that needs the same copies keeps the step
         before's placement while it fits. ``before`` need not be one this placer made."""
         self.opened = max(self.opened, 1 + max((d for ds in before for d in ds), default=-1))
-        if not drain and np.array_equal(copies, [len(ds) for ds in before]):
-            _, held = self._passing(before, t)
-            if np.all(held <= self.slack):
-                return ScheduledStep(tuple(before), ())
+        into = self._transition(before, t)
+        if not drain and np.array_equal(copies, [len(ds) for ds in before]) and np.all(into.held <= self.slack):
+            return ScheduledStep(tuple(before), ())
         for draining in dict.fromkeys((drain, Drain.NONE)):
             devices, order = self._place(before, copies, t, limit, drain=draining)
             if order is None:
-                order = self._order(before, t, self._all_changes(before, devices, t))
+                order = into.order(into.all_changes(devices))
             if order is not None and len(order) <= limit:
                 names = self.fleet.names
                 return ScheduledStep(devices, tuple(Move(self.chosen[m].model, None if s is None else names[s],
@@ -121,70 +94,15 @@ class Placer:
         raise InfeasibleError(f"step {t}: no transition within {counted(limit, 'move')} keeps every device "
                               "within its limits")
 
-    def _all_changes(self, before: Sequence[tuple[int, ...]], after: Sequence[Iterable[int]], t: int) -> list[_Change]:
-        """Every model's moves from ``before`` to ``after`` (step ``t``)."""
-        self._passing(before, t)
-        return [change for m, ds in enumerate(after) for change in self._changes(m, set(ds))]
-
-    def _order(self, before: Sequence[tuple[int, ...]], t: int, changes: Sequence[_Change]) -> list[_Change] | None:
-        """The ``changes`` (model, source, target) from ``before`` into step ``t`` (see
-        :meth:`_changes`) in an order where every arrival fits beside what is still there,
-        make-before-break, each copy at the larger of its two steps' costs; None when arrivals are
-        left that cannot."""
-        passing, pload = self._passing(before, t)
-        pending = list(changes)
-        # Arrivals on devices that hold them all beside all they held go first, in any order; their
-        # departures make room for the rest, ordered one at a time in plain floats.
-        arrivals = [(m, a) for m, _, a in pending if a is not None]
-        total = pload.copy()
-        np.add.at(total, np.array([a for _, a in arrivals], dtype=np.int64),
-                  passing[np.array([m for m, _ in arrivals], dtype=np.int64)])
-        tight = set(np.flatnonzero(np.any(total > self.slack, axis=1)).tolist())
-        order = [(m, s, a) for m, s, a in pending if a not in tight]
-        pending = [(m, s, a) for m, s, a in pending if a in tight]
-        if not pending:
-            return order
-        for index, sign in ((2, 1.0), (1, -1.0)):
-            done = [(move[0], move[index]) for move in order if move[index] is not None]
-            if done:
-                np.add.at(pload, np.array([d for _, d in done], dtype=np.int64),
-                          sign * passing[np.array([m for m, _ in done], dtype=np.int64)])
-        involved = {d for _, source, target in pending for d in (source, target) if d is not None}
-        held, cost, room = {d: pload[d].tolist() for d in involved}, self._passing_at[3], self._slack_list
-        while pending:
-            waiting: list[_Change] = []
-            for m, source, target in pending:
-                if target is not None:
-                    if any(h + c > r for h, c, r in zip(held[target], cost[m], room[target])):
-                        waiting.append((m, source, target))
-                        continue
-                    held[target] = [h + c for h, c in zip(held[target], cost[m])]
-                if source is not None:
-                    held[source] = [h - c for h, c in zip(held[source], cost[m])]
-                order.append((m, source, target))
-            if len(waiting) == len(pending):
-                return None
-            pending = waiting
-        return order
-
-    def _changes(self, m: int, after: set[int]) -> list[_Change]:
-        """Model ``m``'s moves from the step before (as :meth:`_passing` last saw it) to ``after``: a
-        copy leaving and one arriving pair up as a move."""
-        old = self._passing_at[4][m]
-        if old == after:
-            return []
-        leaving, arriving = sorted(old - after), sorted(after - old)
-        return ([(m, s, a) for s, a in zip(leaving, arriving)] + [(m, s, None) for s in leaving[len(arriving):]]
-                + [(m, None, a) for a in arriving[len(leaving):]])
-
     def _place(self, before: Sequence[tuple[int, ...]], copies: np.ndarray, t: int, limit: int,
-               drain: Drain) -> tuple[tuple[tuple[int, ...], ...], list[_Change] | None]:
+               drain: Drain) -> tuple[tuple[tuple[int, ...], ...], list[Change] | None]:
         """The step's devices per model, and their moves in a safe order within ``limit`` when
         already worked out."""
         now, cost = self.cost[:, :, t], self._ahead(t)
         # During the transition a copy costs the larger of its two steps, and a device is held to
         # what it holds before and after together: then the arrivals fit in any order.
-        passing, pload = self._passing(before, t)
+        into = self._transition(before, t)
+        passing, pload = into.passing, into.held.copy()
         placed = [set(ds) for ds in before]
         load = self._load(placed, cost)
         moves, copies_added = 0, int(np.maximum(copies - np.array([len(ds) for ds in placed]), 0).sum())
@@ -240,24 +158,13 @@ class Placer:
             drained = [set(ds) for ds in placed]
             self._drain(drained, self._load(drained, both), pload.copy(), both, passing, moves_left, deep, held_first=True,
                         eject=deep)
-            order = self._order(before, t, self._all_changes(before, drained, t))
+            order = into.order(into.all_changes(drained))
             if order is not None and len(order) <= limit:
                 return tuple(tuple(sorted(ds)) for ds in drained), order
-            known = {m: self._changes(m, ds) for m, (old, ds) in enumerate(zip(self._passing_at[4], placed)) if old != ds}
+            known = {m: into.changes(m, ds) for m, (old, ds) in enumerate(zip(into.before, placed)) if old != ds}
             self._drain(placed, self._load(placed, both), pload, both, passing, moves_left, deep, held_first=True,
-                        safe=lambda moved: self._within(before, t, limit, known, moved))
+                        safe=lambda moved: into.within(limit, known, moved))
         return tuple(tuple(sorted(ds)) for ds in placed), None
-
-    def _within(self, before: Sequence[tuple[int, ...]], t: int, limit: int, known: dict[int, list[_Change]],
-                moved: Mapping[int, set[int]]) -> bool:
-        """Whether the transition with the models ``known`` to change (their moves) and those
-        ``moved`` (where to) can be ordered safely within ``limit``; if so, the ``moved`` become known."""
-        trial = {**known, **{m: self._changes(m, ds) for m, ds in moved.items()}}
-        order = self._order(before, t, [change for m in sorted(trial) for change in trial[m]])
-        if order is None or len(order) > limit:
-            return False
-        known.update(trial)
-        return True
 
     def _drain(self, placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
                passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False, eject: bool = False,
@@ -451,13 +358,14 @@ class Placer:
         self.opened = max(self.opened, int(empty[0]) + 1)
         return int(empty[0])
 
-    def _passing(self, before: Sequence[tuple[int, ...]], t: int) -> tuple[np.ndarray, np.ndarray]:
-        """[model, resource]: each copy's cost during the transition into step ``t`` (the larger of
-        its two steps'), and [device, resource]: what ``before`` holds at it (a copy to change)."""
-        if self._passing_at[0] != t:
+    def _transition(self, before: Sequence[tuple[int, ...]], t: int) -> Transition:
+        """The transition from ``before`` into step ``t``, worked out once for the step."""
+        step, into = self._into
+        if step != t or into is None:
             passing, sets = np.maximum(self.cost[:, :, t], self.cost[:, :, t - 1]), [set(ds) for ds in before]
-            self._passing_at = (t, passing, self._load(sets, passing), passing.tolist(), sets)
-        return self._passing_at[1], self._passing_at[2].copy()
+            into = Transition(sets, passing, self._load(sets, passing), self.slack)
+            self._into = (t, into)
+        return into
 
     def _ahead(self, t: int) -> np.ndarray:
         """[model, resource]: each copy's cost over the next few steps, room kept for demand about to rise."""
