@@ -1,7 +1,7 @@
 """What each step of a schedule needs before any copy is placed: one configuration per model for
-every step, and the copies of each model in each step, evened out so that no transition changes
-more copies than a share of the move limit (copies a step will need are loaded ahead of it, copies
-a step no longer needs are unloaded later)."""
+every step, and the copies of each model in each step, kept through a step between two that need
+more, and evened out so that no transition changes more copies than a share of the move limit
+(copies a step will need are loaded ahead of it, copies a step no longer needs are unloaded later)."""
 
 from __future__ import annotations
 
@@ -73,11 +73,17 @@ def copy_costs(chosen: Sequence[SeriesOption], copies: np.ndarray) -> tuple[np.n
 
 
 def copies_within_moves(chosen: Sequence[SeriesOption], steps: int, limits: np.ndarray) -> np.ndarray:
-    """[model, step]: each step's copies, raised where the transition into a step would change more
-    than ``limits`` [step] allows (``limits[0]``, before the first step, is not read)."""
+    """[model, step]: each step's copies, raised through one-step dips and where the transition into
+    a step would change more than ``limits`` [step] allows (``limits[0]``, before the first step, is
+    not read)."""
     need = np.array([[max(1, math.ceil(float(r) * o.copies / o.capacity_per_second - 1e-9)) if o.capacity_per_second > 0
                       else 1 for r in o.rates_per_copy] for o in chosen], dtype=int).reshape(len(chosen), steps)
     need = np.minimum(need, np.array([o.copies for o in chosen])[:, None])
+    # A copy a model needs again the step after is kept through the step it is not needed: a tenth
+    # of copy changes were such dips (100 models over eight seeds: 1.180x the bound rather than 1.189x;
+    # kept through dips of two or three steps, 1.182x and 1.185x).
+    if steps > 2:
+        need[:, 1:-1] = np.maximum(need[:, 1:-1], np.minimum(need[:, :-2], need[:, 2:]))
     for t in range(steps - 1, 0, -1):  # load ahead what a step adds beyond the limit
         _even_out(need, t, int(limits[t]), rising=True)
     for t in range(1, steps):  # unload later what a step drops beyond the limit
