@@ -105,7 +105,7 @@ class Placer:
         passing, pload = into.passing, into.held.copy()
         placed = [set(ds) for ds in before]
         load = self._load(placed, cost)
-        moves, copies_added = 0, int(np.maximum(copies - np.array([len(ds) for ds in placed]), 0).sum())
+        moves = 0
         # Surplus copies leave the emptiest devices; draining deep, those with the fewest copies
         # first, which a drain then closes with the fewest moves.
         held = np.bincount(np.fromiter(itertools.chain.from_iterable(placed), dtype=np.int64), minlength=len(load))
@@ -121,28 +121,26 @@ class Placer:
         for m, ds in enumerate(placed):
             for d in ds:
                 on.setdefault(d, set()).add(m)
-        # Devices over a limit now must shed copies; those over it in the next steps may, moves allowing,
-        # onto devices already open (opening one then: 1.217x the bound rather than 1.202x on 1,000 models).
-        for loads, costs, must in ((self._load(placed, now), now, True), (load.copy(), cost, False)):
-            size = self._fullness(costs)
-            for d in np.flatnonzero(np.any(loads > self.slack, axis=1)).tolist():
-                for m in sorted(on.get(d, ()), key=lambda m: -size[m]):
-                    if not np.any(loads[d] > self.slack[d]) or (not must and moves >= limit - copies_added):
-                        break
-                    # Relief for the next steps only goes to open devices: a device opened for demand that
-                    # has not come yet is paid now, and the step it comes can still relieve it.
-                    target = self._fit(load, pload, placed[m], cost[m], passing[m], exclude=d, only_open=not must)
-                    if target < 0:
-                        break
-                    placed[m].discard(d)
-                    placed[m].add(target)
-                    on[d].discard(m)
-                    on.setdefault(target, set()).add(m)
-                    for total, each in ((loads, costs), (load, cost)):
-                        total[d] -= each[m]
-                        total[target] += each[m]
-                    pload[target] += passing[m]
-                    moves += 1
+        # Devices over a limit now shed copies, the biggest first. Those over it only at the next
+        # steps' costs are left for then: relieving them ahead took a third of the moves that were
+        # not loads or unloads, which drains close more devices with (100 models over eight seeds:
+        # 1.170x the bound rather than 1.180x; 1,000 models 1.179x rather than 1.176x with no time
+        # limit, in 5.3 s rather than 6.4 s, so that within 10 s every step drains).
+        loads, size = self._load(placed, now), self._fullness(now)
+        for d in np.flatnonzero(np.any(loads > self.slack, axis=1)).tolist():
+            for m in sorted(on.get(d, ()), key=lambda m: -size[m]):
+                if not np.any(loads[d] > self.slack[d]):
+                    break
+                target = self._fit(load, pload, placed[m], cost[m], passing[m], exclude=d)
+                placed[m].discard(d)
+                placed[m].add(target)
+                on[d].discard(m)
+                on.setdefault(target, set()).add(m)
+                for total, each in ((loads, now), (load, cost)):
+                    total[d] -= each[m]
+                    total[target] += each[m]
+                pload[target] += passing[m]
+                moves += 1
         new = [m for m, ds in enumerate(placed) for _ in range(copies[m] - len(ds))]
         self._fit_all(new, placed, load, pload, cost, passing)
         moves += len(new)
