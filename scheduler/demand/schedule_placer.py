@@ -34,10 +34,10 @@ LOOKAHEAD_STEPS = 1
 # allows, a step tries more: 30 rather than 5 gives 1.229x the bound rather than 1.243x on 100 models
 # (1.296x rather than 1.304x and 1.191x rather than 1.197x on seeds 2 and 3), and 1.184x rather than
 # 1.190x on 1,000, for about 1.2x the time a step (bench/time_plans.py's fleets, no time limit).
-# Draining deep, devices with the fewest copies are tried first, and surplus copies leave them first
-# (the fewest moves a device closed): over eight seeds of 100 models, 1.189x the bound rather than
-# 1.204x, for twice the time; draining plainly, that order gave 1.26x rather than 1.23x: the first few
-# devices tried, each with one big copy, could seldom be emptied.
+# Draining deep, surplus copies leave the devices with the fewest copies first, which a drain then
+# closes with the fewest moves (over eight seeds of 100 models, 1.168x the bound rather than 1.176x).
+# Those devices tried first by the drain itself made no difference once devices over a limit only at
+# the next steps were no longer relieved ahead (1.170x); before, 1.189x rather than 1.204x.
 DRAIN_TRIES, DEEP_DRAIN_TRIES = 5, 30
 
 
@@ -167,9 +167,8 @@ class Placer:
     def _drain(self, placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
                passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False, eject: bool = False,
                safe: Callable[[Mapping[int, set[int]]], bool] | None = None) -> int:
-        """Empty devices onto the others while moves are left, the emptiest first, until DRAIN_TRIES
-        could not be; ``deep``, those with the fewest copies first (the fewest moves a device closed),
-        until DEEP_DRAIN_TRIES could not be. Returns the moves left.
+        """Empty the emptiest devices onto the others while moves are left, until DRAIN_TRIES
+        (``deep``: DEEP_DRAIN_TRIES) could not be; returns the moves left.
         Each arrival fits beside what its device holds before and after together, or, with
         ``held_first``, beside what it holds after (preferably both); with ``safe``, each drained
         device kept only when ``safe`` says the transition with the copies it moves (model: devices
@@ -180,7 +179,7 @@ class Placer:
                 on.setdefault(d, []).append(m)
         failed, tries = 0, DEEP_DRAIN_TRIES if deep else DRAIN_TRIES
         full, size = self._fullness(load), self._fullness(cost)
-        for d in sorted(on, key=lambda d: (len(on[d]) if deep else 0, full[d])):
+        for d in sorted(on, key=lambda d: full[d]):
             here = [m for m in on[d] if d in placed[m]]
             if not here or len(here) > moves_left:
                 continue
