@@ -238,11 +238,7 @@ def _follow(series: DemandSeries, chosen: Sequence[SeriesOption], fleet: Fleet, 
     plans, ends = len(starts), np.append(starts[1:], series.steps)
     busiest = [dataclasses.replace(o, rates_per_copy=_busiest(o.rates_per_copy, starts)) for o in chosen]
     changes = np.full(plans, shares[0])  # per transition: how many copy changes it may make
-    planned = copies_within_moves(busiest, plans, changes)
-    copies = np.repeat(planned, ends - starts, axis=1)
-    costs = copy_costs(chosen, copies)
-    # Each run placed at each copy's costliest step within it: a lower rate may cost more bandwidth.
-    placer = Placer(chosen, [_busiest(c, starts) for c in costs], fleet)
+    planned, copies, costs, placer = _placing(chosen, busiest, starts, ends, changes, fleet)
     placed = [ScheduledStep(placer.first(planned[:, 0]), ())]
     clock = _StepClock(timing.clock() - entered, *((list(timed.seconds), list(timed.counts)) if timed else ()))
     cut_short_at, last, begun = None, None, 0.0
@@ -261,24 +257,22 @@ def _follow(series: DemandSeries, chosen: Sequence[SeriesOption], fleet: Fleet, 
         last = drain
         try:
             placed.append(placer.next(placed[-1].devices, planned[:, t], t, limit, drain=drain))
-            t += 1
-            continue
         except InfeasibleError:
             smaller = [n for n in shares if n < changes[t]]
             if not smaller:
                 raise
-        # Fewer copy changes into step t leave more moves to relieve devices; copies loaded ahead
-        # of it change the steps before, which are placed again from the first that changes.
-        changes[t] = smaller[0]
-        again = copies_within_moves(busiest, plans, changes)
-        changed = np.flatnonzero((again != planned).any(axis=0))
-        t = min(t, int(changed[0])) if len(changed) else t
-        planned, copies = again, np.repeat(again, ends - starts, axis=1)
-        costs = copy_costs(chosen, copies)
-        placer = Placer(chosen, [_busiest(c, starts) for c in costs], fleet)
-        if t == 0:
-            placed, t = [ScheduledStep(placer.first(planned[:, 0]), ())], 1
-        del placed[t:]
+            # Fewer copy changes into step t leave more moves to relieve devices; copies loaded ahead
+            # of it change the steps before, which are placed again from the first that changes.
+            changes[t] = smaller[0]
+            before = planned
+            planned, copies, costs, placer = _placing(chosen, busiest, starts, ends, changes, fleet)
+            changed = np.flatnonzero((planned != before).any(axis=0))
+            t = min(t, int(changed[0])) if len(changed) else t
+            if t == 0:
+                placed, t = [ScheduledStep(placer.first(planned[:, 0]), ())], 1
+            del placed[t:]
+            continue
+        t += 1
     run_of = np.repeat(np.arange(plans), ends - starts)
     steps = tuple(placed[r] if t == starts[r] else ScheduledStep(placed[r].devices, ())
                   for t, r in enumerate(run_of.tolist()))
@@ -291,6 +285,18 @@ def _follow(series: DemandSeries, chosen: Sequence[SeriesOption], fleet: Fleet, 
                      "drained only as far as the time left allows")
     return Schedule(tuple(chosen), copies, costs, steps, fleet, series.step_seconds, bounds,
                     cut_short_at_step=cut_short_at, note="; ".join(notes), solve_seconds=timing.clock() - entered)
+
+
+def _placing(chosen: Sequence[SeriesOption], busiest: Sequence[SeriesOption], starts: np.ndarray, ends: np.ndarray,
+             changes: np.ndarray, fleet: Fleet) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], Placer]:
+    """Each plan's copies (``busiest``: each model's rates at the busiest step of each run beginning
+    at ``starts``), evened out to ``changes`` per transition; each step's copies and costs; and a
+    placer of the plans, each run at each copy's costliest step within it (a lower rate may cost
+    more bandwidth)."""
+    planned = copies_within_moves(busiest, len(starts), changes)
+    copies = np.repeat(planned, ends - starts, axis=1)
+    costs = copy_costs(chosen, copies)
+    return planned, copies, costs, Placer(chosen, [_busiest(c, starts) for c in costs], fleet)
 
 
 def _busiest(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
