@@ -8,7 +8,9 @@ it breaks one, skipped when none can be met), and the moves planned from the pla
 made by the scheduler as a rebalance run (lock, admission, router, desired state, audit log). The
 step carried out last is kept in the state directory, so a restarted engine does not redo it. A
 step whose moves are deferred (``--max-moves``, cooldowns) is carried on at the next evaluation.
-After the last step the policies alone guard. Dry run logs what would be done and changes nothing.
+A step whose Triton calls fail (rolled back by the run) is tried again at the next evaluations, up
+to STEP_ATTEMPTS in all, before it counts as failed. After the last step the policies alone guard.
+Dry run logs what would be done and changes nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ from gpupack.scheduler.rebalance.toward import TowardPlan, Wish
 log = logging.getLogger(__name__)
 
 RESULTS = ("applied", "replanned", "skipped", "failed")
+# A step whose moves fail is carried out at most this many times, once per evaluation: a server
+# restarting or a load refused for a moment passes within seconds and the step then holds for its
+# whole length, while a model that cannot load is not tried every evaluation of the step.
+STEP_ATTEMPTS = 3
 STATE_FILE = "schedule.json"
 
 
@@ -62,6 +68,7 @@ class ScheduleFollower(Collector):
         self._started: int | None = None  # the step whose schedule_step_started is in the audit log
         self._finished_said = False
         self._said: dict[str, int] = {}  # event -> the step it was last logged for
+        self._failed_attempts: dict[int, int] = {}  # step -> its runs that failed and were rolled back
 
     def __call__(self) -> None:
         due = self.schedule.due(self.clock(), self.lead_seconds)
@@ -95,6 +102,12 @@ class ScheduleFollower(Collector):
             self._finish(k, "failed", about, error=str(e))
             return
         result = _result(planned, outcome)
+        if result == "failed" and _rolled_back(outcome):
+            attempt = self._failed_attempts[k] = self._failed_attempts.get(k, 0) + 1
+            if attempt < STEP_ATTEMPTS:  # the next evaluation tries again from the placement then
+                _log(logging.WARNING, "schedule_step_retrying", **about, attempt=attempt, attempts=STEP_ATTEMPTS,
+                     **_described(planned, outcome))
+                return
         if result is None:  # the next evaluation carries on
             self._once(logging.INFO, "schedule_step_deferred", k, **about, **_described(planned, outcome))
             return
@@ -172,6 +185,12 @@ def _result(planned: TowardPlan, outcome: RebalanceOutcome | None) -> str | None
     if plan.admission.deferred:
         return None
     return "replanned" if planned.replanned_because else "applied"
+
+
+def _rolled_back(outcome: RebalanceOutcome | None) -> bool:
+    """Whether a run's Triton calls failed (a load, a probe, the lock lost) and it was rolled back:
+    a run that may go through when tried again, unlike a plan with no safe order."""
+    return outcome is not None and (bool(outcome.stopped) or not all(step.succeeded for step in outcome.steps))
 
 
 def _described(planned: TowardPlan, outcome: RebalanceOutcome | None) -> dict[str, Any]:

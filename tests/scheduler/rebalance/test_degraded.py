@@ -29,6 +29,7 @@ class FakeFleet:
         self.down: set[str] = set()
         self.after_unload: list[str] = []  # servers whose index stops answering once a model is unloaded
         self.index_refused: set[str] = set()
+        self.loads_refused: set[str] = set()  # servers whose loads fail, as a model that cannot load there
 
     def control(self, endpoint: ServerConfig, timeout_seconds: float = 0.0) -> "FakeControl":
         return FakeControl(endpoint, self)
@@ -53,6 +54,8 @@ class FakeControl:
         return {"name": model}
 
     def load(self, model: str, config: object = None) -> None:
+        if self.endpoint.name in self.fleet.loads_refused:
+            raise TritonControlError(f"{self.endpoint.name}: failed to load '{model}'")
         self._models().add(model)
 
     def unload(self, model: str) -> None:
