@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,28 +22,21 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from gpupack.app.demo_stack import DEVICE_BUDGET, DEVICE_BUDGET_BYTES, POLICY_NAME, DemoError, DemoStack
 from gpupack.config import ConfigFile
-from gpupack.errors import GpupackError
-from gpupack.router.haproxy_config import SERVER_HEADER
-from gpupack.router.launcher import HaproxyProcess, HaproxyStartError, find_haproxy
 from gpupack.timing import WaitTimeout, wait_until
-from gpupack.triton.launcher import TritonServer, die_with_parent, free_port, triton_fleet
+from gpupack.triton.launcher import TritonServer, triton_fleet
 from gpupack.triton.sample_models import seed_models, write_model_repository
 from gpupack.units import counted, format_mib
 
-DEVICE_BUDGET_BYTES = 2**30
-DEVICE_BUDGET = "1GiB"  # DEVICE_BUDGET_BYTES as the config file and the planner's flag read it
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-STOP_GRACE_SECONDS = 4.0  # per gpupack child group, before SIGKILL; Triton's own grace follows (5 s)
-POLICY_NAME = "gpu-memory-80"
-_SOCKET_PATH_MAX = 107  # bytes in a unix socket's path (sun_path, less its terminating NUL)
 # The article's "two per GPU at random", fixed so that the demo always shows its failure: liver and
 # brain tumour share a device (the article's OOM risk) while breast and chest leave one mostly idle.
 NAIVE_PLACEMENT = (
@@ -54,10 +46,6 @@ NAIVE_PLACEMENT = (
     ("segmentation_ct_spleen", "segmentation_mri_hippocampus"),
     ("classification_malaria",),
 )
-
-
-class DemoError(GpupackError):
-    pass
 
 
 class _Stopped(BaseException):
@@ -111,29 +99,12 @@ def _workdir(path: str | None) -> Iterator[Path]:
             yield Path(temporary)
 
 
-def _port(preferred: int) -> int:
-    """The documented default when it is free, so Prometheus examples work as printed."""
-    import socket  # noqa: PLC0415
-
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            return free_port()
-
-
 class _Demo:
     def __init__(self, workdir: Path, keep: bool) -> None:
         self.workdir = workdir
         self.keep = keep
-        self.exporter_url = f"http://127.0.0.1:{_port(9478)}"
-        self.rules_url = f"http://127.0.0.1:{_port(9479)}"
-        self.router_url = f"http://127.0.0.1:{_port(8080)}"
-        self.router_off = _router_off()  # why there is no router, or "" when there is one
-        self.admin_socket = "" if self.router_off else self._admin_socket()
+        self.stack = DemoStack(workdir)
         self.started = time.monotonic()
-        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []  # (who, process), in start order
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:5.1f}s] {text}", flush=True)
@@ -152,7 +123,7 @@ class _Demo:
                     return self._with_fleet(servers)
                 finally:
                     _ignore_stop_signals()
-                    self._stop_processes()
+                    self.stack.stop()
         finally:
             _ignore_stop_signals()  # a stop during start-up: the fleet's own clean-up runs now
 
@@ -163,13 +134,15 @@ class _Demo:
             list(pool.map(lambda pair: [pair[0].load_model(m) for m in pair[1]], zip(servers, NAIVE_PLACEMENT)))
         finally:
             pool.shutdown(wait=False)  # on a stop, the servers go now; their loads fail with them
-        config_path = self._write_config(servers)
-        if self.router_off:
-            self.say(f"router off: {self.router_off}; clients call each Triton server directly")
+        config_path = self.stack.write_config(servers)
+        if self.stack.router_off:
+            self.say(f"router off: {self.stack.router_off}; clients call each Triton server directly")
         else:
-            self._start_router(config_path)
-        self.say(f"exporter on {self.exporter_url}  (/metrics, /api/v1/peaks)")
-        self._start("exporter", "--config", str(config_path), "exporter")
+            self.stack.start_router(config_path)
+            self.say(f"router on {self.stack.router_url}  (HAProxy in front of the servers: clients call "
+                     "/v2/models/<model>/infer there and follow every move)")
+        self.say(f"exporter on {self.stack.exporter_url}  (/metrics, /api/v1/peaks)")
+        self.stack.start("exporter", "--config", str(config_path), "exporter")
         self._wait_for_peaks(expected_models=sum(len(group) for group in NAIVE_PLACEMENT))
 
         print("\nBEFORE: the naive placement, judged against the 80% memory policy")
@@ -178,9 +151,9 @@ class _Demo:
         if not any(r["status"] == "violated" for r in before):
             raise DemoError("expected the naive placement to violate the 80% policy; it did not")
 
-        self.say(f"rules engine on {self.rules_url}  (/metrics, /api/v1/placement) with policy "
+        self.say(f"rules engine on {self.stack.rules_url}  (/metrics, /api/v1/placement) with policy "
                  f"{POLICY_NAME} (max 80%, action: rebalance): the scheduler moves models live")
-        self._start("rules", "--config", str(config_path), "rules", "run", "--apply")
+        self.stack.start("rules", "--config", str(config_path), "rules", "run", "--apply")
         self._wait_for_rebalance()
 
         for move in self._moves():
@@ -196,125 +169,26 @@ class _Demo:
         self._print_fewest_devices(config_path)
         self._print_pointers()
         if self.keep:
-            self._print_urls(servers, config_path)
+            self.stack.print_urls(servers, config_path)
             self._serve_until_stopped()
         return 0 if healthy else 1
 
     def _serve_until_stopped(self) -> None:
         """--keep: the demo has said what it had to; a stop signal now is the expected end, not a failure."""
         try:
-            while all(p.poll() is None for _, p in self.processes):
+            while all(p.poll() is None for _, p in self.stack.processes):
                 time.sleep(1)
         except _Stopped as e:
-            router = "" if self.router_off else ", the router"
+            router = "" if self.stack.router_off else ", the router"
             self.say(f"stopping on {e}: the rules engine, the exporter{router} and the Triton servers")
             return
-        self._check_alive()
-
-    def _print_urls(self, servers: Sequence[TritonServer], config_path: Path) -> None:
-        shown = config_path.relative_to(Path.cwd()) if config_path.is_relative_to(Path.cwd()) else config_path
-        print(f"\nRunning until Ctrl-C, SIGTERM or SIGHUP (--keep); every URL is also in {shown}:")
-        for server in servers:
-            print(f"  {server.name:<13} {server.http_url}  (Triton HTTP; metrics {server.metrics_url})")
-        print(f"  {'exporter':<13} {self.exporter_url}/metrics  {self.exporter_url}/api/v1/peaks")
-        print(f"  {'rules engine':<13} {self.rules_url}/metrics  {self.rules_url}/api/v1/placement")
-        if self.router_off:
-            print(f"  (no router: {self.router_off})")
-        else:
-            print(f"  {'router':<13} {self.router_url}  (HAProxy: clients call /v2/models/<model>/infer here, wherever "
-                  f"the model is; the header {SERVER_HEADER} names the server that answered)")
-        print(f"Every subcommand reads the fleet from it: gpupack --config {shown} rules evaluate", flush=True)
-
-    def _write_config(self, servers: Sequence[TritonServer]) -> Path:
-        server_entries = [{"name": s.name, "url": s.http_url, "metrics_url": s.metrics_url, "pid": s.pid,
-                           "memory_budget": DEVICE_BUDGET} for s in servers]
-        policies_path = self.workdir / "policies.yaml"
-        policies_path.write_text(yaml.safe_dump({"policies": [
-            {"name": POLICY_NAME, "resource": "gpu_memory", "max": "80%", "severity": "critical",
-             "action": "rebalance"},
-        ]}, sort_keys=False))
-        config = {
-            "exporter": {"listen": self.exporter_url.removeprefix("http://"), "backend": ["host"],
-                         "state_dir": str(self.workdir / "state" / "exporter"), "sample_hz": 5,
-                         "servers": server_entries},
-            "rules": {"policies": str(policies_path), "exporter_url": self.exporter_url, "interval": "2s",
-                      "listen": self.rules_url.removeprefix("http://"),
-                      "servers": [{"name": s.name, "url": s.http_url, "metrics_url": s.metrics_url}
-                                  for s in servers]},
-            "rebalance": {"state_dir": str(self.workdir / "state" / "scheduler"), "drain": "1s", "cooldown": "1m"},
-        }
-        if not self.router_off:
-            config["router"] = {"kind": "haproxy", "listen": self.router_url.removeprefix("http://"),
-                                "admin_socket": self.admin_socket}
-        path = self.workdir / "gpupack.yaml"
-        path.write_text(f"# The fleet gpupack demo runs: its Triton servers (url, metrics_url), the exporter (listen),\n"
-                        f"# the rules engine (listen) and the router in front of the servers (listen: where clients\n"
-                        f"# connect). Every subcommand reads it: gpupack --config {path} ...\n"
-                        + yaml.safe_dump(config, sort_keys=False))
-        return path
-
-    def _admin_socket(self) -> str:
-        """HAProxy's admin socket in the work folder (mode 600: only this user drives the router), or
-        its runtime API on loopback where the folder's path is too long for a socket."""
-        path = self.workdir / "router" / "admin.sock"
-        if len(str(path).encode()) <= _SOCKET_PATH_MAX:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return str(path)
-        return f"127.0.0.1:{free_port()}"
-
-    def _start_router(self, config_path: Path) -> None:
-        """HAProxy's configuration written by `gpupack router config` from today's placement, as a user
-        writes it, then HAProxy on it; the rules engine drives it through each move."""
-        router_config = self.workdir / "router" / "haproxy.cfg"
-        router_config.parent.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run([sys.executable, "-m", "gpupack", "--config", str(config_path), "router", "config",
-                                 "--output", str(router_config)], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise DemoError(f"gpupack router config failed: {result.stderr.strip()}")
-        router = HaproxyProcess(router_config, self.admin_socket, self.router_url,
-                                log_path=self.workdir / "logs" / "router.log")
-        try:
-            router.start()
-        finally:
-            if router.process is not None:
-                self.processes.append(("router", router.process))  # stopped last: the rules engine drives it
-        self.say(f"router on {self.router_url}  (HAProxy in front of the servers: clients call "
-                 "/v2/models/<model>/infer there and follow every move)")
-
-    def _start(self, name: str, *args: str) -> None:
-        """In a session of its own: a terminal's Ctrl-C reaches the demo alone, which stops its
-        children in order, and a stop reaches whatever a child started too (its whole group). A
-        ``kill -9`` of the demo, which no handler sees, still takes the child with it."""
-        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
-        parent_pid = os.getpid()
-        process = subprocess.Popen([sys.executable, "-m", "gpupack", *args], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True,
-                                   preexec_fn=lambda: die_with_parent(parent_pid))  # noqa: PLW1509 - PDEATHSIG
-        self.processes.append(({"rules": "rules engine"}.get(name, name), process))
-
-    def _stop_processes(self) -> None:
-        # The rules engine (a client of the exporter and the router) first, the router last.
-        for _, process in reversed(self.processes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_SECONDS
-        for _, process in self.processes:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # the group: anything it started, even if it is gone
-            process.wait()
-
-    def _check_alive(self) -> None:
-        for who, process in self.processes:
-            if process.poll() is not None:
-                raise DemoError(f"the {who} exited with status {process.returncode}; see {self.workdir / 'logs'}")
+        self.stack.check_alive()
 
     def _wait_for_peaks(self, expected_models: int, timeout_seconds: float = 90) -> None:
         def all_measured() -> bool:
-            self._check_alive()
+            self.stack.check_alive()
             with contextlib.suppress(requests.RequestException, ValueError):
-                peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=2).json()
+                peaks = requests.get(f"{self.stack.exporter_url}/api/v1/peaks", timeout=2).json()
                 loaded = [m for m in peaks.get("models", []) if m.get("loaded") and "gpu_memory" in m.get("peaks", {})]
                 return len(loaded) >= expected_models
             return False
@@ -331,7 +205,7 @@ class _Demo:
 
         def healthy_after_moves() -> bool:
             nonlocal reported_moves
-            self._check_alive()
+            self.stack.check_alive()
             samples = self._rules_samples()
             moves = int(sum(s.value for s in samples if s.name == "gpupack_rebalance_moves_total"
                             and s.labels.get("result") == "succeeded"))
@@ -351,7 +225,7 @@ class _Demo:
 
     def _rules_samples(self) -> list[Sample]:
         try:
-            text = requests.get(f"{self.rules_url}/metrics", timeout=2).text
+            text = requests.get(f"{self.stack.rules_url}/metrics", timeout=2).text
         except requests.RequestException:
             return []
         return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
@@ -379,7 +253,7 @@ class _Demo:
 
     def _models_by_device(self) -> dict[str, list[str]]:
         """Where models are loaded now, as the exporter sees it."""
-        peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=5).json()
+        peaks = requests.get(f"{self.stack.exporter_url}/api/v1/peaks", timeout=5).json()
         placement: dict[str, list[str]] = {}
         for entry in peaks["models"]:
             if entry.get("loaded"):
@@ -398,7 +272,7 @@ class _Demo:
 
     def _print_fewest_devices(self, config_path: Path) -> None:
         """The article's case study 1 on the measured peaks: how few devices would do."""
-        peaks = requests.get(f"{self.exporter_url}/api/v1/peaks", timeout=5).json()
+        peaks = requests.get(f"{self.stack.exporter_url}/api/v1/peaks", timeout=5).json()
         baseline = max(d.get("server_baseline", {}).get("gpu_memory", 0) for d in peaks["devices"])
         profile = {
             "server_baseline": {"peak_gpu_memory_bytes": int(baseline)},
@@ -420,17 +294,8 @@ class _Demo:
 Point Prometheus at the exporter and the rules engine:
   scrape_configs:
     - job_name: gpupack-exporter
-      static_configs: [{{targets: ["{self.exporter_url.removeprefix('http://')}"]}}]
+      static_configs: [{{targets: ["{self.stack.exporter_url.removeprefix('http://')}"]}}]
     - job_name: gpupack-rules
-      static_configs: [{{targets: ["{self.rules_url.removeprefix('http://')}"]}}]
+      static_configs: [{{targets: ["{self.stack.rules_url.removeprefix('http://')}"]}}]
 Grafana dashboards: grafana/dashboards/*.json (provisioning in grafana/provisioning/);
 alert rules: deploy/prometheus/rules/; the full stack: deploy/README.md.""")
-
-
-def _router_off() -> str:
-    """Why the demo runs without a router ("" when haproxy is installed): it still runs, and says so."""
-    try:
-        find_haproxy()
-    except HaproxyStartError as e:
-        return f"{e} (the bootstrap installs it)"
-    return ""

@@ -36,7 +36,8 @@ from gpupack.config import ConfigFile, split_list
 from gpupack.domain import ModelFootprint, Resource
 from gpupack.errors import ExitStatus, InputError
 from gpupack.model_configs import ConfigPoint
-from gpupack.profiles import ColocatedModel, Colocation, Profile, load_profile
+from gpupack.profile_colocations import ColocatedModel, Colocation
+from gpupack.profiles import Profile, load_profile
 from gpupack.units import counted, format_bytes, format_percent
 
 

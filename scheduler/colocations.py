@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from gpupack.domain import Device, Resource
-from gpupack.profiles import Colocation
+from gpupack.profile_colocations import Colocation
 
 # The share of its load a model may fall short of and still count as keeping up (as verify says).
 SHORTFALL_RATIO = 0.1
