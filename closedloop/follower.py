@@ -9,7 +9,7 @@ made by the scheduler as a rebalance run (lock, admission, router, desired state
 step carried out last is kept in the state directory, so a restarted engine does not redo it. A
 step whose moves are deferred (``--max-moves``, cooldowns) is carried on at the next evaluation.
 A step whose Triton calls fail (rolled back by the run) is tried again at the next evaluations, up
-to STEP_ATTEMPTS in all, before it counts as failed. After the last step the policies alone guard.
+to STEP_ATTEMPTS in all, before it counts as failed; so it does when the next step comes due first. After the last step the policies alone guard.
 Dry run logs what would be done and changes nothing.
 """
 
@@ -68,12 +68,15 @@ class ScheduleFollower(Collector):
         self._started: int | None = None  # the step whose schedule_step_started is in the audit log
         self._finished_said = False
         self._said: dict[str, int] = {}  # event -> the step it was last logged for
-        self._failed_attempts: dict[int, int] = {}  # step -> its runs that failed and were rolled back
+        self._failed: tuple[int, int, dict[str, Any]] | None = None  # step, attempts, the last one's details: tried again
 
     def __call__(self) -> None:
         due = self.schedule.due(self.clock(), self.lead_seconds)
         if due < 0 or (self.last_done is not None and due <= self.last_done):
             return
+        if self._failed is not None and self._failed[0] < due:  # a later step came due before it went through
+            k, _, details = self._failed
+            self._finish(k, "failed", self._about(k), **details)
         if due >= len(self.schedule.steps):
             if not self._finished_said:
                 self._finished_said = True
@@ -84,7 +87,7 @@ class ScheduleFollower(Collector):
 
     def _carry_out(self, step: ScheduledStep) -> None:
         k, wish = step.index, wish_of(step)
-        about = {"schedule": self.schedule.path, "step": k, "step_start": format_timestamp(self.schedule.start_of(k))}
+        about = self._about(k)
         try:
             if not self.apply:
                 planned = self.rebalancer.plan_toward(wish, self.policies())
@@ -103,15 +106,19 @@ class ScheduleFollower(Collector):
             return
         result = _result(planned, outcome)
         if result == "failed" and _rolled_back(outcome):
-            attempt = self._failed_attempts[k] = self._failed_attempts.get(k, 0) + 1
+            attempt = 1 + (self._failed[1] if self._failed is not None and self._failed[0] == k else 0)
             if attempt < STEP_ATTEMPTS:  # the next evaluation tries again from the placement then
+                self._failed = (k, attempt, _described(planned, outcome))
                 _log(logging.WARNING, "schedule_step_retrying", **about, attempt=attempt, attempts=STEP_ATTEMPTS,
-                     **_described(planned, outcome))
+                     **self._failed[2])
                 return
         if result is None:  # the next evaluation carries on
             self._once(logging.INFO, "schedule_step_deferred", k, **about, **_described(planned, outcome))
             return
         self._finish(k, result, about, **_described(planned, outcome))
+
+    def _about(self, k: int) -> dict[str, Any]:
+        return {"schedule": self.schedule.path, "step": k, "step_start": format_timestamp(self.schedule.start_of(k))}
 
     def _once(self, level: int, event: str, k: int, **fields: Any) -> None:
         """An event that may recur every evaluation while a step waits, logged once for the step."""
@@ -120,7 +127,7 @@ class ScheduleFollower(Collector):
             _log(level, event, **fields)
 
     def _finish(self, k: int, result: str, about: dict[str, Any], **details: Any) -> None:
-        self.last_done = k
+        self.last_done, self._failed = k, None
         level = logging.ERROR if result == "failed" else logging.WARNING
         if not self.apply:  # a dry run leaves no trace but its log
             _log(level, f"schedule_step_{result}", **about, dry_run=True, **details)

@@ -227,6 +227,24 @@ def test_a_step_whose_loads_fail_is_tried_again_at_the_next_evaluations_then_cou
     assert [e["event"] for e in read_audit(tmp_path / "state" / "audit.jsonl")].count("run_started") == 2 + STEP_ATTEMPTS
 
 
+def test_a_step_still_failing_when_the_next_comes_due_is_closed_as_failed(tmp_path: Path) -> None:
+    fleet = FakeFleet(a=["large-a", "large-b"], b=[])
+    fleet.loads_refused = {"b"}
+    schedule = write_schedule(tmp_path, step(0, **{"gpu-1": ["large-a"], "gpu-2": ["large-b"]}),
+                              step(1, **{"gpu-1": ["large-a", "large-b"], "gpu-2": []}))
+    now = [START_SECONDS]
+    following = follower(tmp_path, fleet, schedule, now)
+    following()  # step 0 fails once
+    now[0] += STEP  # step 1 (all on a: nothing to move) comes due before step 0 is tried again
+    following()
+    values = metrics(following)
+    assert values["gpupack_schedule_step"] == 1
+    assert values['gpupack_schedule_steps_total{"result": "failed"}'] == 1
+    assert values['gpupack_schedule_steps_total{"result": "applied"}'] == 1
+    finished = [e for e in read_audit(tmp_path / "state" / "audit.jsonl") if e["event"] == "schedule_step_finished"]
+    assert [(e["step"], e["result"]) for e in finished] == [(0, "failed"), (1, "applied")]
+
+
 def test_a_step_due_while_the_peaks_do_not_answer_waits_for_them(tmp_path: Path) -> None:
     fleet = FakeFleet(a=["large-a", "large-b"], b=[])
     (tmp_path / "profile.yaml").write_text(CROWDING_PROFILE)
