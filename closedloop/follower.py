@@ -9,7 +9,8 @@ made by the scheduler as a rebalance run (lock, admission, router, desired state
 step carried out last is kept in the state directory, so a restarted engine does not redo it. A
 step whose moves are deferred (``--max-moves``, cooldowns) is carried on at the next evaluation.
 A step whose Triton calls fail (rolled back by the run) is tried again at the next evaluations, up
-to STEP_ATTEMPTS in all, before it counts as failed; so it does when the next step comes due first. After the last step the policies alone guard.
+to STEP_ATTEMPTS in all, before it counts as failed; a step not through (failing, or its moves
+deferred) when the next one comes due counts as failed too. After the last step the policies alone guard.
 Dry run logs what would be done and changes nothing.
 """
 
@@ -74,9 +75,12 @@ class ScheduleFollower(Collector):
         due = self.schedule.due(self.clock(), self.lead_seconds)
         if due < 0 or (self.last_done is not None and due <= self.last_done):
             return
-        if self._failed is not None and self._failed[0] < due:  # a later step came due before it went through
-            k, _, details = self._failed
-            self._finish(k, "failed", self._about(k), **details)
+        started = self._started
+        if started is not None and started < due and (self.last_done is None or started > self.last_done):
+            # A later step came due before this one went through (its moves failed, or were deferred).
+            details = self._failed[2] if self._failed is not None and self._failed[0] == started else {
+                "error": f"step {due} came due before the moves of step {started} were all made"}
+            self._finish(started, "failed", self._about(started), **details)
         if due >= len(self.schedule.steps):
             if not self._finished_said:
                 self._finished_said = True

@@ -245,6 +245,24 @@ def test_a_step_still_failing_when_the_next_comes_due_is_closed_as_failed(tmp_pa
     assert [(e["step"], e["result"]) for e in finished] == [(0, "failed"), (1, "applied")]
 
 
+def test_a_step_whose_moves_are_still_deferred_when_the_next_comes_due_is_closed_as_failed(tmp_path: Path) -> None:
+    fleet = FakeFleet(a=["large-a", "large-b"], b=[], c=[])
+    balancer = rebalancer(tmp_path, fleet, ROOM_FOR_BOTH)
+    balancer.settings = replace(balancer.settings, max_moves=1)
+    spread = {"gpu-1": ["large-b"], "gpu-2": ["large-a"], "gpu-3": ["large-a"]}  # two moves from a
+    schedule = write_schedule(tmp_path, step(0, **spread), step(1, **spread))
+    now = [START_SECONDS]
+    following = follower(tmp_path, fleet, schedule, now, balancer=balancer)
+    following()  # one move of two made, the other deferred to the next evaluation
+    assert "schedule_step_finished" not in [e["event"] for e in read_audit(tmp_path / "state" / "audit.jsonl")]
+    now[0] += STEP
+    following()  # step 1 comes due first: step 0 is closed, and step 1 makes the move left
+    finished = [e for e in read_audit(tmp_path / "state" / "audit.jsonl") if e["event"] == "schedule_step_finished"]
+    assert [(e["step"], e["result"]) for e in finished][0] == (0, "failed")
+    assert finished[0]["error"] == "step 1 came due before the moves of step 0 were all made"
+    assert metrics(following)['gpupack_schedule_steps_total{"result": "failed"}'] == 1
+
+
 def test_a_step_due_while_the_peaks_do_not_answer_waits_for_them(tmp_path: Path) -> None:
     fleet = FakeFleet(a=["large-a", "large-b"], b=[])
     (tmp_path / "profile.yaml").write_text(CROWDING_PROFILE)
