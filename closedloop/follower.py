@@ -10,8 +10,8 @@ step carried out last is kept in the state directory, so a restarted engine does
 step whose moves are deferred (``--max-moves``, cooldowns) is carried on at the next evaluation.
 A step whose Triton calls fail (rolled back by the run) is tried again at the next evaluations, up
 to STEP_ATTEMPTS in all, before it counts as failed; a step not through (failing, or its moves
-deferred) when the next one comes due counts as failed too. After the last step the policies alone guard.
-Dry run logs what would be done and changes nothing.
+deferred) when the next one comes due counts as failed too. After the last step the policies
+alone guard. Dry run logs what would be done and changes nothing.
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ class ScheduleFollower(Collector):
         started = self._started
         if started is not None and started < due and (self.last_done is None or started > self.last_done):
             # A later step came due before this one went through (its moves failed, or were deferred).
-            details = self._failed[2] if self._failed is not None and self._failed[0] == started else {
-                "error": f"step {due} came due before the moves of step {started} were all made"}
-            self._finish(started, "failed", self._about(started), **details)
+            details = self._failed[2] if self._failed is not None and self._failed[0] == started else {}
+            self._finish(started, "failed", self._about(started), **details,
+                         error=f"step {due} came due before the moves of step {started} were all made")
         if due >= len(self.schedule.steps):
             if not self._finished_said:
                 self._finished_said = True

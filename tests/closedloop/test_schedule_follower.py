@@ -243,6 +243,7 @@ def test_a_step_still_failing_when_the_next_comes_due_is_closed_as_failed(tmp_pa
     assert values['gpupack_schedule_steps_total{"result": "applied"}'] == 1
     finished = [e for e in read_audit(tmp_path / "state" / "audit.jsonl") if e["event"] == "schedule_step_finished"]
     assert [(e["step"], e["result"]) for e in finished] == [(0, "failed"), (1, "applied")]
+    assert finished[0]["error"] == "step 1 came due before the moves of step 0 were all made"
 
 
 def test_a_step_whose_moves_are_still_deferred_when_the_next_comes_due_is_closed_as_failed(tmp_path: Path) -> None:
