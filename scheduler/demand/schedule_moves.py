@@ -44,7 +44,6 @@ class Transition:
 
     def __init__(self, before: Sequence[set[int]], passing: np.ndarray, held: np.ndarray, slack: np.ndarray) -> None:
         self.before, self.passing, self.held, self.slack = before, passing, held, slack
-        self._passing_list, self._slack_list = passing.tolist(), slack.tolist()
 
     def changes(self, m: int, after: set[int]) -> list[Change]:
         """Model ``m``'s moves into ``after`` (its devices): a copy leaving and one arriving pair up as a move."""
@@ -80,8 +79,13 @@ class Transition:
             if done:
                 np.add.at(pload, np.array([d for _, d in done], dtype=np.int64),
                           sign * passing[np.array([m for m, _ in done], dtype=np.int64)])
-        involved = {d for _, source, target in pending for d in (source, target) if d is not None}
-        held, cost, room = {d: pload[d].tolist() for d in involved}, self._passing_list, self._slack_list
+        involved = sorted({d for _, source, target in pending for d in (source, target) if d is not None})
+        models = sorted({m for m, _, _ in pending})
+        # Only the rows the pending moves touch, as lists: converting every model's and device's took
+        # a tenth of a 1,000-model schedule's time.
+        held = dict(zip(involved, pload[involved].tolist()))
+        room = dict(zip(involved, slack[involved].tolist()))
+        cost = dict(zip(models, passing[models].tolist()))
         while pending:
             waiting: list[Change] = []
             for m, source, target in pending:

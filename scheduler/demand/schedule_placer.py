@@ -161,11 +161,11 @@ class Placer:
                         eject=deep)
             order = into.order(into.all_changes(drained))
             if order is not None and len(order) <= limit:
-                return tuple(tuple(sorted(ds)) for ds in drained), order
+                return _devices(before, into.before, drained), order
             known = {m: into.changes(m, ds) for m, (old, ds) in enumerate(zip(into.before, placed)) if old != ds}
             self._drain(placed, self._load(placed, both), pload, both, passing, moves_left, deep, held_first=True,
                         safe=lambda moved: into.within(limit, known, moved))
-        return tuple(tuple(sorted(ds)) for ds in placed), None
+        return _devices(before, into.before, placed), None
 
     def _drain(self, placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
                passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False, eject: bool = False,
@@ -388,3 +388,10 @@ class Placer:
         np.add.at(load, np.fromiter(itertools.chain.from_iterable(placed), dtype=int, count=len(models)),
                   np.asarray(cost)[models])
         return load
+
+
+def _devices(before: Sequence[tuple[int, ...]], before_sets: Sequence[set[int]],
+             placed: Sequence[set[int]]) -> tuple[tuple[int, ...], ...]:
+    """Per model its devices in order, the step before's where they are the same: most models stay
+    put, and sorting a thousand models' devices each step cost more than placing some steps' copies."""
+    return tuple(old if ds == was else tuple(sorted(ds)) for old, was, ds in zip(before, before_sets, placed))
