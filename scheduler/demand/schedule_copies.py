@@ -5,7 +5,6 @@ more, and evened out so that no transition changes more copies than a share of t
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -76,8 +75,10 @@ def copies_within_moves(chosen: Sequence[SeriesOption], steps: int, limits: np.n
     """[model, step]: each step's copies, raised through one-step dips and where the transition into
     a step would change more than ``limits`` [step] allows (``limits[0]``, before the first step, is
     not read)."""
-    need = np.array([[max(1, math.ceil(float(r) * o.copies / o.capacity_per_second - 1e-9)) if o.capacity_per_second > 0
-                      else 1 for r in o.rates_per_copy] for o in chosen], dtype=int).reshape(len(chosen), steps)
+    rates = np.array([o.rates_per_copy * o.copies for o in chosen], dtype=float).reshape(len(chosen), steps)
+    capacity = np.array([o.capacity_per_second for o in chosen], dtype=float)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need = np.where(capacity > 0, np.maximum(1, np.ceil(rates / capacity - 1e-9)), 1).astype(int)
     need = np.minimum(need, np.array([o.copies for o in chosen])[:, None])
     # A copy a model needs again the step after is kept through the step it is not needed: a tenth
     # of copy changes were such dips (100 models over eight seeds: 1.180x the bound rather than 1.189x;
@@ -92,12 +93,26 @@ def copies_within_moves(chosen: Sequence[SeriesOption], steps: int, limits: np.n
 
 
 def _even_out(need: np.ndarray, t: int, limit: int, rising: bool) -> None:
-    while np.abs(need[:, t] - need[:, t - 1]).sum() > limit:
-        change = need[:, t] - need[:, t - 1] if rising else need[:, t - 1] - need[:, t]
-        if change.max() <= 0:
-            return
-        m = int(np.argmax(change))
-        if rising:
-            need[m, t - 1] += 1
-        else:
-            need[m, t] += 1
+    """The copies changed into step ``t`` brought within ``limit``: the biggest rises are loaded a
+    step ahead (``rising``), or the biggest drops unloaded a step later, a copy at a time off the
+    biggest, the first model first among equals. Worked out at once, level by level: merged runs of
+    steps change hundreds of copies a transition on 1,000 models, and a copy at a time took 0.3 s for
+    48 runs of a week (14 ms so), 60 ms for its 168 steps (6-9 ms)."""
+    change = need[:, t] - need[:, t - 1] if rising else need[:, t - 1] - need[:, t]
+    excess = int(np.abs(change).sum()) - limit
+    up = np.maximum(change, 0)
+    if excess <= 0 or not up.any():
+        return
+    if excess >= up.sum():
+        cut = up
+    else:
+        level, above = int(up.max()), 0  # the changes come down to level; above: the copies that takes
+        while above + int((up >= level).sum()) <= excess:
+            above += int((up >= level).sum())
+            level -= 1
+        cut = np.maximum(up - level, 0)
+        cut[np.flatnonzero(up - cut == level)[:excess - int(cut.sum())]] += 1
+    if rising:
+        need[:, t - 1] += cut
+    else:
+        need[:, t] += cut
