@@ -69,7 +69,8 @@ class ScheduleFollower(Collector):
         self._started: int | None = None  # the step whose schedule_step_started is in the audit log
         self._finished_said = False
         self._said: dict[str, int] = {}  # event -> the step it was last logged for
-        self._failed: tuple[int, int, dict[str, Any]] | None = None  # step, attempts, the last one's details: tried again
+        # While a step whose moves failed is tried again: the step, its attempts, the last one's details.
+        self._failed: tuple[int, int, dict[str, Any]] | None = None
 
     def __call__(self) -> None:
         due = self.schedule.due(self.clock(), self.lead_seconds)

@@ -82,7 +82,7 @@ class Transition:
         involved = sorted({d for _, source, target in pending for d in (source, target) if d is not None})
         models = sorted({m for m, _, _ in pending})
         # Only the rows the pending moves touch, as lists: converting every model's and device's took
-        # a tenth of a 1,000-model schedule's time.
+        # a tenth of a 1,000-model schedule (profiled).
         held = dict(zip(involved, pload[involved].tolist()))
         room = dict(zip(involved, slack[involved].tolist()))
         cost = dict(zip(models, passing[models].tolist()))
