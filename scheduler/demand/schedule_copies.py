@@ -107,8 +107,8 @@ def _even_out(need: np.ndarray, t: int, limit: int, rising: bool) -> None:
         cut = up
     else:
         level, above = int(up.max()), 0  # the changes come down to level; above: the copies that takes
-        while above + int((up >= level).sum()) <= excess:
-            above += int((up >= level).sum())
+        while above + (at_level := int((up >= level).sum())) <= excess:
+            above += at_level
             level -= 1
         cut = np.maximum(up - level, 0)
         cut[np.flatnonzero(up - cut == level)[:excess - int(cut.sum())]] += 1

@@ -145,8 +145,9 @@ class Placer:
         # (eight seeds of 100 models: 1.165x the bound rather than 1.168x; four more, 1.160x rather than 1.162x).
         held_now = np.fromiter(map(len, placed), dtype=np.int64, count=len(placed))
         adding: np.ndarray = np.asarray(copies) - held_now
+        share = (cost / self.scale).sum(axis=1).tolist()
         new = sorted(np.repeat(np.arange(len(placed)), np.maximum(adding, 0)).tolist(),
-                     key=lambda m: (-int(copies[m]), -float((cost[m] / self.scale).sum())))
+                     key=lambda m: (-int(copies[m]), -share[m]))
         self._fit_all(new, placed, load, pload, cost, passing)
         moves += len(new)
         if drain >= Drain.EMPTIEST:
