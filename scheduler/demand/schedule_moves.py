@@ -36,6 +36,12 @@ class ScheduledStep:
         return len({d for ds in self.devices for d in ds})
 
 
+def move_count(before: set[int], after: set[int]) -> int:
+    """The moves that take a model's copies from ``before`` to ``after`` (devices), as
+    :meth:`Transition.changes` lists them: a copy leaving and one arriving pair up as one move."""
+    return max(len(before - after), len(after - before))
+
+
 class Transition:
     """From one step's placement (``before``, per model its devices) into the next: each copy's
     cost while it passes (``passing`` [model, resource], the larger of its two steps'), what each

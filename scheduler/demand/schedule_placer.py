@@ -7,10 +7,7 @@ them). A drain is first held to what a device holds before and after together (a
 works); then devices that copies leave are drained too, each arrival held to what its device holds
 after at the larger of both steps' costs, preferably before and after too, so that the moves order
 nearly always: they are ordered once for the whole step, and device by device only when they do
-not. Against drains held to what a device holds after at the next steps' costs, each ordered on its
-own (one in five could not be), the schedule needs 1.24x the bound rather than 1.29x on 1,000
-models, in about the same time (35-37 ms of CPU a step, on 2 cores under a load of 3.5), and 1.28x
-rather than 1.29x on 100 (bench/time_plans.py's fleets, two looks ahead).
+not (against drains each ordered on its own, 1.24x the bound rather than 1.29x on 1,000 models).
 """
 
 from __future__ import annotations
@@ -21,19 +18,17 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from gpupack.scheduler.demand.schedule_moves import Change, Move, ScheduledStep, Transition
+from gpupack.scheduler.demand.schedule_moves import Change, Move, ScheduledStep, Transition, move_count
 from gpupack.scheduler.demand.series import TOLERANCE, Fleet, SeriesOption
 from gpupack.scheduler.packing.problem import InfeasibleError
 from gpupack.units import counted
 
-# Copies are placed where they fit this many steps ahead too, so that rising demand needs fewer moves.
-# One step: 1.26x the bound on 100 models and 1.22x on 1,000 (bench/time_plans.py, seed 1; seeds 2
-# and 3 agree), against 1.28x and 1.24x with two, and 1.37x on 100 with none.
+# Copies are placed where they fit this many steps ahead too, so that rising demand needs fewer moves:
+# 1.26x the bound on 100 models and 1.22x on 1,000, against 1.28x and 1.24x with two, 1.37x with none.
 LOOKAHEAD_STEPS = 1
 # Draining stops after this many devices could not be emptied: fuller ones rarely will be. When time
 # allows, a step tries more: 30 rather than 5 gives 1.229x the bound rather than 1.243x on 100 models
-# (1.296x rather than 1.304x and 1.191x rather than 1.197x on seeds 2 and 3), and 1.184x rather than
-# 1.190x on 1,000, for about 1.2x the time a step (bench/time_plans.py's fleets, no time limit).
+# and 1.184x rather than 1.190x on 1,000, for about 1.2x the time a step (bench/time_plans.py).
 # Draining deep, surplus copies leave the devices with the fewest copies first, which a drain then
 # closes with the fewest moves (over eight seeds of 100 models, 1.168x the bound rather than 1.176x).
 # Those devices tried first by the drain itself made no difference once devices over a limit only at
@@ -123,9 +118,8 @@ class Placer:
                 on.setdefault(d, set()).add(m)
         # Devices over a limit now shed copies, the biggest first. Those over it only at the next
         # steps' costs are left for then: relieving them ahead took a third of the moves that were
-        # not loads or unloads, which drains close more devices with (100 models over eight seeds:
-        # 1.170x the bound rather than 1.180x; 1,000 models 1.179x rather than 1.176x with no time
-        # limit, in 5.3 s rather than 6.4 s, so that within 10 s every step drains).
+        # not loads or unloads, which drains close more devices with (100 models, eight seeds:
+        # 1.170x the bound rather than 1.180x; 1,000 models: 5.3 s rather than 6.4 s).
         loads, size = self._load(placed, now), self._fullness(now)
         for d in np.flatnonzero(np.any(loads > self.slack, axis=1)).tolist():
             for m in sorted(on.get(d, ()), key=lambda m: -size[m]):
@@ -151,30 +145,34 @@ class Placer:
         self._fit_all(new, placed, load, pload, cost, passing)
         moves += len(new)
         if drain >= Drain.EMPTIEST:
-            moves_left = self._drain(placed, load, pload, cost, passing, limit - moves, deep)
+            moves_left = self._drain(into.before, placed, load, pload, cost, passing, limit - moves, deep)
         if drain >= Drain.ALL:
-            # Then arrivals on devices that copies leave. Each fits beside what its device holds
-            # after the transition at the larger of both steps' costs (without, one drain in five
-            # could not be ordered), preferably beside all it holds before and after: then the moves
-            # order all but one time in a thousand, and are ordered once for the whole step. When
-            # they do not, the step drains again, each drained device kept only while they do.
+            # Then arrivals on devices that copies leave, each beside what its device holds after at
+            # the larger of both steps' costs (without, one drain in five could not be ordered),
+            # preferably beside all it holds before and after: the moves then order all but one time
+            # in a thousand, at once; else the step drains again, each drain kept while they order.
             both = np.maximum(cost, passing)
             drained = [set(ds) for ds in placed]
-            self._drain(drained, self._load(drained, both), pload.copy(), both, passing, moves_left, deep, held_first=True,
+            self._drain(into.before, drained, self._load(drained, both), pload.copy(), both, passing, moves_left, deep,
+                        held_first=True,
                         eject=deep)
             order = into.order(into.all_changes(drained))
             if order is not None and len(order) <= limit:
                 return _devices(before, into.before, drained), order
             known = {m: into.changes(m, ds) for m, (old, ds) in enumerate(zip(into.before, placed)) if old != ds}
-            self._drain(placed, self._load(placed, both), pload, both, passing, moves_left, deep, held_first=True,
+            self._drain(into.before, placed, self._load(placed, both), pload, both, passing, moves_left, deep,
+                        held_first=True,
                         safe=lambda moved: into.within(limit, known, moved))
         return _devices(before, into.before, placed), None
 
-    def _drain(self, placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
+    def _drain(self, before: Sequence[set[int]], placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
                passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False, eject: bool = False,
                safe: Callable[[Mapping[int, set[int]]], bool] | None = None) -> int:
         """Empty the emptiest devices onto the others while moves are left, until DRAIN_TRIES
-        (``deep``: DEEP_DRAIN_TRIES) could not be; returns the moves left.
+        (``deep``: DEEP_DRAIN_TRIES) could not be; returns the moves left. A drain spends what it
+        adds to the moves from ``before`` (per model, its devices in the step before): a copy
+        loaded or moved in this step goes elsewhere at no move of its own (counted one move a copy,
+        100 models over eight seeds needed 1.165x the bound rather than 1.160x).
         Each arrival fits beside what its device holds before and after together, or, with
         ``held_first``, beside what it holds after (preferably both); with ``safe``, each drained
         device kept only when ``safe`` says the transition with the copies it moves (model: devices
@@ -187,7 +185,7 @@ class Placer:
         full, size = self._fullness(load), self._fullness(cost)
         for d in sorted(on, key=lambda d: full[d]):
             here = [m for m in on[d] if d in placed[m]]
-            if not here or len(here) > moves_left:
+            if not here or sum(d in before[m] for m in here) > moves_left:
                 continue
             if failed >= tries:
                 break
@@ -207,6 +205,9 @@ class Placer:
                 after = {m: (placed[m] - {d}) | {target} for m, target in moved.items()}
                 for y, (b, c) in ejected.items():
                     after[y] = (after.get(y, placed[y]) - {b}) | {c}
+                spent = sum(move_count(before[m], ds) - move_count(before[m], placed[m]) for m, ds in after.items())
+                if spent > moves_left:
+                    continue
                 if safe is not None and not safe(after):
                     failed += 1
                     continue
@@ -217,7 +218,7 @@ class Placer:
                 for m, ds in after.items():
                     placed[m] = ds
                 load[:], pload[:] = trial, ptrial
-                moves_left -= len(here) + len(ejected)
+                moves_left -= spent
         return moves_left
 
     def _fit_ejecting(self, leaving: Sequence[int], placed: list[set[int]], on: Mapping[int, list[int]],
@@ -226,9 +227,8 @@ class Placer:
         """Where each of ``leaving`` goes: the fullest open device it fits, else the fullest where it
         fits once a smaller copy there moves to a third device (recorded in ``ejected``: model -> (from,
         to)), at most ``spare_moves`` of those, none of a model leaving (its copies stay on distinct
-        devices); None when one goes nowhere. A drain's biggest copy
-        is what fits nowhere nine times in ten; moving one more copy for it takes 100 models from
-        1.176x the bound to 1.151x with moves to spare, 1.229x to 1.225x with 40 a step."""
+        devices); None when one goes nowhere. A drain's biggest copy is what fits nowhere nine times
+        in ten (moving one more copy for it: 100 models, 1.176x the bound -> 1.151x with moves to spare)."""
         targets: list[int] = []
         picked: dict[int, set[int]] = {}
         size = (cost / self.scale).max(axis=1)

@@ -85,3 +85,16 @@ def test_a_deep_drain_moves_a_smaller_copy_aside_to_make_room():
     step = place.next(before, np.ones(6, dtype=int), 1, 10, Drain.DEEP)
     assert step.device_count == 2
     replay(before, step, cost)
+
+
+def test_a_copy_loaded_in_the_step_is_drained_without_a_move_of_its_own():
+    # m0 leaves gpu0 (one copy too many) and a new copy of m1 arrives: the two moves the limit
+    # allows. m1 fits beside what gpu0 holds after, not beside all it held too, so it is loaded on
+    # a third device first; loading it on gpu0 instead is the same one move, once m0 has left.
+    utilisation = [[0.5, 0.3], [0.4, 0.4], [0.2, 0.2], [0.5, 0.5]]
+    before = ((0, 1), (), (0,), (1,))
+    place, cost = placer(utilisation)
+    step = place.next(before, np.ones(4, dtype=int), 1, 2, Drain.ALL)
+    assert step.device_count == 2, "the new copy keeps a device of its own"
+    assert len(step.moves) == 2
+    replay(before, step, cost)
