@@ -154,8 +154,7 @@ class Placer:
             both = np.maximum(cost, passing)
             drained = [set(ds) for ds in placed]
             self._drain(into.before, drained, self._load(drained, both), pload.copy(), both, passing, moves_left, deep,
-                        held_first=True,
-                        eject=deep)
+                        held_first=True, eject=deep)
             order = into.order(into.all_changes(drained))
             if order is not None and len(order) <= limit:
                 return _devices(before, into.before, drained), order
@@ -165,9 +164,9 @@ class Placer:
                         safe=lambda moved: into.within(limit, known, moved))
         return _devices(before, into.before, placed), None
 
-    def _drain(self, before: Sequence[set[int]], placed: list[set[int]], load: np.ndarray, pload: np.ndarray, cost: np.ndarray,
-               passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False, eject: bool = False,
-               safe: Callable[[Mapping[int, set[int]]], bool] | None = None) -> int:
+    def _drain(self, before: Sequence[set[int]], placed: list[set[int]], load: np.ndarray, pload: np.ndarray,
+               cost: np.ndarray, passing: np.ndarray, moves_left: int, deep: bool, held_first: bool = False,
+               eject: bool = False, safe: Callable[[Mapping[int, set[int]]], bool] | None = None) -> int:
         """Empty the emptiest devices onto the others while moves are left, until DRAIN_TRIES
         (``deep``: DEEP_DRAIN_TRIES) could not be; returns the moves left. A drain spends what it
         adds to the moves from ``before`` (per model, its devices in the step before): a copy
